@@ -1,0 +1,170 @@
+/**
+ * Errors thrown by engine-guard.
+ *
+ * Every error is an exported class with a stable `name` and `code`, so callers can branch on
+ * `err.code` (or `instanceof`) without parsing messages. Errors that wrap another carry it as
+ * the standard `cause`.
+ *
+ * @packageDocumentation
+ */
+
+/** Stable codes of every error engine-guard throws. */
+export type EngineGuardErrorCode =
+  | 'ERR_LOCK_TIMEOUT'
+  | 'ERR_DEADLOCK'
+  | 'ERR_QUEUE_FULL'
+  | 'ERR_LEASE_REVOKED'
+  | 'ERR_ENGINE_STALLED'
+  | 'ERR_ENGINE_UNAVAILABLE'
+  | 'ERR_GUARD_CLOSED'
+  | 'ERR_OPERATION_ABORTED';
+
+/** Base class of every error engine-guard throws. */
+export abstract class EngineGuardError extends Error {
+  /** Stable machine-readable code, e.g. `ERR_LOCK_TIMEOUT`. */
+  abstract readonly code: EngineGuardErrorCode;
+}
+
+/** A waiter's `timeout` elapsed before it was granted the lock. The lease was never held. */
+export class LockTimeoutError extends EngineGuardError {
+  override readonly name = 'LockTimeoutError';
+  readonly code = 'ERR_LOCK_TIMEOUT';
+  /** The timeout, in milliseconds, that elapsed. */
+  readonly timeout: number;
+  /** Name of the lock or guard that timed out, when it has one. */
+  readonly lockName: string | undefined;
+
+  constructor(timeout: number, lockName?: string, options?: ErrorOptions) {
+    super(
+      `Timed out after ${timeout} ms waiting for ${lockName ? `lock "${lockName}"` : 'the lock'}`,
+      options,
+    );
+    this.timeout = timeout;
+    this.lockName = lockName;
+  }
+}
+
+/**
+ * The call could never succeed because the caller already holds the lock in a mode that blocks
+ * it (a write requested inside a read of the same lock). Raised at once instead of hanging.
+ */
+export class DeadlockError extends EngineGuardError {
+  override readonly name = 'DeadlockError';
+  readonly code = 'ERR_DEADLOCK';
+}
+
+/** The wait queue is at its `maxQueue` bound; the request was not queued. */
+export class QueueFullError extends EngineGuardError {
+  override readonly name = 'QueueFullError';
+  readonly code = 'ERR_QUEUE_FULL';
+  /** The configured bound. */
+  readonly maxQueue: number;
+
+  constructor(maxQueue: number, lockName?: string) {
+    super(
+      `Queue of ${lockName ? `lock "${lockName}"` : 'the lock'} is full (maxQueue ${maxQueue})`,
+    );
+    this.maxQueue = maxQueue;
+  }
+}
+
+/** Default reason a lease's `signal` aborts with when `revoke()` is called without a reason. */
+export class LeaseRevokedError extends EngineGuardError {
+  override readonly name = 'LeaseRevokedError';
+  readonly code = 'ERR_LEASE_REVOKED';
+
+  constructor(message = 'The lease was revoked', options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+/**
+ * An operation lost liveness: its engine stopped answering probes for `failures` consecutive
+ * intervals. The operation's `ctx.signal` aborted with this error, its lease was revoked and its
+ * engine handle was replaced.
+ */
+export class EngineStalledError extends EngineGuardError {
+  override readonly name = 'EngineStalledError';
+  readonly code = 'ERR_ENGINE_STALLED';
+  /**
+   * True for a stalled write: its effect may or may not have landed on the engine. Check the
+   * engine's state before retrying a non-idempotent write.
+   */
+  readonly indeterminate: boolean;
+  /** Kind of the stalled operation. */
+  readonly kind: 'read' | 'write';
+  /** Id of the stalled operation. */
+  readonly opId: number;
+  /** The operation's label, when it had one. */
+  readonly label: string | undefined;
+  /** Engine generation the operation ran on. */
+  readonly generation: number;
+  /** Consecutive failed probes that convicted it. */
+  readonly probeFailures: number;
+
+  constructor(info: {
+    kind: 'read' | 'write';
+    opId: number;
+    label?: string | undefined;
+    generation: number;
+    probeFailures: number;
+    cause?: unknown;
+  }) {
+    const what = info.label ? `${info.kind} "${info.label}"` : info.kind;
+    super(
+      `Engine stalled during ${what} (op ${info.opId}): ${info.probeFailures} consecutive liveness probes failed; the engine handle is being replaced${info.kind === 'write' ? '. The write is indeterminate: it may or may not have been applied' : ''}`,
+      info.cause === undefined ? undefined : { cause: info.cause },
+    );
+    this.kind = info.kind;
+    this.indeterminate = info.kind === 'write';
+    this.opId = info.opId;
+    this.label = info.label;
+    this.generation = info.generation;
+    this.probeFailures = info.probeFailures;
+  }
+}
+
+/**
+ * The engine cannot be reached: opening a handle failed repeatedly and the guard is backing off.
+ * `cause` holds the last error `create` (or `setup`) threw.
+ */
+export class EngineUnavailableError extends EngineGuardError {
+  override readonly name = 'EngineUnavailableError';
+  readonly code = 'ERR_ENGINE_UNAVAILABLE';
+  /** Consecutive failed attempts to open a handle. */
+  readonly attempts: number;
+  /** Epoch ms of the next reconnect attempt, when one is scheduled. */
+  readonly retryAt: number | undefined;
+
+  constructor(attempts: number, cause: unknown, retryAt?: number) {
+    super(
+      `Engine unavailable after ${attempts} failed attempt${attempts === 1 ? '' : 's'} to connect${cause instanceof Error ? `: ${cause.message}` : ''}`,
+      { cause },
+    );
+    this.attempts = attempts;
+    this.retryAt = retryAt;
+  }
+}
+
+/** The guard is closed (or closing); no new operation is accepted and queued ones are rejected. */
+export class GuardClosedError extends EngineGuardError {
+  override readonly name = 'GuardClosedError';
+  readonly code = 'ERR_GUARD_CLOSED';
+
+  constructor(guardName?: string) {
+    super(`Engine guard${guardName ? ` "${guardName}"` : ''} is closed`);
+  }
+}
+
+/**
+ * Default abort reason when a caller's signal aborts with no reason of its own, or when the guard
+ * aborts an operation for a reason that is not itself an error.
+ */
+export class OperationAbortedError extends EngineGuardError {
+  override readonly name = 'OperationAbortedError';
+  readonly code = 'ERR_OPERATION_ABORTED';
+
+  constructor(message = 'The operation was aborted', options?: ErrorOptions) {
+    super(message, options);
+  }
+}

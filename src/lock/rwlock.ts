@@ -1,0 +1,369 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { lockChannels } from '../diagnostics.js';
+import { DeadlockError, LockTimeoutError, QueueFullError } from '../errors.js';
+import {
+  validateDuration,
+  validateFunction,
+  validateInteger,
+  validateOptionalString,
+  validateOptionsObject,
+  validateSignal,
+} from '../internal/validate.js';
+import { Lease, type LeaseHost, type LockMode } from './lease.js';
+import { type QueueNode, WaiterQueue } from './waiter-queue.js';
+
+/** Options of {@link RWLock}. */
+export interface RWLockOptions {
+  /** Name used in error messages and diagnostics. */
+  name?: string;
+  /**
+   * Most waiters that may be queued at once; an acquire that would exceed it rejects with
+   * {@link QueueFullError}. An acquire that is granted at once never counts. Default: `Infinity`.
+   */
+  maxQueue?: number;
+  /**
+   * Most read leases held at once; further readers queue in arrival order like everyone else.
+   * Lets a lock hand out exactly as many shared leases as there are resources to share (an
+   * engine guard sets it to its pool size). Default: `Infinity`.
+   */
+  maxReaders?: number;
+}
+
+/** Options of one acquisition. */
+export interface AcquireOptions {
+  /** Aborting it removes the waiter from the queue; the promise rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /**
+   * Most milliseconds to wait in the queue; then the promise rejects with
+   * {@link LockTimeoutError}. Bounds waiting only, never how long the lease is held. `0` means
+   * "only if free right now".
+   */
+  timeout?: number;
+}
+
+/** Synchronous snapshot of a lock. */
+export interface RWLockState {
+  /** Read leases held now. */
+  readers: number;
+  /** True while a write lease is held. */
+  writing: boolean;
+  /** Readers waiting in the queue. */
+  queuedReaders: number;
+  /** Writers waiting in the queue. */
+  queuedWriters: number;
+}
+
+/** A queued request. It is its own abort listener (`handleEvent`), so waiting costs no closure. */
+class Waiter implements QueueNode<Waiter> {
+  prev: Waiter | null = null;
+  next: Waiter | null = null;
+  queued = false;
+  signal: AbortSignal | undefined = undefined;
+  timer: NodeJS.Timeout | undefined = undefined;
+  readonly enqueuedAt: number;
+
+  constructor(
+    readonly lock: RWLock,
+    readonly mode: LockMode,
+    readonly resolve: (lease: Lease) => void,
+    readonly reject: (reason: unknown) => void,
+  ) {
+    this.enqueuedAt = lockChannels.acquire.hasSubscribers ? performance.now() : 0;
+  }
+
+  handleEvent(): void {
+    this.lock[kCancel](this, this.signal?.reason);
+  }
+}
+
+const kCancel = Symbol('cancel');
+
+function onWaiterTimeout(waiter: Waiter, timeout: number): void {
+  waiter.timer = undefined;
+  waiter.lock[kCancel](waiter, new LockTimeoutError(timeout, waiter.lock.name));
+}
+
+/**
+ * A fair, abortable reader/writer lock for async code.
+ *
+ * Invariants:
+ * - A write lease is never held together with any other lease.
+ * - Waiters are served in arrival order, in phases: consecutive queued readers enter together;
+ *   a queued writer waits for the readers ahead of it to leave and blocks every reader that
+ *   arrives after it. Neither writers nor readers starve.
+ * - A newcomer is granted at once only when compatible with the holders AND nobody is queued.
+ * - An aborted or timed-out waiter leaves the queue in O(1), and whoever it was blocking is
+ *   granted in the same turn. Its abort listener and timer are removed when it settles.
+ * - `timeout` bounds the wait, never the hold.
+ * - Inside `read(fn)` / `write(fn)`, a nested call on the same lock in the same async context
+ *   joins the held lease (read in read, read in write, write in write). Write in read rejects at
+ *   once with {@link DeadlockError}: waiting for it could never end.
+ * - Every promise it returns settles.
+ *
+ * @example
+ * ```ts
+ * const lock = new RWLock({ name: 'catalog' });
+ * const rows = await lock.read(() => db.query('select 1'), { timeout: 5_000 });
+ * await lock.write(() => db.exec('create table t(x int)'));
+ * ```
+ */
+export class RWLock implements LeaseHost {
+  /** Name given at construction, used in messages and diagnostics. */
+  readonly name: string | undefined;
+  readonly #maxQueue: number;
+  readonly #maxReaders: number;
+  readonly #queue = new WaiterQueue<Waiter>();
+  readonly #context = new AsyncLocalStorage<Lease>();
+  #readers = 0;
+  #writing = false;
+  #queuedReaders = 0;
+  #queuedWriters = 0;
+
+  constructor(options: RWLockOptions = {}) {
+    validateOptionsObject(options);
+    this.name = validateOptionalString(options.name, 'name');
+    this.#maxQueue = validateInteger(options.maxQueue, 'maxQueue', 0, true) ?? Infinity;
+    this.#maxReaders = validateInteger(options.maxReaders, 'maxReaders', 1, true) ?? Infinity;
+  }
+
+  /** Current holders and waiters. Synchronous; never blocks. */
+  get state(): RWLockState {
+    return {
+      readers: this.#readers,
+      writing: this.#writing,
+      queuedReaders: this.#queuedReaders,
+      queuedWriters: this.#queuedWriters,
+    };
+  }
+
+  /** Takes a shared lease if one can be had right now (no writer holds or waits), else `null`. */
+  tryAcquireRead(): Lease | null {
+    if (this.#writing || this.#queue.size > 0 || this.#readers >= this.#maxReaders) return null;
+    this.#readers++;
+    return this.#granted('read', 0);
+  }
+
+  /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. */
+  tryAcquireWrite(): Lease | null {
+    if (this.#writing || this.#readers > 0 || this.#queue.size > 0) return null;
+    this.#writing = true;
+    return this.#granted('write', 0);
+  }
+
+  /**
+   * Waits for a shared lease. Release it with `lease.release()` (or `using`).
+   * @throws TypeError | RangeError at the call, on invalid options.
+   */
+  acquireRead(options?: AcquireOptions): Promise<Lease> {
+    return this.#acquire('read', options);
+  }
+
+  /**
+   * Waits for the exclusive lease. Release it with `lease.release()` (or `using`).
+   * @throws TypeError | RangeError at the call, on invalid options.
+   */
+  acquireWrite(options?: AcquireOptions): Promise<Lease> {
+    return this.#acquire('write', options);
+  }
+
+  /**
+   * Runs `fn` under a shared lease and always releases it, however `fn` ends. A nested
+   * `read`/`write` call in `fn`'s async context joins this lease.
+   */
+  read<T>(fn: (lease: Lease) => T | PromiseLike<T>, options?: AcquireOptions): Promise<Awaited<T>> {
+    return this.#run('read', fn, options);
+  }
+
+  /**
+   * Runs `fn` under the exclusive lease and always releases it. A nested `read`/`write` in `fn`'s
+   * async context joins it.
+   */
+  write<T>(
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options?: AcquireOptions,
+  ): Promise<Awaited<T>> {
+    return this.#run('write', fn, options);
+  }
+
+  /** The lease held by the current async context through `read(fn)`/`write(fn)`, if any. */
+  heldLease(): Lease | undefined {
+    const held = this.#context.getStore();
+    return held === undefined || held.released ? undefined : held;
+  }
+
+  /** @internal Called by a lease when it is released or revoked. */
+  releaseLease(mode: LockMode): void {
+    if (mode === 'read') {
+      this.#readers--;
+      // Still shared by others and not at the reader cap: nobody queued can be admitted.
+      if (this.#readers > 0 && this.#readers + 1 < this.#maxReaders) {
+        this.#publishRelease(mode);
+        return;
+      }
+    } else {
+      this.#writing = false;
+    }
+    this.#publishRelease(mode);
+    this.#drain();
+  }
+
+  #publishRelease(mode: LockMode): void {
+    if (lockChannels.release.hasSubscribers) {
+      lockChannels.release.publish({ lock: this.name, mode });
+    }
+  }
+
+  /** @internal Removes a waiter that gave up (abort or timeout) and wakes whom it blocked. */
+  [kCancel](waiter: Waiter, reason: unknown): void {
+    if (!waiter.queued) return;
+    this.#dequeue(waiter);
+    if (lockChannels.cancel.hasSubscribers) {
+      lockChannels.cancel.publish({ lock: this.name, mode: waiter.mode, reason });
+    }
+    waiter.reject(reason);
+    this.#drain();
+  }
+
+  #acquire(mode: LockMode, options: AcquireOptions | undefined): Promise<Lease> {
+    validateOptionsObject(options);
+    const signal = validateSignal(options?.signal);
+    const timeout = validateDuration(options?.timeout, 'timeout');
+    const held = this.heldLease();
+    if (held !== undefined) return this.#join(held, mode);
+    return this.#enqueue(mode, signal, timeout);
+  }
+
+  #join(held: Lease, mode: LockMode): Promise<Lease> {
+    if (mode === 'write' && held.mode === 'read') {
+      return Promise.reject(
+        new DeadlockError(
+          `Cannot acquire a write lease on ${this.#describe()} while holding a read lease on it in the same async context`,
+        ),
+      );
+    }
+    return Promise.resolve(held.join());
+  }
+
+  #enqueue(
+    mode: LockMode,
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+  ): Promise<Lease> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
+    if (lease !== null) return Promise.resolve(lease);
+    if (timeout === 0) return Promise.reject(new LockTimeoutError(0, this.name));
+    if (this.#queue.size >= this.#maxQueue) {
+      if (lockChannels.cancel.hasSubscribers) {
+        lockChannels.cancel.publish({ lock: this.name, mode, reason: 'queue-full' });
+      }
+      return Promise.reject(new QueueFullError(this.#maxQueue, this.name));
+    }
+    return new Promise<Lease>((resolve, reject) => {
+      const waiter = new Waiter(this, mode, resolve, reject);
+      this.#queue.push(waiter);
+      if (mode === 'read') this.#queuedReaders++;
+      else this.#queuedWriters++;
+      if (signal !== undefined) {
+        waiter.signal = signal;
+        signal.addEventListener('abort', waiter, { once: true });
+      }
+      if (timeout !== undefined) {
+        waiter.timer = setTimeout(onWaiterTimeout, timeout, waiter, timeout);
+      }
+    });
+  }
+
+  #dequeue(waiter: Waiter): void {
+    this.#queue.remove(waiter);
+    if (waiter.mode === 'read') this.#queuedReaders--;
+    else this.#queuedWriters--;
+    if (waiter.signal !== undefined) {
+      waiter.signal.removeEventListener('abort', waiter);
+      waiter.signal = undefined;
+    }
+    if (waiter.timer !== undefined) {
+      clearTimeout(waiter.timer);
+      waiter.timer = undefined;
+    }
+  }
+
+  /** Grants the head of the queue for as long as it is compatible with the holders. */
+  #drain(): void {
+    for (;;) {
+      const head = this.#queue.head;
+      if (head === null) return;
+      if (head.mode === 'write') {
+        if (this.#writing || this.#readers > 0) return;
+        this.#dequeue(head);
+        this.#writing = true;
+        head.resolve(this.#granted('write', head.enqueuedAt));
+        return;
+      }
+      if (this.#writing || this.#readers >= this.#maxReaders) return;
+      this.#dequeue(head);
+      this.#readers++;
+      head.resolve(this.#granted('read', head.enqueuedAt));
+    }
+  }
+
+  #granted(mode: LockMode, enqueuedAt: number): Lease {
+    if (lockChannels.acquire.hasSubscribers) {
+      lockChannels.acquire.publish({
+        lock: this.name,
+        mode,
+        queued: enqueuedAt !== 0,
+        waitedMs: enqueuedAt === 0 ? 0 : performance.now() - enqueuedAt,
+      });
+    }
+    return new Lease(this, mode);
+  }
+
+  #run<T>(
+    mode: LockMode,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: AcquireOptions | undefined,
+  ): Promise<Awaited<T>> {
+    // Validate before going async, so bad input throws at the call.
+    validateFunction(fn, 'fn');
+    validateOptionsObject(options);
+    const signal = validateSignal(options?.signal);
+    const timeout = validateDuration(options?.timeout, 'timeout');
+    return this.#runValidated(mode, fn, signal, timeout);
+  }
+
+  async #runValidated<T>(
+    mode: LockMode,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+  ): Promise<Awaited<T>> {
+    const held = this.heldLease();
+    if (held !== undefined) {
+      // Nested: share the outer hold; the context already carries it.
+      const joined = await this.#join(held, mode);
+      try {
+        return await fn(joined);
+      } finally {
+        joined.release();
+      }
+    }
+    let lease = signal?.aborted
+      ? null
+      : mode === 'read'
+        ? this.tryAcquireRead()
+        : this.tryAcquireWrite();
+    lease ??= await this.#enqueue(mode, signal, timeout);
+    try {
+      // Granted, but the caller gave up before its turn came round: do not start fn.
+      if (signal?.aborted) throw signal.reason;
+      return await this.#context.run(lease, fn, lease);
+    } finally {
+      lease.release();
+    }
+  }
+
+  #describe(): string {
+    return this.name === undefined ? 'the lock' : `lock "${this.name}"`;
+  }
+}
