@@ -1,0 +1,209 @@
+import type { LockMode } from '../lock/lease.js';
+
+/** Kind of a guarded operation: a shared `read` or an exclusive `write`. */
+export type OpKind = LockMode;
+
+/** What `probe` and `cancel` learn about the operation they concern. */
+export interface OpInfo {
+  /** Unique id of the operation within its guard. */
+  readonly id: number;
+  readonly kind: OpKind;
+  readonly label: string | undefined;
+  /** Generation of the handle it runs on. */
+  readonly generation: number;
+  /** `performance.now()` when it started running (after it got its lease and handle). */
+  readonly startedAt: number;
+}
+
+/** Second argument of the function given to `guard.read` / `guard.write`. */
+export interface OpContext {
+  /**
+   * Aborted when the caller's signal aborts, when the op is convicted of a stall (reason:
+   * `EngineStalledError`) or when the guard closes (`GuardClosedError`). Pass it to the engine call.
+   */
+  readonly signal: AbortSignal;
+  /**
+   * Reports progress (e.g. once per row batch). Resets the liveness clock: an op that
+   * heartbeats at least once per `liveness.interval` is never probed.
+   */
+  heartbeat(): void;
+  /** Generation of the engine handle this op runs on. */
+  readonly generation: number;
+  /** Unique id of this op within its guard. */
+  readonly id: number;
+  readonly kind: OpKind;
+  readonly label: string | undefined;
+}
+
+/** Liveness watchdog settings. All durations in milliseconds. */
+export interface LivenessOptions {
+  /**
+   * An op with no heartbeat for this long is probed; probes repeat every `interval` while it
+   * stays silent. Default 5,000.
+   */
+  interval?: number;
+  /** Bound of one probe; a probe still pending after it counts as failed. Default 3,000. */
+  timeout?: number;
+  /** Consecutive failed probes that convict an op of a stall. Default 3. */
+  failures?: number;
+  /**
+   * A watchdog timer that fires later than this (event-loop block, laptop sleep) convicts
+   * nobody on that tick: it re-checks liveness instead. Default 1,000.
+   */
+  pauseThreshold?: number;
+  /**
+   * An idle handle unused for at least this long is probed before it is handed to an op, and
+   * replaced if the probe fails. `false` turns the check off. Default: `interval`.
+   */
+  idleCheckAfter?: number | false;
+}
+
+/** Reconnect backoff after `create` (or `setup`) fails. */
+export interface ReconnectOptions {
+  /** First delay, ms. Default 100. */
+  initialDelay?: number;
+  /** Largest delay, ms. Default 10,000. */
+  maxDelay?: number;
+  /** Growth per consecutive failure. Default 2. */
+  factor?: number;
+  /** Fraction of each delay that is randomised, 0 to 1. Default 0.2. */
+  jitter?: number;
+  /**
+   * After this many consecutive failures the engine counts as down: new callers fail fast with
+   * `EngineUnavailableError` until an attempt (kept going in the background) succeeds. Default 3.
+   */
+  failFastAfter?: number;
+}
+
+/** Options of {@link EngineGuard}. `E` is the engine handle type (a connection, a client...). */
+export interface EngineGuardOptions<E> {
+  /** Opens one engine handle. `signal` aborts when the attempt times out or the guard closes. */
+  create: (ctx: { signal: AbortSignal; generation: number }) => Promise<E> | E;
+  /** Closes a handle. Bounded by `destroyTimeout`; errors are reported, not thrown. */
+  destroy?: (engine: E, ctx: { reason: unknown }) => Promise<void> | void;
+  /** Bootstraps a new handle once, before its first op (attach, catalog, search path...). */
+  setup?: (engine: E, ctx: { signal: AbortSignal; generation: number }) => Promise<void> | void;
+  /**
+   * Liveness check. Throwing (or rejecting) means failed. With `op` set, the handle is busy
+   * running that op: check from the side (e.g. is the backend still active?). With `op`
+   * undefined, the handle is idle and may be used directly.
+   */
+  probe?: (engine: E, ctx: { signal: AbortSignal; op: OpInfo | undefined }) => Promise<unknown>;
+  /** Best-effort server-side cancel of a running op. Bounded by `cancelTimeout`. */
+  cancel?: (engine: E, ctx: { op: OpInfo; reason: unknown }) => Promise<unknown> | unknown;
+  /** True for errors meaning "this handle is gone": the handle is replaced. */
+  isFatal?: (error: unknown) => boolean;
+  /** Handles for concurrent reads. Default 1. */
+  pool?: number;
+  /** Liveness settings, or `false` for no watchdog. Without `probe`, liveness is off. */
+  liveness?: LivenessOptions | false;
+  /** Default bound of the wait for a lease and a handle, ms. Default: no bound. */
+  acquireTimeout?: number;
+  /** Most queued ops; more reject with `QueueFullError`. Default: no bound. */
+  maxQueue?: number;
+  reconnect?: ReconnectOptions;
+  /** Bound of one `create` + `setup` attempt, ms. Default 30,000. */
+  connectTimeout?: number;
+  /** Bound of one `destroy`, ms. Default 5,000. */
+  destroyTimeout?: number;
+  /** Bound of one `cancel`, and grace for an aborted op to settle before its handle is dropped, ms. Default 5,000. */
+  cancelTimeout?: number;
+  /** Bound of `close()`, ms. Default 10,000. */
+  closeTimeout?: number;
+  /** Name used in messages, status and diagnostics. */
+  name?: string;
+}
+
+/** Options of one `guard.read` / `guard.write`. */
+export interface OpOptions {
+  /** Aborting it removes the op from the queue, or aborts `ctx.signal` and sends `cancel`. */
+  signal?: AbortSignal;
+  /** Most ms to wait for a lease and a handle. Never bounds the op's run. Default `acquireTimeout`. */
+  timeout?: number;
+  /** Shown in `status()`, events, errors and traces. */
+  label?: string;
+}
+
+/** Lifecycle state reported by `status()`. */
+export type GuardState = 'idle' | 'connecting' | 'ready' | 'degraded' | 'closed';
+
+/** One running op in `status()`. */
+export interface RunningOpStatus {
+  id: number;
+  kind: OpKind;
+  label: string | undefined;
+  generation: number;
+  /** ms since it started running. */
+  ageMs: number;
+  /** ms since its last heartbeat (or its start). */
+  sinceHeartbeatMs: number;
+  /** Consecutive failed probes so far. */
+  probeFailures: number;
+  /** `cancelling` after its caller aborted, while the engine winds it down. */
+  phase: 'running' | 'cancelling';
+}
+
+/** Counters since the guard was made. */
+export interface GuardCounters {
+  /** Ops started (granted a lease and a handle). */
+  ops: number;
+  succeeded: number;
+  failed: number;
+  stalls: number;
+  /** Handles retired (stall, fatal error, failed idle check). */
+  replacements: number;
+  /** `cancel` calls sent. */
+  cancels: number;
+  lockTimeouts: number;
+  /** Ops aborted by their caller (queued or running). */
+  aborts: number;
+  probeFailures: number;
+  connectFailures: number;
+}
+
+/** Synchronous snapshot returned by `status()`. */
+export interface GuardStatus {
+  name: string | undefined;
+  state: GuardState;
+  /** Highest handle generation opened so far (0 before the first). */
+  generation: number;
+  handles: { total: number; busy: number; idle: number; connecting: number; retiring: number };
+  running: RunningOpStatus[];
+  queue: { readers: number; writers: number; forHandle: number };
+  lastProbe: { ok: boolean; at: number; durationMs: number; error: string | undefined } | null;
+  lastError: { message: string; code: string | undefined; at: number } | null;
+  reconnect: { failures: number; nextAttemptAt: number | undefined };
+  counters: GuardCounters;
+}
+
+/** Payloads of the typed events. */
+export interface GuardEvents {
+  /** An op was convicted of a stall. */
+  stall: { op: OpInfo; error: Error; probeFailures: number };
+  /** A handle was retired; the next op needing one gets a new one. */
+  replace: {
+    generation: number;
+    reason: 'stall' | 'fatal' | 'idle-check' | 'abandoned' | 'close';
+    cause: unknown;
+  };
+  /** A liveness probe failed (or timed out). */
+  probeFailure: { op: OpInfo | undefined; generation: number; error: unknown; consecutive: number };
+  /**
+   * The guard stopped waiting for an op's function, which has not settled (it ignored its
+   * signal). Its caller was already answered.
+   */
+  abandon: { op: OpInfo; reason: unknown };
+  /** `create` or `setup` failed. */
+  connectError: { error: unknown; attempts: number; retryInMs: number };
+  /** A new handle is ready. */
+  connect: { generation: number };
+  /** `status().state` changed. */
+  state: { from: GuardState; to: GuardState };
+  /** `destroy` failed or timed out. */
+  destroyError: { generation: number; error: unknown };
+}
+
+/** What `on()` returns: call `dispose()` (or `using`) to unsubscribe. */
+export interface Subscription extends Disposable {
+  dispose(): void;
+}

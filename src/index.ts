@@ -1,0 +1,44 @@
+/**
+ * engine-guard: concurrency-safe access to a shared engine.
+ *
+ * @packageDocumentation
+ */
+
+export {
+  channelNames,
+  type GuardEventMessage,
+  type LockAcquireMessage,
+  type LockCancelMessage,
+  type LockReleaseMessage,
+  type OpTraceContext,
+} from './diagnostics.js';
+export * from './errors.js';
+export {
+  type CachedSnapshot,
+  CachedValue,
+  type CachedValueOptions,
+} from './guard/cached-value.js';
+export { DEFAULT_LIVENESS, EngineGuard } from './guard/engine-guard.js';
+export type {
+  EngineGuardOptions,
+  GuardCounters,
+  GuardEvents,
+  GuardState,
+  GuardStatus,
+  LivenessOptions,
+  OpContext,
+  OpInfo,
+  OpKind,
+  OpOptions,
+  ReconnectOptions,
+  RunningOpStatus,
+  Subscription,
+} from './guard/types.js';
+export { ProbeTimeoutError } from './liveness/watchdog.js';
+export { Lease, type LockMode } from './lock/lease.js';
+export {
+  type AcquireOptions,
+  RWLock,
+  type RWLockOptions,
+  type RWLockState,
+} from './lock/rwlock.js';

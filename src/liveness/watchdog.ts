@@ -1,0 +1,212 @@
+/**
+ * The liveness watchdog: decides when a running operation has lost its engine.
+ *
+ * It measures liveness, not duration. A subject (a running op) that reports progress through
+ * heartbeats is never probed, however long it runs. A silent subject is probed once every
+ * `interval`; each probe is bounded by `timeout`; `failures` consecutive failed probes convict it.
+ * With probes that start `interval` apart, conviction comes at most
+ * `interval × failures + timeout` after the last sign of life (when `timeout ≤ interval`).
+ *
+ * Invariants:
+ * - At most one probe in flight per subject.
+ * - A heartbeat, or a passing probe, resets the failure count to zero.
+ * - Local-pause guard: a timer that fires later than `pauseThreshold` (event-loop block, or a
+ *   laptop that slept, seen as the wall clock running ahead of the monotonic one) convicts no one.
+ *   A probe whose timeout fired that late is discarded as inconclusive and liveness is checked
+ *   again at once. A probe timeout is also only judged after pending I/O has had a turn
+ *   (`setImmediate`), so a reply that arrived during a pause is read before the verdict.
+ * - One timer for all subjects, armed only while there are subjects: no per-op timer, and
+ *   nothing left running when the last subject leaves.
+ */
+
+/** The watchdog's per-subject bookkeeping; an op carries these fields itself. */
+export interface WatchedSubject {
+  /** `performance.now()` of the last sign of life (start, heartbeat, or passing probe). */
+  lastBeat: number;
+  /** Consecutive failed probes. */
+  probeFailures: number;
+  /** @internal */ probing: boolean;
+  /** @internal Earliest time the next probe may start. */ nextProbeAt: number;
+  /** @internal When the probe in flight (or the last one) started. */ probeStartedAt: number;
+  /** @internal */ watched: boolean;
+}
+
+/** Resolved settings. */
+export interface WatchdogSettings {
+  interval: number;
+  timeout: number;
+  failures: number;
+  pauseThreshold: number;
+}
+
+/** What the watchdog calls out to. */
+export interface WatchdogHooks<S extends WatchedSubject> {
+  /** Runs one probe; rejects (or throws) when it fails. */
+  probe(subject: S, signal: AbortSignal): Promise<unknown>;
+  /** Every conclusive probe result. */
+  onProbeResult(subject: S, ok: boolean, error: unknown, durationMs: number): void;
+  /** `failures` consecutive probes failed. Called once per subject. */
+  onConvict(subject: S, lastError: unknown): void;
+  /** A local pause was detected; `lateMs` is how late the timer fired. */
+  onPause?(lateMs: number): void;
+}
+
+/** Reason a probe that outlived its `timeout` fails with. */
+export class ProbeTimeoutError extends Error {
+  override readonly name = 'ProbeTimeoutError';
+  readonly code = 'ERR_PROBE_TIMEOUT';
+  constructor(timeout: number) {
+    super(`Liveness probe did not answer within ${timeout} ms`);
+  }
+}
+
+const now = (): number => performance.now();
+
+/** See the module documentation. */
+export class Watchdog<S extends WatchedSubject> {
+  readonly settings: WatchdogSettings;
+  readonly #hooks: WatchdogHooks<S>;
+  readonly #subjects = new Set<S>();
+  #timer: NodeJS.Timeout | undefined = undefined;
+  #timerDue = 0;
+  #timerDueWall = 0;
+
+  constructor(settings: WatchdogSettings, hooks: WatchdogHooks<S>) {
+    this.settings = settings;
+    this.#hooks = hooks;
+  }
+
+  /** Subjects being watched. */
+  get size(): number {
+    return this.#subjects.size;
+  }
+
+  /** Starts watching; the subject counts as alive now. */
+  watch(subject: S): void {
+    const t = now();
+    subject.lastBeat = t;
+    subject.probeFailures = 0;
+    subject.probing = false;
+    subject.nextProbeAt = t + this.settings.interval;
+    subject.probeStartedAt = 0;
+    subject.watched = true;
+    this.#subjects.add(subject);
+    this.#arm(subject.nextProbeAt);
+  }
+
+  /** Stops watching; a probe in flight is left to finish and its result ignored. */
+  unwatch(subject: S): void {
+    subject.watched = false;
+    this.#subjects.delete(subject);
+    if (this.#subjects.size === 0) this.#disarm();
+  }
+
+  /** Stops everything. */
+  stop(): void {
+    for (const subject of this.#subjects) subject.watched = false;
+    this.#subjects.clear();
+    this.#disarm();
+  }
+
+  #arm(due: number): void {
+    if (this.#timer !== undefined && this.#timerDue <= due) return;
+    this.#disarm();
+    const delay = Math.max(0, due - now());
+    this.#timerDue = now() + delay;
+    this.#timerDueWall = Date.now() + delay;
+    this.#timer = setTimeout(() => this.#tick(), delay);
+  }
+
+  #disarm(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #lateness(dueMono: number, dueWall: number): number {
+    return Math.max(now() - dueMono, Date.now() - dueWall);
+  }
+
+  #tick(): void {
+    this.#timer = undefined;
+    const late = this.#lateness(this.#timerDue, this.#timerDueWall);
+    const t = now();
+    if (late > this.settings.pauseThreshold) {
+      this.#hooks.onPause?.(late);
+      // Our own clock stood still: what looks like silence may be ours. Re-check everyone now.
+      for (const subject of this.#subjects) {
+        if (!subject.probing) subject.nextProbeAt = t;
+      }
+    }
+    let next = Number.POSITIVE_INFINITY;
+    for (const subject of this.#subjects) {
+      if (subject.probing) continue;
+      const due = Math.max(subject.lastBeat + this.settings.interval, subject.nextProbeAt);
+      if (due <= t) {
+        this.#probe(subject);
+        next = Math.min(next, subject.nextProbeAt);
+      } else {
+        next = Math.min(next, due);
+      }
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.#arm(next);
+  }
+
+  #probe(subject: S): void {
+    const { timeout, interval } = this.settings;
+    const startedAt = now();
+    subject.probing = true;
+    subject.probeStartedAt = startedAt;
+    subject.nextProbeAt = startedAt + interval;
+    const controller = new AbortController();
+    let done = false;
+    const dueMono = startedAt + timeout;
+    const dueWall = Date.now() + timeout;
+
+    const finish = (ok: boolean, error: unknown, conclusive: boolean): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      subject.probing = false;
+      if (!ok) controller.abort(error);
+      if (!subject.watched) return;
+      if (!conclusive) {
+        subject.nextProbeAt = now();
+      } else if (ok || subject.lastBeat > startedAt) {
+        // A pass, or a failure overtaken by a heartbeat: the subject is alive.
+        subject.probeFailures = 0;
+        if (ok) subject.lastBeat = Math.max(subject.lastBeat, startedAt);
+        this.#hooks.onProbeResult(subject, ok, error, now() - startedAt);
+      } else {
+        subject.probeFailures++;
+        this.#hooks.onProbeResult(subject, false, error, now() - startedAt);
+        if (subject.probeFailures >= this.settings.failures) {
+          this.unwatch(subject);
+          this.#hooks.onConvict(subject, error);
+          return;
+        }
+      }
+      this.#arm(Math.max(subject.lastBeat + interval, subject.nextProbeAt));
+    };
+
+    const timer = setTimeout(() => {
+      if (this.#lateness(dueMono, dueWall) > this.settings.pauseThreshold) {
+        this.#hooks.onPause?.(this.#lateness(dueMono, dueWall));
+        finish(false, new ProbeTimeoutError(timeout), false);
+        return;
+      }
+      // Let I/O that is already waiting (the probe's reply) be read before the verdict.
+      setImmediate(() => finish(false, new ProbeTimeoutError(timeout), true));
+    }, timeout);
+
+    let pending: Promise<unknown>;
+    try {
+      pending = Promise.resolve(this.#hooks.probe(subject, controller.signal));
+    } catch (error) {
+      pending = Promise.reject(error);
+    }
+    pending.then(
+      () => finish(true, undefined, true),
+      (error: unknown) => finish(false, error, true),
+    );
+  }
+}

@@ -1,0 +1,42 @@
+import type { ReconnectOptions } from '../guard/types.js';
+
+/** Resolved reconnect settings. */
+export interface BackoffPolicy {
+  initialDelay: number;
+  maxDelay: number;
+  factor: number;
+  jitter: number;
+  failFastAfter: number;
+}
+
+export const defaultBackoff: BackoffPolicy = {
+  initialDelay: 100,
+  maxDelay: 10_000,
+  factor: 2,
+  jitter: 0.2,
+  failFastAfter: 3,
+};
+
+/** Merges user options over the defaults (validation happens in the guard's option parser). */
+export function resolveBackoff(options: ReconnectOptions | undefined): BackoffPolicy {
+  return { ...defaultBackoff, ...stripUndefined(options ?? {}) };
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/**
+ * Delay before attempt `failures + 1`: exponential in the number of consecutive failures,
+ * capped, with the top `jitter` fraction randomised so that many guards (or many processes)
+ * that lost the same server do not reconnect in lockstep.
+ */
+export function backoffDelay(
+  policy: BackoffPolicy,
+  failures: number,
+  random = Math.random,
+): number {
+  const exponent = Math.max(0, failures - 1);
+  const base = Math.min(policy.maxDelay, policy.initialDelay * policy.factor ** exponent);
+  return Math.round(base * (1 - policy.jitter * random()));
+}

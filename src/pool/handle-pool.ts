@@ -1,0 +1,432 @@
+/**
+ * The handle pool: opens engine handles lazily, hands them out, and replaces dead ones.
+ *
+ * Invariants:
+ * - In service (idle + busy + being opened) there are never more than `size` handles. A retired
+ *   handle leaves service at once; its `destroy` runs in the background, bounded by
+ *   `destroyTimeout`, so a `destroy` that never settles cannot shrink the pool for good.
+ * - Handles are opened on demand only: one attempt per waiter while the engine is healthy,
+ *   a single attempt at a time (with jittered exponential backoff) after a failure.
+ * - `setup` runs once per new handle, inside the attempt, before the handle serves anyone.
+ * - Waiters are served in arrival order; one that aborts leaves the queue in O(1). A handle
+ *   opened for a waiter that left goes idle for the next one: nothing is leaked.
+ * - After `failFastAfter` consecutive failed attempts the engine counts as down: attempts go on
+ *   in the background and `isDown` lets new callers fail fast until one succeeds.
+ */
+import { EngineUnavailableError, GuardClosedError, LockTimeoutError } from '../errors.js';
+import { type QueueNode, WaiterQueue } from '../lock/waiter-queue.js';
+import { type BackoffPolicy, backoffDelay } from './backoff.js';
+
+/** One engine handle and its bookkeeping. */
+export class Handle<E> {
+  state: 'idle' | 'busy' | 'retiring' = 'idle';
+  idleSince: number = performance.now();
+  constructor(
+    readonly engine: E,
+    readonly generation: number,
+  ) {}
+}
+
+/** Why a handle was taken out of service. */
+export type RetireReason = 'stall' | 'fatal' | 'idle-check' | 'abandoned' | 'close';
+
+/** What the pool calls out to. */
+export interface PoolHooks<E> {
+  /** Opens a handle and runs its setup; rejects if either fails. */
+  open(signal: AbortSignal, generation: number): Promise<E>;
+  /** Destroys a handle (already bounded by the pool). */
+  destroy(engine: E, reason: unknown): Promise<void> | void;
+  /** Probes an idle handle before reuse; undefined when there is no probe. */
+  probeIdle: ((engine: E, signal: AbortSignal) => Promise<unknown>) | undefined;
+  onConnect(generation: number): void;
+  onConnectError(error: unknown, attempts: number, retryInMs: number): void;
+  onRetire(handle: Handle<E>, reason: RetireReason, cause: unknown): void;
+  onDestroyError(generation: number, error: unknown): void;
+  onIdleProbe(generation: number, ok: boolean, error: unknown, durationMs: number): void;
+}
+
+/** Resolved pool settings. */
+export interface PoolSettings {
+  size: number;
+  backoff: BackoffPolicy;
+  connectTimeout: number;
+  destroyTimeout: number;
+  /** Probe an idle handle unused for this long before reuse; undefined: never. */
+  idleCheckAfter: number | undefined;
+  probeTimeout: number;
+}
+
+class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
+  prev: HandleWaiter<E> | null = null;
+  next: HandleWaiter<E> | null = null;
+  queued = false;
+  signal: AbortSignal | undefined = undefined;
+  timer: NodeJS.Timeout | undefined = undefined;
+  constructor(
+    readonly pool: HandlePool<E>,
+    readonly resolve: (handle: Handle<E>) => void,
+    readonly reject: (reason: unknown) => void,
+  ) {}
+  handleEvent(): void {
+    this.pool[kGiveUp](this, this.signal?.reason);
+  }
+}
+
+const kGiveUp = Symbol('giveUp');
+
+/** Races `promise` against a timer; the loser is ignored. Never rejects with the timer. */
+function bounded<T>(
+  promise: Promise<T>,
+  ms: number,
+): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(
+      () => resolve({ ok: false, error: new Error(`timed out after ${ms} ms`) }),
+      ms,
+    );
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve({ ok: true, value });
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        resolve({ ok: false, error });
+      },
+    );
+  });
+}
+
+/** See the module documentation. */
+export class HandlePool<E> {
+  readonly settings: PoolSettings;
+  readonly #hooks: PoolHooks<E>;
+  readonly #idle: Handle<E>[] = [];
+  readonly #busy = new Set<Handle<E>>();
+  readonly #waiters = new WaiterQueue<HandleWaiter<E>>();
+  readonly #attempts = new Set<AbortController>();
+  readonly #destroying = new Set<Promise<void>>();
+  #connecting = 0;
+  #retiring = 0;
+  #generation = 0;
+  #failures = 0;
+  #lastError: unknown = undefined;
+  #retryTimer: NodeJS.Timeout | undefined = undefined;
+  #nextAttemptAt: number | undefined = undefined;
+  #closed = false;
+
+  constructor(settings: PoolSettings, hooks: PoolHooks<E>) {
+    this.settings = settings;
+    this.#hooks = hooks;
+  }
+
+  get generation(): number {
+    return this.#generation;
+  }
+  get idleCount(): number {
+    return this.#idle.length;
+  }
+  get busyCount(): number {
+    return this.#busy.size;
+  }
+  get connecting(): number {
+    return this.#connecting;
+  }
+  get retiring(): number {
+    return this.#retiring;
+  }
+  get waiting(): number {
+    return this.#waiters.size;
+  }
+  get failures(): number {
+    return this.#failures;
+  }
+  get lastError(): unknown {
+    return this.#lastError;
+  }
+  /** Epoch ms of the next scheduled attempt. */
+  get nextAttemptAt(): number | undefined {
+    return this.#nextAttemptAt;
+  }
+  /** Consecutive failures reached `failFastAfter` and no handle is idle. */
+  get isDown(): boolean {
+    return this.#failures >= this.settings.backoff.failFastAfter && this.#idle.length === 0;
+  }
+
+  #inService(): number {
+    return this.#idle.length + this.#busy.size + this.#connecting;
+  }
+
+  /** The error a caller gets when it gives up, or is refused, while the engine is failing. */
+  unavailableError(): EngineUnavailableError {
+    return new EngineUnavailableError(this.#failures, this.#lastError, this.#nextAttemptAt);
+  }
+
+  /**
+   * Takes a handle: an idle one at once (after an idle check if it sat unused too long), else
+   * waits for one to be opened or returned. `timeout` bounds the wait.
+   */
+  acquire(
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+  ): Handle<E> | Promise<Handle<E>> {
+    if (this.#closed) return Promise.reject(new GuardClosedError());
+    const handle = this.#idle.pop();
+    if (handle !== undefined) {
+      const check = this.settings.idleCheckAfter;
+      if (
+        check !== undefined &&
+        this.#hooks.probeIdle !== undefined &&
+        performance.now() - handle.idleSince >= check
+      ) {
+        return this.#checkIdle(handle, signal, timeout);
+      }
+      handle.state = 'busy';
+      this.#busy.add(handle);
+      return handle;
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise<Handle<E>>((resolve, reject) => {
+      const waiter = new HandleWaiter(this, resolve, reject);
+      this.#waiters.push(waiter);
+      if (signal !== undefined) {
+        waiter.signal = signal;
+        signal.addEventListener('abort', waiter, { once: true });
+      }
+      if (timeout !== undefined) {
+        waiter.timer = setTimeout(() => {
+          waiter.timer = undefined;
+          this[kGiveUp](
+            waiter,
+            this.#failures > 0 ? this.unavailableError() : new LockTimeoutError(timeout),
+          );
+        }, timeout);
+      }
+      // A background retry timer now has someone waiting on it.
+      this.#retryTimer?.ref();
+      this.#pump();
+    });
+  }
+
+  async #checkIdle(
+    handle: Handle<E>,
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+  ): Promise<Handle<E>> {
+    handle.state = 'busy';
+    this.#busy.add(handle);
+    const controller = new AbortController();
+    const started = performance.now();
+    const result = await bounded(
+      Promise.resolve().then(() => this.#hooks.probeIdle?.(handle.engine, controller.signal)),
+      this.settings.probeTimeout,
+    );
+    this.#hooks.onIdleProbe(
+      handle.generation,
+      result.ok,
+      result.ok ? undefined : result.error,
+      performance.now() - started,
+    );
+    if (result.ok) {
+      handle.idleSince = performance.now();
+      return handle;
+    }
+    controller.abort(result.error);
+    this.retire(handle, 'idle-check', result.error);
+    return this.acquire(signal, timeout);
+  }
+
+  /** Gives a handle back: to the first waiter, else to the idle list. */
+  release(handle: Handle<E>): void {
+    if (handle.state !== 'busy') return;
+    this.#busy.delete(handle);
+    this.#offer(handle);
+  }
+
+  #offer(handle: Handle<E>): void {
+    if (this.#closed) {
+      this.#destroy(handle, new GuardClosedError());
+      return;
+    }
+    const waiter = this.#waiters.head;
+    if (waiter !== null) {
+      this.#dequeue(waiter);
+      handle.state = 'busy';
+      this.#busy.add(handle);
+      waiter.resolve(handle);
+      return;
+    }
+    handle.state = 'idle';
+    handle.idleSince = performance.now();
+    this.#idle.push(handle);
+  }
+
+  /** Takes a handle out of service for good and destroys it in the background. */
+  retire(
+    handle: Handle<E>,
+    reason: RetireReason,
+    cause: unknown,
+    beforeDestroy?: () => Promise<unknown>,
+  ): void {
+    if (handle.state === 'retiring') return;
+    if (handle.state === 'busy') this.#busy.delete(handle);
+    else {
+      const at = this.#idle.indexOf(handle);
+      if (at >= 0) this.#idle.splice(at, 1);
+    }
+    handle.state = 'retiring';
+    if (reason !== 'close') this.#hooks.onRetire(handle, reason, cause);
+    this.#destroy(handle, cause, beforeDestroy);
+    // The slot is free: a waiter may need a fresh handle now.
+    this.#pump();
+  }
+
+  #destroy(handle: Handle<E>, reason: unknown, beforeDestroy?: () => Promise<unknown>): void {
+    handle.state = 'retiring';
+    this.#retiring++;
+    const run = async (): Promise<void> => {
+      if (beforeDestroy !== undefined) {
+        await bounded(beforeDestroy(), this.settings.destroyTimeout);
+      }
+      const result = await bounded(
+        Promise.resolve().then(() => this.#hooks.destroy(handle.engine, reason)),
+        this.settings.destroyTimeout,
+      );
+      if (!result.ok) this.#hooks.onDestroyError(handle.generation, result.error);
+    };
+    const done = run().finally(() => {
+      this.#retiring--;
+      this.#destroying.delete(done);
+    });
+    this.#destroying.add(done);
+  }
+
+  [kGiveUp](waiter: HandleWaiter<E>, reason: unknown): void {
+    if (!waiter.queued) return;
+    this.#dequeue(waiter);
+    waiter.reject(reason);
+  }
+
+  #dequeue(waiter: HandleWaiter<E>): void {
+    this.#waiters.remove(waiter);
+    if (waiter.signal !== undefined) {
+      waiter.signal.removeEventListener('abort', waiter);
+      waiter.signal = undefined;
+    }
+    if (waiter.timer !== undefined) {
+      clearTimeout(waiter.timer);
+      waiter.timer = undefined;
+    }
+  }
+
+  /** Opens handles for the waiters that no attempt in flight will serve. */
+  #pump(): void {
+    if (this.#closed || this.#retryTimer !== undefined) return;
+    while (
+      this.#waiters.size > this.#connecting &&
+      this.#inService() < this.settings.size &&
+      // After a failure, probe the engine with one attempt at a time.
+      !(this.#failures > 0 && this.#connecting > 0)
+    ) {
+      this.#connect();
+    }
+  }
+
+  #connect(): void {
+    this.#connecting++;
+    const generation = ++this.#generation;
+    const controller = new AbortController();
+    this.#attempts.add(controller);
+    const timer = setTimeout(
+      () =>
+        controller.abort(new Error(`connect timed out after ${this.settings.connectTimeout} ms`)),
+      this.settings.connectTimeout,
+    );
+    let opened: Promise<E>;
+    try {
+      opened = Promise.resolve(this.#hooks.open(controller.signal, generation));
+    } catch (error) {
+      opened = Promise.reject(error);
+    }
+    // An attempt that ignores its signal must not hold the slot forever.
+    const abandoned = new Promise<never>((_, reject) => {
+      controller.signal.addEventListener('abort', () => reject(controller.signal.reason), {
+        once: true,
+      });
+    });
+    Promise.race([opened, abandoned]).then(
+      (engine) => {
+        clearTimeout(timer);
+        this.#attempts.delete(controller);
+        this.#connecting--;
+        this.#failures = 0;
+        this.#lastError = undefined;
+        this.#nextAttemptAt = undefined;
+        const handle = new Handle(engine, generation);
+        if (!this.#closed) this.#hooks.onConnect(generation);
+        this.#offer(handle);
+        this.#pump();
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        this.#attempts.delete(controller);
+        this.#connecting--;
+        // A late success of an abandoned attempt still owns a handle: close it.
+        opened.then(
+          (engine) => this.#destroy(new Handle(engine, generation), error),
+          () => {},
+        );
+        if (this.#closed) return;
+        this.#failures++;
+        this.#lastError = error;
+        const delay = backoffDelay(this.settings.backoff, this.#failures);
+        this.#nextAttemptAt = Date.now() + delay;
+        this.#hooks.onConnectError(error, this.#failures, delay);
+        this.#scheduleRetry(delay);
+      },
+    );
+  }
+
+  #scheduleRetry(delay: number): void {
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      if (this.#closed) return;
+      if (this.#waiters.size > 0) {
+        this.#pump();
+      } else if (this.isDown && this.#inService() === 0) {
+        // Nobody waits (new callers fail fast), so keep trying in the background.
+        this.#connect();
+      } else {
+        this.#nextAttemptAt = undefined;
+      }
+    }, delay);
+    // Background retries alone must not keep the process alive; waiters have their own timers.
+    if (this.#waiters.size === 0) this.#retryTimer.unref();
+  }
+
+  /**
+   * Stops the pool: rejects waiters, aborts attempts, destroys idle handles. Busy handles are
+   * destroyed when released or retired. Resolves when every destroy started so far settled.
+   */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+      this.#retryTimer = undefined;
+      for (let w = this.#waiters.head; w !== null; w = this.#waiters.head) {
+        this[kGiveUp](w, new GuardClosedError());
+      }
+      for (const controller of this.#attempts) controller.abort(new GuardClosedError());
+      for (const handle of this.#idle.splice(0)) this.#destroy(handle, new GuardClosedError());
+    }
+    await this.drained();
+  }
+
+  /** Resolves when no destroy is in flight. */
+  async drained(): Promise<void> {
+    while (this.#destroying.size > 0) {
+      await Promise.all(this.#destroying);
+    }
+  }
+}

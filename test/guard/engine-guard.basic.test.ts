@@ -1,0 +1,51 @@
+import { describe, expect, it } from 'vitest';
+import { EngineGuard, EngineStalledError } from '../../src/index.js';
+import { type FakeEngine, FakeEngineFactory } from '../../src/testing/index.js';
+
+function fakeGuard(factory: FakeEngineFactory, extra: Partial<ConstructorParameters<typeof EngineGuard<FakeEngine>>[0]> = {}) {
+  return new EngineGuard<FakeEngine>({
+    create: ({ signal }) => factory.create({ signal }),
+    destroy: (engine) => factory.destroy(engine),
+    probe: (engine, { signal }) => engine.ping({ signal }),
+    cancel: (engine) => engine.cancelRunning(),
+    isFatal: (error) => (error as { code?: string }).code === 'ECONNRESET',
+    liveness: { interval: 50, timeout: 50, failures: 2 },
+    ...extra,
+  });
+}
+
+describe('EngineGuard basics', () => {
+  it('runs reads and writes and reports status', async () => {
+    const factory = new FakeEngineFactory();
+    const guard = fakeGuard(factory, { pool: 2 });
+    expect(guard.status().state).toBe('idle');
+    const [a, b] = await Promise.all([
+      guard.read((e, ctx) => e.call('a', { signal: ctx.signal, duration: 20 })),
+      guard.read((e, ctx) => e.call('b', { signal: ctx.signal, duration: 20 })),
+    ]);
+    expect([a, b]).toEqual(['a', 'b']);
+    expect(factory.created.length).toBe(2);
+    await expect(guard.write((e) => e.call('w'))).resolves.toBe('w');
+    const s = guard.status();
+    expect(s.state).toBe('ready');
+    expect(s.counters.ops).toBe(3);
+    await guard.close();
+    expect(factory.live).toBe(0);
+  });
+
+  it('convicts a stalled op and replaces the engine', async () => {
+    const factory = new FakeEngineFactory();
+    const guard = fakeGuard(factory);
+    await guard.read((e) => e.call(1));
+    factory.created[0]?.nextCall('stall');
+    const t0 = performance.now();
+    const err = await guard.read((e, ctx) => e.call(2, { signal: ctx.signal })).catch((e: unknown) => e);
+    const elapsed = performance.now() - t0;
+    expect(err).toBeInstanceOf(EngineStalledError);
+    expect(elapsed).toBeLessThan(2000);
+    await expect(guard.read((e) => e.call(3))).resolves.toBe(3);
+    expect(factory.created.length).toBe(2);
+    expect(guard.status().counters.stalls).toBe(1);
+    await guard.close();
+  });
+});
