@@ -548,25 +548,23 @@ export class EngineGuard<E> implements AsyncDisposable {
   ): Promise<unknown> {
     this.#pending.add(op);
     op.callerSignal?.addEventListener('abort', op, { once: true });
-    // Fast path: lock free and a handle idle, no promise to wait on.
+    // Fast path: lock free and a handle idle: no promise to wait on, no AbortController.
     const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
     if (lease !== null) {
       op.lease = lease;
-      const handle = this.#pool.acquire(op.signal, timeout);
-      if (!(handle instanceof Promise)) {
+      const handle = this.#pool.tryAcquire();
+      if (handle !== null) {
         op.handle = handle;
         return this.#run(op, fn);
       }
-      return this.#waitThenRun(op, fn, timeout, handle);
     }
-    return this.#waitThenRun(op, fn, timeout, undefined);
+    return this.#waitThenRun(op, fn, timeout);
   }
 
   async #waitThenRun(
     op: Op<E>,
     fn: (engine: E, ctx: OpContext) => unknown,
     timeout: number | undefined,
-    pendingHandle: Promise<Handle<E>> | undefined,
   ): Promise<unknown> {
     const startedWaiting = performance.now();
     try {
@@ -576,16 +574,12 @@ export class EngineGuard<E> implements AsyncDisposable {
             ? await this.#lock.acquireRead({ signal: op.signal, timeout })
             : await this.#lock.acquireWrite({ signal: op.signal, timeout });
       }
-      if (pendingHandle === undefined) {
-        const remaining =
-          timeout === undefined
-            ? undefined
-            : Math.max(0, timeout - (performance.now() - startedWaiting));
-        const handle = this.#pool.acquire(op.signal, remaining);
-        op.handle = handle instanceof Promise ? await handle : handle;
-      } else {
-        op.handle = await pendingHandle;
-      }
+      const remaining =
+        timeout === undefined
+          ? undefined
+          : Math.max(0, timeout - (performance.now() - startedWaiting));
+      const handle = this.#pool.acquire(op.signal, remaining);
+      op.handle = handle instanceof Promise ? await handle : handle;
     } catch (error) {
       this.#pending.delete(op);
       op.callerSignal?.removeEventListener('abort', op);

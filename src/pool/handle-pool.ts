@@ -162,6 +162,25 @@ export class HandlePool<E> {
     return new EngineUnavailableError(this.#failures, this.#lastError, this.#nextAttemptAt);
   }
 
+  /** An idle handle that needs no check, or `null`. Never waits, never opens. */
+  tryAcquire(): Handle<E> | null {
+    if (this.#closed) return null;
+    const handle = this.#idle.at(-1);
+    if (handle === undefined) return null;
+    const check = this.settings.idleCheckAfter;
+    if (
+      check !== undefined &&
+      this.#hooks.probeIdle !== undefined &&
+      performance.now() - handle.idleSince >= check
+    ) {
+      return null;
+    }
+    this.#idle.pop();
+    handle.state = 'busy';
+    this.#busy.add(handle);
+    return handle;
+  }
+
   /**
    * Takes a handle: an idle one at once (after an idle check if it sat unused too long), else
    * waits for one to be opened or returned. `timeout` bounds the wait.

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ProbeTimeoutError } from '../../src/index.js';
-import { type WatchedSubject, Watchdog, type WatchdogHooks } from '../../src/liveness/watchdog.js';
+import { Watchdog, type WatchdogHooks, type WatchedSubject } from '../../src/liveness/watchdog.js';
 
 interface Subject extends WatchedSubject {
   name: string;
@@ -200,6 +200,6 @@ describe('Watchdog', () => {
     dog.watch(subject());
     await vi.advanceTimersByTimeAsync(201);
     expect(events.convicted).toHaveLength(1);
-    expect((events.convicted[0]?.error as Error).message).toBe('sync');
+    expect(events.convicted[0]?.error).toEqual(new Error('sync'));
   });
 });
