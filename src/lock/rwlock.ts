@@ -53,12 +53,13 @@ export interface RWLockState {
   queuedWriters: number;
 }
 
-/** A queued request. It is its own abort listener (`handleEvent`), so waiting costs no closure. */
+/** A queued request. */
 class Waiter implements QueueNode<Waiter> {
   prev: Waiter | null = null;
   next: Waiter | null = null;
   queued = false;
-  signal: AbortSignal | undefined = undefined;
+  /** The listener entry of this waiter's signal, while it waits with one. */
+  watch: SignalWatch | undefined = undefined;
   timer: NodeJS.Timeout | undefined = undefined;
   readonly enqueuedAt: number;
 
@@ -70,13 +71,35 @@ class Waiter implements QueueNode<Waiter> {
   ) {
     this.enqueuedAt = lockChannels.acquire.hasSubscribers ? performance.now() : 0;
   }
+}
 
+/**
+ * One abort listener per (lock, signal) pair, however many waiters share the signal. Node's
+ * EventTarget removes a listener by walking its list, so one listener per waiter would make
+ * 100,000 waiters on one signal cost O(n²) to settle.
+ */
+class SignalWatch {
+  readonly waiters = new Set<Waiter>();
+  constructor(
+    readonly lock: RWLock,
+    readonly signal: AbortSignal,
+  ) {}
   handleEvent(): void {
-    this.lock[kCancel](this, this.signal?.reason);
+    this.lock[kAbortAll](this);
   }
 }
 
 const kCancel = Symbol('cancel');
+const kAbortAll = Symbol('abortAll');
+
+function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return (
+    value instanceof Promise ||
+    (value !== null &&
+      (typeof value === 'object' || typeof value === 'function') &&
+      typeof (value as { then?: unknown }).then === 'function')
+  );
+}
 
 function onWaiterTimeout(waiter: Waiter, timeout: number): void {
   waiter.timer = undefined;
@@ -114,6 +137,7 @@ export class RWLock implements LeaseHost {
   readonly #maxReaders: number;
   readonly #queue = new WaiterQueue<Waiter>();
   readonly #context = new AsyncLocalStorage<Lease>();
+  readonly #watches = new Map<AbortSignal, SignalWatch>();
   #readers = 0;
   #writing = false;
   #queuedReaders = 0;
@@ -224,6 +248,20 @@ export class RWLock implements LeaseHost {
     this.#drain();
   }
 
+  /** @internal A signal shared by one or more waiters aborted: they all leave, then drain once. */
+  [kAbortAll](watch: SignalWatch): void {
+    const reason = watch.signal.reason;
+    for (const waiter of [...watch.waiters]) {
+      if (!waiter.queued) continue;
+      this.#dequeue(waiter);
+      if (lockChannels.cancel.hasSubscribers) {
+        lockChannels.cancel.publish({ lock: this.name, mode: waiter.mode, reason });
+      }
+      waiter.reject(reason);
+    }
+    this.#drain();
+  }
+
   #acquire(mode: LockMode, options: AcquireOptions | undefined): Promise<Lease> {
     validateOptionsObject(options);
     const signal = validateSignal(options?.signal);
@@ -265,8 +303,14 @@ export class RWLock implements LeaseHost {
       if (mode === 'read') this.#queuedReaders++;
       else this.#queuedWriters++;
       if (signal !== undefined) {
-        waiter.signal = signal;
-        signal.addEventListener('abort', waiter, { once: true });
+        let watch = this.#watches.get(signal);
+        if (watch === undefined) {
+          watch = new SignalWatch(this, signal);
+          this.#watches.set(signal, watch);
+          signal.addEventListener('abort', watch, { once: true });
+        }
+        watch.waiters.add(waiter);
+        waiter.watch = watch;
       }
       if (timeout !== undefined) {
         waiter.timer = setTimeout(onWaiterTimeout, timeout, waiter, timeout);
@@ -278,9 +322,14 @@ export class RWLock implements LeaseHost {
     this.#queue.remove(waiter);
     if (waiter.mode === 'read') this.#queuedReaders--;
     else this.#queuedWriters--;
-    if (waiter.signal !== undefined) {
-      waiter.signal.removeEventListener('abort', waiter);
-      waiter.signal = undefined;
+    const watch = waiter.watch;
+    if (watch !== undefined) {
+      waiter.watch = undefined;
+      watch.waiters.delete(waiter);
+      if (watch.waiters.size === 0) {
+        watch.signal.removeEventListener('abort', watch);
+        this.#watches.delete(watch.signal);
+      }
     }
     if (waiter.timer !== undefined) {
       clearTimeout(waiter.timer);
@@ -293,6 +342,14 @@ export class RWLock implements LeaseHost {
     for (;;) {
       const head = this.#queue.head;
       if (head === null) return;
+      if (head.watch?.signal.aborted) {
+        // Its signal fired but the listener has not reached it yet (an abort listener that
+        // runs first released the lock): it gave up, do not grant it.
+        const reason = head.watch.signal.reason;
+        this.#dequeue(head);
+        head.reject(reason);
+        continue;
+      }
       if (head.mode === 'write') {
         if (this.#writing || this.#readers > 0) return;
         this.#dequeue(head);
@@ -329,38 +386,62 @@ export class RWLock implements LeaseHost {
     validateOptionsObject(options);
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
-    return this.#runValidated(mode, fn, signal, timeout);
+    const held = this.heldLease();
+    if (held !== undefined) return this.#runJoined(held, mode, fn);
+    if (signal === undefined || !signal.aborted) {
+      const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
+      if (lease !== null) return this.#runHeld(lease, fn);
+    }
+    return this.#enqueue(mode, signal, timeout).then((lease) => {
+      // Granted, but the caller gave up before its turn came round: do not start fn.
+      if (signal?.aborted) {
+        lease.release();
+        throw signal.reason;
+      }
+      return this.#runHeld(lease, fn);
+    });
   }
 
-  async #runValidated<T>(
+  /** Nested call in a context that holds this lock: share the outer hold. */
+  async #runJoined<T>(
+    held: Lease,
     mode: LockMode,
     fn: (lease: Lease) => T | PromiseLike<T>,
-    signal: AbortSignal | undefined,
-    timeout: number | undefined,
   ): Promise<Awaited<T>> {
-    const held = this.heldLease();
-    if (held !== undefined) {
-      // Nested: share the outer hold; the context already carries it.
-      const joined = await this.#join(held, mode);
-      try {
-        return await fn(joined);
-      } finally {
-        joined.release();
-      }
-    }
-    let lease = signal?.aborted
-      ? null
-      : mode === 'read'
-        ? this.tryAcquireRead()
-        : this.tryAcquireWrite();
-    lease ??= await this.#enqueue(mode, signal, timeout);
+    const joined = await this.#join(held, mode);
     try {
-      // Granted, but the caller gave up before its turn came round: do not start fn.
-      if (signal?.aborted) throw signal.reason;
-      return await this.#context.run(lease, fn, lease);
+      return await fn(joined);
     } finally {
-      lease.release();
+      joined.release();
     }
+  }
+
+  /**
+   * Runs fn under a held lease and releases it however fn ends. Written with `then` rather than
+   * `async`/`await`: one promise fewer per call on the uncontended path.
+   */
+  #runHeld<T>(lease: Lease, fn: (lease: Lease) => T | PromiseLike<T>): Promise<Awaited<T>> {
+    let result: T | PromiseLike<T>;
+    try {
+      result = this.#context.run(lease, fn, lease);
+    } catch (error) {
+      lease.release();
+      return Promise.reject(error);
+    }
+    if (!isThenable(result)) {
+      lease.release();
+      return Promise.resolve(result as Awaited<T>);
+    }
+    return Promise.resolve(result).then(
+      (value) => {
+        lease.release();
+        return value;
+      },
+      (error: unknown) => {
+        lease.release();
+        throw error;
+      },
+    );
   }
 
   #describe(): string {

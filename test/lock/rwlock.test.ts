@@ -608,3 +608,19 @@ describe('RWLock: bad input', () => {
     expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
   });
 });
+
+describe('RWLock: many waiters on one signal', () => {
+  it('100,000 waiters sharing one aborted signal all reject, without deep recursion', async () => {
+    const lock = new RWLock();
+    const holder = await lock.acquireRead();
+    const ac = new AbortController();
+    const waiters: Promise<Lease>[] = [lock.acquireWrite({ signal: ac.signal })];
+    for (let i = 0; i < 100_000; i++) waiters.push(lock.acquireRead({ signal: ac.signal }));
+    ac.abort(new Error('all gone'));
+    const results = await Promise.allSettled(waiters);
+    expect(results.every((r) => r.status === 'rejected')).toBe(true);
+    expect(lock.state).toEqual({ readers: 1, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
+    holder.release();
+  });
+});
