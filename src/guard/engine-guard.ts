@@ -813,7 +813,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   #computeState(): GuardState {
     if (this.#closed) return 'closed';
     const pool = this.#pool;
-    if (pool.failures > 0) return 'degraded';
+    // Failing to connect, or a handle just lost and still being torn down.
+    if (pool.failures > 0 || pool.retiring > 0) return 'degraded';
     for (const op of this.#running) if (op.probeFailures > 0) return 'degraded';
     if (pool.idleCount + pool.busyCount > 0) return 'ready';
     if (pool.connecting > 0) return 'connecting';

@@ -148,9 +148,13 @@ export class HandlePool<E> {
   get nextAttemptAt(): number | undefined {
     return this.#nextAttemptAt;
   }
-  /** Consecutive failures reached `failFastAfter` and no handle is idle. */
+  /** Consecutive failures reached `failFastAfter` and no handle is open at all. */
   get isDown(): boolean {
-    return this.#failures >= this.settings.backoff.failFastAfter && this.#idle.length === 0;
+    return (
+      this.#failures >= this.settings.backoff.failFastAfter &&
+      this.#idle.length === 0 &&
+      this.#busy.size === 0
+    );
   }
 
   #inService(): number {

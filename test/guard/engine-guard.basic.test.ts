@@ -2,7 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { EngineGuard, EngineStalledError } from '../../src/index.js';
 import { type FakeEngine, FakeEngineFactory } from '../../src/testing/index.js';
 
-function fakeGuard(factory: FakeEngineFactory, extra: Partial<ConstructorParameters<typeof EngineGuard<FakeEngine>>[0]> = {}) {
+function fakeGuard(
+  factory: FakeEngineFactory,
+  extra: Partial<ConstructorParameters<typeof EngineGuard<FakeEngine>>[0]> = {},
+) {
   return new EngineGuard<FakeEngine>({
     create: ({ signal }) => factory.create({ signal }),
     destroy: (engine) => factory.destroy(engine),
@@ -39,7 +42,9 @@ describe('EngineGuard basics', () => {
     await guard.read((e) => e.call(1));
     factory.created[0]?.nextCall('stall');
     const t0 = performance.now();
-    const err = await guard.read((e, ctx) => e.call(2, { signal: ctx.signal })).catch((e: unknown) => e);
+    const err = await guard
+      .read((e, ctx) => e.call(2, { signal: ctx.signal }))
+      .catch((e: unknown) => e);
     const elapsed = performance.now() - t0;
     expect(err).toBeInstanceOf(EngineStalledError);
     expect(elapsed).toBeLessThan(2000);
