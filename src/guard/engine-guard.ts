@@ -164,6 +164,25 @@ function settleWithin(promise: Promise<unknown>, ms: number): Promise<void> {
   });
 }
 
+/** Settles like `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
 const kCallerAbort = Symbol('callerAbort');
 
 /**
@@ -271,13 +290,15 @@ export class EngineGuard<E> implements AsyncDisposable {
       // One shared lease per handle: a granted reader always has a handle to run on.
       maxReaders: pool,
     });
-    const idleCheckAfter =
-      liveness === undefined || options.liveness === false
+    const idleCheckOption = options.liveness === false ? false : options.liveness?.idleCheckAfter;
+    const idleCheckAfterMs =
+      idleCheckOption === false
         ? undefined
-        : options.liveness?.idleCheckAfter === false
-          ? undefined
-          : (validateDuration(options.liveness?.idleCheckAfter, 'liveness.idleCheckAfter') ??
-            liveness.interval);
+        : validateDuration(idleCheckOption, 'liveness.idleCheckAfter');
+    const idleCheckAfter =
+      liveness === undefined || idleCheckOption === false
+        ? undefined
+        : (idleCheckAfterMs ?? liveness.interval);
     this.#pool = new HandlePool<E>(
       {
         size: pool,
@@ -326,8 +347,13 @@ export class EngineGuard<E> implements AsyncDisposable {
       open: async (signal, generation) => {
         const engine = await options.create({ signal, generation });
         if (options.setup !== undefined) {
+          const setup = options.setup;
           try {
-            await options.setup(engine, { signal, generation });
+            // A setup that ignores its signal must not keep the attempt (and the engine) forever.
+            await untilAborted(
+              Promise.resolve().then(() => setup(engine, { signal, generation })),
+              signal,
+            );
           } catch (error) {
             // The half-made handle still holds resources.
             void settleWithin(
@@ -362,6 +388,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       onDestroyError: (generation, error) => {
         this.#events.emit('destroyError', { generation, error });
       },
+      onChange: () => this.#updateState(),
       onIdleProbe: (generation, ok, error, durationMs) => {
         this.#lastProbe = {
           ok,
@@ -801,6 +828,7 @@ export class EngineGuard<E> implements AsyncDisposable {
           };
     this.#pool.retire(handle, 'stall', error, cancelFirst);
     this.#events.emit('stall', { op: info, error, probeFailures: op.probeFailures });
+    // The caller has its answer while fn is still running: the guard stops waiting for it.
     if (!op.fnSettled) this.#events.emit('abandon', { op: info, reason: error });
     this.#updateState();
   }

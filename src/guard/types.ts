@@ -189,8 +189,9 @@ export interface GuardEvents {
   /** A liveness probe failed (or timed out). */
   probeFailure: { op: OpInfo | undefined; generation: number; error: unknown; consecutive: number };
   /**
-   * The guard stopped waiting for an op's function, which has not settled (it ignored its
-   * signal). Its caller was already answered.
+   * The guard answered an op's caller (stall, or a cancel the engine did not acknowledge in
+   * `cancelTimeout`) while the op's function had not settled yet. The guard stops waiting for
+   * it; the function may still settle later, and its result is dropped.
    */
   abandon: { op: OpInfo; reason: unknown };
   /** `create` or `setup` failed. */

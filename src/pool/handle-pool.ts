@@ -43,6 +43,8 @@ export interface PoolHooks<E> {
   onRetire(handle: Handle<E>, reason: RetireReason, cause: unknown): void;
   onDestroyError(generation: number, error: unknown): void;
   onIdleProbe(generation: number, ok: boolean, error: unknown, durationMs: number): void;
+  /** Counts changed (an attempt started or ended, a destroy finished): re-derive state. */
+  onChange(): void;
 }
 
 /** Resolved pool settings. */
@@ -297,9 +299,8 @@ export class HandlePool<E> {
       const at = this.#idle.indexOf(handle);
       if (at >= 0) this.#idle.splice(at, 1);
     }
-    handle.state = 'retiring';
-    if (reason !== 'close') this.#hooks.onRetire(handle, reason, cause);
     this.#destroy(handle, cause, beforeDestroy);
+    if (reason !== 'close') this.#hooks.onRetire(handle, reason, cause);
     // The slot is free: a waiter may need a fresh handle now.
     this.#pump();
   }
@@ -320,6 +321,7 @@ export class HandlePool<E> {
     const done = run().finally(() => {
       this.#retiring--;
       this.#destroying.delete(done);
+      this.#hooks.onChange();
     });
     this.#destroying.add(done);
   }
@@ -377,6 +379,7 @@ export class HandlePool<E> {
         once: true,
       });
     });
+    this.#hooks.onChange();
     Promise.race([opened, abandoned]).then(
       (engine) => {
         clearTimeout(timer);
@@ -386,8 +389,8 @@ export class HandlePool<E> {
         this.#lastError = undefined;
         this.#nextAttemptAt = undefined;
         const handle = new Handle(engine, generation);
-        if (!this.#closed) this.#hooks.onConnect(generation);
         this.#offer(handle);
+        if (!this.#closed) this.#hooks.onConnect(generation);
         this.#pump();
       },
       (error: unknown) => {

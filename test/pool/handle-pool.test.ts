@@ -29,6 +29,7 @@ function makePool(
     onRetire: (_h, reason) => log.retired.push(reason),
     onDestroyError: () => {},
     onIdleProbe: () => {},
+    onChange: () => {},
     ...overrides,
   };
   const pool = new HandlePool<Engine>(

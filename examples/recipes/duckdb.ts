@@ -1,0 +1,267 @@
+/**
+ * Recipe: an embedded DuckDB (`@duckdb/node-api`) behind an {@link EngineGuard}.
+ *
+ * One guard handle is one `DuckDBConnection` of a shared `DuckDBInstance`; reads run concurrently
+ * on up to `pool` connections, writes run alone.
+ *
+ * What DuckDB gives us, and how it maps onto the guard:
+ *
+ * - `create`: `instance.connect()`.
+ * - `cancel`: `connection.interrupt()`. DuckDB answers an interrupt by failing the running call
+ *   with `INTERRUPT Error: Interrupted!`, and the connection stays usable. An interrupt that lands
+ *   before the native call has really started is lost (DuckDB clears the flag when a query
+ *   begins), so the recipe keeps interrupting every {@link INTERRUPT_EVERY_MS} ms until the calls
+ *   it tracks on that connection have settled; `cancel` resolves then, which is the guard's
+ *   "the engine acknowledged the cancel" and lets it keep the handle.
+ * - `destroy`: `connection.closeSync()`, but only once no call is in flight on the connection:
+ *   disconnecting under a running query leaves that query's promise pending for ever and keeps
+ *   the process alive (seen with `@duckdb/node-api` 1.5). So `destroy` interrupts, waits for the
+ *   tracked calls to settle (the guard bounds the wait with `destroyTimeout`) and closes after.
+ * - `probe` with no op (an idle handle about to be reused): `select 1` on the handle itself.
+ *   With an op (the handle is busy): `select 1` on a short-lived side connection of the same
+ *   instance, opened and closed per probe (about 0.2 ms). It shows the database still schedules
+ *   and answers queries. DuckDB runs every call on the libuv thread pool (`UV_THREADPOOL_SIZE`,
+ *   default 4): with `pool` long queries occupying every thread, a probe waits for a thread and
+ *   times out. Keep `pool` below `UV_THREADPOOL_SIZE` (the recipe warns otherwise).
+ * - `isFatal`: see {@link isFatalDuckDBError}.
+ *
+ * Heartbeats: {@link duckdbQuery} streams the result (`connection.stream` + `fetchChunk`) and
+ * heartbeats before the call, when the stream opens and after every chunk (2,048 rows). DuckDB
+ * computes a pipeline breaker (an aggregate, a sort) entirely inside `stream()`, so a long
+ * aggregate is silent until it is done: for those, liveness comes from the side probes.
+ *
+ * Only calls made through {@link duckdbQuery} (and the recipe's own probes) are tracked. An op
+ * that calls `conn.run()` itself is still interrupted by `cancel`, once.
+ */
+import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
+import { JSDuckDBValueConverter } from '@duckdb/node-api';
+import type { EngineGuardOptions } from '../../src/index.js';
+
+/** How often an aborted call's connection is interrupted again until the call settles, ms. */
+export const INTERRUPT_EVERY_MS = 25;
+
+/** Calls in flight per connection, so `cancel` and `destroy` know when the connection is quiet. */
+const inflight = new WeakMap<DuckDBConnection, Set<Promise<unknown>>>();
+
+function interruptQuietly(conn: DuckDBConnection): void {
+  try {
+    conn.interrupt();
+  } catch {
+    // Interrupting a closed connection is a no-op in current releases; never let it throw here.
+  }
+}
+
+/**
+ * Interrupts `conn` and keeps interrupting until every tracked call on it has settled. Resolves
+ * then (at once when nothing is in flight). Never rejects.
+ */
+async function interruptUntilSettled(conn: DuckDBConnection): Promise<void> {
+  interruptQuietly(conn);
+  const calls = inflight.get(conn);
+  if (calls === undefined || calls.size === 0) return;
+  const timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
+  timer.unref();
+  try {
+    while (calls.size > 0) await Promise.allSettled([...calls]);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** Waits (without interrupting) until no tracked call is in flight on `conn`. */
+async function settled(conn: DuckDBConnection): Promise<void> {
+  const calls = inflight.get(conn);
+  while (calls !== undefined && calls.size > 0) await Promise.allSettled([...calls]);
+}
+
+/**
+ * Runs `work` on `conn` as a tracked call: while it is in flight, `cancel`/`destroy` know about
+ * it; when `signal` aborts, the connection is interrupted until the call settles, and the call
+ * rejects with `signal.reason` (after DuckDB let go of the connection, so the handle is reusable).
+ */
+async function tracked<T>(
+  conn: DuckDBConnection,
+  signal: AbortSignal,
+  work: () => Promise<T>,
+): Promise<T> {
+  signal.throwIfAborted();
+  let calls = inflight.get(conn);
+  if (calls === undefined) {
+    calls = new Set();
+    inflight.set(conn, calls);
+  }
+  const running = work();
+  calls.add(running);
+  let timer: NodeJS.Timeout | undefined;
+  const onAbort = (): void => {
+    interruptQuietly(conn);
+    timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
+    timer.unref();
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    const value = await running;
+    // An interrupt lost in a race may let the call finish: it still counts as aborted.
+    signal.throwIfAborted();
+    return value;
+  } catch (error) {
+    if (signal.aborted) throw signal.reason;
+    throw error;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    if (timer !== undefined) clearInterval(timer);
+    calls.delete(running);
+  }
+}
+
+async function selectOne(conn: DuckDBConnection, signal: AbortSignal): Promise<void> {
+  await tracked(conn, signal, () => conn.run('select 1'));
+}
+
+/** Probe of a busy handle: `select 1` on a fresh side connection, closed once it is quiet. */
+async function sideProbe(instance: DuckDBInstance, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  const side = await instance.connect();
+  try {
+    await selectOne(side, signal);
+  } finally {
+    // `selectOne` settled, so nothing runs on `side` any more: closing it cannot hang a query.
+    await settled(side);
+    side.closeSync();
+  }
+}
+
+const FATAL_PATTERNS: readonly RegExp[] = [
+  // The Node binding, for a call on a connection closed with closeSync()/disconnectSync().
+  /connection disconnected/i,
+  // The Node binding, for connect() on an instance closed with instance.closeSync().
+  /instance closed/i,
+  // DuckDB's ConnectionException ("Connection Error: Connection has already been closed").
+  /\bConnection Error\b/,
+  // A FATAL (or INTERNAL) error invalidates the whole database: "FATAL Error: Failed: database
+  // has been invalidated because of a previous fatal error. The database must be restarted...".
+  /\bFATAL Error\b/,
+  /\bINTERNAL Error\b/,
+  /has been invalidated/i,
+];
+
+/**
+ * True for DuckDB errors meaning "this connection (or the database behind it) is gone":
+ *
+ * - `Failed to query: connection disconnected` (and `Failed to prepare: ...`, `Failed to extract
+ *   statements: ...`): the connection was closed;
+ * - `Failed to connect: instance closed`: the instance was closed;
+ * - `Connection Error: ...`: DuckDB's own connection errors;
+ * - `FATAL Error: ...`, `INTERNAL Error: ...`, `... has been invalidated ...`: the database
+ *   instance is invalidated. Replacing the connection does not cure that one (every new
+ *   connection of the instance fails the same way), so the guard ends up reporting the engine
+ *   down; reopen the instance to recover.
+ *
+ * Not fatal: ordinary SQL errors (`Parser Error`, `Catalog Error`, `Binder Error`, `Constraint
+ * Error`, `Conversion Error`, ...) and `INTERRUPT Error: Interrupted!`, the answer to a cancel.
+ * DuckDB errors carry no `code`, so this matches on the message.
+ */
+export function isFatalDuckDBError(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const message = error.message;
+  if (/\bINTERRUPT Error\b/.test(message)) return false;
+  return FATAL_PATTERNS.some((pattern) => pattern.test(message));
+}
+
+function threadPoolSize(): number {
+  const size = Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10);
+  return Number.isInteger(size) && size > 0 ? size : 4;
+}
+
+let warnedPool = false;
+
+/**
+ * Guard options for connections of one DuckDB instance. `overrides` are spread last, so any
+ * hook or setting can be replaced (keep `destroy` waiting for in-flight calls if you do).
+ *
+ * Defaults: `pool` 2, `name` `'duckdb'`, library liveness defaults.
+ *
+ * @example
+ * ```ts
+ * const instance = await DuckDBInstance.create(':memory:');
+ * const guard = new EngineGuard(duckdbGuardOptions(instance, { pool: 3 }));
+ * const rows = await guard.read((conn, ctx) => duckdbQuery(conn, ctx, 'select 42 as answer'));
+ * ```
+ */
+export function duckdbGuardOptions(
+  instance: DuckDBInstance,
+  overrides: Partial<EngineGuardOptions<DuckDBConnection>> = {},
+): EngineGuardOptions<DuckDBConnection> {
+  const options: EngineGuardOptions<DuckDBConnection> = {
+    name: 'duckdb',
+    pool: 2,
+    create: async ({ signal }) => {
+      const conn = await instance.connect();
+      if (signal.aborted) {
+        conn.closeSync();
+        throw signal.reason;
+      }
+      return conn;
+    },
+    destroy: async (conn) => {
+      await interruptUntilSettled(conn);
+      conn.closeSync();
+    },
+    cancel: (conn) => interruptUntilSettled(conn),
+    probe: async (conn, { signal, op }) => {
+      if (op === undefined) await selectOne(conn, signal);
+      else await sideProbe(instance, signal);
+    },
+    isFatal: isFatalDuckDBError,
+    ...overrides,
+  };
+  const pool = options.pool ?? 1;
+  if (!warnedPool && options.liveness !== false && pool >= threadPoolSize()) {
+    warnedPool = true;
+    process.emitWarning(
+      `duckdb recipe: pool ${pool} >= UV_THREADPOOL_SIZE ${threadPoolSize()}: with every libuv thread ` +
+        'running a long query, liveness probes cannot run and healthy queries may be convicted. ' +
+        'Use a smaller pool or raise UV_THREADPOOL_SIZE.',
+      { code: 'ENGINE_GUARD_DUCKDB_POOL' },
+    );
+  }
+  return options;
+}
+
+/**
+ * Runs `sql` on `conn` and returns its rows as plain objects (DuckDB values converted to JS:
+ * BIGINT as `bigint`, DATE as `Date`, ...). Multi-statement SQL returns the last statement's rows.
+ *
+ * - Honours `ctx.signal`: when it aborts, the connection is interrupted (again and again, see
+ *   {@link INTERRUPT_EVERY_MS}) and the promise rejects with `signal.reason` once DuckDB has let
+ *   go of the connection.
+ * - Streams the result and calls `ctx.heartbeat()` before the call, when the stream opens and
+ *   after each chunk, so a large result that keeps flowing is never probed.
+ */
+export async function duckdbQuery(
+  conn: DuckDBConnection,
+  ctx: { signal: AbortSignal; heartbeat(): void },
+  sql: string,
+): Promise<Record<string, unknown>[]> {
+  const { signal } = ctx;
+  return tracked(conn, signal, async () => {
+    ctx.heartbeat();
+    const result = await conn.stream(sql);
+    ctx.heartbeat();
+    const columns = result.deduplicatedColumnNames();
+    const rows: Record<string, unknown>[] = [];
+    for (;;) {
+      // Aborted between chunks: stop reading; the abort listener interrupts the stream.
+      signal.throwIfAborted();
+      const chunk = await result.fetchChunk();
+      if (chunk === null || chunk.rowCount === 0) break;
+      ctx.heartbeat();
+      for (const values of chunk.convertRows(JSDuckDBValueConverter)) {
+        const row: Record<string, unknown> = {};
+        for (let i = 0; i < columns.length; i++) row[columns[i] as string] = values[i];
+        rows.push(row);
+      }
+    }
+    return rows;
+  });
+}
