@@ -22,7 +22,9 @@ const r1 = await lock.acquireRead();
 const r2 = await lock.acquireRead();
 log(`   ${state(lock)}`);
 
-log('2. A writer arrives and queues; a reader arriving after it queues too (no writer starvation).');
+log(
+  '2. A writer arrives and queues; a reader arriving after it queues too (no writer starvation).',
+);
 const writer = lock.write(async () => {
   log('   writer: running alone');
   await sleep(150);
@@ -50,6 +52,8 @@ holder.release();
 log('5. A timeout bounds the wait, never the hold.');
 const hold = await lock.acquireWrite();
 const timedOut = await lock.acquireRead({ timeout: 200 }).catch((e: unknown) => e);
-log(`   waiter gave up: ${timedOut instanceof LockTimeoutError ? timedOut.message : String(timedOut)}`);
+log(
+  `   waiter gave up: ${timedOut instanceof LockTimeoutError ? timedOut.message : String(timedOut)}`,
+);
 hold.release();
 log(`   done: ${state(lock)}`);
