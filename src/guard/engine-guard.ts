@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { type OpTraceContext, opTracing } from '../diagnostics.js';
 import {
   DeadlockError,
@@ -6,6 +5,7 @@ import {
   GuardClosedError,
   LockTimeoutError,
 } from '../errors.js';
+import { heldBy, runHolding } from '../internal/context.js';
 import {
   validateDuration,
   validateFunction,
@@ -222,7 +222,6 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #lock: RWLock;
   readonly #pool: HandlePool<E>;
   readonly #watchdog: Watchdog<Op<E>> | undefined;
-  readonly #context = new AsyncLocalStorage<Op<E>>();
   readonly #events: TypedEvents<GuardEvents>;
   readonly #pending = new Set<Op<E>>();
   readonly #running = new Set<Op<E>>();
@@ -530,7 +529,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     const timeout = validateDuration(options?.timeout, 'timeout') ?? this.#acquireTimeout;
     const label = validateOptionalString(options?.label, 'label');
 
-    const outer = this.#context.getStore();
+    const outer = heldBy<Op<E>>(this);
     if (outer !== undefined && outer.phase === 'running') return this.#joinOp(outer, kind, fn);
     if (this.#closed) return Promise.reject(new GuardClosedError(this.name));
     if (signal?.aborted) {
@@ -641,7 +640,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       op.reject = reject;
       let result: unknown;
       try {
-        result = this.#context.run(op, fn, handle.engine, op);
+        result = runHolding(this, op, fn, handle.engine, op);
       } catch (error) {
         this.#fnSettled(op, false, error);
         return;

@@ -1,5 +1,5 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { lockChannels } from '../diagnostics.js';
+import { heldBy, runHolding } from '../internal/context.js';
 import { DeadlockError, LockTimeoutError, QueueFullError } from '../errors.js';
 import {
   validateDuration,
@@ -136,7 +136,6 @@ export class RWLock implements LeaseHost {
   readonly #maxQueue: number;
   readonly #maxReaders: number;
   readonly #queue = new WaiterQueue<Waiter>();
-  readonly #context = new AsyncLocalStorage<Lease>();
   readonly #watches = new Map<AbortSignal, SignalWatch>();
   #readers = 0;
   #writing = false;
@@ -211,7 +210,7 @@ export class RWLock implements LeaseHost {
 
   /** The lease held by the current async context through `read(fn)`/`write(fn)`, if any. */
   heldLease(): Lease | undefined {
-    const held = this.#context.getStore();
+    const held = heldBy<Lease>(this);
     return held === undefined || held.released ? undefined : held;
   }
 
@@ -423,7 +422,7 @@ export class RWLock implements LeaseHost {
   #runHeld<T>(lease: Lease, fn: (lease: Lease) => T | PromiseLike<T>): Promise<Awaited<T>> {
     let result: T | PromiseLike<T>;
     try {
-      result = this.#context.run(lease, fn, lease);
+      result = runHolding(this, lease, fn, lease);
     } catch (error) {
       lease.release();
       return Promise.reject(error);
