@@ -1,3 +1,5 @@
+import { ProbeTimeoutError } from '../errors.js';
+
 /**
  * The liveness watchdog: decides when a running operation has lost its engine.
  *
@@ -49,15 +51,6 @@ export interface WatchdogHooks<S extends WatchedSubject> {
   onConvict(subject: S, lastError: unknown): void;
   /** A local pause was detected; `lateMs` is how late the timer fired. */
   onPause?(lateMs: number): void;
-}
-
-/** Reason a probe that outlived its `timeout` fails with. */
-export class ProbeTimeoutError extends Error {
-  override readonly name = 'ProbeTimeoutError';
-  readonly code = 'ERR_PROBE_TIMEOUT';
-  constructor(timeout: number) {
-    super(`Liveness probe did not answer within ${timeout} ms`);
-  }
 }
 
 const now = (): number => performance.now();
@@ -171,11 +164,13 @@ export class Watchdog<S extends WatchedSubject> {
       if (!subject.watched) return;
       if (!conclusive) {
         subject.nextProbeAt = now();
-      } else if (ok || subject.lastBeat > startedAt) {
-        // A pass, or a failure overtaken by a heartbeat: the subject is alive.
+      } else if (ok) {
         subject.probeFailures = 0;
-        if (ok) subject.lastBeat = Math.max(subject.lastBeat, startedAt);
-        this.#hooks.onProbeResult(subject, ok, error, now() - startedAt);
+        subject.lastBeat = Math.max(subject.lastBeat, startedAt);
+        this.#hooks.onProbeResult(subject, true, undefined, now() - startedAt);
+      } else if (subject.lastBeat > startedAt) {
+        // A failure overtaken by a heartbeat: the subject spoke for itself. Not reported.
+        subject.probeFailures = 0;
       } else {
         subject.probeFailures++;
         this.#hooks.onProbeResult(subject, false, error, now() - startedAt);

@@ -13,7 +13,13 @@
  * - After `failFastAfter` consecutive failed attempts the engine counts as down: attempts go on
  *   in the background and `isDown` lets new callers fail fast until one succeeds.
  */
-import { EngineUnavailableError, GuardClosedError, LockTimeoutError } from '../errors.js';
+import {
+  EngineUnavailableError,
+  GuardClosedError,
+  HookTimeoutError,
+  LockTimeoutError,
+  ProbeTimeoutError,
+} from '../errors.js';
 import { type QueueNode, WaiterQueue } from '../lock/waiter-queue.js';
 import { type BackoffPolicy, backoffDelay } from './backoff.js';
 
@@ -40,7 +46,7 @@ export interface PoolHooks<E> {
   probeIdle: ((engine: E, signal: AbortSignal) => Promise<unknown>) | undefined;
   onConnect(generation: number): void;
   onConnectError(error: unknown, attempts: number, retryInMs: number): void;
-  onRetire(handle: Handle<E>, reason: RetireReason, cause: unknown): void;
+  onRetire(handle: Handle<E>, reason: Exclude<RetireReason, 'close'>, cause: unknown): void;
   onDestroyError(generation: number, error: unknown): void;
   onIdleProbe(generation: number, ok: boolean, error: unknown, durationMs: number): void;
   /** Counts changed (an attempt started or ended, a destroy finished): re-derive state. */
@@ -80,12 +86,10 @@ const kGiveUp = Symbol('giveUp');
 function bounded<T>(
   promise: Promise<T>,
   ms: number,
+  timeoutError: () => Error,
 ): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
   return new Promise((resolve) => {
-    const timer = setTimeout(
-      () => resolve({ ok: false, error: new Error(`timed out after ${ms} ms`) }),
-      ms,
-    );
+    const timer = setTimeout(() => resolve({ ok: false, error: timeoutError() }), ms);
     promise.then(
       (value) => {
         clearTimeout(timer);
@@ -233,7 +237,11 @@ export class HandlePool<E> {
     });
   }
 
-  async #checkIdle(
+  /**
+   * Probes a handle that sat idle before handing it out. The caller's signal and timeout keep
+   * running meanwhile: a probe stuck on a half-open link must not hold the caller past either.
+   */
+  #checkIdle(
     handle: Handle<E>,
     signal: AbortSignal | undefined,
     timeout: number | undefined,
@@ -242,23 +250,59 @@ export class HandlePool<E> {
     this.#busy.add(handle);
     const controller = new AbortController();
     const started = performance.now();
-    const result = await bounded(
+    const probed = bounded(
       Promise.resolve().then(() => this.#hooks.probeIdle?.(handle.engine, controller.signal)),
       this.settings.probeTimeout,
+      () => new ProbeTimeoutError(this.settings.probeTimeout),
     );
-    this.#hooks.onIdleProbe(
-      handle.generation,
-      result.ok,
-      result.ok ? undefined : result.error,
-      performance.now() - started,
-    );
-    if (result.ok) {
-      handle.idleSince = performance.now();
-      return handle;
-    }
-    controller.abort(result.error);
-    this.retire(handle, 'idle-check', result.error);
-    return this.acquire(signal, timeout);
+    return new Promise<Handle<E>>((resolve, reject) => {
+      let waiting = true;
+      let timer: NodeJS.Timeout | undefined;
+      const stopWaiting = (): void => {
+        waiting = false;
+        signal?.removeEventListener('abort', onAbort);
+        if (timer !== undefined) clearTimeout(timer);
+      };
+      const onAbort = (): void => {
+        if (!waiting) return;
+        stopWaiting();
+        reject(signal?.reason);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeout !== undefined) {
+        timer = setTimeout(() => {
+          if (!waiting) return;
+          stopWaiting();
+          reject(this.#failures > 0 ? this.unavailableError() : new LockTimeoutError(timeout));
+        }, timeout);
+      }
+      probed.then((result) => {
+        this.#hooks.onIdleProbe(
+          handle.generation,
+          result.ok,
+          result.ok ? undefined : result.error,
+          performance.now() - started,
+        );
+        if (result.ok) {
+          handle.idleSince = performance.now();
+          if (waiting) {
+            stopWaiting();
+            resolve(handle);
+          } else {
+            // The caller left while we checked: the handle is fine, give it to someone else.
+            this.release(handle);
+          }
+          return;
+        }
+        controller.abort(result.error);
+        this.retire(handle, 'idle-check', result.error);
+        if (!waiting) return;
+        stopWaiting();
+        const remaining =
+          timeout === undefined ? undefined : Math.max(0, timeout - (performance.now() - started));
+        Promise.resolve(this.acquire(signal, remaining)).then(resolve, reject);
+      });
+    });
   }
 
   /** Gives a handle back: to the first waiter, else to the idle list. */
@@ -286,7 +330,10 @@ export class HandlePool<E> {
     this.#idle.push(handle);
   }
 
-  /** Takes a handle out of service for good and destroys it in the background. */
+  /**
+   * Takes a handle out of service for good and destroys it in the background, after
+   * `beforeDestroy` (e.g. a server-side cancel) settled or timed out.
+   */
   retire(
     handle: Handle<E>,
     reason: RetireReason,
@@ -300,6 +347,7 @@ export class HandlePool<E> {
       if (at >= 0) this.#idle.splice(at, 1);
     }
     this.#destroy(handle, cause, beforeDestroy);
+    // Closing is not a replacement: no event for it.
     if (reason !== 'close') this.#hooks.onRetire(handle, reason, cause);
     // The slot is free: a waiter may need a fresh handle now.
     this.#pump();
@@ -310,11 +358,16 @@ export class HandlePool<E> {
     this.#retiring++;
     const run = async (): Promise<void> => {
       if (beforeDestroy !== undefined) {
-        await bounded(beforeDestroy(), this.settings.destroyTimeout);
+        await bounded(
+          beforeDestroy(),
+          this.settings.destroyTimeout,
+          () => new HookTimeoutError('cancel', this.settings.destroyTimeout),
+        );
       }
       const result = await bounded(
         Promise.resolve().then(() => this.#hooks.destroy(handle.engine, reason)),
         this.settings.destroyTimeout,
+        () => new HookTimeoutError('destroy', this.settings.destroyTimeout),
       );
       if (!result.ok) this.#hooks.onDestroyError(handle.generation, result.error);
     };
@@ -363,8 +416,7 @@ export class HandlePool<E> {
     const controller = new AbortController();
     this.#attempts.add(controller);
     const timer = setTimeout(
-      () =>
-        controller.abort(new Error(`connect timed out after ${this.settings.connectTimeout} ms`)),
+      () => controller.abort(new HookTimeoutError('connect', this.settings.connectTimeout)),
       this.settings.connectTimeout,
     );
     let opened: Promise<E>;
