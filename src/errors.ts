@@ -17,7 +17,8 @@ export type EngineGuardErrorCode =
   | 'ERR_ENGINE_STALLED'
   | 'ERR_ENGINE_UNAVAILABLE'
   | 'ERR_GUARD_CLOSED'
-  | 'ERR_OPERATION_ABORTED';
+  | 'ERR_PROBE_TIMEOUT'
+  | 'ERR_HOOK_TIMEOUT';
 
 /** Base class of every error engine-guard throws. */
 export abstract class EngineGuardError extends Error {
@@ -156,15 +157,35 @@ export class GuardClosedError extends EngineGuardError {
   }
 }
 
-/**
- * Default abort reason when a caller's signal aborts with no reason of its own, or when the guard
- * aborts an operation for a reason that is not itself an error.
- */
-export class OperationAbortedError extends EngineGuardError {
-  override readonly name = 'OperationAbortedError';
-  readonly code = 'ERR_OPERATION_ABORTED';
+/** A liveness probe did not answer within `liveness.timeout`; it counts as a failed probe. */
+export class ProbeTimeoutError extends EngineGuardError {
+  override readonly name = 'ProbeTimeoutError';
+  readonly code = 'ERR_PROBE_TIMEOUT';
+  /** The probe bound, ms. */
+  readonly timeout: number;
 
-  constructor(message = 'The operation was aborted', options?: ErrorOptions) {
-    super(message, options);
+  constructor(timeout: number) {
+    super(`Liveness probe did not answer within ${timeout} ms`);
+    this.timeout = timeout;
+  }
+}
+
+/**
+ * A lifecycle hook (`create` + `setup`, `destroy`, `cancel`) outlived its bound
+ * (`connectTimeout`, `destroyTimeout`, `cancelTimeout`). Seen as the cause of an
+ * `EngineUnavailableError`, or in `connectError` / `destroyError` events.
+ */
+export class HookTimeoutError extends EngineGuardError {
+  override readonly name = 'HookTimeoutError';
+  readonly code = 'ERR_HOOK_TIMEOUT';
+  /** Which hook timed out. */
+  readonly hook: 'connect' | 'destroy' | 'cancel';
+  /** The bound, ms. */
+  readonly timeout: number;
+
+  constructor(hook: 'connect' | 'destroy' | 'cancel', timeout: number) {
+    super(`The ${hook} hook did not finish within ${timeout} ms`);
+    this.hook = hook;
+    this.timeout = timeout;
   }
 }

@@ -34,7 +34,6 @@ export type {
   RunningOpStatus,
   Subscription,
 } from './guard/types.js';
-export { ProbeTimeoutError } from './liveness/watchdog.js';
 export { Lease, type LockMode } from './lock/lease.js';
 export {
   type AcquireOptions,

@@ -9,11 +9,11 @@ import type { OpOptions } from './types.js';
 /** Options of `guard.cache()`. */
 export interface CachedValueOptions {
   /** Age in ms after which `get()` starts a background refresh. Default 30,000. */
-  maxAge?: number;
+  maxAge?: number | undefined;
   /** Bound of the refresh's wait for a lease and a handle, ms. Default 10,000. */
-  timeout?: number;
+  timeout?: number | undefined;
   /** Label of the refresh op, shown in `status()`. Default `'cache refresh'`. */
-  label?: string;
+  label?: string | undefined;
 }
 
 /** What `get()` returns: the value as last loaded, and how fresh it is. */

@@ -405,8 +405,9 @@ export class EngineGuard<E> implements AsyncDisposable {
 
   /**
    * Runs `fn` as a shared read on its own engine handle. Reads run concurrently, up to `pool`.
-   * A nested `read`/`write` in `fn`'s async context joins this op on the same handle (a nested
-   * write rejects with {@link DeadlockError}).
+   * A nested `read`/`write` in `fn`'s async context joins this op: it runs at once on the same
+   * handle with the outer op's `ctx` (its own `signal`, `timeout` and `label` are not used), and
+   * a nested write inside a read rejects with {@link DeadlockError}.
    *
    * Rejects with: whatever `fn` throws; `signal.reason` when the caller aborts;
    * {@link LockTimeoutError} when `timeout` passes while queued; {@link EngineStalledError} when
@@ -611,7 +612,13 @@ export class EngineGuard<E> implements AsyncDisposable {
       op.callerSignal?.removeEventListener('abort', op);
       op.lease?.release();
       op.phase = 'done';
-      if (error instanceof LockTimeoutError) this.#counters.lockTimeouts++;
+      if (error instanceof LockTimeoutError) {
+        this.#counters.lockTimeouts++;
+        // The pool only knows the time that was left; report the caller's own bound.
+        if (error.lockName === undefined && timeout !== undefined) {
+          throw new LockTimeoutError(timeout, this.name);
+        }
+      }
       throw error;
     }
     if (op.aborted) {

@@ -1,3 +1,4 @@
+import type { EngineStalledError } from '../errors.js';
 import type { LockMode } from '../lock/lease.js';
 
 /** Kind of a guarded operation: a shared `read` or an exclusive `write`. */
@@ -41,38 +42,39 @@ export interface LivenessOptions {
    * An op with no heartbeat for this long is probed; probes repeat every `interval` while it
    * stays silent. Default 5,000.
    */
-  interval?: number;
+  interval?: number | undefined;
   /** Bound of one probe; a probe still pending after it counts as failed. Default 3,000. */
-  timeout?: number;
+  timeout?: number | undefined;
   /** Consecutive failed probes that convict an op of a stall. Default 3. */
-  failures?: number;
+  failures?: number | undefined;
   /**
    * A watchdog timer that fires later than this (event-loop block, laptop sleep) convicts
    * nobody on that tick: it re-checks liveness instead. Default 1,000.
    */
-  pauseThreshold?: number;
+  pauseThreshold?: number | undefined;
   /**
    * An idle handle unused for at least this long is probed before it is handed to an op, and
    * replaced if the probe fails. `false` turns the check off. Default: `interval`.
    */
-  idleCheckAfter?: number | false;
+  idleCheckAfter?: number | false | undefined;
 }
 
 /** Reconnect backoff after `create` (or `setup`) fails. */
 export interface ReconnectOptions {
   /** First delay, ms. Default 100. */
-  initialDelay?: number;
+  initialDelay?: number | undefined;
   /** Largest delay, ms. Default 10,000. */
-  maxDelay?: number;
+  maxDelay?: number | undefined;
   /** Growth per consecutive failure. Default 2. */
-  factor?: number;
+  factor?: number | undefined;
   /** Fraction of each delay that is randomised, 0 to 1. Default 0.2. */
-  jitter?: number;
+  jitter?: number | undefined;
   /**
-   * After this many consecutive failures the engine counts as down: new callers fail fast with
-   * `EngineUnavailableError` until an attempt (kept going in the background) succeeds. Default 3.
+   * After this many consecutive failures, while no handle is open at all, the engine counts as
+   * down: new callers fail fast with `EngineUnavailableError` until an attempt (kept going in the
+   * background) succeeds. Default 3.
    */
-  failFastAfter?: number;
+  failFastAfter?: number | undefined;
 }
 
 /** Options of {@link EngineGuard}. `E` is the engine handle type (a connection, a client...). */
@@ -80,51 +82,68 @@ export interface EngineGuardOptions<E> {
   /** Opens one engine handle. `signal` aborts when the attempt times out or the guard closes. */
   create: (ctx: { signal: AbortSignal; generation: number }) => Promise<E> | E;
   /** Closes a handle. Bounded by `destroyTimeout`; errors are reported, not thrown. */
-  destroy?: (engine: E, ctx: { reason: unknown }) => Promise<void> | void;
+  destroy?: ((engine: E, ctx: { reason: unknown }) => Promise<void> | void) | undefined;
   /** Bootstraps a new handle once, before its first op (attach, catalog, search path...). */
-  setup?: (engine: E, ctx: { signal: AbortSignal; generation: number }) => Promise<void> | void;
+  setup?:
+    | ((engine: E, ctx: { signal: AbortSignal; generation: number }) => Promise<void> | void)
+    | undefined;
   /**
    * Liveness check. Throwing (or rejecting) means failed. With `op` set, the handle is busy
    * running that op: check from the side (e.g. is the backend still active?). With `op`
    * undefined, the handle is idle and may be used directly.
    */
-  probe?: (engine: E, ctx: { signal: AbortSignal; op: OpInfo | undefined }) => Promise<unknown>;
+  probe?:
+    | ((engine: E, ctx: { signal: AbortSignal; op: OpInfo | undefined }) => unknown)
+    | undefined;
   /** Best-effort server-side cancel of a running op. Bounded by `cancelTimeout`. */
-  cancel?: (engine: E, ctx: { op: OpInfo; reason: unknown }) => Promise<unknown> | unknown;
+  cancel?:
+    | ((engine: E, ctx: { op: OpInfo; reason: unknown }) => Promise<unknown> | unknown)
+    | undefined;
   /** True for errors meaning "this handle is gone": the handle is replaced. */
-  isFatal?: (error: unknown) => boolean;
+  isFatal?: ((error: unknown) => boolean) | undefined;
   /** Handles for concurrent reads. Default 1. */
-  pool?: number;
+  pool?: number | undefined;
   /** Liveness settings, or `false` for no watchdog. Without `probe`, liveness is off. */
-  liveness?: LivenessOptions | false;
+  liveness?: LivenessOptions | false | undefined;
   /** Default bound of the wait for a lease and a handle, ms. Default: no bound. */
-  acquireTimeout?: number;
+  acquireTimeout?: number | undefined;
   /** Most queued ops; more reject with `QueueFullError`. Default: no bound. */
-  maxQueue?: number;
-  reconnect?: ReconnectOptions;
+  maxQueue?: number | undefined;
+  reconnect?: ReconnectOptions | undefined;
   /** Bound of one `create` + `setup` attempt, ms. Default 30,000. */
-  connectTimeout?: number;
+  connectTimeout?: number | undefined;
   /** Bound of one `destroy`, ms. Default 5,000. */
-  destroyTimeout?: number;
+  destroyTimeout?: number | undefined;
   /** Bound of one `cancel`, and grace for an aborted op to settle before its handle is dropped, ms. Default 5,000. */
-  cancelTimeout?: number;
+  cancelTimeout?: number | undefined;
   /** Bound of `close()`, ms. Default 10,000. */
-  closeTimeout?: number;
+  closeTimeout?: number | undefined;
   /** Name used in messages, status and diagnostics. */
-  name?: string;
+  name?: string | undefined;
 }
 
 /** Options of one `guard.read` / `guard.write`. */
 export interface OpOptions {
   /** Aborting it removes the op from the queue, or aborts `ctx.signal` and sends `cancel`. */
-  signal?: AbortSignal;
-  /** Most ms to wait for a lease and a handle. Never bounds the op's run. Default `acquireTimeout`. */
-  timeout?: number;
+  signal?: AbortSignal | undefined;
+  /**
+   * Most ms to wait for a lease and a handle; `0` means "only if free right now". Never bounds
+   * the op's run. Default `acquireTimeout`.
+   */
+  timeout?: number | undefined;
   /** Shown in `status()`, events, errors and traces. */
-  label?: string;
+  label?: string | undefined;
 }
 
-/** Lifecycle state reported by `status()`. */
+/**
+ * Lifecycle state reported by `status()`:
+ * - `idle`: no handle open and none being opened (before first use, or after all were lost);
+ * - `connecting`: the first handle is being opened;
+ * - `ready`: at least one handle is open and nothing is failing;
+ * - `degraded`: opening handles fails (backing off), a running op has failed probes, or a lost
+ *   handle is still being torn down;
+ * - `closed`: `close()` was called.
+ */
 export type GuardState = 'idle' | 'connecting' | 'ready' | 'degraded' | 'closed';
 
 /** One running op in `status()`. */
@@ -167,6 +186,7 @@ export interface GuardStatus {
   state: GuardState;
   /** Highest handle generation opened so far (0 before the first). */
   generation: number;
+  /** `total` = `busy` + `idle` (open handles in service); `connecting` and `retiring` are apart. */
   handles: { total: number; busy: number; idle: number; connecting: number; retiring: number };
   running: RunningOpStatus[];
   queue: { readers: number; writers: number; forHandle: number };
@@ -179,11 +199,11 @@ export interface GuardStatus {
 /** Payloads of the typed events. */
 export interface GuardEvents {
   /** An op was convicted of a stall. */
-  stall: { op: OpInfo; error: Error; probeFailures: number };
+  stall: { op: OpInfo; error: EngineStalledError; probeFailures: number };
   /** A handle was retired; the next op needing one gets a new one. */
   replace: {
     generation: number;
-    reason: 'stall' | 'fatal' | 'idle-check' | 'abandoned' | 'close';
+    reason: 'stall' | 'fatal' | 'idle-check' | 'abandoned';
     cause: unknown;
   };
   /** A liveness probe failed (or timed out). */

@@ -1,6 +1,6 @@
 import { lockChannels } from '../diagnostics.js';
-import { heldBy, runHolding } from '../internal/context.js';
 import { DeadlockError, LockTimeoutError, QueueFullError } from '../errors.js';
+import { heldBy, runHolding } from '../internal/context.js';
 import {
   validateDuration,
   validateFunction,
@@ -15,30 +15,30 @@ import { type QueueNode, WaiterQueue } from './waiter-queue.js';
 /** Options of {@link RWLock}. */
 export interface RWLockOptions {
   /** Name used in error messages and diagnostics. */
-  name?: string;
+  name?: string | undefined;
   /**
    * Most waiters that may be queued at once; an acquire that would exceed it rejects with
    * {@link QueueFullError}. An acquire that is granted at once never counts. Default: `Infinity`.
    */
-  maxQueue?: number;
+  maxQueue?: number | undefined;
   /**
    * Most read leases held at once; further readers queue in arrival order like everyone else.
    * Lets a lock hand out exactly as many shared leases as there are resources to share (an
    * engine guard sets it to its pool size). Default: `Infinity`.
    */
-  maxReaders?: number;
+  maxReaders?: number | undefined;
 }
 
 /** Options of one acquisition. */
 export interface AcquireOptions {
   /** Aborting it removes the waiter from the queue; the promise rejects with `signal.reason`. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Most milliseconds to wait in the queue; then the promise rejects with
    * {@link LockTimeoutError}. Bounds waiting only, never how long the lease is held. `0` means
    * "only if free right now".
    */
-  timeout?: number;
+  timeout?: number | undefined;
 }
 
 /** Synchronous snapshot of a lock. */
@@ -159,14 +159,17 @@ export class RWLock implements LeaseHost {
     };
   }
 
-  /** Takes a shared lease if one can be had right now (no writer holds or waits), else `null`. */
+  /**
+   * Takes a shared lease if one can be had right now, else `null`: no writer holds the lock,
+   * nobody is queued, and `maxReaders` is not reached. Never joins a held lease.
+   */
   tryAcquireRead(): Lease | null {
     if (this.#writing || this.#queue.size > 0 || this.#readers >= this.#maxReaders) return null;
     this.#readers++;
     return this.#granted('read', 0);
   }
 
-  /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. */
+  /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. Never joins. */
   tryAcquireWrite(): Lease | null {
     if (this.#writing || this.#readers > 0 || this.#queue.size > 0) return null;
     this.#writing = true;
@@ -174,7 +177,8 @@ export class RWLock implements LeaseHost {
   }
 
   /**
-   * Waits for a shared lease. Release it with `lease.release()` (or `using`).
+   * Waits for a shared lease. Release it with `lease.release()` (or `using`). Inside
+   * `read(fn)`/`write(fn)` of this lock it joins the held lease instead.
    * @throws TypeError | RangeError at the call, on invalid options.
    */
   acquireRead(options?: AcquireOptions): Promise<Lease> {
@@ -182,7 +186,9 @@ export class RWLock implements LeaseHost {
   }
 
   /**
-   * Waits for the exclusive lease. Release it with `lease.release()` (or `using`).
+   * Waits for the exclusive lease. Release it with `lease.release()` (or `using`). Inside
+   * `write(fn)` of this lock it joins the held lease; inside `read(fn)` it rejects with
+   * {@link DeadlockError}.
    * @throws TypeError | RangeError at the call, on invalid options.
    */
   acquireWrite(options?: AcquireOptions): Promise<Lease> {
@@ -230,6 +236,12 @@ export class RWLock implements LeaseHost {
     this.#drain();
   }
 
+  #publishCancel(mode: LockMode, reason: unknown): void {
+    if (lockChannels.cancel.hasSubscribers) {
+      lockChannels.cancel.publish({ lock: this.name, mode, reason });
+    }
+  }
+
   #publishRelease(mode: LockMode): void {
     if (lockChannels.release.hasSubscribers) {
       lockChannels.release.publish({ lock: this.name, mode });
@@ -240,9 +252,7 @@ export class RWLock implements LeaseHost {
   [kCancel](waiter: Waiter, reason: unknown): void {
     if (!waiter.queued) return;
     this.#dequeue(waiter);
-    if (lockChannels.cancel.hasSubscribers) {
-      lockChannels.cancel.publish({ lock: this.name, mode: waiter.mode, reason });
-    }
+    this.#publishCancel(waiter.mode, reason);
     waiter.reject(reason);
     this.#drain();
   }
@@ -253,9 +263,7 @@ export class RWLock implements LeaseHost {
     for (const waiter of [...watch.waiters]) {
       if (!waiter.queued) continue;
       this.#dequeue(waiter);
-      if (lockChannels.cancel.hasSubscribers) {
-        lockChannels.cancel.publish({ lock: this.name, mode: waiter.mode, reason });
-      }
+      this.#publishCancel(waiter.mode, reason);
       waiter.reject(reason);
     }
     this.#drain();
@@ -286,14 +294,19 @@ export class RWLock implements LeaseHost {
     signal: AbortSignal | undefined,
     timeout: number | undefined,
   ): Promise<Lease> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (signal?.aborted) {
+      this.#publishCancel(mode, signal.reason);
+      return Promise.reject(signal.reason);
+    }
     const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
     if (lease !== null) return Promise.resolve(lease);
-    if (timeout === 0) return Promise.reject(new LockTimeoutError(0, this.name));
+    if (timeout === 0) {
+      const error = new LockTimeoutError(0, this.name);
+      this.#publishCancel(mode, error);
+      return Promise.reject(error);
+    }
     if (this.#queue.size >= this.#maxQueue) {
-      if (lockChannels.cancel.hasSubscribers) {
-        lockChannels.cancel.publish({ lock: this.name, mode, reason: 'queue-full' });
-      }
+      this.#publishCancel(mode, 'queue-full');
       return Promise.reject(new QueueFullError(this.#maxQueue, this.name));
     }
     return new Promise<Lease>((resolve, reject) => {

@@ -19,11 +19,13 @@ export const defaultBackoff: BackoffPolicy = {
 
 /** Merges user options over the defaults (validation happens in the guard's option parser). */
 export function resolveBackoff(options: ReconnectOptions | undefined): BackoffPolicy {
-  return { ...defaultBackoff, ...stripUndefined(options ?? {}) };
-}
-
-function stripUndefined<T extends object>(value: T): Partial<T> {
-  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+  return {
+    initialDelay: options?.initialDelay ?? defaultBackoff.initialDelay,
+    maxDelay: options?.maxDelay ?? defaultBackoff.maxDelay,
+    factor: options?.factor ?? defaultBackoff.factor,
+    jitter: options?.jitter ?? defaultBackoff.jitter,
+    failFastAfter: options?.failFastAfter ?? defaultBackoff.failFastAfter,
+  };
 }
 
 /**
