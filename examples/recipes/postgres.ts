@@ -381,6 +381,11 @@ export function pgGuardOptions(
       await closeClient(handle.client, END_GRACE_MS);
     },
 
+    // A client whose socket already failed or ended (server restart) is dead: skip it.
+    isAlive(handle) {
+      return clients.get(handle.client)?.gone === undefined;
+    },
+
     async probe(handle, { signal, op }) {
       const gone = clients.get(handle.client)?.gone;
       if (gone !== undefined) {

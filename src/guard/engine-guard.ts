@@ -262,6 +262,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     validateOptionalFunction(options.probe, 'probe');
     validateOptionalFunction(options.cancel, 'cancel');
     validateOptionalFunction(options.isFatal, 'isFatal');
+    validateOptionalFunction(options.isAlive, 'isAlive');
     this.name = validateOptionalString(options.name, 'name');
     const pool = validateInteger(options.pool, 'pool', 1) ?? 1;
     const maxQueue = validateInteger(options.maxQueue, 'maxQueue', 0, true);
@@ -365,6 +366,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         return engine;
       },
       destroy: (engine, reason) => options.destroy?.(engine, { reason }),
+      isAlive: options.isAlive,
       probeIdle:
         options.probe === undefined
           ? undefined

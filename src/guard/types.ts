@@ -99,6 +99,12 @@ export interface EngineGuardOptions<E> {
   cancel?:
     | ((engine: E, ctx: { op: OpInfo; reason: unknown }) => Promise<unknown> | unknown)
     | undefined;
+  /**
+   * Cheap synchronous check of an idle handle before it is handed out (e.g. "has the client
+   * seen its socket close?"). `false` retires the handle and another is used or opened, so a
+   * connection that died while idle (server restart) costs no caller an error.
+   */
+  isAlive?: ((engine: E) => boolean) | undefined;
   /** True for errors meaning "this handle is gone": the handle is replaced. */
   isFatal?: ((error: unknown) => boolean) | undefined;
   /** Handles for concurrent reads. Default 1. */

@@ -42,6 +42,8 @@ export interface PoolHooks<E> {
   open(signal: AbortSignal, generation: number): Promise<E>;
   /** Destroys a handle (already bounded by the pool). */
   destroy(engine: E, reason: unknown): Promise<void> | void;
+  /** Cheap synchronous check of an idle handle before reuse; false retires it. */
+  isAlive: ((engine: E) => boolean) | undefined;
   /** Probes an idle handle before reuse; undefined when there is no probe. */
   probeIdle: ((engine: E, signal: AbortSignal) => Promise<unknown>) | undefined;
   onConnect(generation: number): void;
@@ -175,7 +177,7 @@ export class HandlePool<E> {
   /** An idle handle that needs no check, or `null`. Never waits, never opens. */
   tryAcquire(): Handle<E> | null {
     if (this.#closed) return null;
-    const handle = this.#idle.at(-1);
+    const handle = this.#takeLiveIdle(false);
     if (handle === undefined) return null;
     const check = this.settings.idleCheckAfter;
     if (
@@ -192,6 +194,31 @@ export class HandlePool<E> {
   }
 
   /**
+   * The newest idle handle that `isAlive` does not reject (dead ones are retired on the way),
+   * popped off the idle list when `pop`, else left on top of it.
+   */
+  #takeLiveIdle(pop: boolean): Handle<E> | undefined {
+    const isAlive = this.#hooks.isAlive;
+    for (;;) {
+      const handle = this.#idle.at(-1);
+      if (handle === undefined) return undefined;
+      let alive = true;
+      if (isAlive !== undefined) {
+        try {
+          alive = isAlive(handle.engine) !== false;
+        } catch {
+          alive = false;
+        }
+      }
+      if (alive) {
+        if (pop) this.#idle.pop();
+        return handle;
+      }
+      this.retire(handle, 'fatal', new Error('isAlive() reported the idle handle dead'));
+    }
+  }
+
+  /**
    * Takes a handle: an idle one at once (after an idle check if it sat unused too long), else
    * waits for one to be opened or returned. `timeout` bounds the wait.
    */
@@ -200,7 +227,7 @@ export class HandlePool<E> {
     timeout: number | undefined,
   ): Handle<E> | Promise<Handle<E>> {
     if (this.#closed) return Promise.reject(new GuardClosedError());
-    const handle = this.#idle.pop();
+    const handle = this.#takeLiveIdle(true);
     if (handle !== undefined) {
       const check = this.settings.idleCheckAfter;
       if (

@@ -409,9 +409,9 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
         }
       }
       expect(successes).toBe(4);
-      // At most one failure per pooled handle that died with the old server, each fatal.
-      expect(failures.length).toBeLessThanOrEqual(2);
-      for (const failure of failures) expect(isFatalPgError(failure), String(failure)).toBe(true);
+      // The handles that died with the old server saw their sockets close while idle: isAlive
+      // retires them before use, so no caller pays for the restart with an error.
+      expect(failures).toEqual([]);
       const both = await Promise.all([
         readOne(guard, 'SELECT 13 AS v FROM pg_sleep(0.1)'),
         readOne(guard, 'SELECT 13 AS v FROM pg_sleep(0.1)'),

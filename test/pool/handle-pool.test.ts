@@ -24,6 +24,7 @@ function makePool(
       log.destroyed.push(engine.id);
     },
     probeIdle: undefined,
+    isAlive: undefined,
     onConnect: () => {},
     onConnectError: () => {},
     onRetire: (_h, reason) => log.retired.push(reason),
@@ -164,6 +165,25 @@ describe('HandlePool', () => {
     expect(b.engine.id).toBe(2);
     expect(log.retired).toEqual(['idle-check']);
     pool.release(b);
+    await pool.close();
+  });
+
+  it('retires idle handles that isAlive reports dead before handing one out', async () => {
+    const dead = new Set<number>();
+    const { pool, log } = makePool({ isAlive: (engine) => !dead.has(engine.id) });
+    const a = (await pool.acquire(undefined, undefined)) as Handle<Engine>;
+    const b = (await pool.acquire(undefined, undefined)) as Handle<Engine>;
+    pool.release(a);
+    pool.release(b);
+    dead.add(b.engine.id); // b is on top of the idle stack
+    expect(pool.tryAcquire()).toBe(a);
+    expect(log.retired).toEqual(['fatal']);
+    dead.add(a.engine.id);
+    pool.release(a);
+    const c = (await pool.acquire(undefined, 1_000)) as Handle<Engine>;
+    expect(c.engine.id).toBe(3);
+    expect(log.retired).toEqual(['fatal', 'fatal']);
+    pool.release(c);
     await pool.close();
   });
 
