@@ -1,0 +1,94 @@
+/**
+ * The shared state behind every MCP session: one engine adapter, one `EngineGuard` in front of
+ * it, and a cache of engine facts for the `status` fast path. Over HTTP each session gets its own
+ * `McpServer`, but they all share this one app, hence one engine.
+ */
+import { type CachedValue, EngineGuard } from '../../src/index.js';
+import { DemoFaults } from './demo-faults.js';
+import type { Engine, EngineFacts } from './engine.js';
+import type { Logger } from './log.js';
+
+export interface AppSettings {
+  pool: number;
+  liveness: { interval: number; timeout: number; failures: number };
+  acquireTimeout: number;
+  connectTimeout: number;
+  maxRows: number;
+  maxResultBytes: number;
+  progressInterval: number;
+  demoFaults: boolean;
+}
+
+export interface App<H> {
+  readonly engine: Engine<H>;
+  readonly guard: EngineGuard<H>;
+  readonly facts: CachedValue<EngineFacts>;
+  readonly settings: AppSettings;
+  readonly log: Logger;
+  readonly faults: DemoFaults<H> | undefined;
+  readonly startedAt: number;
+  /** Closes the guard (aborting running ops, destroying handles), then the engine. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** How long cached engine facts are served before a background refresh, ms. */
+export const FACTS_MAX_AGE = 15_000;
+
+export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logger): App<H> {
+  const faults = settings.demoFaults ? new DemoFaults<H>() : undefined;
+  const base = engine.guardOptions({
+    name: engine.kind,
+    pool: settings.pool,
+    liveness: settings.liveness,
+    acquireTimeout: settings.acquireTimeout,
+    connectTimeout: settings.connectTimeout,
+  });
+  const guard = new EngineGuard<H>(faults === undefined ? base : faults.wrap(base));
+
+  guard.on('stall', ({ op, probeFailures }) =>
+    log.warn('engine stalled: op convicted by the liveness watchdog', {
+      op: op.id,
+      label: op.label,
+      generation: op.generation,
+      probeFailures,
+    }),
+  );
+  guard.on('replace', ({ generation, reason, cause }) =>
+    log.warn('engine handle retired; a new one opens on demand', {
+      generation,
+      reason,
+      cause: cause instanceof Error ? cause.message : undefined,
+    }),
+  );
+  guard.on('connect', ({ generation }) => log.info('engine handle ready', { generation }));
+  guard.on('connectError', ({ error, attempts, retryInMs }) =>
+    log.warn('engine connect failed', { attempts, retryInMs, error }),
+  );
+  guard.on('probeFailure', ({ op, consecutive, error }) =>
+    log.debug('liveness probe failed', { op: op?.id, consecutive, error }),
+  );
+  guard.on('state', ({ from, to }) => log.info('guard state', { from, to }));
+
+  const facts = guard.cache((handle, ctx) => engine.facts(handle, ctx), {
+    maxAge: FACTS_MAX_AGE,
+    label: 'status facts',
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    engine,
+    guard,
+    facts,
+    settings,
+    log,
+    faults,
+    startedAt: Date.now(),
+    close() {
+      closing ??= (async () => {
+        await guard.close();
+        await engine.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,594 @@
+/**
+ * The MCP tools, on top of an {@link App} (one engine behind one `EngineGuard`).
+ *
+ * How the tools map to the library:
+ * - `status`     → `guard.status()` + a `guard.cache()` snapshot: synchronous, no lock, no engine.
+ * - `query`      → `guard.read()`: shared, on its own pooled handle; read-only by the engine.
+ * - `execute`    → `guard.write()`: exclusive, one transaction.
+ * - `list_tables`, `describe_table` → `guard.read()`.
+ * - MCP cancellation (`extra.signal`) → the op's `signal`: a queued call leaves the queue, a
+ *   running one gets a server-side cancel.
+ * - Progress: while a query runs, `notifications/progress` every `progressInterval` ms (when the
+ *   client sent a progress token); the engine adapter heartbeats the guard as the engine reports
+ *   progress, so a busy query is never even probed.
+ * - A stall (`EngineStalledError`) comes back as a tool error saying so; the guard has already
+ *   replaced the handle and the server keeps serving.
+ */
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
+import type {
+  CallToolResult,
+  ServerNotification,
+  ServerRequest,
+} from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
+import {
+  EngineStalledError,
+  EngineUnavailableError,
+  GuardClosedError,
+  LockTimeoutError,
+  type OpContext,
+  QueueFullError,
+} from '../../src/index.js';
+import type { App } from './app.js';
+import { InputError, newProgress, type QueryProgress, type TableColumns } from './engine.js';
+
+export const SERVER_NAME = 'engine-guard-mcp';
+export const SERVER_VERSION = '0.1.0';
+
+type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+
+// ---------------------------------------------------------------------------------------------
+// Output schemas (also advertised in tools/list)
+
+const opShape = z.object({
+  id: z.number(),
+  kind: z.enum(['read', 'write']),
+  label: z.string().nullable(),
+  generation: z.number(),
+  ageMs: z.number(),
+  sinceHeartbeatMs: z.number(),
+  probeFailures: z.number(),
+  phase: z.enum(['running', 'cancelling']),
+});
+
+const statusOutput = {
+  engine: z.object({
+    kind: z.enum(['duckdb', 'postgres']),
+    description: z.string(),
+    readOnlyQueries: z.string(),
+    version: z.string().nullable(),
+    database: z.string().nullable(),
+    tables: z.number().nullable(),
+    views: z.number().nullable(),
+    factsAgeMs: z.number().nullable(),
+    factsRefreshing: z.boolean(),
+    factsError: z.string().nullable(),
+  }),
+  guard: z.object({
+    state: z.enum(['idle', 'connecting', 'ready', 'degraded', 'closed']),
+    generation: z.number(),
+    handles: z.object({
+      total: z.number(),
+      busy: z.number(),
+      idle: z.number(),
+      connecting: z.number(),
+      retiring: z.number(),
+    }),
+    running: z.array(opShape),
+    queue: z.object({ readers: z.number(), writers: z.number(), forHandle: z.number() }),
+    lastProbe: z.object({ ok: z.boolean(), ageMs: z.number(), durationMs: z.number() }).nullable(),
+    lastError: z.object({ message: z.string(), ageMs: z.number() }).nullable(),
+    counters: z.record(z.string(), z.number()),
+  }),
+  liveness: z.object({ interval: z.number(), timeout: z.number(), failures: z.number() }),
+  uptimeMs: z.number(),
+  answeredInMs: z.number(),
+};
+
+const queryOutput = {
+  columns: z.array(z.object({ name: z.string(), type: z.string() })),
+  rows: z.array(z.record(z.string(), z.unknown())),
+  rowCount: z.number().int(),
+  truncated: z.boolean(),
+  truncatedBy: z.enum(['max_rows', 'max_result_bytes']).nullable(),
+  elapsedMs: z.number(),
+};
+
+const executeOutput = {
+  statements: z.number().int(),
+  rowsAffected: z.number().nullable(),
+  elapsedMs: z.number(),
+};
+
+const listTablesOutput = {
+  tables: z.array(z.object({ schema: z.string(), name: z.string(), type: z.string() })),
+};
+
+const describeOutput = {
+  schema: z.string(),
+  table: z.string(),
+  columns: z.array(
+    z.object({
+      name: z.string(),
+      type: z.string(),
+      nullable: z.boolean(),
+      default: z.string().nullable(),
+    }),
+  ),
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+function ok(structured: Record<string, unknown>, summary?: string): CallToolResult {
+  const json = JSON.stringify(structured);
+  return {
+    content: [{ type: 'text', text: summary === undefined ? json : `${summary}\n${json}` }],
+    structuredContent: structured,
+  };
+}
+
+function toolError(message: string): CallToolResult {
+  return { content: [{ type: 'text', text: message }], isError: true };
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function isAbort(error: unknown, signal: AbortSignal): boolean {
+  return signal.aborted && (error === signal.reason || (error as Error)?.name === 'AbortError');
+}
+
+function label(tool: string, sql?: string): string {
+  if (sql === undefined) return tool;
+  const flat = sql.replace(/\s+/g, ' ').trim();
+  return `${tool}: ${flat.length > 60 ? `${flat.slice(0, 57)}...` : flat}`;
+}
+
+/**
+ * Sends `notifications/progress` every `intervalMs` while an op runs, when the client asked for
+ * progress (sent a progress token). `progress` is the elapsed time in ms, always increasing; the
+ * message says what the engine reports.
+ */
+function startProgress(extra: Extra, intervalMs: number, progress: QueryProgress): () => void {
+  const token = extra._meta?.progressToken;
+  if (token === undefined) return () => {};
+  const started = performance.now();
+  let last = -1;
+  const timer = setInterval(() => {
+    const elapsed = Math.round(performance.now() - started);
+    if (elapsed <= last) return;
+    last = elapsed;
+    const parts = [`running for ${(elapsed / 1000).toFixed(1)} s`];
+    if (progress.percentage !== undefined && progress.percentage >= 1) {
+      parts.push(`engine estimate ${progress.percentage.toFixed(0)}%`);
+    }
+    if (progress.rowsProcessed !== undefined) {
+      parts.push(`${progress.rowsProcessed.toLocaleString('en-US')} rows scanned`);
+    }
+    if (progress.rowsReceived > 0) {
+      parts.push(`${progress.rowsReceived.toLocaleString('en-US')} rows received`);
+    }
+    extra
+      .sendNotification({
+        method: 'notifications/progress',
+        params: { progressToken: token, progress: elapsed, message: parts.join(', ') },
+      })
+      .catch(() => {
+        // The client went away; the op's signal tells the guard.
+      });
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/** Keeps the longest prefix of `rows` whose JSON fits in `maxBytes`. */
+function fitRows(rows: Record<string, unknown>[], maxBytes: number): number {
+  let total = 2; // []
+  for (let i = 0; i < rows.length; i++) {
+    total += Buffer.byteLength(JSON.stringify(rows[i])) + 1;
+    if (total > maxBytes) return i;
+  }
+  return rows.length;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** An McpServer with the tools, on the shared app. One per session (HTTP) or one for stdio. */
+export function createMcpServer<H>(app: App<H>): McpServer {
+  const { guard, engine, facts, settings, log } = app;
+  const server = new McpServer(
+    { name: SERVER_NAME, version: SERVER_VERSION },
+    {
+      capabilities: { tools: {} },
+      instructions:
+        `SQL access to ${engine.description} through engine-guard. Use list_tables and ` +
+        'describe_table to explore, query for read-only SQL (one statement), execute for ' +
+        'DDL/DML, and status for a health check that never waits on the engine.',
+    },
+  );
+
+  /** Turns any failure of a guarded call into a tool error a person or an agent can act on. */
+  const failure = (tool: string, error: unknown, extra: Extra): CallToolResult => {
+    if (error instanceof InputError) return toolError(error.message);
+    if (error instanceof EngineStalledError) {
+      const { interval, timeout, failures } = settings.liveness;
+      log.warn(`${tool}: engine stalled`, { op: error.opId });
+      return toolError(
+        `Engine stalled: ${tool} got no answer from the engine, and ${error.probeFailures} ` +
+          `liveness probes in a row failed (one after every ${interval} ms without progress, ` +
+          `each allowed ${timeout} ms; ${failures} convict). The call was abandoned (op ` +
+          `${error.opId}) and the engine connection was replaced; the server keeps serving, ` +
+          'so you can retry.' +
+          (error.indeterminate
+            ? ' The write is INDETERMINATE: it may or may not have been applied; check before retrying.'
+            : ''),
+      );
+    }
+    if (error instanceof EngineUnavailableError) {
+      return toolError(
+        `Engine unavailable: ${error.attempts} connection attempts in a row failed (last: ` +
+          `${messageOf(error.cause)}). The server keeps trying to reconnect in the background; ` +
+          'try again later (the status tool shows the state).',
+      );
+    }
+    if (error instanceof LockTimeoutError) {
+      return toolError(
+        `Engine busy: no engine connection became free within ${error.timeout} ms (all ` +
+          `${settings.pool} are in use, or a write holds the engine). Try again later; the ` +
+          'status tool shows what is running.',
+      );
+    }
+    if (error instanceof QueueFullError) {
+      return toolError('Engine busy: too many calls are waiting. Try again later.');
+    }
+    if (error instanceof GuardClosedError) return toolError('The server is shutting down.');
+    if (isAbort(error, extra.signal)) return toolError(`${tool} was cancelled.`);
+    const message = messageOf(error);
+    if (engine.isFatal(error)) {
+      return toolError(
+        `The engine connection failed during ${tool}: ${message}. That connection is being ` +
+          'replaced; the server keeps serving, so you can retry.',
+      );
+    }
+    const code = (error as { code?: unknown }).code;
+    let text = `SQL error: ${message}`;
+    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) text += ` (SQLSTATE ${code})`;
+    if (tool === 'query' && (code === '25006' || /read-only/i.test(message))) {
+      text +=
+        '. The query tool is read-only: the engine refused the write. Use the execute tool for DDL/DML.';
+    } else if (tool === 'query' && /multiple commands/i.test(message)) {
+      text += '. The query tool runs exactly one statement per call.';
+    }
+    return toolError(text);
+  };
+
+  /** Runs a guarded op for a tool, mapping failures to tool errors and logging the outcome. */
+  const guarded = async <T>(
+    tool: string,
+    kind: 'read' | 'write',
+    extra: Extra,
+    opLabel: string,
+    fn: (handle: H, ctx: OpContext) => Promise<T>,
+    done: (value: T, elapsedMs: number) => CallToolResult,
+  ): Promise<CallToolResult> => {
+    const started = performance.now();
+    try {
+      const options = { signal: extra.signal, label: opLabel };
+      const value = await (kind === 'read' ? guard.read(fn, options) : guard.write(fn, options));
+      const elapsed = Math.round(performance.now() - started);
+      log.debug(`${tool} ok`, { ms: elapsed });
+      return done(value, elapsed);
+    } catch (error) {
+      const result = failure(tool, error, extra);
+      log.info(`${tool} failed`, {
+        ms: Math.round(performance.now() - started),
+        error: messageOf(error),
+      });
+      return result;
+    }
+  };
+
+  // -------------------------------------------------------------------------------------------
+  server.registerTool(
+    'status',
+    {
+      title: 'Engine status',
+      description:
+        'Health of the engine guard (state, connections, running calls with their age and ' +
+        'liveness, queue, counters of stalls and replacements) and cached engine facts (version, ' +
+        'table count). Answers from memory in milliseconds and never waits on the engine, even ' +
+        'while every connection is stuck.',
+      inputSchema: {},
+      outputSchema: statusOutput,
+      annotations: { readOnlyHint: true, idempotentHint: true, openWorldHint: false },
+    },
+    () => {
+      const t0 = performance.now();
+      const s = guard.status();
+      const f = facts.get(); // never waits: refreshes in the background when stale
+      const now = Date.now();
+      const structured = {
+        engine: {
+          kind: engine.kind,
+          description: engine.description,
+          readOnlyQueries: engine.readOnlyMode,
+          version: f.value?.version ?? null,
+          database: f.value?.database ?? null,
+          tables: f.value?.tables ?? null,
+          views: f.value?.views ?? null,
+          factsAgeMs: f.value === undefined ? null : Math.round(f.ageMs),
+          factsRefreshing: f.refreshing,
+          factsError: f.error === undefined ? null : messageOf(f.error),
+        },
+        guard: {
+          state: s.state,
+          generation: s.generation,
+          handles: s.handles,
+          running: s.running.map((op) => ({
+            id: op.id,
+            kind: op.kind,
+            label: op.label ?? null,
+            generation: op.generation,
+            ageMs: Math.round(op.ageMs),
+            sinceHeartbeatMs: Math.round(op.sinceHeartbeatMs),
+            probeFailures: op.probeFailures,
+            phase: op.phase,
+          })),
+          queue: s.queue,
+          lastProbe:
+            s.lastProbe === null
+              ? null
+              : {
+                  ok: s.lastProbe.ok,
+                  ageMs: now - s.lastProbe.at,
+                  durationMs: Math.round(s.lastProbe.durationMs),
+                },
+          lastError:
+            s.lastError === null
+              ? null
+              : { message: s.lastError.message, ageMs: now - s.lastError.at },
+          counters: { ...s.counters },
+        },
+        liveness: { ...settings.liveness },
+        uptimeMs: now - app.startedAt,
+        answeredInMs: Math.round((performance.now() - t0) * 1000) / 1000,
+      };
+      return ok(structured);
+    },
+  );
+
+  // -------------------------------------------------------------------------------------------
+  server.registerTool(
+    'query',
+    {
+      title: 'Read-only SQL query',
+      description:
+        'Runs ONE read-only SQL statement (SELECT, WITH, SHOW, EXPLAIN, ...) and returns its ' +
+        'rows. The engine itself refuses writes (read-only transaction); use execute for ' +
+        `DDL/DML. At most ${settings.maxRows} rows (or max_rows) come back; "truncated" says ` +
+        'when there were more. Long queries are fine: they report progress and are only ' +
+        'abandoned when the engine stops answering, never for taking long.',
+      inputSchema: {
+        sql: z.string().min(1).describe('One read-only SQL statement'),
+        max_rows: z
+          .number()
+          .int()
+          .min(1)
+          .max(settings.maxRows)
+          .optional()
+          .describe(`Most rows to return (default and maximum ${settings.maxRows})`),
+      },
+      outputSchema: queryOutput,
+      annotations: { readOnlyHint: true, openWorldHint: false },
+    },
+    async ({ sql, max_rows }, extra) => {
+      const maxRows = max_rows ?? settings.maxRows;
+      const progress = newProgress();
+      const stopProgress = startProgress(extra, settings.progressInterval, progress);
+      try {
+        return await guarded(
+          'query',
+          'read',
+          extra,
+          label('query', sql),
+          (handle, ctx) => engine.query(handle, ctx, sql, { maxRows, progress }),
+          (out, elapsedMs) => {
+            let rows = out.rows;
+            let truncatedBy: 'max_rows' | 'max_result_bytes' | null = out.truncated
+              ? 'max_rows'
+              : null;
+            const fit = fitRows(rows, settings.maxResultBytes);
+            if (fit < rows.length) {
+              if (fit === 0) {
+                return toolError(
+                  `Result too large: a single row is over the ${settings.maxResultBytes}-byte ` +
+                    'limit of one result. Select fewer or shorter columns (e.g. left(col, 200)).',
+                );
+              }
+              rows = rows.slice(0, fit);
+              truncatedBy = 'max_result_bytes';
+            }
+            const structured = {
+              columns: out.columns,
+              rows,
+              rowCount: rows.length,
+              truncated: truncatedBy !== null,
+              truncatedBy,
+              elapsedMs,
+            };
+            const summary =
+              truncatedBy === null
+                ? `${rows.length} row${rows.length === 1 ? '' : 's'} in ${elapsedMs} ms.`
+                : `${rows.length} rows in ${elapsedMs} ms; TRUNCATED: the result has more rows ` +
+                  `(limit: ${truncatedBy === 'max_rows' ? `${maxRows} rows` : `${settings.maxResultBytes} bytes`}).`;
+            return ok(structured, summary);
+          },
+        );
+      } finally {
+        stopProgress();
+      }
+    },
+  );
+
+  // -------------------------------------------------------------------------------------------
+  server.registerTool(
+    'execute',
+    {
+      title: 'Execute DDL/DML',
+      description:
+        'Runs DDL/DML (CREATE, INSERT, UPDATE, DELETE, ...). Several statements separated by ' +
+        '";" run in ONE transaction: all or nothing. Runs alone on the engine (waits for ' +
+        'running queries to finish). If the engine stalls meanwhile, the outcome is reported ' +
+        'as indeterminate.',
+      inputSchema: { sql: z.string().min(1).describe('DDL/DML statement(s)') },
+      outputSchema: executeOutput,
+      annotations: { readOnlyHint: false, destructiveHint: true, openWorldHint: false },
+    },
+    async ({ sql }, extra) => {
+      const progress = newProgress();
+      const stopProgress = startProgress(extra, settings.progressInterval, progress);
+      try {
+        return await guarded(
+          'execute',
+          'write',
+          extra,
+          label('execute', sql),
+          (handle, ctx) => engine.execute(handle, ctx, sql),
+          (out, elapsedMs) => {
+            // The catalog may have changed: refresh the cached facts in the background.
+            facts.refresh().catch(() => {});
+            return ok(
+              { ...out, elapsedMs },
+              `OK: ${out.statements} statement${out.statements === 1 ? '' : 's'} committed` +
+                (out.rowsAffected === null ? '' : `, ${out.rowsAffected} rows affected`) +
+                ` in ${elapsedMs} ms.`,
+            );
+          },
+        );
+      } finally {
+        stopProgress();
+      }
+    },
+  );
+
+  // -------------------------------------------------------------------------------------------
+  server.registerTool(
+    'list_tables',
+    {
+      title: 'List tables',
+      description: 'Tables and views of the database, with their schema and type.',
+      inputSchema: {},
+      outputSchema: listTablesOutput,
+      annotations: { readOnlyHint: true, idempotentHint: true, openWorldHint: false },
+    },
+    (_args, extra) =>
+      guarded(
+        'list_tables',
+        'read',
+        extra,
+        'list_tables',
+        (handle, ctx) => engine.listTables(handle, ctx),
+        (tables) =>
+          ok(
+            { tables },
+            tables.length === 0
+              ? 'No tables.'
+              : `${tables.length} table${tables.length === 1 ? '' : 's'}: ` +
+                  tables.map((t) => `${t.schema}.${t.name}`).join(', '),
+          ),
+      ),
+  );
+
+  // -------------------------------------------------------------------------------------------
+  server.registerTool(
+    'describe_table',
+    {
+      title: 'Describe a table',
+      description: 'Columns of one table or view: name, type, nullability, default.',
+      inputSchema: {
+        table: z.string().min(1).describe('Table name, optionally schema-qualified (schema.table)'),
+        schema: z.string().min(1).optional().describe('Schema, when not in "table"'),
+      },
+      outputSchema: describeOutput,
+      annotations: { readOnlyHint: true, idempotentHint: true, openWorldHint: false },
+    },
+    async ({ table, schema }, extra) => {
+      let name = table.trim();
+      let inSchema = schema?.trim();
+      const dot = name.indexOf('.');
+      if (inSchema === undefined && dot > 0) {
+        inSchema = name.slice(0, dot);
+        name = name.slice(dot + 1);
+      }
+      const unquote = (s: string): string => s.replace(/^"(.*)"$/, '$1');
+      name = unquote(name);
+      inSchema = inSchema === undefined ? undefined : unquote(inSchema);
+      const where = inSchema === undefined ? `"${name}"` : `"${inSchema}.${name}"`;
+      return guarded(
+        'describe_table',
+        'read',
+        extra,
+        `describe_table: ${inSchema === undefined ? '' : `${inSchema}.`}${name}`,
+        async (handle, ctx) => {
+          const found = await engine.describeTable(handle, ctx, name, inSchema);
+          if (found.size === 0) {
+            const tables = await engine.listTables(handle, ctx);
+            const known = tables.map((t) => `${t.schema}.${t.name}`);
+            throw new InputError(
+              `Unknown table ${where}. ` +
+                (known.length === 0
+                  ? 'The database has no tables.'
+                  : `Known tables: ${known.slice(0, 50).join(', ')}${known.length > 50 ? ', ...' : ''}.`),
+            );
+          }
+          if (found.size > 1) {
+            throw new InputError(
+              `Table ${where} exists in several schemas (${[...found.keys()].join(', ')}); ` +
+                'pass "schema" or a schema-qualified name.',
+            );
+          }
+          const [[foundSchema, { table: foundTable, columns }]] = [...found] as [
+            [string, TableColumns],
+          ];
+          return { schema: foundSchema, table: foundTable, columns };
+        },
+        (out) =>
+          ok(
+            out,
+            `${out.schema}.${out.table}: ${out.columns.map((c) => `${c.name} ${c.type}`).join(', ')}`,
+          ),
+      );
+    },
+  );
+
+  // -------------------------------------------------------------------------------------------
+  const faults = app.faults;
+  if (faults !== undefined) {
+    server.registerTool(
+      'demo_wedge',
+      {
+        title: 'DEMO ONLY: a call that wedges its connection',
+        description:
+          'Demo fault injection (only with --demo-faults): runs a read whose engine connection ' +
+          'goes silent, like a half-open TCP connection. Its liveness probes get no answer, ' +
+          'so the guard convicts it and replaces the connection.',
+        inputSchema: {},
+        annotations: { readOnlyHint: true, openWorldHint: false },
+      },
+      (_args, extra) =>
+        guarded(
+          'demo_wedge',
+          'read',
+          extra,
+          'demo_wedge: a call on a connection that went half-open',
+          (handle) => faults.wedge(handle),
+          () => toolError('unreachable: a wedged call never returns'),
+        ),
+    );
+  }
+
+  return server;
+}

@@ -1,0 +1,270 @@
+/**
+ * End-to-end: the example MCP server over Streamable HTTP (`--http 0 --token ...`), with two SDK
+ * clients sharing its one engine, and the bearer-token and DNS-rebinding checks.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { request } from 'node:http';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { serverProcess } from '../../examples/mcp-server/spawn.js';
+
+const TEST_TIMEOUT = 60_000;
+const TOKEN = 'test-token-0123456789';
+const ENDLESS_QUERY = 'SELECT count(*) AS n FROM range(1000000000000) t(i) WHERE hash(i) % 7 = 3';
+
+interface Counters {
+  ops: number;
+  stalls: number;
+  replacements: number;
+  cancels: number;
+  aborts: number;
+}
+
+interface Status {
+  guard: {
+    running: { id: number; label: string | null; ageMs: number }[];
+    counters: Counters;
+  };
+}
+
+const INITIALIZE = {
+  jsonrpc: '2.0',
+  id: 1,
+  method: 'initialize',
+  params: {
+    protocolVersion: '2025-06-18',
+    capabilities: {},
+    clientInfo: { name: 'raw', version: '0' },
+  },
+};
+
+function text(result: CallToolResult): string {
+  return result.content.map((c) => (c.type === 'text' ? c.text : '')).join('\n');
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A raw POST to the endpoint with exactly the given headers. */
+function post(
+  url: URL,
+  headers: Record<string, string>,
+): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          accept: 'application/json, text/event-stream',
+          ...headers,
+        },
+      },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          body += chunk;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify(INITIALIZE));
+  });
+}
+
+describe('example MCP server over Streamable HTTP', () => {
+  let child: ChildProcess;
+  let url: URL;
+  let exited: Promise<number | null>;
+  const serverLog: string[] = [];
+  const stdout: string[] = [];
+  const clients: Client[] = [];
+
+  /** An SDK client; `token` null sends no Authorization header at all. */
+  async function connect(token: string | null = TOKEN): Promise<Client> {
+    const transport = new StreamableHTTPClientTransport(url, {
+      requestInit: token === null ? {} : { headers: { authorization: `Bearer ${token}` } },
+    });
+    const client = new Client({ name: `mcp-http-test-${clients.length}`, version: '0.0.0' });
+    await client.connect(transport);
+    clients.push(client);
+    return client;
+  }
+
+  const call = async (
+    client: Client,
+    name: string,
+    args: Record<string, unknown> = {},
+    signal?: AbortSignal,
+  ): Promise<CallToolResult> =>
+    (await client.callTool({ name, arguments: args }, undefined, {
+      timeout: TEST_TIMEOUT,
+      signal,
+    })) as CallToolResult;
+
+  const ok = async <T>(client: Client, name: string, args: Record<string, unknown> = {}) => {
+    const result = await call(client, name, args);
+    if (result.isError) throw new Error(`${name} failed: ${text(result)}`);
+    return result.structuredContent as T;
+  };
+
+  beforeAll(async () => {
+    const params = serverProcess([
+      '--http',
+      '0',
+      '--token',
+      TOKEN,
+      '--liveness-interval',
+      '300',
+      '--liveness-timeout',
+      '2000',
+    ]);
+    child = spawn(params.command, params.args, {
+      cwd: params.cwd,
+      env: params.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    child.stdout?.on('data', (chunk: Buffer) => stdout.push(chunk.toString()));
+    url = await new Promise<URL>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`server did not start:\n${serverLog.join('')}`)),
+        30_000,
+      );
+      child.stderr?.on('data', (chunk: Buffer) => {
+        serverLog.push(chunk.toString());
+        if (serverLog.length > 500) serverLog.shift();
+        const match = /listening on (http:\/\/127\.0\.0\.1:\d+\/mcp)/.exec(serverLog.join(''));
+        if (match) {
+          clearTimeout(timer);
+          resolve(new URL(match[1]!));
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
+    });
+  }, TEST_TIMEOUT);
+
+  afterAll(async () => {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
+    if (child !== undefined && child.exitCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  }, TEST_TIMEOUT);
+
+  beforeEach(({ onTestFailed }) => {
+    onTestFailed(() => {
+      console.error(
+        `server log (last lines):\n${serverLog.join('').split('\n').slice(-60).join('\n')}`,
+      );
+    });
+  });
+
+  it(
+    'serves two clients at once, sharing one engine',
+    async () => {
+      const [alice, bob] = await Promise.all([connect(), connect()]);
+
+      // Alice starts a query that keeps the engine busy...
+      const controller = new AbortController();
+      const long = call(alice, 'query', { sql: ENDLESS_QUERY }, controller.signal).then(
+        (result) => ({ result }),
+        (error: unknown) => ({ error }),
+      );
+
+      // ...Bob sees it in status (one guard for both sessions) and keeps working meanwhile.
+      let seen: Status['guard']['running'][number] | undefined;
+      for (let i = 0; i < 200 && seen === undefined; i++) {
+        const s = await ok<Status>(bob, 'status');
+        seen = s.guard.running.find((op) => op.label?.includes('range(1000000000000)'));
+        if (seen === undefined) await sleep(50);
+      }
+      expect(seen).toBeDefined();
+
+      const started = performance.now();
+      const counted = await ok<{ rows: unknown[] }>(bob, 'query', {
+        sql: 'SELECT count(*) AS n FROM customers',
+      });
+      expect(counted).toMatchObject({ rows: [{ n: 1_000 }] });
+      expect(performance.now() - started).toBeLessThan(5_000);
+
+      // A write waits for running reads, so Alice's query is stopped first; then Bob writes and
+      // Alice, in her own session, sees Bob's table: the same engine.
+      controller.abort();
+      expect('error' in (await long)).toBe(true);
+      await ok(bob, 'execute', { sql: 'CREATE TABLE shared_note AS SELECT 42 AS answer' });
+      const { tables } = await ok<{ tables: { name: string }[] }>(alice, 'list_tables');
+      expect(tables.map((t) => t.name)).toContain('shared_note');
+      expect(
+        await ok<{ rows: unknown[] }>(alice, 'query', { sql: 'SELECT answer FROM shared_note' }),
+      ).toMatchObject({ rows: [{ answer: 42 }] });
+
+      // Concurrent calls from both clients.
+      const results = await Promise.all([
+        ok<{ rows: unknown[] }>(alice, 'query', { sql: 'SELECT 1 AS a' }),
+        ok<{ rows: unknown[] }>(bob, 'query', { sql: 'SELECT 2 AS b' }),
+        ok<Status>(alice, 'status'),
+        ok<Status>(bob, 'status'),
+      ]);
+      expect(results[0].rows).toEqual([{ a: 1 }]);
+      expect(results[1].rows).toEqual([{ b: 2 }]);
+      expect(results[2].guard.counters.ops).toBeGreaterThan(0);
+    },
+    TEST_TIMEOUT,
+  );
+
+  it('refuses requests without the right bearer token', async () => {
+    const none = await post(url, {});
+    expect(none.status).toBe(401);
+    expect(none.headers['www-authenticate']).toMatch(/^Bearer/);
+    expect(none.body).toContain('Unauthorized');
+
+    const wrong = await post(url, { authorization: 'Bearer not-the-token' });
+    expect(wrong.status).toBe(401);
+
+    await expect(connect('not-the-token')).rejects.toThrow();
+    await expect(connect(null)).rejects.toThrow();
+
+    // The right token gets a session.
+    const good = await post(url, { authorization: `Bearer ${TOKEN}` });
+    expect(good.status).toBe(200);
+    expect(good.headers['mcp-session-id']).toBeTruthy();
+  });
+
+  it('refuses a foreign Host or Origin header (DNS-rebinding protection)', async () => {
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    const foreignHost = await post(url, { ...auth, host: `evil.example:${url.port}` });
+    expect(foreignHost.status).toBe(403);
+    expect(foreignHost.body).toContain('Host');
+
+    const foreignOrigin = await post(url, { ...auth, origin: 'http://evil.example' });
+    expect(foreignOrigin.status).toBe(403);
+    expect(foreignOrigin.body).toContain('Origin');
+
+    // Loopback names are fine.
+    const localhost = await post(url, { ...auth, host: `localhost:${url.port}` });
+    expect(localhost.status).toBe(200);
+    const sameOrigin = await post(url, { ...auth, origin: `http://127.0.0.1:${url.port}` });
+    expect(sameOrigin.status).toBe(200);
+  });
+
+  it(
+    'shuts down cleanly on SIGTERM',
+    async () => {
+      await Promise.all(clients.splice(0).map((c) => c.close()));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(serverLog.join('')).toContain('shutting down');
+      expect(stdout.join('')).toBe(''); // logs go to stderr only
+    },
+    TEST_TIMEOUT,
+  );
+});
