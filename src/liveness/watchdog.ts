@@ -43,6 +43,11 @@ export interface WatchdogSettings {
 
 /** What the watchdog calls out to. */
 export interface WatchdogHooks<S extends WatchedSubject> {
+  /**
+   * Every subject that may be watched (the owner's list of running ops). The watchdog keeps no
+   * collection of its own: watching and unwatching an op is then a few field writes.
+   */
+  subjects(): Iterable<S>;
   /** Runs one probe; rejects (or throws) when it fails. */
   probe(subject: S, signal: AbortSignal): Promise<unknown>;
   /** Every conclusive probe result. */
@@ -59,7 +64,7 @@ const now = (): number => performance.now();
 export class Watchdog<S extends WatchedSubject> {
   readonly settings: WatchdogSettings;
   readonly #hooks: WatchdogHooks<S>;
-  readonly #subjects = new Set<S>();
+  #watched = 0;
   #timer: NodeJS.Timeout | undefined = undefined;
   #timerDue = 0;
   #timerDueWall = 0;
@@ -71,43 +76,47 @@ export class Watchdog<S extends WatchedSubject> {
 
   /** Subjects being watched. */
   get size(): number {
-    return this.#subjects.size;
+    return this.#watched;
   }
 
-  /** Starts watching; the subject counts as alive now. */
-  watch(subject: S): void {
-    const t = now();
-    subject.lastBeat = t;
+  /** Starts watching; the subject counts as alive at `at` (default: now). */
+  watch(subject: S, at: number = now()): void {
+    subject.lastBeat = at;
     subject.probeFailures = 0;
     subject.probing = false;
-    subject.nextProbeAt = t + this.settings.interval;
+    subject.nextProbeAt = at + this.settings.interval;
     subject.probeStartedAt = 0;
     subject.watched = true;
-    this.#subjects.add(subject);
+    if (++this.#watched === 1) this.#timer?.ref();
     this.#arm(subject.nextProbeAt);
   }
 
   /** Stops watching; a probe in flight is left to finish and its result ignored. */
   unwatch(subject: S): void {
+    if (!subject.watched) return;
     subject.watched = false;
-    this.#subjects.delete(subject);
-    if (this.#subjects.size === 0) this.#disarm();
+    // Left armed rather than cleared: short ops come and go far more often than the timer
+    // fires, and re-arming a timer per op would cost more than the op itself. Unref'd, a
+    // timer with nobody to watch keeps no process alive, and fires once for nothing.
+    if (--this.#watched === 0) this.#timer?.unref();
   }
 
   /** Stops everything. */
   stop(): void {
-    for (const subject of this.#subjects) subject.watched = false;
-    this.#subjects.clear();
+    for (const subject of this.#hooks.subjects()) subject.watched = false;
+    this.#watched = 0;
     this.#disarm();
   }
 
   #arm(due: number): void {
     if (this.#timer !== undefined && this.#timerDue <= due) return;
     this.#disarm();
-    const delay = Math.max(0, due - now());
-    this.#timerDue = now() + delay;
+    const t = now();
+    const delay = Math.max(0, due - t);
+    this.#timerDue = t + delay;
     this.#timerDueWall = Date.now() + delay;
     this.#timer = setTimeout(() => this.#tick(), delay);
+    if (this.#watched === 0) this.#timer.unref();
   }
 
   #disarm(): void {
@@ -126,13 +135,13 @@ export class Watchdog<S extends WatchedSubject> {
     if (late > this.settings.pauseThreshold) {
       this.#hooks.onPause?.(late);
       // Our own clock stood still: what looks like silence may be ours. Re-check everyone now.
-      for (const subject of this.#subjects) {
-        if (!subject.probing) subject.nextProbeAt = t;
+      for (const subject of this.#hooks.subjects()) {
+        if (subject.watched && !subject.probing) subject.nextProbeAt = t;
       }
     }
     let next = Number.POSITIVE_INFINITY;
-    for (const subject of this.#subjects) {
-      if (subject.probing) continue;
+    for (const subject of this.#hooks.subjects()) {
+      if (!subject.watched || subject.probing) continue;
       const due = Math.max(subject.lastBeat + this.settings.interval, subject.nextProbeAt);
       if (due <= t) {
         this.#probe(subject);

@@ -110,7 +110,8 @@ export class HandlePool<E> {
   readonly settings: PoolSettings;
   readonly #hooks: PoolHooks<E>;
   readonly #idle: Handle<E>[] = [];
-  readonly #busy = new Set<Handle<E>>();
+  /** Handles lent out; a count, not a set: a busy handle is only ever found through its op. */
+  #busy = 0;
   readonly #waiters = new WaiterQueue<HandleWaiter<E>>();
   readonly #attempts = new Set<AbortController>();
   readonly #destroying = new Set<Promise<void>>();
@@ -135,7 +136,7 @@ export class HandlePool<E> {
     return this.#idle.length;
   }
   get busyCount(): number {
-    return this.#busy.size;
+    return this.#busy;
   }
   get connecting(): number {
     return this.#connecting;
@@ -161,12 +162,12 @@ export class HandlePool<E> {
     return (
       this.#failures >= this.settings.backoff.failFastAfter &&
       this.#idle.length === 0 &&
-      this.#busy.size === 0
+      this.#busy === 0
     );
   }
 
   #inService(): number {
-    return this.#idle.length + this.#busy.size + this.#connecting;
+    return this.#idle.length + this.#busy + this.#connecting;
   }
 
   /** The error a caller gets when it gives up, or is refused, while the engine is failing. */
@@ -174,8 +175,11 @@ export class HandlePool<E> {
     return new EngineUnavailableError(this.#failures, this.#lastError, this.#nextAttemptAt);
   }
 
-  /** An idle handle that needs no check, or `null`. Never waits, never opens. */
-  tryAcquire(): Handle<E> | null {
+  /**
+   * An idle handle that needs no check, or `null`. Never waits, never opens. `now` is the
+   * caller's `performance.now()`, to save a clock read on the hot path.
+   */
+  tryAcquire(now: number = performance.now()): Handle<E> | null {
     if (this.#closed) return null;
     const handle = this.#takeLiveIdle(false);
     if (handle === undefined) return null;
@@ -183,13 +187,13 @@ export class HandlePool<E> {
     if (
       check !== undefined &&
       this.#hooks.probeIdle !== undefined &&
-      performance.now() - handle.idleSince >= check
+      now - handle.idleSince >= check
     ) {
       return null;
     }
     this.#idle.pop();
     handle.state = 'busy';
-    this.#busy.add(handle);
+    this.#busy++;
     return handle;
   }
 
@@ -238,7 +242,7 @@ export class HandlePool<E> {
         return this.#checkIdle(handle, signal, timeout);
       }
       handle.state = 'busy';
-      this.#busy.add(handle);
+      this.#busy++;
       return handle;
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
@@ -274,7 +278,7 @@ export class HandlePool<E> {
     timeout: number | undefined,
   ): Promise<Handle<E>> {
     handle.state = 'busy';
-    this.#busy.add(handle);
+    this.#busy++;
     const controller = new AbortController();
     const started = performance.now();
     const probed = bounded(
@@ -332,14 +336,17 @@ export class HandlePool<E> {
     });
   }
 
-  /** Gives a handle back: to the first waiter, else to the idle list. */
-  release(handle: Handle<E>): void {
+  /**
+   * Gives a handle back: to the first waiter, else to the idle list. `aliveAt` is the last time
+   * the handle was known to answer (its op's last sign of life); the idle check counts from it.
+   */
+  release(handle: Handle<E>, aliveAt?: number): void {
     if (handle.state !== 'busy') return;
-    this.#busy.delete(handle);
-    this.#offer(handle);
+    this.#busy--;
+    this.#offer(handle, aliveAt);
   }
 
-  #offer(handle: Handle<E>): void {
+  #offer(handle: Handle<E>, aliveAt: number = performance.now()): void {
     if (this.#closed) {
       this.#destroy(handle, new GuardClosedError());
       return;
@@ -348,12 +355,12 @@ export class HandlePool<E> {
     if (waiter !== null) {
       this.#dequeue(waiter);
       handle.state = 'busy';
-      this.#busy.add(handle);
+      this.#busy++;
       waiter.resolve(handle);
       return;
     }
     handle.state = 'idle';
-    handle.idleSince = performance.now();
+    handle.idleSince = aliveAt;
     this.#idle.push(handle);
   }
 
@@ -368,7 +375,7 @@ export class HandlePool<E> {
     beforeDestroy?: () => Promise<unknown>,
   ): void {
     if (handle.state === 'retiring') return;
-    if (handle.state === 'busy') this.#busy.delete(handle);
+    if (handle.state === 'busy') this.#busy--;
     else {
       const at = this.#idle.indexOf(handle);
       if (at >= 0) this.#idle.splice(at, 1);

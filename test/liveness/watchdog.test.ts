@@ -27,7 +27,9 @@ function harness(settings: Partial<ConstructorParameters<typeof Watchdog>[0]>, p
     convicted: [] as Array<{ at: number; subject: Subject; error: unknown }>,
     pauses: [] as number[],
   };
+  const all = new Set<Subject>();
   const hooks: WatchdogHooks<Subject> = {
+    subjects: () => all,
     probe: (s, signal) => {
       events.probes.push(performance.now());
       return probe(s, signal);
@@ -40,6 +42,12 @@ function harness(settings: Partial<ConstructorParameters<typeof Watchdog>[0]>, p
     { interval: 100, timeout: 50, failures: 3, pauseThreshold: 1_000, ...settings },
     hooks,
   );
+  // The owner keeps the list of subjects; here, every subject ever watched.
+  const watch = dog.watch.bind(dog);
+  dog.watch = (s: Subject, at?: number) => {
+    all.add(s);
+    watch(s, at);
+  };
   return { dog, events };
 }
 
@@ -73,6 +81,8 @@ describe('Watchdog', () => {
     // Probes started one interval apart.
     expect(events.probes.map((t) => t - start)).toEqual([100, 200, 300]);
     expect(dog.size).toBe(0);
+    // The timer stays armed (unref'd) until its next tick, then finds nobody and stops.
+    await vi.advanceTimersByTimeAsync(100);
     expect(vi.getTimerCount()).toBe(0);
   });
 
@@ -87,6 +97,7 @@ describe('Watchdog', () => {
     expect(events.probes).toHaveLength(0);
     expect(events.convicted).toHaveLength(0);
     dog.unwatch(s);
+    await vi.advanceTimersByTimeAsync(100);
     expect(vi.getTimerCount()).toBe(0);
   });
 
@@ -179,7 +190,7 @@ describe('Watchdog', () => {
     dog.stop();
   });
 
-  it('unwatching the last subject leaves no timer behind; a late probe result is ignored', async () => {
+  it('unwatching the last subject leaves no timer after its next tick; a late probe result is ignored', async () => {
     let resolveProbe: () => void = () => {};
     const { dog, events } = harness({}, () => new Promise<void>((r) => (resolveProbe = r)));
     const s = subject();
