@@ -170,7 +170,11 @@ function settleWithin(promise: Promise<unknown>, ms: number): Promise<void> {
 
 /** Settles like `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */
 function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
+  if (signal.aborted) {
+    // Nobody will read it any more, but a rejection must not go unhandled.
+    promise.catch(noop);
+    return Promise.reject(signal.reason);
+  }
   return new Promise<T>((resolve, reject) => {
     const onAbort = (): void => reject(signal.reason);
     signal.addEventListener('abort', onAbort, { once: true });
@@ -321,7 +325,7 @@ export class EngineGuard<E> implements AsyncDisposable {
             subjects: () => this.#liveOps(),
             probe: (op, signal) => this.#runProbe(op, signal),
             onProbeResult: (op, ok, error, durationMs) =>
-              this.#recordProbe(op, ok, error, durationMs, op.probeFailures),
+              this.#recordProbe(op, op.generation, ok, error, durationMs, op.probeFailures),
             onConvict: (op, lastError) => this.#convict(op, lastError),
           });
   }
@@ -395,18 +399,8 @@ export class EngineGuard<E> implements AsyncDisposable {
         this.#events.emit('destroyError', { generation, error });
       },
       onChange: () => this.#updateState(),
-      onIdleProbe: (generation, ok, error, durationMs) => {
-        this.#lastProbe = {
-          ok,
-          at: Date.now(),
-          durationMs,
-          error: ok ? undefined : errorSummary(error).message,
-        };
-        if (!ok) {
-          this.#counters.probeFailures++;
-          this.#events.emit('probeFailure', { op: undefined, generation, error, consecutive: 1 });
-        }
-      },
+      onIdleProbe: (generation, ok, error, durationMs) =>
+        this.#recordProbe(undefined, generation, ok, error, durationMs, ok ? 0 : 1),
     };
   }
 
@@ -789,8 +783,10 @@ export class EngineGuard<E> implements AsyncDisposable {
     return Promise.resolve(probe((op.handle as Handle<E>).engine, { signal, op: op.info() }));
   }
 
+  /** Every conclusive probe: of a running op, or the check of an idle handle (`op` undefined). */
   #recordProbe(
-    op: Op<E>,
+    op: Op<E> | undefined,
+    generation: number,
     ok: boolean,
     error: unknown,
     durationMs: number,
@@ -804,12 +800,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     };
     if (!ok) {
       this.#counters.probeFailures++;
-      this.#events.emit('probeFailure', {
-        op: op.info(),
-        generation: op.generation,
-        error,
-        consecutive,
-      });
+      this.#events.emit('probeFailure', { op: op?.info(), generation, error, consecutive });
     }
     this.#updateState();
   }
