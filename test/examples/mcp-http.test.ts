@@ -4,30 +4,22 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { request } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serverProcess } from '../../examples/mcp-server/spawn.js';
+import {
+  callTool as call,
+  ENDLESS_QUERY,
+  livenessFlags,
+  okTool as ok,
+  type Status,
+  serverLog,
+  TEST_TIMEOUT,
+} from './support.js';
 
-const TEST_TIMEOUT = 60_000;
 const TOKEN = 'test-token-0123456789';
-const ENDLESS_QUERY = 'SELECT count(*) AS n FROM range(1000000000000) t(i) WHERE hash(i) % 7 = 3';
-
-interface Counters {
-  ops: number;
-  stalls: number;
-  replacements: number;
-  cancels: number;
-  aborts: number;
-}
-
-interface Status {
-  guard: {
-    running: { id: number; label: string | null; ageMs: number }[];
-    counters: Counters;
-  };
-}
 
 const INITIALIZE = {
   jsonrpc: '2.0',
@@ -39,12 +31,6 @@ const INITIALIZE = {
     clientInfo: { name: 'raw', version: '0' },
   },
 };
-
-function text(result: CallToolResult): string {
-  return result.content.map((c) => (c.type === 'text' ? c.text : '')).join('\n');
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A raw POST to the endpoint with exactly the given headers. */
 function post(
@@ -82,7 +68,7 @@ describe('example MCP server over Streamable HTTP', () => {
   let child: ChildProcess;
   let url: URL;
   let exited: Promise<number | null>;
-  const serverLog: string[] = [];
+  const log = serverLog();
   const stdout: string[] = [];
   const clients: Client[] = [];
 
@@ -97,33 +83,13 @@ describe('example MCP server over Streamable HTTP', () => {
     return client;
   }
 
-  const call = async (
-    client: Client,
-    name: string,
-    args: Record<string, unknown> = {},
-    signal?: AbortSignal,
-  ): Promise<CallToolResult> =>
-    (await client.callTool({ name, arguments: args }, undefined, {
-      timeout: TEST_TIMEOUT,
-      signal,
-    })) as CallToolResult;
-
-  const ok = async <T>(client: Client, name: string, args: Record<string, unknown> = {}) => {
-    const result = await call(client, name, args);
-    if (result.isError) throw new Error(`${name} failed: ${text(result)}`);
-    return result.structuredContent as T;
-  };
-
   beforeAll(async () => {
     const params = serverProcess([
       '--http',
       '0',
       '--token',
       TOKEN,
-      '--liveness-interval',
-      '300',
-      '--liveness-timeout',
-      '2000',
+      ...livenessFlags({ interval: 300, timeout: 2_000 }),
     ]);
     child = spawn(params.command, params.args, {
       cwd: params.cwd,
@@ -132,15 +98,14 @@ describe('example MCP server over Streamable HTTP', () => {
     });
     exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
     child.stdout?.on('data', (chunk: Buffer) => stdout.push(chunk.toString()));
+    log.follow(child.stderr);
     url = await new Promise<URL>((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`server did not start:\n${serverLog.join('')}`)),
+        () => reject(new Error(`server did not start:\n${log.text()}`)),
         30_000,
       );
-      child.stderr?.on('data', (chunk: Buffer) => {
-        serverLog.push(chunk.toString());
-        if (serverLog.length > 500) serverLog.shift();
-        const match = /listening on (http:\/\/127\.0\.0\.1:\d+\/mcp)/.exec(serverLog.join(''));
+      child.stderr?.on('data', () => {
+        const match = /listening on (http:\/\/127\.0\.0\.1:\d+\/mcp)/.exec(log.text());
         if (match) {
           clearTimeout(timer);
           resolve(new URL(match[1]!));
@@ -160,14 +125,6 @@ describe('example MCP server over Streamable HTTP', () => {
     }
   }, TEST_TIMEOUT);
 
-  beforeEach(({ onTestFailed }) => {
-    onTestFailed(() => {
-      console.error(
-        `server log (last lines):\n${serverLog.join('').split('\n').slice(-60).join('\n')}`,
-      );
-    });
-  });
-
   it(
     'serves two clients at once, sharing one engine',
     async () => {
@@ -175,7 +132,7 @@ describe('example MCP server over Streamable HTTP', () => {
 
       // Alice starts a query that keeps the engine busy...
       const controller = new AbortController();
-      const long = call(alice, 'query', { sql: ENDLESS_QUERY }, controller.signal).then(
+      const long = call(alice, 'query', { sql: ENDLESS_QUERY }, { signal: controller.signal }).then(
         (result) => ({ result }),
         (error: unknown) => ({ error }),
       );
@@ -262,7 +219,7 @@ describe('example MCP server over Streamable HTTP', () => {
       await Promise.all(clients.splice(0).map((c) => c.close()));
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
-      expect(serverLog.join('')).toContain('shutting down');
+      expect(log.text()).toContain('shutting down');
       expect(stdout.join('')).toBe(''); // logs go to stderr only
     },
     TEST_TIMEOUT,

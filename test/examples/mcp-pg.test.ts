@@ -3,51 +3,26 @@
  * through a FaultProxy, so the link can be blackholed (half-open) and healed.
  */
 import { randomBytes } from 'node:crypto';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { serverProcess } from '../../examples/mcp-server/spawn.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FaultProxy } from '../../src/testing/index.js';
 import { adminQuery, pgConfig } from '../support/pg.js';
+import {
+  connectStdio,
+  livenessFlags,
+  type QueryResult,
+  serverLog,
+  TEST_TIMEOUT,
+  text,
+  tools,
+} from './support.js';
 
-const TEST_TIMEOUT = 60_000;
 const LIVENESS = { interval: 300, timeout: 700, failures: 2 };
 /** Worst case from the last sign of life to the verdict (see the watchdog's documentation). */
 const LIVENESS_BOUND = LIVENESS.interval * LIVENESS.failures + LIVENESS.timeout;
 /** Slack for a loaded machine: process scheduling, IPC, the probe's own timers. */
 const SLACK = 5_000;
-
-interface Counters {
-  ops: number;
-  stalls: number;
-  replacements: number;
-  cancels: number;
-  aborts: number;
-}
-
-interface Status {
-  engine: { kind: string; version: string | null; database: string | null };
-  guard: {
-    state: string;
-    generation: number;
-    handles: { total: number; retiring: number };
-    running: { id: number; label: string | null; ageMs: number; probeFailures: number }[];
-    counters: Counters;
-  };
-}
-
-interface QueryResult {
-  rows: Record<string, unknown>[];
-  rowCount: number;
-  truncated: boolean;
-}
-
-function text(result: CallToolResult): string {
-  return result.content.map((c) => (c.type === 'text' ? c.text : '')).join('\n');
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('example MCP server on PostgreSQL through a FaultProxy', () => {
   const suffix = randomBytes(4).toString('hex');
@@ -56,54 +31,18 @@ describe('example MCP server on PostgreSQL through a FaultProxy', () => {
   const applicationName = `mcp-pg-test-${suffix}`;
   let proxy: FaultProxy;
   let client: Client;
-  const serverLog: string[] = [];
-
-  const call = async (name: string, args: Record<string, unknown> = {}): Promise<CallToolResult> =>
-    (await client.callTool({ name, arguments: args }, undefined, {
-      timeout: TEST_TIMEOUT,
-    })) as CallToolResult;
-
-  const ok = async <T>(name: string, args: Record<string, unknown> = {}): Promise<T> => {
-    const result = await call(name, args);
-    if (result.isError) throw new Error(`${name} failed: ${text(result)}`);
-    return result.structuredContent as T;
-  };
-
-  const status = async (): Promise<{ status: Status; ms: number }> => {
-    const started = performance.now();
-    const s = await ok<Status>('status');
-    return { status: s, ms: performance.now() - started };
-  };
-
-  const query = (sql: string) => ok<QueryResult>('query', { sql });
+  const log = serverLog();
+  const { call, ok, status, query } = tools(() => client);
 
   beforeAll(async () => {
     const { port, user, database } = pgConfig();
     proxy = await FaultProxy.start({ target: { port } });
     const url = `postgresql://${user}@127.0.0.1:${proxy.port}/${database}?application_name=${applicationName}`;
-    const transport = new StdioClientTransport({
-      ...serverProcess([
-        '--pg',
-        url,
-        '--pool',
-        '2',
-        '--liveness-interval',
-        String(LIVENESS.interval),
-        '--liveness-timeout',
-        String(LIVENESS.timeout),
-        '--liveness-failures',
-        String(LIVENESS.failures),
-        '--connect-timeout',
-        '3000',
-      ]),
-      stderr: 'pipe',
-    });
-    transport.stderr?.on('data', (chunk: Buffer) => {
-      serverLog.push(chunk.toString());
-      if (serverLog.length > 500) serverLog.shift();
-    });
-    client = new Client({ name: 'mcp-pg-test', version: '0.0.0' });
-    await client.connect(transport);
+    client = await connectStdio(
+      'mcp-pg-test',
+      ['--pg', url, '--pool', '2', ...livenessFlags(LIVENESS), '--connect-timeout', '3000'],
+      log,
+    );
   }, TEST_TIMEOUT);
 
   afterAll(async () => {
@@ -117,14 +56,6 @@ describe('example MCP server on PostgreSQL through a FaultProxy', () => {
     );
     await adminQuery(`DROP TABLE IF EXISTS ${table}`);
   }, TEST_TIMEOUT);
-
-  beforeEach(({ onTestFailed }) => {
-    onTestFailed(() => {
-      console.error(
-        `server log (last lines):\n${serverLog.join('').split('\n').slice(-60).join('\n')}`,
-      );
-    });
-  });
 
   it('serves the tools on PostgreSQL', async () => {
     const { status: s } = await status();
@@ -198,15 +129,14 @@ describe('example MCP server on PostgreSQL through a FaultProxy', () => {
         return rows[0]?.n ?? 0;
       };
       const controller = new AbortController();
-      const pending = client
-        .callTool({ name: 'query', arguments: { sql: 'SELECT pg_sleep(30)' } }, undefined, {
-          signal: controller.signal,
-          timeout: TEST_TIMEOUT,
-        })
-        .then(
-          () => 'answered',
-          () => 'rejected',
-        );
+      const pending = call(
+        'query',
+        { sql: 'SELECT pg_sleep(30)' },
+        { signal: controller.signal },
+      ).then(
+        () => 'answered',
+        () => 'rejected',
+      );
       while ((await activeSleeps()) === 0) await sleep(50);
       const before = (await status()).status;
 

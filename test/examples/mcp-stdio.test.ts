@@ -2,89 +2,28 @@
  * End-to-end: the example MCP server (embedded DuckDB) as a real subprocess over stdio, driven
  * by the SDK's Client and StdioClientTransport.
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { serverProcess } from '../../examples/mcp-server/spawn.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  connectStdio,
+  ENDLESS_QUERY,
+  livenessFlags,
+  type QueryResult,
+  type Status,
+  serverLog,
+  TEST_TIMEOUT,
+  text,
+  tools,
+} from './support.js';
 
-const TEST_TIMEOUT = 60_000;
 const LIVENESS = { interval: 300, timeout: 2_000, failures: 3 };
 const MAX_ROWS = 100;
-/** Keeps DuckDB busy for hours (no progress to report: only the side probes vouch for it). */
-const ENDLESS_QUERY = 'SELECT count(*) AS n FROM range(1000000000000) t(i) WHERE hash(i) % 7 = 3';
-
-interface Counters {
-  ops: number;
-  stalls: number;
-  replacements: number;
-  cancels: number;
-  aborts: number;
-}
-
-interface Status {
-  engine: { kind: string; version: string | null; tables: number | null; views: number | null };
-  guard: {
-    state: string;
-    generation: number;
-    handles: { total: number; busy: number; idle: number };
-    running: {
-      id: number;
-      kind: string;
-      label: string | null;
-      ageMs: number;
-      probeFailures: number;
-      phase: string;
-    }[];
-    lastProbe: { ok: boolean } | null;
-    counters: Counters;
-  };
-  answeredInMs: number;
-}
-
-interface QueryResult {
-  columns: { name: string; type: string }[];
-  rows: Record<string, unknown>[];
-  rowCount: number;
-  truncated: boolean;
-  truncatedBy: string | null;
-}
-
-function text(result: CallToolResult): string {
-  return result.content.map((c) => (c.type === 'text' ? c.text : '')).join('\n');
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('example MCP server over stdio (DuckDB)', () => {
   let client: Client;
-  let transport: StdioClientTransport;
-  const serverLog: string[] = [];
-
-  const call = async (
-    name: string,
-    args: Record<string, unknown> = {},
-    options: { signal?: AbortSignal; onprogress?: (p: { progress: number }) => void } = {},
-  ): Promise<CallToolResult> =>
-    (await client.callTool({ name, arguments: args }, undefined, {
-      timeout: TEST_TIMEOUT,
-      ...options,
-    })) as CallToolResult;
-
-  const ok = async <T>(name: string, args: Record<string, unknown> = {}): Promise<T> => {
-    const result = await call(name, args);
-    if (result.isError) throw new Error(`${name} failed: ${text(result)}`);
-    return result.structuredContent as T;
-  };
-
-  const status = async (): Promise<{ status: Status; ms: number }> => {
-    const started = performance.now();
-    const s = await ok<Status>('status');
-    return { status: s, ms: performance.now() - started };
-  };
-
-  const query = (sql: string, extra: Record<string, unknown> = {}) =>
-    ok<QueryResult>('query', { sql, ...extra });
+  const log = serverLog();
+  const { call, ok, status, query } = tools(() => client);
 
   /** Polls status until `predicate` holds; fails after `ms`. */
   const waitForStatus = async (predicate: (s: Status) => boolean, ms = 20_000): Promise<Status> => {
@@ -100,28 +39,11 @@ describe('example MCP server over stdio (DuckDB)', () => {
   };
 
   beforeAll(async () => {
-    transport = new StdioClientTransport({
-      ...serverProcess([
-        '--liveness-interval',
-        String(LIVENESS.interval),
-        '--liveness-timeout',
-        String(LIVENESS.timeout),
-        '--liveness-failures',
-        String(LIVENESS.failures),
-        '--max-rows',
-        String(MAX_ROWS),
-        '--progress-interval',
-        '100',
-      ]),
-      stderr: 'pipe',
-    });
-    // Drained, so a chatty server never blocks on a full pipe; kept for failure messages.
-    transport.stderr?.on('data', (chunk: Buffer) => {
-      serverLog.push(chunk.toString());
-      if (serverLog.length > 500) serverLog.shift();
-    });
-    client = new Client({ name: 'mcp-stdio-test', version: '0.0.0' });
-    await client.connect(transport);
+    client = await connectStdio(
+      'mcp-stdio-test',
+      [...livenessFlags(LIVENESS), '--max-rows', String(MAX_ROWS), '--progress-interval', '100'],
+      log,
+    );
     // Facts are loaded in the background at start-up.
     await waitForStatus((s) => s.engine.tables !== null);
   }, TEST_TIMEOUT);
@@ -129,14 +51,6 @@ describe('example MCP server over stdio (DuckDB)', () => {
   afterAll(async () => {
     await client?.close();
   }, TEST_TIMEOUT);
-
-  beforeEach(({ onTestFailed }) => {
-    onTestFailed(() => {
-      console.error(
-        `server log (last lines):\n${serverLog.join('').split('\n').slice(-60).join('\n')}`,
-      );
-    });
-  });
 
   it('lists the tools with their input and output schemas', async () => {
     const { tools } = await client.listTools();

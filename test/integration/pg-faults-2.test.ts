@@ -2,188 +2,35 @@
  * Fault scenarios (SPEC 7) against the real PostgreSQL through a FaultProxy, guarded with the
  * PostgreSQL recipe (examples/recipes/postgres.ts). Part 2: slow links, caller aborts, server
  * restart, writes under random faults, a writer queued behind a wedged reader. Part 1 is
- * pg-faults.test.ts (the helpers are repeated there: test files do not import each other).
+ * pg-faults.test.ts; the helpers of both are in test/support/pg-faults-kit.ts.
  *
  * Liveness is { interval: 250, timeout: 250, failures: 2 }: a silent op whose engine stopped
  * answering is convicted at most interval × failures + timeout = 750 ms after its last sign of
  * life. Assertions allow a generous margin on top for this noisy machine.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type pg from 'pg';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { isFatalPgError, type PgHandle, pgQuery } from '../../examples/recipes/postgres.js';
+import { EngineStalledError } from '../../src/index.js';
+import { adminQuery } from '../support/pg.js';
 import {
-  isFatalPgError,
-  type PgHandle,
-  pgGuardOptions,
-  pgQuery,
-} from '../../examples/recipes/postgres.js';
-import {
-  EngineGuard,
-  type EngineGuardOptions,
-  EngineStalledError,
-  type OpOptions,
-} from '../../src/index.js';
-import { FaultProxy } from '../../src/testing/index.js';
-import {
-  adminQuery,
-  clientConfig,
-  pgConfig,
-  resumeBackend,
-  suspendBackend,
-} from '../support/pg.js';
-import { type PgCluster, startPgCluster } from '../support/pg-cluster.js';
-
-type PgOptions = EngineGuardOptions<PgHandle>;
-
-const LIVENESS = { interval: 250, timeout: 250, failures: 2 } as const;
-/** interval × failures + timeout */
-const BOUND = LIVENESS.interval * LIVENESS.failures + LIVENESS.timeout;
-const MARGIN = 3_000;
-/** A status() call must answer at once, whatever the engine does. */
-const STATUS_MAX_MS = 5;
-const TEST_TIMEOUT = 30_000;
-
-/** Everything a test opens, closed when it finishes, whatever happens. */
-interface Kit {
-  proxy(target?: { host: string; port: number }): Promise<FaultProxy>;
-  guard(options: PgOptions): EngineGuard<PgHandle>;
-  suspend(pid: number): void;
-  cluster(): Promise<PgCluster>;
-}
-
-function kit(): Kit {
-  const proxies: FaultProxy[] = [];
-  const guards: EngineGuard<PgHandle>[] = [];
-  const suspended: number[] = [];
-  const clusters: PgCluster[] = [];
-  onTestFinished(async () => {
-    for (const pid of suspended) resumeBackend(pid);
-    // Proxies first: whatever still hangs on a blackholed link fails at once.
-    await Promise.all(proxies.map((proxy) => proxy.close()));
-    await Promise.all(guards.map((guard) => guard.close()));
-    for (const cluster of clusters) await cluster.stop();
-  });
-  return {
-    async proxy(target = pgConfig()) {
-      const proxy = await FaultProxy.start({ target: { host: target.host, port: target.port } });
-      proxies.push(proxy);
-      return proxy;
-    },
-    guard(options) {
-      const guard = new EngineGuard(options);
-      guards.push(guard);
-      return guard;
-    },
-    suspend(pid) {
-      suspended.push(pid);
-      suspendBackend(pid);
-    },
-    async cluster() {
-      const cluster = await startPgCluster();
-      clusters.push(cluster);
-      return cluster;
-    },
-  };
-}
-
-const viaProxy = (proxy: FaultProxy): pg.ClientConfig =>
-  clientConfig({ host: proxy.host, port: proxy.port });
-
-/** The recipe with the test liveness settings and short connect/reconnect bounds. */
-function pgOptions(config: pg.ClientConfig, overrides: Partial<PgOptions> = {}): PgOptions {
-  return pgGuardOptions(
-    { config },
-    {
-      liveness: LIVENESS,
-      connectTimeout: 1_000,
-      reconnect: { initialDelay: 50, maxDelay: 500 },
-      ...overrides,
-    },
-  );
-}
-
-/** Generation 1 through proxy A, every later generation through proxy B. */
-function twoRoutes(a: FaultProxy, b: FaultProxy, overrides: Partial<PgOptions> = {}): PgOptions {
-  const viaA = pgOptions(viaProxy(a), overrides);
-  const viaB = pgOptions(viaProxy(b));
-  return {
-    ...viaA,
-    create: (ctx) => (ctx.generation === 1 ? viaA.create(ctx) : viaB.create(ctx)),
-  };
-}
-
-/** A read of one value; returns it with the op's generation. */
-async function readOne(
-  guard: EngineGuard<PgHandle>,
-  sql = 'SELECT 1 AS v',
-  options?: OpOptions,
-): Promise<{ v: unknown; generation: number; pid: number }> {
-  return guard.read(async (handle, ctx) => {
-    const { rows } = await pgQuery<{ v: unknown }>(handle, ctx, sql);
-    return { v: rows[0]?.v, generation: ctx.generation, pid: handle.pid };
-  }, options);
-}
-
-function settle<T>(
-  promise: Promise<T>,
-): Promise<{ ok: true; value: T; at: number } | { ok: false; error: unknown; at: number }> {
-  return promise.then(
-    (value) => ({ ok: true as const, value, at: performance.now() }),
-    (error: unknown) => ({ ok: false as const, error, at: performance.now() }),
-  );
-}
-
-/** Calls status() every few ms and records how long each call took. */
-function sampleStatus(guard: EngineGuard<PgHandle>, everyMs = 5) {
-  const durations: number[] = [];
-  const timer = setInterval(() => {
-    const started = performance.now();
-    guard.status();
-    durations.push(performance.now() - started);
-  }, everyMs);
-  return {
-    stop() {
-      clearInterval(timer);
-      return { samples: durations.length, maxMs: Math.max(0, ...durations) };
-    },
-  };
-}
-
-/** State of a backend in pg_stat_activity (undefined when it is gone). */
-async function activity(pid: number): Promise<{ state: string | null; query: string } | undefined> {
-  const { rows } = await adminQuery<{ state: string | null; query: string }>(
-    'SELECT state, query FROM pg_stat_activity WHERE pid = $1',
-    [pid],
-  );
-  return rows[0];
-}
-
-async function waitFor(condition: () => Promise<boolean>, timeoutMs: number, what: string) {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await condition())) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-/** Rejects if `promise` has not settled within `ms`: every promise must settle. */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const hung = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, hung]).finally(() => clearTimeout(timer));
-}
-
-/** A table for one test, dropped afterwards. */
-async function scratchTable(prefix: string): Promise<string> {
-  const name = `${prefix}_${process.pid}_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
-  await adminQuery(`CREATE TABLE ${name} (id int PRIMARY KEY)`);
-  onTestFinished(async () => {
-    await adminQuery(`DROP TABLE IF EXISTS ${name}`);
-  });
-  return name;
-}
+  activity,
+  BOUND,
+  kit,
+  LIVENESS,
+  MARGIN,
+  pgOptions,
+  readOne,
+  readTwice,
+  STATUS_MAX_MS,
+  sampleStatus,
+  scratchTable,
+  settle,
+  TEST_TIMEOUT,
+  viaProxy,
+  waitFor,
+  within,
+} from '../support/pg-faults-kit.js';
 
 describe('PostgreSQL through a FaultProxy, part 2', () => {
   it(
@@ -228,9 +75,7 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
   it(
     'i. a caller abort cancels the query on the server and keeps the handle',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy)));
+      const { guard } = await kit().proxiedGuard();
       const first = await readOne(guard);
 
       const controller = new AbortController();
@@ -276,9 +121,7 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
   it(
     'j. aborts racing completion 1,000 times: everything settles, no double release, no collateral cancel',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy), { pool: 2 }));
+      const { guard } = await kit().proxiedGuard({ pool: 2 });
       const inUse = new Set<PgHandle>();
       const overlaps: string[] = [];
       /** A read that checks that no other op holds its handle meanwhile. */
@@ -383,14 +226,8 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
   it(
     'k. server restart: reads recover on new handles',
     async () => {
-      const k = kit();
-      const cluster = await k.cluster();
-      const proxy = await k.proxy(cluster);
-      const guard = k.guard(pgOptions(viaProxy(proxy), { pool: 2 }));
-      const warm = await Promise.all([
-        readOne(guard, 'SELECT 1 AS v FROM pg_sleep(0.1)'),
-        readOne(guard, 'SELECT 1 AS v FROM pg_sleep(0.1)'),
-      ]);
+      const { cluster, guard } = await kit().clusterGuard({ pool: 2 });
+      const warm = await readTwice(guard, 'SELECT 1 AS v FROM pg_sleep(0.1)');
       expect(warm.map((r) => r.generation).sort()).toEqual([1, 2]);
 
       await cluster.restart();
@@ -412,10 +249,7 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
       // The handles that died with the old server saw their sockets close while idle: isAlive
       // retires them before use, so no caller pays for the restart with an error.
       expect(failures).toEqual([]);
-      const both = await Promise.all([
-        readOne(guard, 'SELECT 13 AS v FROM pg_sleep(0.1)'),
-        readOne(guard, 'SELECT 13 AS v FROM pg_sleep(0.1)'),
-      ]);
+      const both = await readTwice(guard, 'SELECT 13 AS v FROM pg_sleep(0.1)');
       expect(both.map((r) => r.v)).toEqual([13, 13]);
       const status = guard.status();
       expect(status.counters.replacements).toBeGreaterThanOrEqual(2);
@@ -509,9 +343,7 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
     async () => {
       const k = kit();
       const table = await scratchTable('queued_writer');
-      const proxyA = await k.proxy();
-      const proxyB = await k.proxy();
-      const guard = k.guard({ ...twoRoutes(proxyA, proxyB), pool: 1 });
+      const { proxyA, guard } = await k.twoRouteGuard(1);
       expect((await readOne(guard)).generation).toBe(1);
 
       const reader = settle(

@@ -1,175 +1,74 @@
 /**
  * Fault scenarios (SPEC 7) against the real PostgreSQL through a FaultProxy, guarded with the
  * PostgreSQL recipe (examples/recipes/postgres.ts). Part 1: half-open links, wedged servers,
- * resets, slow closes and cut results. Part 2 is pg-faults-2.test.ts.
+ * resets, slow closes and cut results. Part 2 is pg-faults-2.test.ts; the helpers of both are in
+ * test/support/pg-faults-kit.ts.
  *
  * Liveness is { interval: 250, timeout: 250, failures: 2 }: a silent op whose engine stopped
  * answering is convicted at most interval × failures + timeout = 750 ms after its last sign of
  * life. Assertions allow a generous margin on top for this noisy machine.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type pg from 'pg';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { isFatalPgError, type PgHandle, pgQuery } from '../../examples/recipes/postgres.js';
 import {
-  isFatalPgError,
-  type PgHandle,
-  pgGuardOptions,
-  pgQuery,
-} from '../../examples/recipes/postgres.js';
-import {
-  EngineGuard,
-  type EngineGuardOptions,
+  type EngineGuard,
   EngineStalledError,
   EngineUnavailableError,
   LockTimeoutError,
-  type OpOptions,
 } from '../../src/index.js';
-import { FaultProxy } from '../../src/testing/index.js';
-import { clientConfig, pgConfig, resumeBackend, suspendBackend } from '../support/pg.js';
-import { type PgCluster, startPgCluster } from '../support/pg-cluster.js';
+import { resumeBackend } from '../support/pg.js';
+import {
+  BOUND,
+  kit,
+  LIVENESS,
+  MARGIN,
+  type PgOptions,
+  pgOptions,
+  readOne,
+  readTwice,
+  STATUS_MAX_MS,
+  sampleStatus,
+  settle,
+  TEST_TIMEOUT,
+  viaProxy,
+  waitFor,
+} from '../support/pg-faults-kit.js';
 
-type PgOptions = EngineGuardOptions<PgHandle>;
-
-const LIVENESS = { interval: 250, timeout: 250, failures: 2 } as const;
-/** interval × failures + timeout */
-const BOUND = LIVENESS.interval * LIVENESS.failures + LIVENESS.timeout;
-const MARGIN = 3_000;
-/** A status() call must answer at once, whatever the engine does. */
-const STATUS_MAX_MS = 5;
-const TEST_TIMEOUT = 30_000;
-
-/** Everything a test opens, closed when it finishes, whatever happens. */
-interface Kit {
-  proxy(target?: { host: string; port: number }): Promise<FaultProxy>;
-  guard(options: PgOptions): EngineGuard<PgHandle>;
-  suspend(pid: number): void;
-  cluster(): Promise<PgCluster>;
+/** A guard with one handle, used once, now idle behind a half-open (blackholed) link. */
+async function halfOpenIdle(overrides: Partial<PgOptions> = {}) {
+  const { proxy, guard } = await kit().proxiedGuard(overrides);
+  const first = await readOne(guard);
+  proxy.blackhole();
+  return { proxy, guard, first };
 }
 
-function kit(): Kit {
-  const proxies: FaultProxy[] = [];
-  const guards: EngineGuard<PgHandle>[] = [];
-  const suspended: number[] = [];
-  const clusters: PgCluster[] = [];
-  onTestFinished(async () => {
-    for (const pid of suspended) resumeBackend(pid);
-    // Proxies first: whatever still hangs on a blackholed link fails at once.
-    await Promise.all(proxies.map((proxy) => proxy.close()));
-    await Promise.all(guards.map((guard) => guard.close()));
-    for (const cluster of clusters) await cluster.stop();
-  });
-  return {
-    async proxy(target = pgConfig()) {
-      const proxy = await FaultProxy.start({ target: { host: target.host, port: target.port } });
-      proxies.push(proxy);
-      return proxy;
-    },
-    guard(options) {
-      const guard = new EngineGuard(options);
-      guards.push(guard);
-      return guard;
-    },
-    suspend(pid) {
-      suspended.push(pid);
-      suspendBackend(pid);
-    },
-    async cluster() {
-      const cluster = await startPgCluster();
-      clusters.push(cluster);
-      return cluster;
-    },
-  };
+/** A read of `SELECT 1` with a caller timeout: what it failed with, and after how long. */
+async function readWithTimeout(guard: EngineGuard<PgHandle>, timeout: number) {
+  const started = performance.now();
+  const error = await guard
+    .read((handle, ctx) => pgQuery(handle, ctx, 'SELECT 1'), { timeout })
+    .catch((e: unknown) => e);
+  return { error, elapsed: performance.now() - started };
 }
 
-const viaProxy = (proxy: FaultProxy): pg.ClientConfig =>
-  clientConfig({ host: proxy.host, port: proxy.port });
-
-/** The recipe with the test liveness settings and short connect/reconnect bounds. */
-function pgOptions(config: pg.ClientConfig, overrides: Partial<PgOptions> = {}): PgOptions {
-  return pgGuardOptions(
-    { config },
-    {
-      liveness: LIVENESS,
-      connectTimeout: 1_000,
-      reconnect: { initialDelay: 50, maxDelay: 500 },
-      ...overrides,
-    },
-  );
-}
-
-/** Generation 1 through proxy A, every later generation through proxy B. */
-function twoRoutes(a: FaultProxy, b: FaultProxy, overrides: Partial<PgOptions> = {}): PgOptions {
-  const viaA = pgOptions(viaProxy(a), overrides);
-  const viaB = pgOptions(viaProxy(b));
-  return {
-    ...viaA,
-    create: (ctx) => (ctx.generation === 1 ? viaA.create(ctx) : viaB.create(ctx)),
-  };
-}
-
-/** A read of one value; returns it with the op's generation. */
-async function readOne(
-  guard: EngineGuard<PgHandle>,
-  sql = 'SELECT 1 AS v',
-  options?: OpOptions,
-): Promise<{ v: unknown; generation: number; pid: number }> {
-  return guard.read(async (handle, ctx) => {
-    const { rows } = await pgQuery<{ v: unknown }>(handle, ctx, sql);
-    return { v: rows[0]?.v, generation: ctx.generation, pid: handle.pid };
-  }, options);
-}
-
-function settle<T>(
-  promise: Promise<T>,
-): Promise<{ ok: true; value: T; at: number } | { ok: false; error: unknown; at: number }> {
-  return promise.then(
-    (value) => ({ ok: true as const, value, at: performance.now() }),
-    (error: unknown) => ({ ok: false as const, error, at: performance.now() }),
-  );
-}
-
-/** Calls status() every few ms and records how long each call took. */
-function sampleStatus(guard: EngineGuard<PgHandle>, everyMs = 5) {
-  const durations: number[] = [];
-  const timer = setInterval(() => {
-    const started = performance.now();
-    guard.status();
-    durations.push(performance.now() - started);
-  }, everyMs);
-  return {
-    stop() {
-      clearInterval(timer);
-      return { samples: durations.length, maxMs: Math.max(0, ...durations) };
-    },
-  };
-}
-
-async function waitUntil(condition: () => boolean, timeoutMs: number, what: string) {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(1);
-  }
+/** A busy op convicted `convictedIn` ms after its engine fell silent: not too early, in bound. */
+function expectConvictedInBound(convictedIn: number) {
+  expect(convictedIn).toBeGreaterThanOrEqual((LIVENESS.failures - 1) * LIVENESS.interval - 50);
+  expect(convictedIn).toBeLessThan(BOUND + MARGIN);
 }
 
 describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'a. half-open idle handle: a read with a timeout fails within it, status stays instant',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy)));
-      expect((await readOne(guard)).generation).toBe(1);
+      const { guard, first } = await halfOpenIdle();
+      expect(first.generation).toBe(1);
 
-      proxy.blackhole();
       const sampler = sampleStatus(guard);
       await sleep(LIVENESS.interval + 100); // idle long enough to be checked before reuse
       const timeout = 1_500;
-      const started = performance.now();
-      const error = await guard
-        .read((handle, ctx) => pgQuery(handle, ctx, 'SELECT 1'), { timeout })
-        .catch((e: unknown) => e);
-      const elapsed = performance.now() - started;
+      const { error, elapsed } = await readWithTimeout(guard, timeout);
       const { samples, maxMs } = sampler.stop();
 
       // The idle check found the dead handle; the replacement cannot connect while blackholed.
@@ -192,12 +91,9 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'a. half-open idle handle: a waiting read gets a fresh handle once the link heals',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy)));
-      expect((await readOne(guard)).generation).toBe(1);
+      const { proxy, guard, first } = await halfOpenIdle();
+      expect(first.generation).toBe(1);
 
-      proxy.blackhole();
       const sampler = sampleStatus(guard);
       await sleep(LIVENESS.interval + 100);
       const pending = settle(readOne(guard, 'SELECT 2 AS v'));
@@ -230,11 +126,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'a. half-open idle handle: a caller abort is honoured at once, even during the idle check',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy), { liveness: slowIdleCheck }));
-      await readOne(guard);
-      proxy.blackhole();
+      const { guard } = await halfOpenIdle({ liveness: slowIdleCheck });
       await sleep(slowIdleCheck.interval + 100);
       const controller = new AbortController();
       const reason = new Error('the caller gave up');
@@ -254,18 +146,10 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'a. half-open idle handle: a caller timeout is honoured, even during the idle check',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy), { liveness: slowIdleCheck }));
-      await readOne(guard);
-      proxy.blackhole();
+      const { guard } = await halfOpenIdle({ liveness: slowIdleCheck });
       await sleep(slowIdleCheck.interval + 100);
       const timeout = 300;
-      const started = performance.now();
-      const error = await guard
-        .read((handle, ctx) => pgQuery(handle, ctx, 'SELECT 1'), { timeout })
-        .catch((e: unknown) => e);
-      const elapsed = performance.now() - started;
+      const { error, elapsed } = await readWithTimeout(guard, timeout);
       expect(
         error instanceof LockTimeoutError || error instanceof EngineUnavailableError,
         String(error),
@@ -278,10 +162,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'b. half-open mid-call: the caller gets EngineStalledError in bound, other handles answer',
     async () => {
-      const k = kit();
-      const proxyA = await k.proxy();
-      const proxyB = await k.proxy();
-      const guard = k.guard({ ...twoRoutes(proxyA, proxyB), pool: 2 });
+      const { proxyA, guard } = await kit().twoRouteGuard(2);
       expect((await readOne(guard)).generation).toBe(1); // generation 1, through A, now idle
 
       let longGeneration = 0;
@@ -327,9 +208,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
       expect(stalled.kind).toBe('read');
       expect(stalled.indeterminate).toBe(false);
       expect(stalled.generation).toBe(1);
-      const convictedIn = outcome.at - blackholedAt;
-      expect(convictedIn).toBeGreaterThanOrEqual((LIVENESS.failures - 1) * LIVENESS.interval - 50);
-      expect(convictedIn).toBeLessThan(BOUND + MARGIN);
+      expectConvictedInBound(outcome.at - blackholedAt);
       expect(others.length).toBeGreaterThan(0);
       expect(Math.max(...others)).toBeLessThan(1_000);
       expect(sawWedged).toBe(true);
@@ -350,9 +229,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'c. a long query on a live peer survives: no stall, every probe passed',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy)));
+      const { guard } = await kit().proxiedGuard();
       const failures: unknown[] = [];
       guard.on('probeFailure', (event) => failures.push(String(event.error)));
       const started = performance.now();
@@ -380,11 +257,8 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
     'd. wedged backend (SIGSTOP): convicted within the bound, then a new generation works',
     async () => {
       const k = kit();
-      const proxy = await k.proxy();
       // No idle check: the read must go to the wedged handle and be convicted there.
-      const guard = k.guard(
-        pgOptions(viaProxy(proxy), { liveness: { ...LIVENESS, idleCheckAfter: false } }),
-      );
+      const { guard } = await k.proxiedGuard({ liveness: { ...LIVENESS, idleCheckAfter: false } });
       const { pid, generation } = await readOne(guard);
       expect(generation).toBe(1);
       k.suspend(pid);
@@ -415,9 +289,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
     'd. wedged server (backend and postmaster SIGSTOPped) mid-statement: convicted in bound',
     async () => {
       const k = kit();
-      const cluster = await k.cluster();
-      const proxy = await k.proxy(cluster);
-      const guard = k.guard(pgOptions(viaProxy(proxy), { cancelTimeout: 1_000 }));
+      const { cluster, guard } = await k.clusterGuard({ cancelTimeout: 1_000 });
       let pid = 0;
       const long = settle(
         guard.read((handle, ctx) => {
@@ -439,9 +311,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
       expect(outcome.ok).toBe(false);
       if (outcome.ok) return;
       expect(outcome.error).toBeInstanceOf(EngineStalledError);
-      const convictedIn = outcome.at - frozenAt;
-      expect(convictedIn).toBeGreaterThanOrEqual((LIVENESS.failures - 1) * LIVENESS.interval - 50);
-      expect(convictedIn).toBeLessThan(BOUND + MARGIN);
+      expectConvictedInBound(outcome.at - frozenAt);
 
       const next = await readOne(guard, 'SELECT 7 AS v');
       expect(next.v).toBe(7);
@@ -453,9 +323,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'e. reset mid-result: the caller gets an error, the handle is replaced, the next read works',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy)));
+      const { proxy, guard } = await kit().proxiedGuard();
       const replaced: string[] = [];
       guard.on('replace', (event) => replaced.push(event.reason));
       expect((await readOne(guard)).generation).toBe(1);
@@ -470,10 +338,11 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
           ),
         ),
       );
-      await waitUntil(
+      await waitFor(
         () => proxy.stats.bytesToClient - before > 256 * 1024,
         10_000,
         'the result to start streaming',
+        1,
       );
       const resetAt = performance.now();
       proxy.reset();
@@ -513,10 +382,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
       guard.on('replace', () => {
         replacedAt = performance.now();
       });
-      const warm = await Promise.all([
-        readOne(guard, 'SELECT 1 AS v FROM pg_sleep(0.1)'),
-        readOne(guard, 'SELECT 1 AS v FROM pg_sleep(0.1)'),
-      ]);
+      const warm = await readTwice(guard, 'SELECT 1 AS v FROM pg_sleep(0.1)');
       expect(warm.map((r) => r.generation).sort()).toEqual([1, 2]);
 
       proxy.slowClose(2_000);
@@ -544,7 +410,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
       expect(others.map((o) => (o.ok ? o.value.generation : 0)).sort()).toEqual([survivor, 3]);
 
       // The destroy itself is bounded by the recipe's grace, not by the 2 s close.
-      await waitUntil(() => destroys.length === 1, 5_000, 'the destroy to finish');
+      await waitFor(() => destroys.length === 1, 5_000, 'the destroy to finish', 1);
       expect(destroys[0]!.ms).toBeGreaterThanOrEqual(400);
       expect(destroys[0]!.ms).toBeLessThan(1_500);
     },
@@ -554,9 +420,7 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
   it(
     'g. a result cut mid-stream is an error, never a short success',
     async () => {
-      const k = kit();
-      const proxy = await k.proxy();
-      const guard = k.guard(pgOptions(viaProxy(proxy)));
+      const { proxy, guard } = await kit().proxiedGuard();
       await readOne(guard);
       const rows = 200_000; // about 3.4 MB on the wire
       const sql = `SELECT g FROM generate_series(1, ${rows}) g`;

@@ -12,16 +12,11 @@ import {
   pgGuardOptions,
   pgQuery,
 } from '../../examples/recipes/postgres.js';
-import {
-  EngineGuard,
-  type EngineGuardOptions,
-  EngineStalledError,
-  type OpInfo,
-} from '../../src/index.js';
+import { EngineGuard, EngineStalledError, type OpInfo } from '../../src/index.js';
 import { FaultProxy } from '../../src/testing/index.js';
 import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../support/pg.js';
+import { activity, type PgOptions, settle, viaProxy, waitFor } from '../support/pg-faults-kit.js';
 
-type PgOptions = EngineGuardOptions<PgHandle>;
 type Ctx = { signal: AbortSignal; heartbeat(): void };
 
 const withCode = (code: string, message = `error ${code}`): Error =>
@@ -49,9 +44,6 @@ async function startProxy(): Promise<FaultProxy> {
   return proxy;
 }
 
-const viaProxy = (proxy: FaultProxy, extra: pg.ClientConfig = {}): pg.ClientConfig =>
-  clientConfig({ host: proxy.host, port: proxy.port, ...extra });
-
 /** Recipe hooks (the non-null ones) for `config`. */
 function recipe(config: pg.ClientConfig, overrides: Partial<PgOptions> = {}) {
   const options = pgGuardOptions({ config }, overrides);
@@ -74,35 +66,6 @@ async function openHandle(r: ReturnType<typeof recipe>): Promise<PgHandle> {
   const handle = await r.create();
   onTestFinished(() => r.destroy(handle));
   return handle;
-}
-
-async function activity(pid: number): Promise<{ state: string | null; query: string } | undefined> {
-  const { rows } = await adminQuery<{ state: string | null; query: string }>(
-    'SELECT state, query FROM pg_stat_activity WHERE pid = $1',
-    [pid],
-  );
-  return rows[0];
-}
-
-async function waitFor(
-  condition: () => Promise<boolean> | boolean,
-  timeoutMs: number,
-  what: string,
-): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await condition())) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-function settle<T>(
-  promise: Promise<T>,
-): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
-  return promise.then(
-    (value) => ({ ok: true as const, value }),
-    (error: unknown) => ({ ok: false as const, error }),
-  );
 }
 
 describe('isFatalPgError', () => {

@@ -1,0 +1,171 @@
+/**
+ * Shared by the end-to-end tests of the example MCP server (mcp-*.test.ts): its status and query
+ * results as the tests read them, the server's stderr kept for failure messages, starting it over
+ * stdio, and calling its tools.
+ *
+ *   const log = serverLog(); // in the describe: printed when a test fails
+ *   let client: Client;
+ *   const { call, ok, status, query } = tools(() => client);
+ *   beforeAll(async () => {
+ *     client = await connectStdio('my-test', [...livenessFlags(LIVENESS)], log);
+ *   });
+ */
+import type { Stream } from 'node:stream';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { beforeEach } from 'vitest';
+import { serverProcess } from '../../examples/mcp-server/spawn.js';
+
+export const TEST_TIMEOUT = 60_000;
+/** Keeps DuckDB busy for hours (no progress to report: only the side probes vouch for it). */
+export const ENDLESS_QUERY =
+  'SELECT count(*) AS n FROM range(1000000000000) t(i) WHERE hash(i) % 7 = 3';
+
+export interface Counters {
+  ops: number;
+  stalls: number;
+  replacements: number;
+  cancels: number;
+  aborts: number;
+}
+
+/** The structured result of the status tool (the parts the tests read). */
+export interface Status {
+  engine: {
+    kind: string;
+    version: string | null;
+    database: string | null;
+    tables: number | null;
+    views: number | null;
+  };
+  guard: {
+    state: string;
+    generation: number;
+    handles: { total: number; busy: number; idle: number; retiring: number };
+    running: {
+      id: number;
+      kind: string;
+      label: string | null;
+      ageMs: number;
+      probeFailures: number;
+      phase: string;
+    }[];
+    lastProbe: { ok: boolean } | null;
+    counters: Counters;
+  };
+  answeredInMs: number;
+}
+
+/** The structured result of the query tool. */
+export interface QueryResult {
+  columns: { name: string; type: string }[];
+  rows: Record<string, unknown>[];
+  rowCount: number;
+  truncated: boolean;
+  truncatedBy: string | null;
+}
+
+/** The text content of a tool result. */
+export function text(result: CallToolResult): string {
+  return result.content.map((c) => (c.type === 'text' ? c.text : '')).join('\n');
+}
+
+/** The server's `--liveness-*` flags for `liveness`. */
+export function livenessFlags(liveness: {
+  interval: number;
+  timeout: number;
+  failures?: number;
+}): string[] {
+  return [
+    '--liveness-interval',
+    String(liveness.interval),
+    '--liveness-timeout',
+    String(liveness.timeout),
+    ...(liveness.failures === undefined ? [] : ['--liveness-failures', String(liveness.failures)]),
+  ];
+}
+
+/** The last output of a server, printed when a test fails. */
+export interface ServerLog {
+  /** Keeps what `stream` writes; it is drained, so a chatty server never blocks on a full pipe. */
+  follow(stream: Stream | null | undefined): void;
+  /** What was kept (the last 500 chunks). */
+  text(): string;
+}
+
+/** A log for the server of the current describe block: call it in the describe, not in a test. */
+export function serverLog(): ServerLog {
+  const chunks: string[] = [];
+  beforeEach(({ onTestFailed }) => {
+    onTestFailed(() => {
+      console.error(
+        `server log (last lines):\n${chunks.join('').split('\n').slice(-60).join('\n')}`,
+      );
+    });
+  });
+  return {
+    follow(stream) {
+      stream?.on('data', (chunk: Buffer) => {
+        chunks.push(chunk.toString());
+        if (chunks.length > 500) chunks.shift();
+      });
+    },
+    text: () => chunks.join(''),
+  };
+}
+
+/** Starts the server with `flags` as a subprocess and connects an SDK client to it over stdio. */
+export async function connectStdio(name: string, flags: string[], log: ServerLog): Promise<Client> {
+  const transport = new StdioClientTransport({ ...serverProcess(flags), stderr: 'pipe' });
+  log.follow(transport.stderr);
+  const client = new Client({ name, version: '0.0.0' });
+  await client.connect(transport);
+  return client;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  onprogress?: (p: { progress: number }) => void;
+}
+
+/** Calls a tool; a tool error is a result (isError), not a rejection. */
+export async function callTool(
+  client: Client,
+  name: string,
+  args: Record<string, unknown> = {},
+  options: CallOptions = {},
+): Promise<CallToolResult> {
+  return (await client.callTool({ name, arguments: args }, undefined, {
+    timeout: TEST_TIMEOUT,
+    ...options,
+  })) as CallToolResult;
+}
+
+/** Calls a tool that must succeed; returns its structured content. */
+export async function okTool<T>(
+  client: Client,
+  name: string,
+  args: Record<string, unknown> = {},
+): Promise<T> {
+  const result = await callTool(client, name, args);
+  if (result.isError) throw new Error(`${name} failed: ${text(result)}`);
+  return result.structuredContent as T;
+}
+
+/** The tools of the server `client()` is connected to (read at each call). */
+export function tools(client: () => Client) {
+  const call = (name: string, args: Record<string, unknown> = {}, options: CallOptions = {}) =>
+    callTool(client(), name, args, options);
+  const ok = <T>(name: string, args: Record<string, unknown> = {}) =>
+    okTool<T>(client(), name, args);
+  /** The status and how long the call took, round trip. */
+  const status = async (): Promise<{ status: Status; ms: number }> => {
+    const started = performance.now();
+    const s = await ok<Status>('status');
+    return { status: s, ms: performance.now() - started };
+  };
+  const query = (sql: string, extra: Record<string, unknown> = {}) =>
+    ok<QueryResult>('query', { sql, ...extra });
+  return { call, ok, status, query };
+}
