@@ -6,6 +6,7 @@ import {
   LockTimeoutError,
 } from '../errors.js';
 import { heldBy, runHolding } from '../internal/context.js';
+import { SignalFanout } from '../internal/signal-fanout.js';
 import {
   validateDuration,
   validateFunction,
@@ -77,7 +78,6 @@ class Op<E> implements OpContext, OpInfo, WatchedSubject, QueueNode<Op<E>> {
   #heartbeat: (() => void) | undefined = undefined;
 
   constructor(
-    readonly guard: EngineGuard<E>,
     readonly id: number,
     readonly kind: OpKind,
     readonly label: string | undefined,
@@ -114,11 +114,6 @@ class Op<E> implements OpContext, OpInfo, WatchedSubject, QueueNode<Op<E>> {
     this.#aborted = true;
     this.#reason = reason;
     this.#controller?.abort(reason);
-  }
-
-  /** Listener for the caller's signal. */
-  handleEvent(): void {
-    this.guard[kCallerAbort](this);
   }
 
   /** A plain snapshot, so hooks and events never hold the live op. */
@@ -191,8 +186,6 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
-const kCallerAbort = Symbol('callerAbort');
-
 /**
  * Concurrency-safe access to one shared engine (a database connection, an analytics daemon, a
  * browser, a REPL) from many concurrent callers.
@@ -231,6 +224,10 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #pool: HandlePool<E>;
   readonly #watchdog: Watchdog<Op<E>> | undefined;
   readonly #events: TypedEvents<GuardEvents>;
+  /** One listener per caller signal, however many ops share it (see SignalFanout). */
+  readonly #callerSignals = new SignalFanout<Op<E>>((ops) => {
+    for (const op of ops) this.#onCallerAbort(op);
+  });
   /** Ops waiting or running, in arrival order (an intrusive list: O(1) in and out, no hashing). */
   readonly #ops = new WaiterQueue<Op<E>>();
   readonly #acquireTimeout: number | undefined;
@@ -541,7 +538,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     }
     if (this.#pool.isDown) return Promise.reject(this.#pool.unavailableError());
 
-    const op = new Op<E>(this, ++this.#nextId, kind, label, signal);
+    const op = new Op<E>(++this.#nextId, kind, label, signal);
     if (opTracing.hasSubscribers) {
       const trace: OpTraceContext = { guard: this.name, id: op.id, kind, label };
       return opTracing.tracePromise(() => this.#start(op, fn, timeout), trace) as Promise<
@@ -576,7 +573,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     timeout: number | undefined,
   ): Promise<unknown> {
     this.#ops.push(op);
-    op.callerSignal?.addEventListener('abort', op, { once: true });
+    if (op.callerSignal !== undefined) this.#callerSignals.add(op.callerSignal, op);
     // Fast path: lock free and a handle idle: no promise to wait on, no AbortController.
     const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
     if (lease !== null) {
@@ -612,7 +609,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       op.handle = handle instanceof Promise ? await handle : handle;
     } catch (error) {
       this.#ops.remove(op);
-      op.callerSignal?.removeEventListener('abort', op);
+      if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
       op.lease?.release();
       op.phase = 'done';
       if (error instanceof LockTimeoutError) {
@@ -627,7 +624,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (op.aborted) {
       // Aborted (caller or close) in the turn between grant and start.
       this.#ops.remove(op);
-      op.callerSignal?.removeEventListener('abort', op);
+      if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
       this.#pool.release(op.handle);
       op.lease.release();
       op.phase = 'done';
@@ -673,7 +670,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   #endRun(op: Op<E>): void {
     this.#ops.remove(op);
     this.#watchdog?.unwatch(op);
-    op.callerSignal?.removeEventListener('abort', op);
+    if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
     if (op.graceTimer !== undefined) {
       clearTimeout(op.graceTimer);
       op.graceTimer = undefined;
@@ -742,7 +739,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   /** The caller's signal aborted. */
-  [kCallerAbort](op: Op<E>): void {
+  #onCallerAbort(op: Op<E>): void {
     const reason = op.callerSignal?.reason;
     if (op.phase === 'waiting') {
       this.#counters.aborts++;

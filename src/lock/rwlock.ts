@@ -1,6 +1,7 @@
 import { lockChannels } from '../diagnostics.js';
 import { DeadlockError, LockTimeoutError, QueueFullError } from '../errors.js';
 import { heldBy, runHolding } from '../internal/context.js';
+import { SignalFanout } from '../internal/signal-fanout.js';
 import {
   validateDuration,
   validateFunction,
@@ -58,8 +59,8 @@ class Waiter implements QueueNode<Waiter> {
   prev: Waiter | null = null;
   next: Waiter | null = null;
   queued = false;
-  /** The listener entry of this waiter's signal, while it waits with one. */
-  watch: SignalWatch | undefined = undefined;
+  /** The signal it waits with, if any (watched through the lock's fan-out). */
+  signal: AbortSignal | undefined = undefined;
   timer: NodeJS.Timeout | undefined = undefined;
   readonly enqueuedAt: number;
 
@@ -73,24 +74,7 @@ class Waiter implements QueueNode<Waiter> {
   }
 }
 
-/**
- * One abort listener per (lock, signal) pair, however many waiters share the signal. Node's
- * EventTarget removes a listener by walking its list, so one listener per waiter would make
- * 100,000 waiters on one signal cost O(n²) to settle.
- */
-class SignalWatch {
-  readonly waiters = new Set<Waiter>();
-  constructor(
-    readonly lock: RWLock,
-    readonly signal: AbortSignal,
-  ) {}
-  handleEvent(): void {
-    this.lock[kAbortAll](this);
-  }
-}
-
 const kCancel = Symbol('cancel');
-const kAbortAll = Symbol('abortAll');
 
 function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
   return (
@@ -136,7 +120,10 @@ export class RWLock implements LeaseHost {
   readonly #maxQueue: number;
   readonly #maxReaders: number;
   readonly #queue = new WaiterQueue<Waiter>();
-  readonly #watches = new Map<AbortSignal, SignalWatch>();
+  // One listener per signal however many waiters share it (see SignalFanout).
+  readonly #signals = new SignalFanout<Waiter>((waiters, reason) =>
+    this.#abortAll(waiters, reason),
+  );
   #readers = 0;
   #writing = false;
   #queuedReaders = 0;
@@ -257,11 +244,11 @@ export class RWLock implements LeaseHost {
     this.#drain();
   }
 
-  /** @internal A signal shared by one or more waiters aborted: they all leave, then drain once. */
-  [kAbortAll](watch: SignalWatch): void {
-    const reason = watch.signal.reason;
-    for (const waiter of [...watch.waiters]) {
+  /** A signal shared by one or more waiters aborted: they all leave, then the queue drains once. */
+  #abortAll(waiters: Waiter[], reason: unknown): void {
+    for (const waiter of waiters) {
       if (!waiter.queued) continue;
+      waiter.signal = undefined; // the fan-out already forgot it
       this.#dequeue(waiter);
       this.#publishCancel(waiter.mode, reason);
       waiter.reject(reason);
@@ -315,14 +302,8 @@ export class RWLock implements LeaseHost {
       if (mode === 'read') this.#queuedReaders++;
       else this.#queuedWriters++;
       if (signal !== undefined) {
-        let watch = this.#watches.get(signal);
-        if (watch === undefined) {
-          watch = new SignalWatch(this, signal);
-          this.#watches.set(signal, watch);
-          signal.addEventListener('abort', watch, { once: true });
-        }
-        watch.waiters.add(waiter);
-        waiter.watch = watch;
+        waiter.signal = signal;
+        this.#signals.add(signal, waiter);
       }
       if (timeout !== undefined) {
         waiter.timer = setTimeout(onWaiterTimeout, timeout, waiter, timeout);
@@ -334,14 +315,9 @@ export class RWLock implements LeaseHost {
     this.#queue.remove(waiter);
     if (waiter.mode === 'read') this.#queuedReaders--;
     else this.#queuedWriters--;
-    const watch = waiter.watch;
-    if (watch !== undefined) {
-      waiter.watch = undefined;
-      watch.waiters.delete(waiter);
-      if (watch.waiters.size === 0) {
-        watch.signal.removeEventListener('abort', watch);
-        this.#watches.delete(watch.signal);
-      }
+    if (waiter.signal !== undefined) {
+      this.#signals.remove(waiter.signal, waiter);
+      waiter.signal = undefined;
     }
     if (waiter.timer !== undefined) {
       clearTimeout(waiter.timer);
@@ -354,10 +330,10 @@ export class RWLock implements LeaseHost {
     for (;;) {
       const head = this.#queue.head;
       if (head === null) return;
-      if (head.watch?.signal.aborted) {
+      if (head.signal?.aborted) {
         // Its signal fired but the listener has not reached it yet (an abort listener that
         // runs first released the lock): it gave up, do not grant it.
-        const reason = head.watch.signal.reason;
+        const reason = head.signal.reason;
         this.#dequeue(head);
         head.reject(reason);
         continue;

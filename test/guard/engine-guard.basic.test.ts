@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { EngineGuard, EngineStalledError } from '../../src/index.js';
 import { type FakeEngine, FakeEngineFactory } from '../../src/testing/index.js';
@@ -51,6 +52,33 @@ describe('EngineGuard basics', () => {
     await expect(guard.read((e) => e.call(3))).resolves.toBe(3);
     expect(factory.created.length).toBe(2);
     expect(guard.status().counters.stalls).toBe(1);
+    await guard.close();
+  });
+});
+
+describe('EngineGuard: many ops sharing one caller signal', () => {
+  it('keeps one listener on the signal and aborts every queued op at once', async () => {
+    const factory = new FakeEngineFactory();
+    const guard = fakeGuard(factory, { pool: 1 });
+    const ac = new AbortController();
+    let release: () => void = () => {};
+    const blocker = guard.write(() => new Promise<void>((resolve) => (release = resolve)));
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const ops = Array.from({ length: 20_000 }, () =>
+      guard.read((e) => e.call(1), { signal: ac.signal }),
+    );
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(1);
+    const t0 = performance.now();
+    ac.abort(new Error('shutting down'));
+    const results = await Promise.allSettled(ops);
+    expect(results.every((r) => r.status === 'rejected')).toBe(true);
+    // Generous bound; the point is one listener, not a listener per op (quadratic to remove).
+    expect(performance.now() - t0).toBeLessThan(10_000);
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
+    expect(guard.status().queue).toEqual({ readers: 0, writers: 0, forHandle: 0 });
+    expect(guard.status().counters.aborts).toBe(20_000);
+    release();
+    await blocker;
     await guard.close();
   });
 });
