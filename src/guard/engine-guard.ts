@@ -344,7 +344,16 @@ export class EngineGuard<E> implements AsyncDisposable {
         DEFAULT_LIVENESS.pauseThreshold,
     };
     // Liveness needs a way to ask the engine; without a probe there is nothing to check.
-    return options.probe === undefined ? undefined : settings;
+    if (options.probe === undefined) {
+      if (liveness !== undefined) {
+        process.emitWarning(
+          'engine-guard: "liveness" is set but there is no "probe": the watchdog is off and a stalled op is never detected',
+          { code: 'ENGINE_GUARD_NO_PROBE' },
+        );
+      }
+      return undefined;
+    }
+    return settings;
   }
 
   #poolHooks(): ConstructorParameters<typeof HandlePool<E>>[1] {

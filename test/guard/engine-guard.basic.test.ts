@@ -82,3 +82,19 @@ describe('EngineGuard: many ops sharing one caller signal', () => {
     await guard.close();
   });
 });
+
+describe('EngineGuard: liveness without a probe', () => {
+  it('warns that the watchdog is off instead of silently never detecting a stall', async () => {
+    const warnings: Array<{ code?: string }> = [];
+    const onWarning = (warning: Error & { code?: string }) => warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      const guard = new EngineGuard({ create: () => ({}), liveness: { interval: 100 } });
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.map((w) => w.code)).toContain('ENGINE_GUARD_NO_PROBE');
+      await guard.close();
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+});
