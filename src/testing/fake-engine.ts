@@ -1,3 +1,5 @@
+import type { EngineGuardOptions } from '../guard/types.js';
+
 /**
  * How one call on a {@link FakeEngine} behaves, scripted with {@link FakeEngine.nextCall}.
  *
@@ -558,6 +560,32 @@ export class FakeEngineFactory {
     this.#onCreate = onCreate;
     resolveOptions(engineOptions); // validate now rather than at the first create
     this.#options = engineOptions;
+  }
+
+  /**
+   * Guard options wired to this factory, for a guard under test: `create`/`destroy` through
+   * the factory, `probe` = `ping`, `cancel` = `cancelRunning`, `isFatal` = a
+   * {@link FakeEngineConnectionError}, `isAlive` = `engine.alive`. `overrides` win.
+   *
+   * @example
+   * ```ts
+   * const factory = new FakeEngineFactory();
+   * const guard = new EngineGuard(factory.guardOptions({ liveness: { interval: 50, timeout: 50 } }));
+   * factory.created[0]?.nextCall('stall'); // the next call on the first engine wedges
+   * ```
+   */
+  guardOptions(
+    overrides: Partial<EngineGuardOptions<FakeEngine>> = {},
+  ): EngineGuardOptions<FakeEngine> {
+    return {
+      create: ({ signal }) => this.create({ signal }),
+      destroy: (engine) => this.destroy(engine),
+      probe: (engine, { signal }) => engine.ping({ signal }),
+      cancel: (engine) => engine.cancelRunning(),
+      isFatal: (error) => error instanceof FakeEngineConnectionError,
+      isAlive: (engine) => engine.alive,
+      ...overrides,
+    };
   }
 
   /** Engines created and not yet destroyed. */

@@ -98,3 +98,30 @@ describe('EngineGuard: liveness without a probe', () => {
     }
   });
 });
+
+describe('FakeEngineFactory.guardOptions', () => {
+  it('wires a guard to the fake engines: stalls are convicted, dead idle engines skipped', async () => {
+    const factory = new FakeEngineFactory();
+    const guard = new EngineGuard(
+      factory.guardOptions({ pool: 2, liveness: { interval: 50, timeout: 50, failures: 2 } }),
+    );
+    try {
+      await Promise.all([
+        guard.read((e) => e.call(1, { duration: 20 })),
+        guard.read((e) => e.call(2, { duration: 20 })),
+      ]);
+      expect(factory.created).toHaveLength(2);
+      factory.created[0]?.kill(); // dies while idle: isAlive skips it
+      factory.created[1]?.nextCall('stall');
+      const [stalled] = await Promise.allSettled([
+        guard.read((e, ctx) => e.call(3, { signal: ctx.signal })),
+      ]);
+      expect(stalled.status === 'rejected' && stalled.reason).toBeInstanceOf(EngineStalledError);
+      await expect(guard.read((e) => e.call(4))).resolves.toBe(4);
+      expect(guard.status().counters.replacements).toBeGreaterThanOrEqual(2);
+    } finally {
+      await guard.close();
+    }
+    expect(factory.live).toBe(0);
+  });
+});
