@@ -59,7 +59,6 @@ class Op<E> implements OpContext, OpInfo, WatchedSubject, QueueNode<Op<E>> {
   probeFailures = 0;
   probing = false;
   nextProbeAt = 0;
-  probeStartedAt = 0;
   watched = false;
   generation = 0;
   startedAt = 0;
@@ -312,6 +311,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         destroyTimeout,
         idleCheckAfter,
         probeTimeout: liveness?.timeout ?? DEFAULT_LIVENESS.timeout,
+        name: this.name,
       },
       this.#poolHooks(),
     );
@@ -614,20 +614,14 @@ export class EngineGuard<E> implements AsyncDisposable {
         timeout === undefined
           ? undefined
           : Math.max(0, timeout - (performance.now() - startedWaiting));
-      const handle = this.#pool.acquire(op.signal, remaining);
+      const handle = this.#pool.acquire(op.signal, remaining, timeout);
       op.handle = handle instanceof Promise ? await handle : handle;
     } catch (error) {
       this.#ops.remove(op);
       if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
       op.lease?.release();
       op.phase = 'done';
-      if (error instanceof LockTimeoutError) {
-        this.#counters.lockTimeouts++;
-        // The pool only knows the time that was left; report the caller's own bound.
-        if (error.lockName === undefined && timeout !== undefined) {
-          throw new LockTimeoutError(timeout, this.name);
-        }
-      }
+      if (error instanceof LockTimeoutError) this.#counters.lockTimeouts++;
       throw error;
     }
     if (op.aborted) {

@@ -31,11 +31,6 @@ export class TypedEvents<Events extends object> {
     return { dispose, [Symbol.dispose]: dispose };
   }
 
-  /** True when somebody listens, so callers can skip building a payload. */
-  has(type: keyof Events): boolean {
-    return (this.#listeners.get(type)?.size ?? 0) > 0 || guardEventChannel.hasSubscribers;
-  }
-
   emit<K extends keyof Events>(type: K, event: Events[K]): void {
     if (guardEventChannel.hasSubscribers) {
       guardEventChannel.publish({ guard: this.#source, type, event });

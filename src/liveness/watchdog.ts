@@ -29,7 +29,6 @@ export interface WatchedSubject {
   probeFailures: number;
   /** @internal */ probing: boolean;
   /** @internal Earliest time the next probe may start. */ nextProbeAt: number;
-  /** @internal When the probe in flight (or the last one) started. */ probeStartedAt: number;
   /** @internal */ watched: boolean;
 }
 
@@ -85,7 +84,6 @@ export class Watchdog<S extends WatchedSubject> {
     subject.probeFailures = 0;
     subject.probing = false;
     subject.nextProbeAt = at + this.settings.interval;
-    subject.probeStartedAt = 0;
     subject.watched = true;
     if (++this.#watched === 1) this.#timer?.ref();
     this.#arm(subject.nextProbeAt);
@@ -157,7 +155,6 @@ export class Watchdog<S extends WatchedSubject> {
     const { timeout, interval } = this.settings;
     const startedAt = now();
     subject.probing = true;
-    subject.probeStartedAt = startedAt;
     subject.nextProbeAt = startedAt + interval;
     const controller = new AbortController();
     let done = false;
@@ -193,8 +190,9 @@ export class Watchdog<S extends WatchedSubject> {
     };
 
     const timer = setTimeout(() => {
-      if (this.#lateness(dueMono, dueWall) > this.settings.pauseThreshold) {
-        this.#hooks.onPause?.(this.#lateness(dueMono, dueWall));
+      const late = this.#lateness(dueMono, dueWall);
+      if (late > this.settings.pauseThreshold) {
+        this.#hooks.onPause?.(late);
         finish(false, new ProbeTimeoutError(timeout), false);
         return;
       }

@@ -42,10 +42,4 @@ export class WaiterQueue<T extends QueueNode<T>> {
     node.queued = false;
     this.size--;
   }
-
-  shift(): T | null {
-    const node = this.head;
-    if (node !== null) this.remove(node);
-    return node;
-  }
 }

@@ -64,6 +64,8 @@ export interface PoolSettings {
   /** Probe an idle handle unused for this long before reuse; undefined: never. */
   idleCheckAfter: number | undefined;
   probeTimeout: number;
+  /** Name of the owning guard, for the errors the pool raises. */
+  name: string | undefined;
 }
 
 class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
@@ -150,9 +152,6 @@ export class HandlePool<E> {
   get failures(): number {
     return this.#failures;
   }
-  get lastError(): unknown {
-    return this.#lastError;
-  }
   /** Epoch ms of the next scheduled attempt. */
   get nextAttemptAt(): number | undefined {
     return this.#nextAttemptAt;
@@ -182,19 +181,26 @@ export class HandlePool<E> {
   tryAcquire(now: number = performance.now()): Handle<E> | null {
     if (this.#closed) return null;
     const handle = this.#takeLiveIdle(false);
-    if (handle === undefined) return null;
-    const check = this.settings.idleCheckAfter;
-    if (
-      check !== undefined &&
-      this.#hooks.probeIdle !== undefined &&
-      now - handle.idleSince >= check
-    ) {
-      return null;
-    }
+    if (handle === undefined || this.#needsIdleCheck(handle, now)) return null;
     this.#idle.pop();
     handle.state = 'busy';
     this.#busy++;
     return handle;
+  }
+
+  /** Sat unused long enough that it must pass a probe before it serves anyone. */
+  #needsIdleCheck(handle: Handle<E>, now: number): boolean {
+    const check = this.settings.idleCheckAfter;
+    return (
+      check !== undefined && this.#hooks.probeIdle !== undefined && now - handle.idleSince >= check
+    );
+  }
+
+  /** What a caller gets when its wait for a handle runs out. */
+  #giveUpError(reportedTimeout: number): Error {
+    return this.#failures > 0
+      ? this.unavailableError()
+      : new LockTimeoutError(reportedTimeout, this.settings.name);
   }
 
   /**
@@ -224,22 +230,20 @@ export class HandlePool<E> {
 
   /**
    * Takes a handle: an idle one at once (after an idle check if it sat unused too long), else
-   * waits for one to be opened or returned. `timeout` bounds the wait.
+   * waits for one to be opened or returned. `timeout` bounds the wait; `reportedTimeout` is the
+   * bound named in the error when it runs out (the caller's whole bound, of which `timeout` is
+   * what was left after queueing for the lock).
    */
   acquire(
     signal: AbortSignal | undefined,
     timeout: number | undefined,
+    reportedTimeout: number | undefined = timeout,
   ): Handle<E> | Promise<Handle<E>> {
-    if (this.#closed) return Promise.reject(new GuardClosedError());
+    if (this.#closed) return Promise.reject(new GuardClosedError(this.settings.name));
     const handle = this.#takeLiveIdle(true);
     if (handle !== undefined) {
-      const check = this.settings.idleCheckAfter;
-      if (
-        check !== undefined &&
-        this.#hooks.probeIdle !== undefined &&
-        performance.now() - handle.idleSince >= check
-      ) {
-        return this.#checkIdle(handle, signal, timeout);
+      if (this.#needsIdleCheck(handle, performance.now())) {
+        return this.#checkIdle(handle, signal, timeout, reportedTimeout ?? timeout);
       }
       handle.state = 'busy';
       this.#busy++;
@@ -256,10 +260,7 @@ export class HandlePool<E> {
       if (timeout !== undefined) {
         waiter.timer = setTimeout(() => {
           waiter.timer = undefined;
-          this[kGiveUp](
-            waiter,
-            this.#failures > 0 ? this.unavailableError() : new LockTimeoutError(timeout),
-          );
+          this[kGiveUp](waiter, this.#giveUpError(reportedTimeout ?? timeout));
         }, timeout);
       }
       // A background retry timer now has someone waiting on it.
@@ -276,6 +277,7 @@ export class HandlePool<E> {
     handle: Handle<E>,
     signal: AbortSignal | undefined,
     timeout: number | undefined,
+    reportedTimeout: number | undefined,
   ): Promise<Handle<E>> {
     handle.state = 'busy';
     this.#busy++;
@@ -304,7 +306,7 @@ export class HandlePool<E> {
         timer = setTimeout(() => {
           if (!waiting) return;
           stopWaiting();
-          reject(this.#failures > 0 ? this.unavailableError() : new LockTimeoutError(timeout));
+          reject(this.#giveUpError(reportedTimeout ?? timeout));
         }, timeout);
       }
       probed.then((result) => {
@@ -331,7 +333,7 @@ export class HandlePool<E> {
         stopWaiting();
         const remaining =
           timeout === undefined ? undefined : Math.max(0, timeout - (performance.now() - started));
-        Promise.resolve(this.acquire(signal, remaining)).then(resolve, reject);
+        Promise.resolve(this.acquire(signal, remaining, reportedTimeout)).then(resolve, reject);
       });
     });
   }
@@ -348,7 +350,7 @@ export class HandlePool<E> {
 
   #offer(handle: Handle<E>, aliveAt: number = performance.now()): void {
     if (this.#closed) {
-      this.#destroy(handle, new GuardClosedError());
+      this.#destroy(handle, new GuardClosedError(this.settings.name));
       return;
     }
     const waiter = this.#waiters.head;
@@ -526,11 +528,10 @@ export class HandlePool<E> {
       this.#closed = true;
       if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
       this.#retryTimer = undefined;
-      for (let w = this.#waiters.head; w !== null; w = this.#waiters.head) {
-        this[kGiveUp](w, new GuardClosedError());
-      }
-      for (const controller of this.#attempts) controller.abort(new GuardClosedError());
-      for (const handle of this.#idle.splice(0)) this.#destroy(handle, new GuardClosedError());
+      const closed = new GuardClosedError(this.settings.name);
+      for (let w = this.#waiters.head; w !== null; w = this.#waiters.head) this[kGiveUp](w, closed);
+      for (const controller of this.#attempts) controller.abort(closed);
+      for (const handle of this.#idle.splice(0)) this.#destroy(handle, closed);
     }
     await this.drained();
   }

@@ -13,7 +13,6 @@ function subject(name = 's'): Subject {
     probeFailures: 0,
     probing: false,
     nextProbeAt: 0,
-    probeStartedAt: 0,
     watched: false,
   };
 }

@@ -41,6 +41,7 @@ function makePool(
       destroyTimeout: 200,
       idleCheckAfter: undefined,
       probeTimeout: 100,
+      name: 'pool-test',
       ...settings,
     },
     hooks,
@@ -114,9 +115,11 @@ describe('HandlePool', () => {
   it('times out with LockTimeoutError when nothing failed but nothing freed up', async () => {
     const { pool } = makePool({}, { size: 1 });
     const held = await pool.acquire(undefined, undefined);
-    await expect(Promise.resolve(pool.acquire(undefined, 20))).rejects.toBeInstanceOf(
-      LockTimeoutError,
-    );
+    const err = await Promise.resolve(pool.acquire(undefined, 20, 500)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LockTimeoutError);
+    // The caller's whole bound and the owner's name, not just the time that was left.
+    expect((err as LockTimeoutError).timeout).toBe(500);
+    expect((err as LockTimeoutError).lockName).toBe('pool-test');
     pool.release(held as Handle<Engine>);
     await pool.close();
   });
