@@ -43,7 +43,8 @@ export const INTERRUPT_EVERY_MS = 25;
 /** Calls in flight per connection, so `cancel` and `destroy` know when the connection is quiet. */
 const inflight = new WeakMap<DuckDBConnection, Set<Promise<unknown>>>();
 
-function interruptQuietly(conn: DuckDBConnection): void {
+/** `conn.interrupt()` that never throws. */
+export function interruptQuietly(conn: DuckDBConnection): void {
   try {
     conn.interrupt();
   } catch {
@@ -52,13 +53,15 @@ function interruptQuietly(conn: DuckDBConnection): void {
 }
 
 /**
- * Interrupts `conn` and keeps interrupting until every tracked call on it has settled. Resolves
- * then (at once when nothing is in flight). Never rejects.
+ * Interrupts `conn` now and every {@link INTERRUPT_EVERY_MS} until `calls` is empty (an interrupt
+ * that lands between two native calls is lost, so once is not enough). Never rejects.
  */
-async function interruptUntilSettled(conn: DuckDBConnection): Promise<void> {
-  interruptQuietly(conn);
-  const calls = inflight.get(conn);
+export async function interruptUntilDrained(
+  conn: DuckDBConnection,
+  calls: Set<Promise<unknown>> | undefined,
+): Promise<void> {
   if (calls === undefined || calls.size === 0) return;
+  interruptQuietly(conn);
   const timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
   timer.unref();
   try {
@@ -66,6 +69,24 @@ async function interruptUntilSettled(conn: DuckDBConnection): Promise<void> {
   } finally {
     clearInterval(timer);
   }
+}
+
+/**
+ * From the moment `signal` aborts, interrupts `conn` now and every {@link INTERRUPT_EVERY_MS}.
+ * Returns the clean-up to call once the guarded call settled.
+ */
+export function interruptOnAbort(conn: DuckDBConnection, signal: AbortSignal): () => void {
+  let timer: NodeJS.Timeout | undefined;
+  const onAbort = (): void => {
+    interruptQuietly(conn);
+    timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
+    timer.unref();
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  return () => {
+    signal.removeEventListener('abort', onAbort);
+    if (timer !== undefined) clearInterval(timer);
+  };
 }
 
 /** Waits (without interrupting) until no tracked call is in flight on `conn`. */
@@ -92,13 +113,7 @@ async function tracked<T>(
   }
   const running = work();
   calls.add(running);
-  let timer: NodeJS.Timeout | undefined;
-  const onAbort = (): void => {
-    interruptQuietly(conn);
-    timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
-    timer.unref();
-  };
-  signal.addEventListener('abort', onAbort, { once: true });
+  const stopInterrupting = interruptOnAbort(conn, signal);
   try {
     const value = await running;
     // An interrupt lost in a race may let the call finish: it still counts as aborted.
@@ -108,8 +123,7 @@ async function tracked<T>(
     if (signal.aborted) throw signal.reason;
     throw error;
   } finally {
-    signal.removeEventListener('abort', onAbort);
-    if (timer !== undefined) clearInterval(timer);
+    stopInterrupting();
     calls.delete(running);
   }
 }
@@ -204,10 +218,10 @@ export function duckdbGuardOptions(
       return conn;
     },
     destroy: async (conn) => {
-      await interruptUntilSettled(conn);
+      await interruptUntilDrained(conn, inflight.get(conn));
       conn.closeSync();
     },
-    cancel: (conn) => interruptUntilSettled(conn),
+    cancel: (conn) => interruptUntilDrained(conn, inflight.get(conn)),
     probe: async (conn, { signal, op }) => {
       if (op === undefined) await selectOne(conn, signal);
       else await sideProbe(instance, signal);

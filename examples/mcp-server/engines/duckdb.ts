@@ -26,7 +26,13 @@ import {
   StatementType,
 } from '@duckdb/node-api';
 import type { EngineGuardOptions, OpContext } from '../../../src/index.js';
-import { duckdbGuardOptions, duckdbQuery, isFatalDuckDBError } from '../../recipes/duckdb.js';
+import {
+  duckdbGuardOptions,
+  duckdbQuery,
+  interruptOnAbort,
+  interruptUntilDrained,
+  isFatalDuckDBError,
+} from '../../recipes/duckdb.js';
 import {
   DESCRIBE_TABLE_SQL,
   type Engine,
@@ -82,8 +88,6 @@ function refuseSessionStatement(tool: string, prepared: DuckDBPreparedStatement)
 
 /** How often a running query's engine progress is read (and turned into heartbeats), ms. */
 const PROGRESS_POLL_MS = 200;
-/** How often an aborted call's connection is interrupted again until the call settles, ms. */
-const INTERRUPT_EVERY_MS = 25;
 
 /**
  * This adapter's own calls in flight per connection (the recipe tracks only `duckdbQuery`), so
@@ -96,14 +100,6 @@ const inflight = new WeakMap<DuckDBConnection, Set<Promise<unknown>>>();
 const interruptibles = new WeakMap<DuckDBConnection, Set<Promise<unknown>>>();
 /** Connections whose ROLLBACK failed: the next op on them rolls back first. */
 const dirty = new WeakSet<DuckDBConnection>();
-
-function interruptQuietly(conn: DuckDBConnection): void {
-  try {
-    conn.interrupt();
-  } catch {
-    // closed already
-  }
-}
 
 function track<T>(
   registry: WeakMap<DuckDBConnection, Set<Promise<unknown>>>,
@@ -133,17 +129,7 @@ async function drain(calls: Set<Promise<unknown>> | undefined): Promise<void> {
  * then waits for the rest (the clean-up) to finish. Never rejects.
  */
 async function interruptUntilQuiet(conn: DuckDBConnection): Promise<void> {
-  const calls = interruptibles.get(conn);
-  if (calls !== undefined && calls.size > 0) {
-    interruptQuietly(conn);
-    const timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
-    timer.unref();
-    try {
-      await drain(calls);
-    } finally {
-      clearInterval(timer);
-    }
-  }
+  await interruptUntilDrained(conn, interruptibles.get(conn));
   await drain(inflight.get(conn));
 }
 
@@ -162,13 +148,7 @@ async function interruptible<T>(
     dirty.delete(conn);
     await rollback(conn);
   }
-  let timer: NodeJS.Timeout | undefined;
-  const onAbort = (): void => {
-    interruptQuietly(conn);
-    timer = setInterval(() => interruptQuietly(conn), INTERRUPT_EVERY_MS);
-    timer.unref();
-  };
-  signal.addEventListener('abort', onAbort, { once: true });
+  const stopInterrupting = interruptOnAbort(conn, signal);
   try {
     const value = await track(interruptibles, conn, track(inflight, conn, body()));
     signal.throwIfAborted();
@@ -177,8 +157,7 @@ async function interruptible<T>(
     if (signal.aborted) throw signal.reason;
     throw error;
   } finally {
-    signal.removeEventListener('abort', onAbort);
-    clearInterval(timer);
+    stopInterrupting();
   }
 }
 
