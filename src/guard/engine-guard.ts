@@ -6,6 +6,7 @@ import {
   LockTimeoutError,
 } from '../errors.js';
 import { heldBy, runHolding } from '../internal/context.js';
+import { bounded, isThenable, noop, type Timer } from '../internal/promises.js';
 import { SignalFanout } from '../internal/signal-fanout.js';
 import {
   validateDuration,
@@ -18,10 +19,10 @@ import {
   validatePositiveDuration,
   validateSignal,
 } from '../internal/validate.js';
+import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import { Watchdog, type WatchdogSettings, type WatchedSubject } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
-import { type QueueNode, WaiterQueue } from '../lock/waiter-queue.js';
 import { resolveBackoff } from '../pool/backoff.js';
 import { type Handle, HandlePool } from '../pool/handle-pool.js';
 import { CachedValue, type CachedValueOptions } from './cached-value.js';
@@ -69,7 +70,7 @@ class Op<E> implements OpContext, OpInfo, WatchedSubject, QueueNode<Op<E>> {
   resolve: (value: unknown) => void = noop;
   reject: (reason: unknown) => void = noop;
   cancelDone: Promise<unknown> | undefined = undefined;
-  graceTimer: NodeJS.Timeout | undefined = undefined;
+  graceTimer: Timer | undefined = undefined;
   onFnSettled: (() => void) | undefined = undefined;
   #controller: AbortController | undefined = undefined;
   #aborted = false;
@@ -127,16 +128,6 @@ class Op<E> implements OpContext, OpInfo, WatchedSubject, QueueNode<Op<E>> {
   }
 }
 
-function noop(): void {}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return (
-    value !== null &&
-    (typeof value === 'object' || typeof value === 'function') &&
-    typeof (value as { then?: unknown }).then === 'function'
-  );
-}
-
 function errorSummary(error: unknown): { message: string; code: string | undefined } {
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
@@ -147,19 +138,7 @@ function errorSummary(error: unknown): { message: string; code: string | undefin
 
 /** Races a promise against a timer; never rejects. */
 function settleWithin(promise: Promise<unknown>, ms: number): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    promise.then(
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-    );
-  });
+  return bounded(promise, ms, noop).then(noop);
 }
 
 /** Settles like `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */

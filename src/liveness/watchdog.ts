@@ -1,4 +1,5 @@
 import { ProbeTimeoutError } from '../errors.js';
+import type { Timer } from '../internal/promises.js';
 
 /**
  * The liveness watchdog: decides when a running operation has lost its engine.
@@ -64,7 +65,7 @@ export class Watchdog<S extends WatchedSubject> {
   readonly settings: WatchdogSettings;
   readonly #hooks: WatchdogHooks<S>;
   #watched = 0;
-  #timer: NodeJS.Timeout | undefined = undefined;
+  #timer: Timer | undefined = undefined;
   #timerDue = 0;
   #timerDueWall = 0;
 

@@ -1,6 +1,7 @@
 import { lockChannels } from '../diagnostics.js';
 import { DeadlockError, LockTimeoutError, QueueFullError } from '../errors.js';
 import { heldBy, runHolding } from '../internal/context.js';
+import { isThenable, type Timer } from '../internal/promises.js';
 import { SignalFanout } from '../internal/signal-fanout.js';
 import {
   validateDuration,
@@ -10,8 +11,8 @@ import {
   validateOptionsObject,
   validateSignal,
 } from '../internal/validate.js';
+import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import { Lease, type LeaseHost, type LockMode } from './lease.js';
-import { type QueueNode, WaiterQueue } from './waiter-queue.js';
 
 /** Options of {@link RWLock}. */
 export interface RWLockOptions {
@@ -61,7 +62,7 @@ class Waiter implements QueueNode<Waiter> {
   queued = false;
   /** The signal it waits with, if any (watched through the lock's fan-out). */
   signal: AbortSignal | undefined = undefined;
-  timer: NodeJS.Timeout | undefined = undefined;
+  timer: Timer | undefined = undefined;
   readonly enqueuedAt: number;
 
   constructor(
@@ -75,15 +76,6 @@ class Waiter implements QueueNode<Waiter> {
 }
 
 const kCancel = Symbol('cancel');
-
-function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
-  return (
-    value instanceof Promise ||
-    (value !== null &&
-      (typeof value === 'object' || typeof value === 'function') &&
-      typeof (value as { then?: unknown }).then === 'function')
-  );
-}
 
 function onWaiterTimeout(waiter: Waiter, timeout: number): void {
   waiter.timer = undefined;

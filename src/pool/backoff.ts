@@ -1,4 +1,11 @@
-import type { ReconnectOptions } from '../guard/types.js';
+/** Reconnect options as the user gives them (validated by the guard's option parser). */
+export interface BackoffOptions {
+  initialDelay?: number | undefined;
+  maxDelay?: number | undefined;
+  factor?: number | undefined;
+  jitter?: number | undefined;
+  failFastAfter?: number | undefined;
+}
 
 /** Resolved reconnect settings. */
 export interface BackoffPolicy {
@@ -18,7 +25,7 @@ export const defaultBackoff: BackoffPolicy = {
 };
 
 /** Merges user options over the defaults (validation happens in the guard's option parser). */
-export function resolveBackoff(options: ReconnectOptions | undefined): BackoffPolicy {
+export function resolveBackoff(options: BackoffOptions | undefined): BackoffPolicy {
   return {
     initialDelay: options?.initialDelay ?? defaultBackoff.initialDelay,
     maxDelay: options?.maxDelay ?? defaultBackoff.maxDelay,

@@ -20,7 +20,8 @@ import {
   LockTimeoutError,
   ProbeTimeoutError,
 } from '../errors.js';
-import { type QueueNode, WaiterQueue } from '../lock/waiter-queue.js';
+import { bounded, type Timer } from '../internal/promises.js';
+import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import { type BackoffPolicy, backoffDelay } from './backoff.js';
 
 /** One engine handle and its bookkeeping. */
@@ -73,7 +74,7 @@ class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
   next: HandleWaiter<E> | null = null;
   queued = false;
   signal: AbortSignal | undefined = undefined;
-  timer: NodeJS.Timeout | undefined = undefined;
+  timer: Timer | undefined = undefined;
   constructor(
     readonly pool: HandlePool<E>,
     readonly resolve: (handle: Handle<E>) => void,
@@ -85,27 +86,6 @@ class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
 }
 
 const kGiveUp = Symbol('giveUp');
-
-/** Races `promise` against a timer; the loser is ignored. Never rejects with the timer. */
-function bounded<T>(
-  promise: Promise<T>,
-  ms: number,
-  timeoutError: () => Error,
-): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve({ ok: false, error: timeoutError() }), ms);
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve({ ok: true, value });
-      },
-      (error: unknown) => {
-        clearTimeout(timer);
-        resolve({ ok: false, error });
-      },
-    );
-  });
-}
 
 /** See the module documentation. */
 export class HandlePool<E> {
@@ -122,7 +102,7 @@ export class HandlePool<E> {
   #generation = 0;
   #failures = 0;
   #lastError: unknown = undefined;
-  #retryTimer: NodeJS.Timeout | undefined = undefined;
+  #retryTimer: Timer | undefined = undefined;
   #nextAttemptAt: number | undefined = undefined;
   #closed = false;
 
@@ -290,7 +270,7 @@ export class HandlePool<E> {
     );
     return new Promise<Handle<E>>((resolve, reject) => {
       let waiting = true;
-      let timer: NodeJS.Timeout | undefined;
+      let timer: Timer | undefined;
       const stopWaiting = (): void => {
         waiting = false;
         signal?.removeEventListener('abort', onAbort);

@@ -1,5 +1,6 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import type { Timer } from '../internal/promises.js';
 
 /** The only address a {@link FaultProxy} listens on. */
 const LOOPBACK = '127.0.0.1';
@@ -59,7 +60,7 @@ interface Direction {
   readonly queue: QueuedChunk[];
   /** Due time of the last queued chunk: later chunks are never delivered before it. */
   lastDue: number;
-  timer: NodeJS.Timeout | undefined;
+  timer: Timer | undefined;
   /** The source ended (FIN) or went away (RST/error) and the close is not yet propagated. */
   pendingClose: CloseKind | undefined;
   /** Delivery time of `pendingClose`, set when it can be scheduled. */

@@ -1,0 +1,60 @@
+/**
+ * Promise helpers shared by the lock, the pool and the guard. One copy of each, so a fix (a
+ * `then` getter that throws, a revoked Proxy) reaches every caller.
+ */
+
+/** A timer handle, typed without `@types/node` so the published declarations need none. */
+export type Timer = ReturnType<typeof setTimeout>;
+
+export function noop(): void {}
+
+/**
+ * True when `value` has a callable `then`. Reading `then` runs user code (a getter, a Proxy
+ * trap): anything that throws while looking counts as a thenable, so the caller goes down its
+ * asynchronous path and meets the same error when it calls `Promise.resolve(value)`.
+ */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  if (value instanceof Promise) return true;
+  if (value === null || (typeof value !== 'object' && typeof value !== 'function')) return false;
+  try {
+    return typeof (value as { then?: unknown }).then === 'function';
+  } catch {
+    return true;
+  }
+}
+
+/** Outcome of {@link bounded}. */
+export type Bounded<T> = { ok: true; value: T } | { ok: false; error: unknown };
+
+/**
+ * Races `promise` against a timer of `ms`; never rejects. On timeout the result is
+ * `{ ok: false, error: timeoutError() }` and the promise's own outcome is ignored.
+ */
+export function bounded<T>(
+  promise: PromiseLike<T>,
+  ms: number,
+  timeoutError: () => unknown,
+): Promise<Bounded<T>> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ ok: false, error: timeoutError() }), ms);
+    Promise.resolve(promise).then(
+      (value) => {
+        clearTimeout(timer);
+        resolve({ ok: true, value });
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        resolve({ ok: false, error });
+      },
+    );
+  });
+}
+
+/** Calls `fn` and turns whatever it does (a value, a throw, a thenable) into a promise. */
+export function attempt<T>(fn: () => T | PromiseLike<T>): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
