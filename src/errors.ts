@@ -20,10 +20,65 @@ export type EngineGuardErrorCode =
   | 'ERR_PROBE_TIMEOUT'
   | 'ERR_HOOK_TIMEOUT';
 
-/** Base class of every error engine-guard throws. */
+/**
+ * Marks every engine-guard error, whichever copy of the package made it. `Symbol.for` is shared
+ * across realms and module instances, so an app that loads both the ESM and the CJS build (or two
+ * copies in `node_modules`) still gets `instanceof` right, as undici does for its errors.
+ */
+const kBrand = Symbol.for('engine-guard.error');
+/** The stable code of each error class, for the cross-build `instanceof` check. */
+const classCodes = new WeakMap<Function, EngineGuardErrorCode>();
+
+/**
+ * Base class of every error engine-guard throws.
+ *
+ * `instanceof` works across the ESM and CJS builds: an error made by one build is an instance of
+ * the same-named class of the other (matched by its stable `code`).
+ */
 export abstract class EngineGuardError extends Error {
   /** Stable machine-readable code, e.g. `ERR_LOCK_TIMEOUT`. */
   abstract readonly code: EngineGuardErrorCode;
+
+  constructor(message?: string, options?: ErrorOptions) {
+    super(message, options);
+    Object.defineProperty(this, kBrand, { value: true });
+  }
+
+  /** Recognises errors of this class made by any copy of engine-guard (ESM or CJS build). */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    if (typeof value !== 'object' || value === null) return false;
+    if ((value as Record<symbol, unknown>)[kBrand] !== true) return false;
+    if (this === EngineGuardError) return true;
+    const code = classCodes.get(this);
+    return code !== undefined && (value as { code?: unknown }).code === code;
+  }
+}
+
+/** One op a queued op was waiting for when it gave up (see {@link LockTimeoutError.waitingFor}). */
+export interface BlockingOp {
+  /** Id of the op within its guard. */
+  readonly id: number;
+  readonly kind: 'read' | 'write';
+  readonly label: string | undefined;
+  /** How long it had been running, ms. */
+  readonly ageMs: number;
+}
+
+function describeBlockers(blockers: readonly BlockingOp[]): string {
+  if (blockers.length === 0) return '';
+  const shown = blockers.slice(0, 3).map((b) => {
+    const name = b.label === undefined ? '' : ` "${b.label}"`;
+    return `${b.kind} #${b.id}${name} (running ${formatAge(b.ageMs)})`;
+  });
+  const more = blockers.length > 3 ? ` and ${blockers.length - 3} more` : '';
+  return `; it was waiting for ${shown.join(', ')}${more}`;
+}
+
+function formatAge(ms: number): string {
+  if (ms < 1_000) return `${Math.round(ms)} ms`;
+  if (ms < 120_000) return `${(ms / 1_000).toFixed(1)} s`;
+  return `${Math.round(ms / 60_000)} min`;
 }
 
 /** A waiter's `timeout` elapsed before it was granted the lock. The lease was never held. */
@@ -34,14 +89,25 @@ export class LockTimeoutError extends EngineGuardError {
   readonly timeout: number;
   /** Name of the lock or guard that timed out, when it has one. */
   readonly lockName: string | undefined;
+  /**
+   * The running ops the waiter was waiting for when it gave up, oldest first (filled in by an
+   * {@link EngineGuard}; empty for a bare lock).
+   */
+  readonly waitingFor: readonly BlockingOp[];
 
-  constructor(timeout: number, lockName?: string, options?: ErrorOptions) {
+  constructor(
+    timeout: number,
+    lockName?: string,
+    options?: ErrorOptions & { waitingFor?: readonly BlockingOp[] | undefined },
+  ) {
+    const waitingFor = options?.waitingFor ?? [];
     super(
-      `Timed out after ${timeout} ms waiting for ${lockName ? `lock "${lockName}"` : 'the lock'}`,
-      options,
+      `Timed out after ${timeout} ms waiting for ${lockName ? `lock "${lockName}"` : 'the lock'}${describeBlockers(waitingFor)}`,
+      options?.cause === undefined ? undefined : { cause: options.cause },
     );
     this.timeout = timeout;
     this.lockName = lockName;
+    this.waitingFor = waitingFor;
   }
 }
 
@@ -52,6 +118,13 @@ export class LockTimeoutError extends EngineGuardError {
 export class DeadlockError extends EngineGuardError {
   override readonly name = 'DeadlockError';
   readonly code = 'ERR_DEADLOCK';
+  /** Name of the lock or guard, when it has one. */
+  readonly lockName: string | undefined;
+
+  constructor(message: string, lockName?: string) {
+    super(message);
+    this.lockName = lockName;
+  }
 }
 
 /** The wait queue is at its `maxQueue` bound; the request was not queued. */
@@ -60,12 +133,15 @@ export class QueueFullError extends EngineGuardError {
   readonly code = 'ERR_QUEUE_FULL';
   /** The configured bound. */
   readonly maxQueue: number;
+  /** Name of the lock or guard, when it has one. */
+  readonly lockName: string | undefined;
 
   constructor(maxQueue: number, lockName?: string) {
     super(
       `Queue of ${lockName ? `lock "${lockName}"` : 'the lock'} is full (maxQueue ${maxQueue})`,
     );
     this.maxQueue = maxQueue;
+    this.lockName = lockName;
   }
 }
 
@@ -102,8 +178,11 @@ export class EngineStalledError extends EngineGuardError {
   readonly generation: number;
   /** Consecutive failed probes that convicted it. */
   readonly probeFailures: number;
+  /** Name of the guard, when it has one. */
+  readonly guardName: string | undefined;
 
   constructor(info: {
+    guardName?: string | undefined;
     kind: 'read' | 'write';
     opId: number;
     label?: string | undefined;
@@ -122,6 +201,7 @@ export class EngineStalledError extends EngineGuardError {
     this.label = info.label;
     this.generation = info.generation;
     this.probeFailures = info.probeFailures;
+    this.guardName = info.guardName;
   }
 }
 
@@ -136,14 +216,17 @@ export class EngineUnavailableError extends EngineGuardError {
   readonly attempts: number;
   /** Epoch ms of the next reconnect attempt, when one is scheduled. */
   readonly retryAt: number | undefined;
+  /** Name of the guard, when it has one. */
+  readonly guardName: string | undefined;
 
-  constructor(attempts: number, cause: unknown, retryAt?: number) {
+  constructor(attempts: number, cause: unknown, retryAt?: number, guardName?: string) {
     super(
-      `Engine unavailable after ${attempts} failed attempt${attempts === 1 ? '' : 's'} to connect${cause instanceof Error ? `: ${cause.message}` : ''}`,
+      `Engine${guardName ? ` of guard "${guardName}"` : ''} unavailable after ${attempts} failed attempt${attempts === 1 ? '' : 's'} to connect${cause instanceof Error ? `: ${cause.message}` : ''}`,
       { cause },
     );
     this.attempts = attempts;
     this.retryAt = retryAt;
+    this.guardName = guardName;
   }
 }
 
@@ -151,9 +234,12 @@ export class EngineUnavailableError extends EngineGuardError {
 export class GuardClosedError extends EngineGuardError {
   override readonly name = 'GuardClosedError';
   readonly code = 'ERR_GUARD_CLOSED';
+  /** Name of the guard, when it has one. */
+  readonly guardName: string | undefined;
 
   constructor(guardName?: string) {
     super(`Engine guard${guardName ? ` "${guardName}"` : ''} is closed`);
+    this.guardName = guardName;
   }
 }
 
@@ -188,4 +274,18 @@ export class HookTimeoutError extends EngineGuardError {
     this.hook = hook;
     this.timeout = timeout;
   }
+}
+
+for (const [cls, code] of [
+  [LockTimeoutError, 'ERR_LOCK_TIMEOUT'],
+  [DeadlockError, 'ERR_DEADLOCK'],
+  [QueueFullError, 'ERR_QUEUE_FULL'],
+  [LeaseRevokedError, 'ERR_LEASE_REVOKED'],
+  [EngineStalledError, 'ERR_ENGINE_STALLED'],
+  [EngineUnavailableError, 'ERR_ENGINE_UNAVAILABLE'],
+  [GuardClosedError, 'ERR_GUARD_CLOSED'],
+  [ProbeTimeoutError, 'ERR_PROBE_TIMEOUT'],
+  [HookTimeoutError, 'ERR_HOOK_TIMEOUT'],
+] as const) {
+  classCodes.set(cls, code);
 }

@@ -545,6 +545,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       return Promise.reject(
         new DeadlockError(
           `Cannot run a write on ${this.#describe()} inside one of its reads (op ${outer.id}): it would wait for itself`,
+          this.name,
         ),
       );
     }
@@ -788,6 +789,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (op.phase !== 'running') return;
     this.#counters.stalls++;
     const error = new EngineStalledError({
+      guardName: this.name,
       kind: op.kind,
       opId: op.id,
       label: op.label,

@@ -262,6 +262,7 @@ export class RWLock implements LeaseHost {
       return Promise.reject(
         new DeadlockError(
           `Cannot acquire a write lease on ${this.#describe()} while holding a read lease on it in the same async context`,
+          this.name,
         ),
       );
     }

@@ -151,7 +151,12 @@ export class HandlePool<E> {
 
   /** The error a caller gets when it gives up, or is refused, while the engine is failing. */
   unavailableError(): EngineUnavailableError {
-    return new EngineUnavailableError(this.#failures, this.#lastError, this.#nextAttemptAt);
+    return new EngineUnavailableError(
+      this.#failures,
+      this.#lastError,
+      this.#nextAttemptAt,
+      this.settings.name,
+    );
   }
 
   /**
