@@ -29,7 +29,7 @@ describe('errors', () => {
     const lookalike = Object.assign(new Error('x'), { code: 'ERR_LOCK_TIMEOUT' });
     expect(lookalike instanceof LockTimeoutError).toBe(false);
     expect(lookalike instanceof EngineGuardError).toBe(false);
-    expect(null instanceof EngineGuardError).toBe(false);
+    expect((null as unknown as object) instanceof EngineGuardError).toBe(false);
   });
 
   it('a subclass made by a user keeps ordinary instanceof semantics', () => {
