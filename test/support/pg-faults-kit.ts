@@ -28,8 +28,14 @@ export const LIVENESS = { interval: 250, timeout: 250, failures: 2 } as const;
 /** interval × failures + timeout */
 export const BOUND = LIVENESS.interval * LIVENESS.failures + LIVENESS.timeout;
 export const MARGIN = 3_000;
-/** A status() call must answer at once, whatever the engine does. */
-export const STATUS_MAX_MS = 5;
+/**
+ * A status() call must answer at once, whatever the engine does. status() is synchronous, so it
+ * cannot wait on the engine at all; what the samplers prove is that it kept answering (many
+ * samples) while a handle was wedged. This bound only catches a call that does real work per
+ * sample; a single sample on a shared 2-core machine can take a few ms of GC or preemption
+ * (6.6 ms seen under load), so the bound is generous. Its speed is measured in `npm run bench`.
+ */
+export const STATUS_MAX_MS = 50;
 export const TEST_TIMEOUT = 30_000;
 
 /** Everything a test opens, closed when it finishes, whatever happens. */
