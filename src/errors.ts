@@ -46,11 +46,14 @@ export abstract class EngineGuardError extends Error {
 
   /** Recognises errors of this class made by any copy of engine-guard (ESM or CJS build). */
   static override [Symbol.hasInstance](value: unknown): boolean {
-    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    // `this` is whichever class stands right of `instanceof`: a subclass, not always this one.
+    // biome-ignore lint/complexity/noThisInStatic: see above
+    const target: Function = this;
+    if (Function.prototype[Symbol.hasInstance].call(target, value)) return true;
     if (typeof value !== 'object' || value === null) return false;
     if ((value as Record<symbol, unknown>)[kBrand] !== true) return false;
-    if (this === EngineGuardError) return true;
-    const code = classCodes.get(this);
+    if (target === EngineGuardError) return true;
+    const code = classCodes.get(target);
     return code !== undefined && (value as { code?: unknown }).code === code;
   }
 }
