@@ -34,7 +34,7 @@ export type {
   RunningOpStatus,
   Subscription,
 } from './guard/types.js';
-export { Lease, type LockMode } from './lock/lease.js';
+export type { Lease, LockMode } from './lock/lease.js';
 export {
   type AcquireOptions,
   RWLock,

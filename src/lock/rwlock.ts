@@ -12,7 +12,7 @@ import {
   validateSignal,
 } from '../internal/validate.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
-import { Lease, type LeaseHost, type LockMode } from './lease.js';
+import { HeldLease, type Lease, type LockMode, type ReturnHold } from './lease.js';
 
 /** Options of {@link RWLock}. */
 export interface RWLockOptions {
@@ -66,20 +66,12 @@ class Waiter implements QueueNode<Waiter> {
   readonly enqueuedAt: number;
 
   constructor(
-    readonly lock: RWLock,
     readonly mode: LockMode,
-    readonly resolve: (lease: Lease) => void,
+    readonly resolve: (lease: HeldLease) => void,
     readonly reject: (reason: unknown) => void,
   ) {
     this.enqueuedAt = lockChannels.acquire.hasSubscribers ? performance.now() : 0;
   }
-}
-
-const kCancel = Symbol('cancel');
-
-function onWaiterTimeout(waiter: Waiter, timeout: number): void {
-  waiter.timer = undefined;
-  waiter.lock[kCancel](waiter, new LockTimeoutError(timeout, waiter.lock.name));
 }
 
 /**
@@ -106,7 +98,7 @@ function onWaiterTimeout(waiter: Waiter, timeout: number): void {
  * await lock.write(() => db.exec('create table t(x int)'));
  * ```
  */
-export class RWLock implements LeaseHost {
+export class RWLock {
   /** Name given at construction, used in messages and diagnostics. */
   readonly name: string | undefined;
   readonly #maxQueue: number;
@@ -120,6 +112,13 @@ export class RWLock implements LeaseHost {
   #writing = false;
   #queuedReaders = 0;
   #queuedWriters = 0;
+  // Per lock, not per call: how leases give their hold back and how a waiter's timer fires,
+  // without a method on the class that user code could call.
+  readonly #returnHold: ReturnHold = (lease) => this.#release(lease.mode);
+  readonly #onTimeout = (waiter: Waiter, timeout: number): void => {
+    waiter.timer = undefined;
+    this.#cancel(waiter, new LockTimeoutError(timeout, this.name));
+  };
 
   constructor(options: RWLockOptions = {}) {
     validateOptionsObject(options);
@@ -143,6 +142,10 @@ export class RWLock implements LeaseHost {
    * nobody is queued, and `maxReaders` is not reached. Never joins a held lease.
    */
   tryAcquireRead(): Lease | null {
+    return this.#tryRead();
+  }
+
+  #tryRead(): HeldLease | null {
     if (this.#writing || this.#queue.size > 0 || this.#readers >= this.#maxReaders) return null;
     this.#readers++;
     return this.#granted('read', 0);
@@ -150,6 +153,10 @@ export class RWLock implements LeaseHost {
 
   /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. Never joins. */
   tryAcquireWrite(): Lease | null {
+    return this.#tryWrite();
+  }
+
+  #tryWrite(): HeldLease | null {
     if (this.#writing || this.#readers > 0 || this.#queue.size > 0) return null;
     this.#writing = true;
     return this.#granted('write', 0);
@@ -195,12 +202,16 @@ export class RWLock implements LeaseHost {
 
   /** The lease held by the current async context through `read(fn)`/`write(fn)`, if any. */
   heldLease(): Lease | undefined {
-    const held = heldBy<Lease>(this);
+    return this.#held();
+  }
+
+  #held(): HeldLease | undefined {
+    const held = heldBy<HeldLease>(this);
     return held === undefined || held.released ? undefined : held;
   }
 
-  /** @internal Called by a lease when it is released or revoked. */
-  releaseLease(mode: LockMode): void {
+  /** A lease gave its hold back (release or revoke). */
+  #release(mode: LockMode): void {
     if (mode === 'read') {
       this.#readers--;
       // Still shared by others and not at the reader cap: nobody queued can be admitted.
@@ -227,8 +238,8 @@ export class RWLock implements LeaseHost {
     }
   }
 
-  /** @internal Removes a waiter that gave up (abort or timeout) and wakes whom it blocked. */
-  [kCancel](waiter: Waiter, reason: unknown): void {
+  /** Removes a waiter that gave up (abort or timeout) and wakes whom it blocked. */
+  #cancel(waiter: Waiter, reason: unknown): void {
     if (!waiter.queued) return;
     this.#dequeue(waiter);
     this.#publishCancel(waiter.mode, reason);
@@ -252,12 +263,17 @@ export class RWLock implements LeaseHost {
     validateOptionsObject(options);
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
-    const held = this.heldLease();
-    if (held !== undefined) return this.#join(held, mode);
+    const held = this.#held();
+    if (held !== undefined) return this.#join(held, mode, signal);
     return this.#enqueue(mode, signal, timeout);
   }
 
-  #join(held: Lease, mode: LockMode): Promise<Lease> {
+  #join(held: HeldLease, mode: LockMode, signal: AbortSignal | undefined): Promise<HeldLease> {
+    // Joining never waits, but a caller that already gave up must not get a lease either.
+    if (signal?.aborted) {
+      this.#publishCancel(mode, signal.reason);
+      return Promise.reject(signal.reason);
+    }
     if (mode === 'write' && held.mode === 'read') {
       return Promise.reject(
         new DeadlockError(
@@ -266,19 +282,19 @@ export class RWLock implements LeaseHost {
         ),
       );
     }
-    return Promise.resolve(held.join());
+    return Promise.resolve(HeldLease.joining(held));
   }
 
   #enqueue(
     mode: LockMode,
     signal: AbortSignal | undefined,
     timeout: number | undefined,
-  ): Promise<Lease> {
+  ): Promise<HeldLease> {
     if (signal?.aborted) {
       this.#publishCancel(mode, signal.reason);
       return Promise.reject(signal.reason);
     }
-    const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
+    const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
     if (lease !== null) return Promise.resolve(lease);
     if (timeout === 0) {
       const error = new LockTimeoutError(0, this.name);
@@ -286,11 +302,12 @@ export class RWLock implements LeaseHost {
       return Promise.reject(error);
     }
     if (this.#queue.size >= this.#maxQueue) {
-      this.#publishCancel(mode, 'queue-full');
-      return Promise.reject(new QueueFullError(this.#maxQueue, this.name));
+      const error = new QueueFullError(this.#maxQueue, this.name);
+      this.#publishCancel(mode, error);
+      return Promise.reject(error);
     }
-    return new Promise<Lease>((resolve, reject) => {
-      const waiter = new Waiter(this, mode, resolve, reject);
+    return new Promise<HeldLease>((resolve, reject) => {
+      const waiter = new Waiter(mode, resolve, reject);
       this.#queue.push(waiter);
       if (mode === 'read') this.#queuedReaders++;
       else this.#queuedWriters++;
@@ -299,7 +316,7 @@ export class RWLock implements LeaseHost {
         this.#signals.add(signal, waiter);
       }
       if (timeout !== undefined) {
-        waiter.timer = setTimeout(onWaiterTimeout, timeout, waiter, timeout);
+        waiter.timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
       }
     });
   }
@@ -345,7 +362,7 @@ export class RWLock implements LeaseHost {
     }
   }
 
-  #granted(mode: LockMode, enqueuedAt: number): Lease {
+  #granted(mode: LockMode, enqueuedAt: number): HeldLease {
     if (lockChannels.acquire.hasSubscribers) {
       lockChannels.acquire.publish({
         lock: this.name,
@@ -354,7 +371,7 @@ export class RWLock implements LeaseHost {
         waitedMs: enqueuedAt === 0 ? 0 : performance.now() - enqueuedAt,
       });
     }
-    return new Lease(this, mode);
+    return new HeldLease(this.#returnHold, mode, 0);
   }
 
   #run<T>(
@@ -367,10 +384,10 @@ export class RWLock implements LeaseHost {
     validateOptionsObject(options);
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
-    const held = this.heldLease();
-    if (held !== undefined) return this.#runJoined(held, mode, fn);
+    const held = this.#held();
+    if (held !== undefined) return this.#runJoined(held, mode, fn, signal);
     if (signal === undefined || !signal.aborted) {
-      const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
+      const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
       if (lease !== null) return this.#runHeld(lease, fn);
     }
     return this.#enqueue(mode, signal, timeout).then((lease) => {
@@ -385,11 +402,12 @@ export class RWLock implements LeaseHost {
 
   /** Nested call in a context that holds this lock: share the outer hold. */
   async #runJoined<T>(
-    held: Lease,
+    held: HeldLease,
     mode: LockMode,
     fn: (lease: Lease) => T | PromiseLike<T>,
+    signal: AbortSignal | undefined,
   ): Promise<Awaited<T>> {
-    const joined = await this.#join(held, mode);
+    const joined = await this.#join(held, mode, signal);
     try {
       return await fn(joined);
     } finally {
