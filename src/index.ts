@@ -37,6 +37,8 @@ export type {
 export type { Lease, LockMode } from './lock/lease.js';
 export {
   type AcquireOptions,
+  DEFAULT_BYPASS_AFTER,
+  type Fairness,
   RWLock,
   type RWLockOptions,
   type RWLockState,

@@ -6,10 +6,7 @@
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { describe, expect, it } from 'vitest';
 import { channelNames, type Lease, QueueFullError, RWLock } from '../../src/index.js';
-
-async function flush(): Promise<void> {
-  for (let i = 0; i < 10; i++) await Promise.resolve();
-}
+import { flush } from './support.js';
 
 function revokedProxy(): object {
   const { proxy, revoke } = Proxy.revocable({}, {});
