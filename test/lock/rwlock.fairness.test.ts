@@ -274,6 +274,35 @@ describe('RWLock fairness: the bypass window', () => {
   });
 });
 
+describe('RWLock fairness: aborts racing the bypass', () => {
+  it('never grants a passing reader whose signal fired before the lock heard of it', async () => {
+    const { lock, run } = harness({ maxReaders: 2 });
+    run('read', 5_000);
+    const write = run('write', 5);
+    await vi.advanceTimersByTimeAsync(150); // bypass open
+    const passer = await lock.acquireRead(); // takes the last slot
+    const controller = new AbortController();
+    const reason = new Error('caller left');
+    // Registered before the lock's own listener: frees a slot while the abort is under way.
+    controller.signal.addEventListener('abort', () => passer.release());
+    const queued = lock.acquireRead({ signal: controller.signal });
+    const outcome = queued.then(
+      (lease) => {
+        lease.release();
+        return 'granted';
+      },
+      (error: unknown) => error,
+    );
+    await flush();
+    expect(lock.state).toMatchObject({ readers: 2, queuedReaders: 1, bypassing: true });
+    controller.abort(reason);
+    await expect(outcome).resolves.toBe(reason);
+    expect(lock.state).toMatchObject({ readers: 1, queuedReaders: 0, bypassing: true });
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(write.granted).toBe(5_000);
+  });
+});
+
 describe('RWLock fairness: cancelling the waiting writer', () => {
   it('aborting it while patient wakes the readers queued behind it in the same turn', async () => {
     const { lock, run } = harness();
