@@ -34,9 +34,11 @@ export type {
   RunningOpStatus,
   Subscription,
 } from './guard/types.js';
-export { Lease, type LockMode } from './lock/lease.js';
+export type { Lease, LockMode } from './lock/lease.js';
 export {
   type AcquireOptions,
+  DEFAULT_BYPASS_AFTER,
+  type Fairness,
   RWLock,
   type RWLockOptions,
   type RWLockState,

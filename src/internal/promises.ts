@@ -9,15 +9,15 @@ export type Timer = ReturnType<typeof setTimeout>;
 export function noop(): void {}
 
 /**
- * True when `value` has a callable `then`. Reading `then` runs user code (a getter, a Proxy
- * trap): anything that throws while looking counts as a thenable, so the caller goes down its
- * asynchronous path and meets the same error when it calls `Promise.resolve(value)`.
+ * True when `value` has a callable `then`. Looking runs user code (a `then` getter, a Proxy
+ * trap, a revoked Proxy's `getPrototypeOf` under `instanceof`): anything that throws while
+ * looking counts as a thenable, so the caller goes down its asynchronous path and meets the same
+ * error when it calls `Promise.resolve(value)`.
  */
 export function isThenable(value: unknown): value is PromiseLike<unknown> {
-  if (value instanceof Promise) return true;
   if (value === null || (typeof value !== 'object' && typeof value !== 'function')) return false;
   try {
-    return typeof (value as { then?: unknown }).then === 'function';
+    return value instanceof Promise || typeof (value as { then?: unknown }).then === 'function';
   } catch {
     return true;
   }

@@ -12,7 +12,20 @@ import {
   validateSignal,
 } from '../internal/validate.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
-import { Lease, type LeaseHost, type LockMode } from './lease.js';
+import { HeldLease, type Lease, type LockMode, type ReturnHold } from './lease.js';
+import { WriterPatience } from './patience.js';
+
+/**
+ * How an {@link RWLock} orders readers and writers (see the class documentation):
+ * - `'no-convoy'` (default): FIFO phases, except that a writer which has waited `bypassAfter` ms
+ *   for reads that are still running lets readers pass it until those reads end.
+ * - `'fifo'`: strict FIFO phases; a queued writer holds back every later reader for as long as
+ *   it waits, however long the reads ahead of it run.
+ */
+export type Fairness = 'no-convoy' | 'fifo';
+
+/** Default of {@link RWLockOptions.bypassAfter}, in ms. */
+export const DEFAULT_BYPASS_AFTER = 100;
 
 /** Options of {@link RWLock}. */
 export interface RWLockOptions {
@@ -29,6 +42,15 @@ export interface RWLockOptions {
    * engine guard sets it to its pool size). Default: `Infinity`.
    */
   maxReaders?: number | undefined;
+  /** Order of service; see {@link Fairness}. Default: `'no-convoy'`. */
+  fairness?: Fairness | undefined;
+  /**
+   * With `fairness: 'no-convoy'`: how many ms a writer at the head of the queue holds back later
+   * readers while it waits for running reads. Past that, while any read that was running when
+   * it started waiting still runs, readers pass it. It is the longest a read waits behind a
+   * writer that is itself waiting for long reads. A finite number >= 0. Default: 100.
+   */
+  bypassAfter?: number | undefined;
 }
 
 /** Options of one acquisition. */
@@ -53,6 +75,11 @@ export interface RWLockState {
   queuedReaders: number;
   /** Writers waiting in the queue. */
   queuedWriters: number;
+  /**
+   * True while readers pass the writer at the head of the queue: it has waited `bypassAfter` ms
+   * for reads that still run (`fairness: 'no-convoy'` only).
+   */
+  bypassing: boolean;
 }
 
 /** A queued request. */
@@ -66,33 +93,57 @@ class Waiter implements QueueNode<Waiter> {
   readonly enqueuedAt: number;
 
   constructor(
-    readonly lock: RWLock,
     readonly mode: LockMode,
-    readonly resolve: (lease: Lease) => void,
+    /** Arrival order across both queues. */
+    readonly seq: number,
+    readonly resolve: (lease: HeldLease) => void,
     readonly reject: (reason: unknown) => void,
   ) {
     this.enqueuedAt = lockChannels.acquire.hasSubscribers ? performance.now() : 0;
   }
 }
 
-const kCancel = Symbol('cancel');
-
-function onWaiterTimeout(waiter: Waiter, timeout: number): void {
-  waiter.timer = undefined;
-  waiter.lock[kCancel](waiter, new LockTimeoutError(timeout, waiter.lock.name));
+function validateFairness(value: unknown): Fairness {
+  if (value === undefined) return 'no-convoy';
+  if (value !== 'no-convoy' && value !== 'fifo') {
+    throw new (typeof value === 'string' ? RangeError : TypeError)(
+      `The "fairness" option must be 'no-convoy' or 'fifo', got ${typeof value === 'string' ? `"${value}"` : typeof value}`,
+    );
+  }
+  return value;
 }
 
 /**
  * A fair, abortable reader/writer lock for async code.
  *
+ * Order of service. Waiters queue in arrival order, and the queue is served in phases: the
+ * readers at its head enter together (up to `maxReaders`); a writer at its head enters alone
+ * once the lock is free. Writers are always served in arrival order. With the default
+ * `fairness: 'no-convoy'`, one exception keeps a long read and a queued write from stalling
+ * everyone else: a writer at the head that waits only for reads
+ * - holds back every reader that arrives after it for `bypassAfter` ms (its patience), so under
+ *   a stream of short reads it enters as soon as the reads it found running end;
+ * - then, while any read that was running when it reached the head still runs, lets queued and
+ *   newly arriving readers pass it (up to `maxReaders`): `state.bypassing` is true;
+ * - once the last of those reads ends, holds back later readers again and enters as soon as the
+ *   reads admitted during the bypass have ended.
+ * So a writer that reaches the head at `t0` enters by `t0 + L` when `L <= bypassAfter`, and by
+ * `t0 + L + D` otherwise, where `L` is the longest remaining time of the reads running at `t0`
+ * and `D` the longest read admitted during the bypass. A reader waits behind such a writer at
+ * most `bypassAfter` ms, unless the writer enters first. `fairness: 'fifo'` turns the
+ * exception off: strict FIFO phases, where a queued writer holds back later readers for as long
+ * as it waits.
+ *
  * Invariants:
- * - A write lease is never held together with any other lease.
- * - Waiters are served in arrival order, in phases: consecutive queued readers enter together;
- *   a queued writer waits for the readers ahead of it to leave and blocks every reader that
- *   arrives after it. Neither writers nor readers starve.
- * - A newcomer is granted at once only when compatible with the holders AND nobody is queued.
+ * - A write lease is never held together with any other lease; at most `maxReaders` read leases
+ *   are held at once.
+ * - Neither writers nor readers starve: every waiter is served, or leaves by abort or timeout.
+ * - A newcomer is granted at once only when it would be granted if it queued: compatible with
+ *   the holders and nobody queued, or, for a reader, while the bypass is open and no reader
+ *   waits.
  * - An aborted or timed-out waiter leaves the queue in O(1), and whoever it was blocking is
- *   granted in the same turn. Its abort listener and timer are removed when it settles.
+ *   granted in the same turn. Its abort listener and timer are removed when it settles; the one
+ *   patience timer of the lock is removed when the writer it counts for is granted or leaves.
  * - `timeout` bounds the wait, never the hold.
  * - Inside `read(fn)` / `write(fn)`, a nested call on the same lock in the same async context
  *   joins the held lease (read in read, read in write, write in write). Write in read rejects at
@@ -106,26 +157,43 @@ function onWaiterTimeout(waiter: Waiter, timeout: number): void {
  * await lock.write(() => db.exec('create table t(x int)'));
  * ```
  */
-export class RWLock implements LeaseHost {
+export class RWLock {
   /** Name given at construction, used in messages and diagnostics. */
   readonly name: string | undefined;
   readonly #maxQueue: number;
   readonly #maxReaders: number;
-  readonly #queue = new WaiterQueue<Waiter>();
+  /** Undefined with `fairness: 'fifo'`. */
+  readonly #patience: WriterPatience<Waiter> | undefined;
+  // Two queues, ordered against each other by `seq`: the bypass can then reach the first queued
+  // reader behind any number of queued writers in O(1).
+  readonly #reads = new WaiterQueue<Waiter>();
+  readonly #writes = new WaiterQueue<Waiter>();
+  #seq = 0;
   // One listener per signal however many waiters share it (see SignalFanout).
   readonly #signals = new SignalFanout<Waiter>((waiters, reason) =>
     this.#abortAll(waiters, reason),
   );
   #readers = 0;
   #writing = false;
-  #queuedReaders = 0;
-  #queuedWriters = 0;
+  // Per lock, not per call: how leases give their hold back and how a waiter's timer fires,
+  // without a method on the class that user code could call.
+  readonly #returnHold: ReturnHold = (lease) => this.#release(lease);
+  readonly #onTimeout = (waiter: Waiter, timeout: number): void => {
+    waiter.timer = undefined;
+    this.#cancel(waiter, new LockTimeoutError(timeout, this.name));
+  };
 
+  /** @throws TypeError | RangeError at the call, on invalid options, naming the option. */
   constructor(options: RWLockOptions = {}) {
     validateOptionsObject(options);
     this.name = validateOptionalString(options.name, 'name');
     this.#maxQueue = validateInteger(options.maxQueue, 'maxQueue', 0, true) ?? Infinity;
     this.#maxReaders = validateInteger(options.maxReaders, 'maxReaders', 1, true) ?? Infinity;
+    const fairness = validateFairness(options.fairness);
+    const bypassAfter =
+      validateDuration(options.bypassAfter, 'bypassAfter') ?? DEFAULT_BYPASS_AFTER;
+    this.#patience =
+      fairness === 'fifo' ? undefined : new WriterPatience(bypassAfter, () => this.#drain());
   }
 
   /** Current holders and waiters. Synchronous; never blocks. */
@@ -133,24 +201,42 @@ export class RWLock implements LeaseHost {
     return {
       readers: this.#readers,
       writing: this.#writing,
-      queuedReaders: this.#queuedReaders,
-      queuedWriters: this.#queuedWriters,
+      queuedReaders: this.#reads.size,
+      queuedWriters: this.#writes.size,
+      bypassing: this.#patience?.bypassing === true,
     };
   }
 
   /**
-   * Takes a shared lease if one can be had right now, else `null`: no writer holds the lock,
-   * nobody is queued, and `maxReaders` is not reached. Never joins a held lease.
+   * Takes a shared lease if one can be had right now, else `null`: exactly when a reader that
+   * queued now would be granted at once (see the class documentation). Never joins a held lease.
    */
   tryAcquireRead(): Lease | null {
-    if (this.#writing || this.#queue.size > 0 || this.#readers >= this.#maxReaders) return null;
+    return this.#tryRead();
+  }
+
+  #tryRead(): HeldLease | null {
+    if (
+      this.#writing ||
+      this.#readers >= this.#maxReaders ||
+      this.#reads.size > 0 ||
+      (this.#writes.size > 0 && this.#patience?.bypassing !== true)
+    ) {
+      return null;
+    }
     this.#readers++;
     return this.#granted('read', 0);
   }
 
   /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. Never joins. */
   tryAcquireWrite(): Lease | null {
-    if (this.#writing || this.#readers > 0 || this.#queue.size > 0) return null;
+    return this.#tryWrite();
+  }
+
+  #tryWrite(): HeldLease | null {
+    if (this.#writing || this.#readers > 0 || this.#reads.size > 0 || this.#writes.size > 0) {
+      return null;
+    }
     this.#writing = true;
     return this.#granted('write', 0);
   }
@@ -195,14 +281,20 @@ export class RWLock implements LeaseHost {
 
   /** The lease held by the current async context through `read(fn)`/`write(fn)`, if any. */
   heldLease(): Lease | undefined {
-    const held = heldBy<Lease>(this);
+    return this.#held();
+  }
+
+  #held(): HeldLease | undefined {
+    const held = heldBy<HeldLease>(this);
     return held === undefined || held.released ? undefined : held;
   }
 
-  /** @internal Called by a lease when it is released or revoked. */
-  releaseLease(mode: LockMode): void {
+  /** A lease gave its hold back (release or revoke). */
+  #release(lease: HeldLease): void {
+    const mode = lease.mode;
     if (mode === 'read') {
       this.#readers--;
+      this.#patience?.readEnded(lease.epoch);
       // Still shared by others and not at the reader cap: nobody queued can be admitted.
       if (this.#readers > 0 && this.#readers + 1 < this.#maxReaders) {
         this.#publishRelease(mode);
@@ -227,8 +319,8 @@ export class RWLock implements LeaseHost {
     }
   }
 
-  /** @internal Removes a waiter that gave up (abort or timeout) and wakes whom it blocked. */
-  [kCancel](waiter: Waiter, reason: unknown): void {
+  /** Removes a waiter that gave up (abort or timeout) and wakes whom it blocked. */
+  #cancel(waiter: Waiter, reason: unknown): void {
     if (!waiter.queued) return;
     this.#dequeue(waiter);
     this.#publishCancel(waiter.mode, reason);
@@ -252,12 +344,17 @@ export class RWLock implements LeaseHost {
     validateOptionsObject(options);
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
-    const held = this.heldLease();
-    if (held !== undefined) return this.#join(held, mode);
+    const held = this.#held();
+    if (held !== undefined) return this.#join(held, mode, signal);
     return this.#enqueue(mode, signal, timeout);
   }
 
-  #join(held: Lease, mode: LockMode): Promise<Lease> {
+  #join(held: HeldLease, mode: LockMode, signal: AbortSignal | undefined): Promise<HeldLease> {
+    // Joining never waits, but a caller that already gave up must not get a lease either.
+    if (signal?.aborted) {
+      this.#publishCancel(mode, signal.reason);
+      return Promise.reject(signal.reason);
+    }
     if (mode === 'write' && held.mode === 'read') {
       return Promise.reject(
         new DeadlockError(
@@ -266,48 +363,65 @@ export class RWLock implements LeaseHost {
         ),
       );
     }
-    return Promise.resolve(held.join());
+    return Promise.resolve(HeldLease.joining(held));
   }
 
   #enqueue(
     mode: LockMode,
     signal: AbortSignal | undefined,
     timeout: number | undefined,
-  ): Promise<Lease> {
+  ): Promise<HeldLease> {
     if (signal?.aborted) {
       this.#publishCancel(mode, signal.reason);
       return Promise.reject(signal.reason);
     }
-    const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
+    const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
     if (lease !== null) return Promise.resolve(lease);
     if (timeout === 0) {
       const error = new LockTimeoutError(0, this.name);
       this.#publishCancel(mode, error);
       return Promise.reject(error);
     }
-    if (this.#queue.size >= this.#maxQueue) {
-      this.#publishCancel(mode, 'queue-full');
-      return Promise.reject(new QueueFullError(this.#maxQueue, this.name));
+    if (this.#reads.size + this.#writes.size >= this.#maxQueue) {
+      const error = new QueueFullError(this.#maxQueue, this.name);
+      this.#publishCancel(mode, error);
+      return Promise.reject(error);
     }
-    return new Promise<Lease>((resolve, reject) => {
-      const waiter = new Waiter(this, mode, resolve, reject);
-      this.#queue.push(waiter);
-      if (mode === 'read') this.#queuedReaders++;
-      else this.#queuedWriters++;
+    return new Promise<HeldLease>((resolve, reject) => {
+      const waiter = new Waiter(mode, this.#seq++, resolve, reject);
       if (signal !== undefined) {
         waiter.signal = signal;
         this.#signals.add(signal, waiter);
       }
       if (timeout !== undefined) {
-        waiter.timer = setTimeout(onWaiterTimeout, timeout, waiter, timeout);
+        waiter.timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
       }
+      if (mode === 'read') {
+        this.#reads.push(waiter);
+        return;
+      }
+      this.#writes.push(waiter);
+      // First in line and held by reads only: its patience starts now. (With bypassAfter 0 the
+      // bypass opens at once, but no reader is queued behind the newest waiter to admit.)
+      if (this.#readers > 0 && this.#head() === waiter)
+        this.#patience?.watch(waiter, this.#readers);
     });
   }
 
+  /** The waiter that arrived first, across both queues. */
+  #head(): Waiter | null {
+    const reader = this.#reads.head;
+    const writer = this.#writes.head;
+    if (reader === null) return writer;
+    return writer === null || reader.seq < writer.seq ? reader : writer;
+  }
+
   #dequeue(waiter: Waiter): void {
-    this.#queue.remove(waiter);
-    if (waiter.mode === 'read') this.#queuedReaders--;
-    else this.#queuedWriters--;
+    if (waiter.mode === 'read') this.#reads.remove(waiter);
+    else {
+      this.#writes.remove(waiter);
+      if (this.#patience?.watched === waiter) this.#patience.end();
+    }
     if (waiter.signal !== undefined) {
       this.#signals.remove(waiter.signal, waiter);
       waiter.signal = undefined;
@@ -318,34 +432,50 @@ export class RWLock implements LeaseHost {
     }
   }
 
-  /** Grants the head of the queue for as long as it is compatible with the holders. */
+  /**
+   * Its signal fired but the listener has not reached it yet (an abort listener that ran first
+   * released the lock): it gave up, so it is removed instead of granted.
+   */
+  #gaveUp(waiter: Waiter): boolean {
+    const signal = waiter.signal;
+    if (signal === undefined || !signal.aborted) return false;
+    this.#dequeue(waiter);
+    waiter.reject(signal.reason);
+    return true;
+  }
+
+  /** Grants waiters in order of service for as long as they are compatible with the holders. */
   #drain(): void {
     for (;;) {
-      const head = this.#queue.head;
+      const head = this.#head();
       if (head === null) return;
-      if (head.signal?.aborted) {
-        // Its signal fired but the listener has not reached it yet (an abort listener that
-        // runs first released the lock): it gave up, do not grant it.
-        const reason = head.signal.reason;
-        this.#dequeue(head);
-        head.reject(reason);
-        continue;
-      }
+      if (this.#gaveUp(head)) continue;
       if (head.mode === 'write') {
-        if (this.#writing || this.#readers > 0) return;
-        this.#dequeue(head);
-        this.#writing = true;
-        head.resolve(this.#granted('write', head.enqueuedAt));
+        if (this.#writing) return;
+        if (this.#readers === 0) {
+          this.#dequeue(head);
+          this.#writing = true;
+          head.resolve(this.#granted('write', head.enqueuedAt));
+          return;
+        }
+        // Waiting for reads only: patient, or bypassed.
+        const patience = this.#patience;
+        if (patience === undefined) return;
+        if (patience.watched !== head) patience.watch(head, this.#readers);
+        if (!patience.bypassing) return;
+      } else if (this.#writing) {
         return;
       }
-      if (this.#writing || this.#readers >= this.#maxReaders) return;
-      this.#dequeue(head);
+      const reader = this.#reads.head;
+      if (reader === null || this.#readers >= this.#maxReaders) return;
+      if (this.#gaveUp(reader)) continue;
+      this.#dequeue(reader);
       this.#readers++;
-      head.resolve(this.#granted('read', head.enqueuedAt));
+      reader.resolve(this.#granted('read', reader.enqueuedAt));
     }
   }
 
-  #granted(mode: LockMode, enqueuedAt: number): Lease {
+  #granted(mode: LockMode, enqueuedAt: number): HeldLease {
     if (lockChannels.acquire.hasSubscribers) {
       lockChannels.acquire.publish({
         lock: this.name,
@@ -354,7 +484,7 @@ export class RWLock implements LeaseHost {
         waitedMs: enqueuedAt === 0 ? 0 : performance.now() - enqueuedAt,
       });
     }
-    return new Lease(this, mode);
+    return new HeldLease(this.#returnHold, mode, this.#patience?.epoch ?? 0);
   }
 
   #run<T>(
@@ -367,10 +497,10 @@ export class RWLock implements LeaseHost {
     validateOptionsObject(options);
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
-    const held = this.heldLease();
-    if (held !== undefined) return this.#runJoined(held, mode, fn);
+    const held = this.#held();
+    if (held !== undefined) return this.#runJoined(held, mode, fn, signal);
     if (signal === undefined || !signal.aborted) {
-      const lease = mode === 'read' ? this.tryAcquireRead() : this.tryAcquireWrite();
+      const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
       if (lease !== null) return this.#runHeld(lease, fn);
     }
     return this.#enqueue(mode, signal, timeout).then((lease) => {
@@ -385,11 +515,12 @@ export class RWLock implements LeaseHost {
 
   /** Nested call in a context that holds this lock: share the outer hold. */
   async #runJoined<T>(
-    held: Lease,
+    held: HeldLease,
     mode: LockMode,
     fn: (lease: Lease) => T | PromiseLike<T>,
+    signal: AbortSignal | undefined,
   ): Promise<Awaited<T>> {
-    const joined = await this.#join(held, mode);
+    const joined = await this.#join(held, mode, signal);
     try {
       return await fn(joined);
     } finally {

@@ -297,24 +297,35 @@ describe('DuckDB recipe under an EngineGuard', () => {
         events.push('write:end');
         return rows;
       });
-      // Queued behind the running read; a read arriving now queues behind the write.
+      // Queued behind the running read; a read arriving now queues behind the write for the
+      // lock's bypassAfter (100 ms), then passes it: the write waits for a long read (no convoy).
       await waitFor(() => guard.status().queue.writers === 1, 5_000, 'the queued write');
+      const select = "select count(*) as n, string_agg(v, '' order by id) as s from writes_t";
       const laterRead = guard.read(async (conn, ctx) => {
         events.push('later:start');
-        return duckdbQuery(
-          conn,
-          ctx,
-          "select count(*) as n, string_agg(v, '' order by id) as s from writes_t",
-        );
+        const rows = await duckdbQuery(conn, ctx, select);
+        events.push('later:end');
+        return rows;
       });
       await sleep(50);
       expect(guard.status().queue).toMatchObject({ writers: 1, readers: 1 });
 
-      const [, inserted, seen] = await Promise.all([longRead, write, laterRead]);
+      const [, inserted, passed] = await Promise.all([longRead, write, laterRead]);
       expect(inserted).toEqual([{ Count: 3n }]);
-      expect(seen).toEqual([{ n: 3n, s: 'abc' }]);
-      expect(events).toEqual(['read:start', 'read:end', 'write:start', 'write:end', 'later:start']);
+      expect(passed).toEqual([{ n: 0n, s: null }]);
+      expect(events).toEqual([
+        'read:start',
+        'later:start',
+        'later:end',
+        'read:end',
+        'write:start',
+        'write:end',
+      ]);
       expect(runningDuringWrite).toBe(1);
+      // Reads after the write see it.
+      await expect(guard.read((conn, ctx) => duckdbQuery(conn, ctx, select))).resolves.toEqual([
+        { n: 3n, s: 'abc' },
+      ]);
     } finally {
       await guard.close();
     }

@@ -2,7 +2,8 @@
  * Model-based property tests of RWLock (SPEC §3, §7).
  *
  * Random command sequences run against the real lock and against a small reference model written
- * from the spec's rules (an array queue served in FIFO phases). After every command, microtasks
+ * from the spec's rules (an array queue served in FIFO phases, with the writer's patience and
+ * bypass of the `no-convoy` policy). After every command, microtasks
  * are flushed and the two are compared: who holds, who was granted, who was rejected and why,
  * `lock.state`, abort listeners and pending timers. At the end everything is released and the
  * lock must be back to idle with nothing left behind.
@@ -11,6 +12,8 @@ import { getEventListeners, setMaxListeners } from 'node:events';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
+  DEFAULT_BYPASS_AFTER,
+  type Fairness,
   type Lease,
   LeaseRevokedError,
   LockTimeoutError,
@@ -18,6 +21,7 @@ import {
   RWLock,
   type RWLockState,
 } from '../../src/index.js';
+import { flush, IDLE } from './support.js';
 
 type Mode = 'read' | 'write';
 type SignalChoice = 'none' | 'own' | 'shared0' | 'shared1';
@@ -35,6 +39,8 @@ type Command =
 interface Scenario {
   maxQueue: number | undefined;
   maxReaders: number | undefined;
+  fairness: Fairness | undefined;
+  bypassAfter: number | undefined;
   commands: Command[];
 }
 
@@ -51,12 +57,27 @@ interface ModelWaiter {
   mode: Mode;
   signal: number | undefined;
   deadline: number | undefined;
+  /** Creation order of its timer: timers due at the same time fire in this order. */
+  timerSeq: number;
 }
 
 interface ModelHold {
   mode: Mode;
   live: boolean;
   revoked: boolean;
+  /** For a read: was it running when the watched writer reached the head? */
+  preRead: boolean;
+}
+
+/** The writer at the head of the queue waiting for reads only (no-convoy policy). */
+interface Watch {
+  writer: number;
+  /** Pre-writer reads still running. */
+  preReads: number;
+  /** When its patience runs out, while it has not yet. */
+  patienceAt: number | undefined;
+  timerSeq: number;
+  bypassing: boolean;
 }
 
 /**
@@ -67,6 +88,10 @@ interface ModelHold {
  *   signal, `timeout: 0` or a full queue reject it instead);
  * - the queue is served in FIFO phases: a writer at the head enters alone once the lock is free;
  *   the run of readers at the head enters together once no writer holds;
+ * - no-convoy: a writer at the head held back by reads only is watched; the reads held then are
+ *   its pre-reads. After `bypassAfter` ms (at once for 0), and until its last pre-read ends, every
+ *   queued reader may pass it (up to `maxReaders`), and so may a newcomer when no reader is
+ *   queued. The watch ends when the writer enters or leaves;
  * - an aborted signal removes every waiter that uses it at once; a timeout removes its waiter;
  *   either way whoever was blocked behind them is admitted right away.
  */
@@ -80,10 +105,14 @@ class LockModel {
   /** Ids of every grant, in grant order (commands pick leases by index into it). */
   readonly granted: number[] = [];
   readonly abortedSignals = new Set<number>();
+  watch: Watch | undefined = undefined;
+  private timers = 0;
 
   constructor(
     readonly maxQueue: number,
     readonly maxReaders: number,
+    readonly fairness: Fairness = 'no-convoy',
+    readonly bypassAfter: number = DEFAULT_BYPASS_AFTER,
   ) {}
 
   private fits(mode: Mode): boolean {
@@ -92,11 +121,22 @@ class LockModel {
       : !this.writing && this.readers === 0;
   }
 
+  /** Would a newcomer be granted without queueing? */
+  private grantsNow(mode: Mode): boolean {
+    if (!this.fits(mode)) return false;
+    if (this.queue.length === 0) return true;
+    return (
+      mode === 'read' &&
+      this.watch?.bypassing === true &&
+      !this.queue.some((w) => w.mode === 'read')
+    );
+  }
+
   private grant(id: number, mode: Mode): void {
     if (mode === 'read') this.readers++;
     else this.writing = true;
     this.outcomes.set(id, { status: 'granted' });
-    this.holds.set(id, { mode, live: true, revoked: false });
+    this.holds.set(id, { mode, live: true, revoked: false, preRead: false });
     this.granted.push(id);
   }
 
@@ -104,17 +144,49 @@ class LockModel {
     this.outcomes.set(waiter.id, { status: 'rejected', why });
   }
 
-  /** Admits the phase at the head of the queue, if it fits. */
-  private admit(): void {
-    const head = this.queue[0];
-    if (head === undefined || !this.fits(head.mode)) return;
-    if (head.mode === 'write') {
-      this.queue.shift();
-      this.grant(head.id, 'write');
-      return;
+  private startWatch(writer: number): void {
+    let preReads = 0;
+    for (const hold of this.holds.values()) {
+      hold.preRead = hold.live && hold.mode === 'read';
+      if (hold.preRead) preReads++;
     }
-    while (this.queue[0]?.mode === 'read' && this.fits('read')) {
-      const reader = this.queue.shift()!;
+    const patient = this.bypassAfter > 0;
+    this.watch = {
+      writer,
+      preReads,
+      patienceAt: patient ? this.now + this.bypassAfter : undefined,
+      timerSeq: patient ? this.timers++ : -1,
+      bypassing: !patient,
+    };
+  }
+
+  /** Removes a queued waiter; a watched writer takes its watch with it. */
+  private remove(waiter: ModelWaiter): void {
+    this.queue.splice(this.queue.indexOf(waiter), 1);
+    if (this.watch?.writer === waiter.id) this.watch = undefined;
+  }
+
+  /** Serves the queue: phases at the head, and readers passing a bypassed writer. */
+  private admit(): void {
+    for (;;) {
+      const head = this.queue[0];
+      if (head === undefined) return;
+      if (head.mode === 'write') {
+        if (this.writing) return;
+        if (this.readers === 0) {
+          this.remove(head);
+          this.grant(head.id, 'write');
+          return;
+        }
+        if (this.fairness === 'fifo') return;
+        if (this.watch?.writer !== head.id) this.startWatch(head.id);
+        if (!this.watch!.bypassing) return;
+      } else if (this.writing) {
+        return;
+      }
+      const reader = this.queue.find((w) => w.mode === 'read');
+      if (reader === undefined || !this.fits('read')) return;
+      this.remove(reader);
       this.grant(reader.id, 'read');
     }
   }
@@ -122,7 +194,7 @@ class LockModel {
   acquire(id: number, mode: Mode, signal: number | undefined, timeout: number | undefined): void {
     if (signal !== undefined && this.abortedSignals.has(signal)) {
       this.outcomes.set(id, { status: 'rejected', why: 'abort' });
-    } else if (this.queue.length === 0 && this.fits(mode)) {
+    } else if (this.grantsNow(mode)) {
       this.grant(id, mode);
     } else if (timeout === 0) {
       this.outcomes.set(id, { status: 'rejected', why: 'timeout' });
@@ -130,13 +202,18 @@ class LockModel {
       this.outcomes.set(id, { status: 'rejected', why: 'full' });
     } else {
       const deadline = timeout === undefined ? undefined : this.now + timeout;
-      this.queue.push({ id, mode, signal, deadline });
+      const timerSeq = timeout === undefined ? -1 : this.timers++;
+      this.queue.push({ id, mode, signal, deadline, timerSeq });
       this.outcomes.set(id, { status: 'pending' });
+      // A writer first in line behind reads only starts its patience at once.
+      if (mode === 'write' && this.queue.length === 1 && this.fairness !== 'fifo') {
+        if (!this.writing && this.readers > 0) this.startWatch(id);
+      }
     }
   }
 
   tryAcquire(id: number, mode: Mode): boolean {
-    if (this.queue.length > 0 || !this.fits(mode)) {
+    if (!this.grantsNow(mode)) {
       this.outcomes.set(id, { status: 'rejected', why: 'refused' });
       return false;
     }
@@ -150,7 +227,7 @@ class LockModel {
     const leaving = this.queue.filter((w) => w.signal === signal);
     if (leaving.length === 0) return;
     for (const w of leaving) {
-      this.queue.splice(this.queue.indexOf(w), 1);
+      this.remove(w);
       this.reject(w, 'abort');
     }
     this.admit();
@@ -162,34 +239,55 @@ class LockModel {
     if (hold === undefined || !hold.live) return false;
     hold.live = false;
     hold.revoked = revoke;
-    if (hold.mode === 'read') this.readers--;
-    else this.writing = false;
+    if (hold.mode === 'read') {
+      this.readers--;
+      if (hold.preRead && this.watch !== undefined && --this.watch.preReads === 0) {
+        this.watch.bypassing = false;
+      }
+    } else {
+      this.writing = false;
+    }
     this.admit();
     return true;
   }
 
-  /** Moves the clock; due timeouts fire one by one in (deadline, arrival) order. */
+  /**
+   * Moves the clock; due timers (waiter timeouts, the watched writer's patience) fire one by
+   * one in (due time, creation) order, as Node's do.
+   */
   advance(ms: number): void {
     const target = this.now + ms;
     for (;;) {
-      let due: ModelWaiter | undefined;
-      for (const w of this.queue) {
-        if (w.deadline === undefined || w.deadline > target) continue;
-        if (
-          due === undefined ||
-          w.deadline < due.deadline! ||
-          (w.deadline === due.deadline && w.id < due.id)
-        ) {
-          due = w;
+      let due: { at: number; seq: number; waiter: ModelWaiter | undefined } | undefined;
+      const consider = (at: number | undefined, seq: number, waiter: ModelWaiter | undefined) => {
+        if (at === undefined || at > target) return;
+        if (due === undefined || at < due.at || (at === due.at && seq < due.seq)) {
+          due = { at, seq, waiter };
         }
+      };
+      for (const w of this.queue) consider(w.deadline, w.timerSeq, w);
+      if (this.watch !== undefined) {
+        consider(this.watch.patienceAt, this.watch.timerSeq, undefined);
       }
       if (due === undefined) break;
-      this.now = due.deadline!;
-      this.queue.splice(this.queue.indexOf(due), 1);
-      this.reject(due, 'timeout');
+      const { at, waiter } = due;
+      this.now = at;
+      if (waiter === undefined) {
+        this.watch!.patienceAt = undefined;
+        this.watch!.bypassing = true;
+      } else {
+        this.remove(waiter);
+        this.reject(waiter, 'timeout');
+      }
       this.admit();
     }
     this.now = target;
+  }
+
+  /** Timers the lock should have pending now. */
+  timerCount(): number {
+    const waiting = this.queue.filter((w) => w.deadline !== undefined).length;
+    return waiting + (this.watch?.patienceAt === undefined ? 0 : 1);
   }
 
   liveHolds(): number[] {
@@ -202,6 +300,7 @@ class LockModel {
       writing: this.writing,
       queuedReaders: this.queue.filter((w) => w.mode === 'read').length,
       queuedWriters: this.queue.filter((w) => w.mode === 'write').length,
+      bypassing: this.watch?.bypassing === true,
     };
   }
 }
@@ -230,10 +329,6 @@ interface Harness {
   reasons: Error[];
   /** Controller index currently behind `shared0` and `shared1`. */
   shared: number[];
-}
-
-async function flush(): Promise<void> {
-  for (let i = 0; i < 10; i++) await Promise.resolve();
 }
 
 function newSignal(h: Harness): number {
@@ -427,8 +522,9 @@ function checkInvariants(h: Harness, step: string): void {
       `${step}: listeners on signal ${index}`,
     ).toBe(waiting > 0 ? 1 : 0);
   });
-  expect(vi.getTimerCount(), `${step}: pending timers`).toBe(
-    pending.filter((t) => t.timeout !== undefined).length,
+  expect(vi.getTimerCount(), `${step}: pending timers`).toBe(model.timerCount());
+  expect(model.timerCount(), `${step}: timers vs what this test sees`).toBeLessThanOrEqual(
+    pending.filter((t) => t.timeout !== undefined).length + 1,
   );
 }
 
@@ -440,10 +536,14 @@ async function runScenario(scenario: Scenario, sharedSignals: boolean): Promise<
         name: 'model',
         maxQueue: scenario.maxQueue,
         maxReaders: scenario.maxReaders,
+        fairness: scenario.fairness,
+        bypassAfter: scenario.bypassAfter,
       }),
       model: new LockModel(
         scenario.maxQueue ?? Number.POSITIVE_INFINITY,
         scenario.maxReaders ?? Number.POSITIVE_INFINITY,
+        scenario.fairness,
+        scenario.bypassAfter,
       ),
       tickets: [],
       controllers: [],
@@ -479,12 +579,7 @@ async function runScenario(scenario: Scenario, sharedSignals: boolean): Promise<
       h.tickets.every((t) => t.status !== 'pending'),
       'every promise settled',
     ).toBe(true);
-    expect(h.lock.state).toEqual({
-      readers: 0,
-      writing: false,
-      queuedReaders: 0,
-      queuedWriters: 0,
-    });
+    expect(h.lock.state).toEqual(IDLE);
     for (const c of h.controllers) expect(getEventListeners(c.signal, 'abort')).toHaveLength(0);
     expect(vi.getTimerCount()).toBe(0);
     // The lock is still usable afterwards.
@@ -537,7 +632,7 @@ function commandArb(sharedSignals: boolean): fc.Arbitrary<Command> {
       weight: 2,
       arbitrary: fc.record({
         kind: fc.constant('tick' as const),
-        ms: fc.constantFrom(1, 4, 10, 50),
+        ms: fc.constantFrom(1, 4, 10, 50, 100),
       }),
     },
   );
@@ -553,6 +648,8 @@ function scenarioArb(sharedSignals: boolean): fc.Arbitrary<Scenario> {
       { weight: 3, arbitrary: fc.constant(undefined) },
       { weight: 1, arbitrary: fc.constantFrom(1, 2, 3) },
     ),
+    fairness: fc.constantFrom<Fairness | undefined>(undefined, undefined, 'no-convoy', 'fifo'),
+    bypassAfter: fc.constantFrom(undefined, 0, 5, 10, 30),
     commands: fc.array(commandArb(sharedSignals), { minLength: 1, maxLength: 60, size: 'max' }),
   });
 }
@@ -593,6 +690,7 @@ describe('RWLock against a reference model', () => {
       writing: false,
       queuedReaders: 2,
       queuedWriters: 2,
+      bypassing: false,
     });
     model.abort(5); // writer 1 leaves: readers 2 and 3 join reader 0, writer 4 waits
     expect(model.outcomes.get(1)).toEqual({ status: 'rejected', why: 'abort' });
@@ -606,6 +704,7 @@ describe('RWLock against a reference model', () => {
       writing: true,
       queuedReaders: 0,
       queuedWriters: 0,
+      bypassing: false,
     });
 
     // And the lock does the same.
@@ -613,6 +712,8 @@ describe('RWLock against a reference model', () => {
       {
         maxQueue: undefined,
         maxReaders: undefined,
+        fairness: undefined,
+        bypassAfter: undefined,
         commands: [
           { kind: 'acquire', mode: 'read', signal: 'none', timeout: undefined },
           { kind: 'acquire', mode: 'write', signal: 'own', timeout: undefined },
@@ -621,6 +722,60 @@ describe('RWLock against a reference model', () => {
           { kind: 'acquire', mode: 'write', signal: 'none', timeout: undefined },
           { kind: 'abort', pick: 0, shared: false, renew: false },
           { kind: 'tick', ms: 20 },
+        ],
+      },
+      false,
+    );
+  });
+
+  it('the model checks itself: patience, bypass and its end in a fixed scenario', async () => {
+    const model = new LockModel(Number.POSITIVE_INFINITY, 3, 'no-convoy', 100);
+    model.acquire(0, 'read', undefined, undefined); // granted: the pre-writer read
+    model.acquire(1, 'read', undefined, undefined); // granted: a second pre-writer read
+    model.acquire(2, 'write', undefined, undefined); // queued; patient until 100
+    model.acquire(3, 'read', undefined, undefined); // queued behind the writer
+    model.advance(99);
+    expect(model.state()).toMatchObject({ readers: 2, queuedReaders: 1, bypassing: false });
+    model.advance(1); // patience over: read 3 passes the writer
+    expect(model.state()).toMatchObject({ readers: 3, queuedReaders: 0, bypassing: true });
+    model.acquire(4, 'read', undefined, undefined); // at maxReaders: queued
+    model.end(3, false); // a bypassing read ends: 4 takes its slot, the bypass stays open
+    expect(model.liveHolds()).toEqual([0, 1, 4]);
+    model.end(0, false);
+    expect(model.tryAcquire(5, 'read')).toBe(true); // one pre-read still runs: open
+    model.end(1, false); // the last pre-read ends: the bypass closes
+    expect(model.state()).toMatchObject({ readers: 2, bypassing: false });
+    expect(model.tryAcquire(6, 'read')).toBe(false);
+    model.acquire(7, 'read', undefined, undefined); // queued behind the writer again
+    model.end(4, false);
+    model.end(5, false); // the bypassing reads drained: the writer enters
+    expect(model.liveHolds()).toEqual([2]);
+    model.end(2, false);
+    expect(model.liveHolds()).toEqual([7]);
+    expect(model.timerCount()).toBe(0);
+
+    // And the lock does the same.
+    const read = { kind: 'acquire', mode: 'read', signal: 'none', timeout: undefined } as const;
+    await runScenario(
+      {
+        maxQueue: undefined,
+        maxReaders: 3,
+        fairness: 'no-convoy',
+        bypassAfter: 100,
+        commands: [
+          read,
+          read,
+          { kind: 'acquire', mode: 'write', signal: 'none', timeout: undefined },
+          read,
+          { kind: 'tick', ms: 50 },
+          { kind: 'tick', ms: 50 },
+          read,
+          { kind: 'release', pick: 2 },
+          { kind: 'release', pick: 0 },
+          { kind: 'try', mode: 'read' },
+          { kind: 'release', pick: 1 },
+          { kind: 'try', mode: 'read' },
+          read,
         ],
       },
       false,
@@ -643,7 +798,165 @@ describe('RWLock: one abort event, several waiters', () => {
     expect(w).toEqual({ status: 'rejected', reason });
     expect(r).toEqual({ status: 'rejected', reason });
     holder.release();
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
     expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Fairness bounds under random arrivals and durations (model time: fake timers)
+// ---------------------------------------------------------------------------------------------
+
+interface TimedJob {
+  index: number;
+  at: number;
+  mode: Mode;
+  duration: number;
+}
+
+interface TimedRun extends TimedJob {
+  requested: number;
+  granted: number;
+  ended: number;
+}
+
+const timedJobArb: fc.Arbitrary<Omit<TimedJob, 'index'>> = fc.oneof(
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      at: fc.integer({ min: 0, max: 3_000 }),
+      mode: fc.constant<Mode>('read'),
+      duration: fc.oneof(
+        { weight: 3, arbitrary: fc.integer({ min: 1, max: 40 }) },
+        { weight: 1, arbitrary: fc.integer({ min: 150, max: 3_000 }) },
+      ),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      at: fc.integer({ min: 0, max: 3_000 }),
+      mode: fc.constant<Mode>('write'),
+      duration: fc.integer({ min: 1, max: 50 }),
+    }),
+  },
+);
+
+/** Runs the jobs on a lock under fake timers; checks exclusion at every grant. */
+async function runTimed(jobs: TimedJob[], options: ConstructorParameters<typeof RWLock>[0]) {
+  vi.useFakeTimers({ now: 0 });
+  try {
+    const lock = new RWLock(options);
+    let readers = 0;
+    let writing = false;
+    const runs: Partial<TimedRun>[] = jobs.map((job) => ({ ...job }));
+    for (const run of runs) {
+      setTimeout(() => {
+        run.requested = Date.now();
+        const body = async (): Promise<void> => {
+          run.granted = Date.now();
+          if (run.mode === 'write') {
+            expect(writing || readers > 0, 'a writer holds alone').toBe(false);
+            writing = true;
+          } else {
+            expect(writing, 'no reader beside a writer').toBe(false);
+            readers++;
+          }
+          await new Promise((resolve) => setTimeout(resolve, run.duration));
+          if (run.mode === 'write') writing = false;
+          else readers--;
+          run.ended = Date.now();
+        };
+        void (run.mode === 'read' ? lock.read(body) : lock.write(body));
+      }, run.at);
+    }
+    const horizon = 3_000 + jobs.reduce((sum, job) => sum + job.duration, 0) + 1;
+    await vi.advanceTimersByTimeAsync(horizon);
+    expect(
+      runs.every((run) => run.ended !== undefined),
+      'every waiter served',
+    ).toBe(true);
+    expect(lock.state).toEqual(IDLE);
+    expect(vi.getTimerCount()).toBe(0);
+    return runs as TimedRun[];
+  } finally {
+    vi.useRealTimers();
+  }
+}
+
+/**
+ * For each write: when it reached the head waiting for reads only (`t0`), how long the reads
+ * running then still had to go (`L`), and the longest read admitted while it waited (`D`).
+ */
+function writerWaits(runs: TimedRun[]) {
+  const byArrival = [...runs].sort((a, b) => a.at - b.at || a.index - b.index);
+  return byArrival.flatMap((w, position) => {
+    if (w.mode !== 'write') return [];
+    const ahead = byArrival.slice(0, position);
+    const t0 = Math.max(
+      w.requested,
+      ...ahead.map((j) => (j.mode === 'read' ? j.granted : j.ended)),
+    );
+    const pre = runs.filter((r) => r.mode === 'read' && r.granted <= t0 && r.ended >= t0);
+    const L = Math.max(0, ...pre.map((r) => r.ended - t0));
+    const passing = runs.filter(
+      (r) => r.mode === 'read' && r.granted > t0 && r.granted < w.granted,
+    );
+    const D = Math.max(0, ...passing.map((r) => r.duration));
+    const after = byArrival.slice(position + 1).filter((r) => r.mode === 'read');
+    return [{ w, t0, L, D, passing, after }];
+  });
+}
+
+describe('RWLock fairness bounds under random arrivals and durations (model time)', () => {
+  it('no-convoy: writers enter by t0 + L (+ D once bypassed); readers wait at most bypassAfter behind them', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(timedJobArb, { minLength: 1, maxLength: 30, size: 'max' }),
+        fc.constantFrom(20, 50, 100),
+        fc.constantFrom(undefined, undefined, 2, 4),
+        async (raw, bypassAfter, maxReaders) => {
+          const jobs = raw.map((job, index) => ({ ...job, index }));
+          const runs = await runTimed(jobs, { bypassAfter, maxReaders });
+          for (const { w, t0, L, D, passing, after } of writerWaits(runs)) {
+            const label = `write #${w.index}: t0 ${t0}, L ${L}, D ${D}`;
+            // No writer starvation: bounded by the reads it found running, plus one bypass.
+            expect(w.granted - t0, label).toBeLessThanOrEqual(L + D);
+            if (L < bypassAfter) {
+              // Short reads only: nobody passed it, it entered when they ended.
+              expect(passing, label).toEqual([]);
+              expect(w.granted, label).toBe(t0 + L);
+            }
+            if (maxReaders !== undefined || L <= bypassAfter) continue;
+            // No convoy: a read arriving while it waits for its pre-reads waits for its
+            // patience at most, and not at all once the bypass is open.
+            for (const r of after) {
+              if (r.requested < t0 || r.requested >= t0 + L) continue;
+              expect(r.granted, `${label}; read #${r.index} at ${r.requested}`).toBeLessThanOrEqual(
+                Math.max(r.requested, t0 + bypassAfter),
+              );
+            }
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('fifo: a writer enters exactly when the reads it found running end, and nobody passes it', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(timedJobArb, { minLength: 1, maxLength: 30, size: 'max' }),
+        async (raw) => {
+          const jobs = raw.map((job, index) => ({ ...job, index }));
+          const runs = await runTimed(jobs, { fairness: 'fifo' });
+          for (const { w, t0, L, passing } of writerWaits(runs)) {
+            expect(passing, `write #${w.index}`).toEqual([]);
+            expect(w.granted, `write #${w.index}`).toBe(t0 + L);
+          }
+        },
+      ),
+      { numRuns: 75 },
+    );
   });
 });

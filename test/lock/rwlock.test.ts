@@ -8,11 +8,7 @@ import {
   QueueFullError,
   RWLock,
 } from '../../src/index.js';
-
-/** Lets every pending promise callback run. */
-async function flush(): Promise<void> {
-  for (let i = 0; i < 10; i++) await Promise.resolve();
-}
+import { flush, IDLE } from './support.js';
 
 /** Tracks whether a promise has settled, without awaiting it. */
 function track<T>(promise: Promise<T>) {
@@ -44,7 +40,13 @@ describe('RWLock: sharing and exclusion', () => {
     const lock = new RWLock();
     const r1 = await lock.acquireRead();
     const r2 = await lock.acquireRead();
-    expect(lock.state).toEqual({ readers: 2, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual({
+      readers: 2,
+      writing: false,
+      queuedReaders: 0,
+      queuedWriters: 0,
+      bypassing: false,
+    });
     const w = track(lock.acquireWrite());
     await flush();
     expect(w.settled).toBe(false);
@@ -55,9 +57,15 @@ describe('RWLock: sharing and exclusion', () => {
     r2.release();
     await flush();
     expect(w.settled).toBe(true);
-    expect(lock.state).toEqual({ readers: 0, writing: true, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual({
+      readers: 0,
+      writing: true,
+      queuedReaders: 0,
+      queuedWriters: 0,
+      bypassing: false,
+    });
     w.value?.release();
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
   });
 
   it('tryAcquire never waits and respects holders and the queue', async () => {
@@ -79,7 +87,7 @@ describe('RWLock: sharing and exclusion', () => {
   });
 });
 
-describe('RWLock: fairness (FIFO phases)', () => {
+describe('RWLock: fairness (FIFO phases, and no-convoy before bypassAfter)', () => {
   it('a queued writer blocks readers that arrive after it', async () => {
     const lock = new RWLock();
     const r1 = await lock.acquireRead();
@@ -87,7 +95,13 @@ describe('RWLock: fairness (FIFO phases)', () => {
     const r2 = track(lock.acquireRead());
     await flush();
     expect(r2.settled).toBe(false);
-    expect(lock.state).toEqual({ readers: 1, writing: false, queuedReaders: 1, queuedWriters: 1 });
+    expect(lock.state).toEqual({
+      readers: 1,
+      writing: false,
+      queuedReaders: 1,
+      queuedWriters: 1,
+      bypassing: false,
+    });
     r1.release();
     await flush();
     expect(w.settled).toBe(true);
@@ -115,7 +129,13 @@ describe('RWLock: fairness (FIFO phases)', () => {
     w1.release();
     await flush();
     expect(order).toEqual(['ra', 'rb', 'rc']);
-    expect(lock.state).toEqual({ readers: 3, writing: false, queuedReaders: 1, queuedWriters: 1 });
+    expect(lock.state).toEqual({
+      readers: 3,
+      writing: false,
+      queuedReaders: 1,
+      queuedWriters: 1,
+      bypassing: false,
+    });
     ra.value?.release();
     rb.value?.release();
     await flush();
@@ -127,7 +147,7 @@ describe('RWLock: fairness (FIFO phases)', () => {
     await flush();
     expect(order).toEqual(['ra', 'rb', 'rc', 'w2', 'rd']);
     rd.value?.release();
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
   });
 
   it('honours arrival order across modes: writers in order, nobody starves', async () => {
@@ -211,10 +231,22 @@ describe('RWLock: abort and timeout', () => {
     const writer = track(lock.acquireWrite({ signal: ac.signal }));
     const r2 = track(lock.acquireRead());
     const r3 = track(lock.acquireRead());
-    expect(lock.state).toEqual({ readers: 1, writing: false, queuedReaders: 2, queuedWriters: 1 });
+    expect(lock.state).toEqual({
+      readers: 1,
+      writing: false,
+      queuedReaders: 2,
+      queuedWriters: 1,
+      bypassing: false,
+    });
     ac.abort();
     // Same turn: the readers are granted synchronously by the abort.
-    expect(lock.state).toEqual({ readers: 3, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual({
+      readers: 3,
+      writing: false,
+      queuedReaders: 0,
+      queuedWriters: 0,
+      bypassing: false,
+    });
     await flush();
     expect(writer.error).toBeInstanceOf(DOMException);
     expect((writer.error as DOMException).name).toBe('AbortError');
@@ -328,7 +360,7 @@ describe('RWLock: read(fn) / write(fn)', () => {
     await expect(lock.read(async () => Promise.reject(new Error('async boom')))).rejects.toThrow(
       'async boom',
     );
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
   });
 
   it('does not start fn when the signal aborted while it was queued', async () => {
@@ -477,7 +509,7 @@ describe('RWLock: re-entrancy', () => {
     queued.value?.release();
     expect(reader).toBe(true);
     await flush();
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
   });
 
   it('rejects write inside read with DeadlockError at once', async () => {
@@ -567,7 +599,13 @@ describe('RWLock: maxReaders', () => {
     const w = track(lock.acquireWrite());
     const d = track(lock.acquireRead());
     await flush();
-    expect(lock.state).toEqual({ readers: 2, writing: false, queuedReaders: 2, queuedWriters: 1 });
+    expect(lock.state).toEqual({
+      readers: 2,
+      writing: false,
+      queuedReaders: 2,
+      queuedWriters: 1,
+      bypassing: false,
+    });
     a.release();
     await flush();
     expect(c.settled).toBe(true);
@@ -581,7 +619,7 @@ describe('RWLock: maxReaders', () => {
     await flush();
     expect(d.settled).toBe(true);
     d.value?.release();
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
   });
 
   it('rejects a maxReaders below 1', () => {
@@ -596,6 +634,13 @@ describe('RWLock: bad input', () => {
     expect(() => new RWLock({ maxQueue: '3' as unknown as number })).toThrow(TypeError);
     expect(() => new RWLock({ name: 3 as unknown as string })).toThrow(/name/);
     expect(() => new RWLock(null as unknown as undefined)).toThrow(TypeError);
+    expect(() => new RWLock({ fairness: 'fair' as 'fifo' })).toThrow(/"fairness"/);
+    expect(() => new RWLock({ fairness: 'fair' as 'fifo' })).toThrow(RangeError);
+    expect(() => new RWLock({ fairness: 1 as unknown as 'fifo' })).toThrow(TypeError);
+    expect(() => new RWLock({ bypassAfter: -1 })).toThrow(/"bypassAfter"/);
+    expect(() => new RWLock({ bypassAfter: Number.POSITIVE_INFINITY })).toThrow(RangeError);
+    expect(() => new RWLock({ bypassAfter: Number.NaN })).toThrow(TypeError);
+    expect(() => new RWLock({ bypassAfter: '5' as unknown as number })).toThrow(/bypassAfter/);
     const lock = new RWLock();
     expect(() => lock.acquireRead({ timeout: -1 })).toThrow(RangeError);
     expect(() => lock.acquireRead({ timeout: Number.POSITIVE_INFINITY })).toThrow(/timeout/);
@@ -605,7 +650,7 @@ describe('RWLock: bad input', () => {
     expect(() => lock.read(null as unknown as () => void)).toThrow(/fn/);
     expect(() => lock.write('x' as unknown as () => void)).toThrow(TypeError);
     expect(() => lock.read(() => 1, { timeout: -5 })).toThrow(RangeError);
-    expect(lock.state).toEqual({ readers: 0, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual(IDLE);
   });
 });
 
@@ -619,7 +664,13 @@ describe('RWLock: many waiters on one signal', () => {
     ac.abort(new Error('all gone'));
     const results = await Promise.allSettled(waiters);
     expect(results.every((r) => r.status === 'rejected')).toBe(true);
-    expect(lock.state).toEqual({ readers: 1, writing: false, queuedReaders: 0, queuedWriters: 0 });
+    expect(lock.state).toEqual({
+      readers: 1,
+      writing: false,
+      queuedReaders: 0,
+      queuedWriters: 0,
+      bypassing: false,
+    });
     expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
     holder.release();
   });
