@@ -77,6 +77,8 @@ class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
   timer: Timer | undefined = undefined;
   constructor(
     readonly pool: HandlePool<E>,
+    /** Waits through an engine outage instead of failing fast. */
+    readonly waitForReady: boolean,
     readonly resolve: (handle: Handle<E>) => void,
     readonly reject: (reason: unknown) => void,
   ) {}
@@ -223,20 +225,22 @@ export class HandlePool<E> {
     signal: AbortSignal | undefined,
     timeout: number | undefined,
     reportedTimeout: number | undefined = timeout,
+    waitForReady = false,
   ): Handle<E> | Promise<Handle<E>> {
     if (this.#closed) return Promise.reject(new GuardClosedError(this.settings.name));
     const handle = this.#takeLiveIdle(true);
     if (handle !== undefined) {
       if (this.#needsIdleCheck(handle, performance.now())) {
-        return this.#checkIdle(handle, signal, timeout, reportedTimeout ?? timeout);
+        return this.#checkIdle(handle, signal, timeout, reportedTimeout ?? timeout, waitForReady);
       }
       handle.state = 'busy';
       this.#busy++;
       return handle;
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.isDown && !waitForReady) return Promise.reject(this.unavailableError());
     return new Promise<Handle<E>>((resolve, reject) => {
-      const waiter = new HandleWaiter(this, resolve, reject);
+      const waiter = new HandleWaiter(this, waitForReady, resolve, reject);
       this.#waiters.push(waiter);
       if (signal !== undefined) {
         waiter.signal = signal;
@@ -263,6 +267,7 @@ export class HandlePool<E> {
     signal: AbortSignal | undefined,
     timeout: number | undefined,
     reportedTimeout: number | undefined,
+    waitForReady: boolean,
   ): Promise<Handle<E>> {
     handle.state = 'busy';
     this.#busy++;
@@ -318,7 +323,10 @@ export class HandlePool<E> {
         stopWaiting();
         const remaining =
           timeout === undefined ? undefined : Math.max(0, timeout - (performance.now() - started));
-        Promise.resolve(this.acquire(signal, remaining, reportedTimeout)).then(resolve, reject);
+        Promise.resolve(this.acquire(signal, remaining, reportedTimeout, waitForReady)).then(
+          resolve,
+          reject,
+        );
       });
     });
   }
@@ -481,9 +489,22 @@ export class HandlePool<E> {
         const delay = backoffDelay(this.settings.backoff, this.#failures);
         this.#nextAttemptAt = Date.now() + delay;
         this.#hooks.onConnectError(error, this.#failures, delay);
+        if (this.isDown) this.#failFast();
         this.#scheduleRetry(delay);
       },
     );
+  }
+
+  /**
+   * The engine counts as down: waiters that did not opt into waiting for it get the same
+   * answer as new callers, now, instead of waiting for an engine that may never return.
+   */
+  #failFast(): void {
+    for (let waiter = this.#waiters.head; waiter !== null; ) {
+      const next: HandleWaiter<E> | null = waiter.next;
+      if (!waiter.waitForReady) this[kGiveUp](waiter, this.unavailableError());
+      waiter = next;
+    }
   }
 
   #scheduleRetry(delay: number): void {

@@ -596,7 +596,7 @@ describe('c. event-loop pause', () => {
 // ---------------------------------------------------------------------------------------------
 
 describe('d. engine down', () => {
-  it('queued callers wait within their own timeout, new ones fail fast, reads resume after', async () => {
+  it('waitForReady callers wait within their own timeout, new ones fail fast, reads resume after', async () => {
     const factory = new FakeEngineFactory();
     let down = true;
     let attempts = 0;
@@ -620,13 +620,13 @@ describe('d. engine down', () => {
       const t0 = performance.now();
       // Short wait: gives up within its own timeout.
       const short = guard
-        .read((e) => e.call('short'), { timeout: 400 })
+        .read((e) => e.call('short'), { timeout: 400, waitForReady: true })
         .then(
           () => ({ error: undefined as unknown, last: undefined as unknown, at: 0 }),
           (error: unknown) => ({ error, last: lastThrown, at: performance.now() - t0 }),
         );
       // Long wait: still queued when the engine comes back.
-      const long = guard.read((e) => e.call('long'), { timeout: 10_000 });
+      const long = guard.read((e) => e.call('long'), { timeout: 10_000, waitForReady: true });
       const shortOutcome = await short;
       expect(shortOutcome.error).toBeInstanceOf(EngineUnavailableError);
       expect((shortOutcome.error as Error).cause).toBe(shortOutcome.last);
