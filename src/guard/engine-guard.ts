@@ -369,14 +369,16 @@ export class EngineGuard<E> implements AsyncDisposable {
     // Fast path: lock free and a handle idle: nothing to wait on.
     const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
     const now = performance.now();
-    op.enqueuedAt = now;
-    this.#queued.push(op);
     if (lease !== null) {
       const handle = this.#pool.tryAcquire(now);
       if (handle !== null) {
         this.#run(op, fn, lease, handle, now);
         return op.promise;
       }
+    }
+    op.enqueuedAt = now;
+    this.#queued.push(op);
+    if (lease !== null) {
       op.to({ tag: 'leased', lease });
       this.#waitForHandle(op, fn, timeout, timeout);
       return op.promise;
@@ -399,11 +401,14 @@ export class EngineGuard<E> implements AsyncDisposable {
       lease.release();
       return;
     }
+    const now = performance.now();
+    const handle = this.#pool.tryAcquire(now);
+    if (handle !== null) {
+      this.#run(op, fn, lease, handle, now);
+      return;
+    }
     op.to({ tag: 'leased', lease });
-    const left =
-      timeout === undefined
-        ? undefined
-        : Math.max(0, timeout - (performance.now() - op.enqueuedAt));
+    const left = timeout === undefined ? undefined : Math.max(0, timeout - (now - op.enqueuedAt));
     this.#waitForHandle(op, fn, left, timeout);
   }
 
@@ -482,13 +487,16 @@ export class EngineGuard<E> implements AsyncDisposable {
       this.#fnSettled(op, true, result);
       return;
     }
-    // Promise.resolve turns a throwing `then` getter or a revoked Proxy into a rejection, and
-    // `attempt` catches a native promise whose `constructor` getter throws: every way out of
-    // fn ends the op.
-    attempt(() => result).then(
-      (value) => this.#fnSettled(op, true, value),
-      (error: unknown) => this.#fnSettled(op, false, error),
-    );
+    // A throwing `then` getter, a revoked Proxy or a `then` that throws after settling: every
+    // way out of fn ends the op, once (#fnSettled ignores all but the first outcome).
+    try {
+      result.then(
+        (value) => this.#fnSettled(op, true, value),
+        (error: unknown) => this.#fnSettled(op, false, error),
+      );
+    } catch (error) {
+      this.#fnSettled(op, false, error);
+    }
   }
 
   /** The op no longer counts as running. Its lease and handle are dealt with by the caller. */
@@ -501,6 +509,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   #fnSettled(op: Op<E>, ok: boolean, value: unknown): void {
+    if (op.fnSettled) return;
     op.fnSettled = true;
     op.onFnSettled?.();
     const state = op.state;

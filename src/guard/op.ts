@@ -100,8 +100,7 @@ class RunContext<E> implements OpContext {
   readonly kind: OpKind;
   readonly label: string | undefined;
   readonly generation: number;
-  // Own property, so `const { heartbeat } = ctx` works.
-  readonly heartbeat: () => void;
+  #heartbeat: (() => void) | undefined = undefined;
 
   constructor(op: Op<E>, generation: number) {
     this.#op = op;
@@ -109,9 +108,16 @@ class RunContext<E> implements OpContext {
     this.kind = op.kind;
     this.label = op.label;
     this.generation = generation;
-    this.heartbeat = () => {
+  }
+
+  // A getter returning a cached arrow, so `const { heartbeat } = ctx` works and ops that never
+  // heartbeat allocate nothing for it.
+  get heartbeat(): () => void {
+    const op = this.#op;
+    this.#heartbeat ??= () => {
       op.lastBeat = performance.now();
     };
+    return this.#heartbeat;
   }
 
   get signal(): AbortSignal {
@@ -138,9 +144,9 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   fnSettled = false;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */
   onFnSettled: (() => void) | undefined = undefined;
-  /** The caller's promise. */
-  resolve: (value: unknown) => void;
-  reject: (reason: unknown) => void;
+  /** The caller's promise and its settlers (set by the executor, synchronously). */
+  resolve!: (value: unknown) => void;
+  reject!: (reason: unknown) => void;
   readonly promise: Promise<unknown>;
   #state: OpState<E> = WAITING;
   #context: RunContext<E> | undefined = undefined;
@@ -155,14 +161,10 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
     readonly callerSignal: AbortSignal | undefined,
     readonly waitForReady: boolean,
   ) {
-    let resolve: (value: unknown) => void = () => {};
-    let reject: (reason: unknown) => void = () => {};
-    this.promise = new Promise<unknown>((res, rej) => {
-      resolve = res;
-      reject = rej;
+    this.promise = new Promise<unknown>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
     });
-    this.resolve = resolve;
-    this.reject = reject;
   }
 
   get state(): OpState<E> {
