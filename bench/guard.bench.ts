@@ -449,14 +449,16 @@ function timeEachCall(fn: () => unknown): LatencyStats {
 }
 
 function fakeGuard(factory: FakeEngineFactory, pool: number, liveness: LivenessOptions) {
-  return new EngineGuard<FakeEngine>({
-    name: `bench-fake-pool-${pool}`,
-    create: ({ signal }) => factory.create({ signal }),
-    destroy: (engine) => factory.destroy(engine),
-    probe: (engine, { signal }) => engine.ping({ signal }),
-    liveness,
-    pool,
-  });
+  return new EngineGuard<FakeEngine>(
+    factory.guardOptions({
+      name: `bench-fake-pool-${pool}`,
+      cancel: undefined,
+      isFatal: undefined,
+      isAlive: undefined,
+      liveness,
+      pool,
+    }),
+  );
 }
 
 /** A read whose fn wedges its engine at once and never heartbeats. */
