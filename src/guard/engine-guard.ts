@@ -449,7 +449,11 @@ export class EngineGuard<E> implements AsyncDisposable {
     const state = op.state;
     if (state.tag !== 'waiting' && state.tag !== 'leased') return;
     let reason = error;
-    if (error instanceof LockTimeoutError) {
+    if (error instanceof LockTimeoutError && this.#pool.failures > 0) {
+      // Timed out behind ops that wait for an engine that keeps failing: say so, as the pool
+      // does for its own waiters.
+      reason = this.#pool.unavailableError();
+    } else if (error instanceof LockTimeoutError) {
       this.#counters.lockTimeouts++;
       reason = new LockTimeoutError(error.timeout, this.name, {
         waitingFor: this.#blockersOf(op),

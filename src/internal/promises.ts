@@ -14,10 +14,10 @@ export function noop(): void {}
  * asynchronous path and meets the same error when it calls `Promise.resolve(value)`.
  */
 export function isThenable(value: unknown): value is PromiseLike<unknown> {
-  if (value instanceof Promise) return true;
   if (value === null || (typeof value !== 'object' && typeof value !== 'function')) return false;
   try {
-    return typeof (value as { then?: unknown }).then === 'function';
+    // Inside the try: `instanceof` asks a revoked Proxy for its prototype, which throws.
+    return value instanceof Promise || typeof (value as { then?: unknown }).then === 'function';
   } catch {
     return true;
   }

@@ -87,4 +87,84 @@ describe('d. engine down', () => {
       await guard.close();
     }
   }, 30_000);
+
+  it('fails fast an op queued for a handle before the engine was declared down (issue 7 repro)', async () => {
+    const factory = new FakeEngineFactory();
+    const guard = fakeGuard(factory, {
+      pool: 1,
+      create: () =>
+        Promise.reject(new FakeEngineConnectionError('refused', { code: 'ECONNREFUSED' })),
+      reconnect: { initialDelay: 20, maxDelay: 40, jitter: 0, failFastAfter: 3 },
+    });
+    try {
+      const queuedFirst = errorOf(guard.read((e) => e.call('first')));
+      const queuedBehind = errorOf(guard.write((e) => e.call('behind')));
+      await waitFor(() => guard.status().reconnect.failures >= 3, 5_000, '3 failures');
+      const later = await errorOf(guard.read((e) => e.call('later')));
+      expect(later).toBeInstanceOf(EngineUnavailableError);
+      // Bounded wait: before the fix the first one never settled.
+      const settled = await Promise.race([
+        Promise.all([queuedFirst, queuedBehind]),
+        new Promise((resolve) => setTimeout(resolve, 2_000, 'still pending')),
+      ]);
+      expect(settled).not.toBe('still pending');
+      const [first, behind] = settled as unknown[];
+      expect(first).toBeInstanceOf(EngineUnavailableError);
+      expect(behind).toBeInstanceOf(EngineUnavailableError);
+      expect(guard.status().queued).toEqual([]);
+    } finally {
+      await guard.close();
+    }
+  }, 30_000);
+
+  for (const where of ['op', 'guard'] as const) {
+    it(`waitForReady (${where} option) waits through the outage and succeeds when the engine returns`, async () => {
+      const factory = new FakeEngineFactory();
+      let down = true;
+      const guard = fakeGuard(factory, {
+        pool: 1,
+        ...(where === 'guard' ? { waitForReady: true } : {}),
+        create: ({ signal }) =>
+          down
+            ? Promise.reject(new FakeEngineConnectionError('refused', { code: 'ECONNREFUSED' }))
+            : factory.create({ signal }),
+        reconnect: { initialDelay: 20, maxDelay: 40, jitter: 0, failFastAfter: 2 },
+      });
+      const options = where === 'op' ? { waitForReady: true } : {};
+      try {
+        const waiting = guard.read((e) => e.call('waited'), options);
+        await waitFor(() => guard.status().reconnect.failures >= 4, 5_000, '4 failures');
+        // New callers that opted in queue too, within their own bound.
+        const bounded = await errorOf(guard.read((e) => e.call('x'), { ...options, timeout: 100 }));
+        expect(bounded).toBeInstanceOf(EngineUnavailableError);
+        expect(guard.status().queued.map((q) => q.label)).toEqual([undefined]);
+        down = false;
+        await expect(waiting).resolves.toBe('waited');
+        expect(guard.status().state).toBe('ready');
+      } finally {
+        await guard.close();
+      }
+    }, 30_000);
+  }
+
+  it('waitForReady still honours the caller signal', async () => {
+    const factory = new FakeEngineFactory();
+    factory.failNextCreates(1_000);
+    const guard = fakeGuard(factory, {
+      pool: 1,
+      reconnect: { initialDelay: 10, maxDelay: 20, jitter: 0, failFastAfter: 1 },
+    });
+    try {
+      const ac = new AbortController();
+      const waiting = errorOf(
+        guard.read((e) => e.call(1), { waitForReady: true, signal: ac.signal }),
+      );
+      await waitFor(() => guard.status().reconnect.failures >= 3, 5_000, '3 failures');
+      const reason = new Error('gave up');
+      ac.abort(reason);
+      expect(await waiting).toBe(reason);
+    } finally {
+      await guard.close();
+    }
+  }, 30_000);
 });
