@@ -80,6 +80,33 @@ describe('k. bad input', () => {
     ['destroyTimeout 2**31', { create, destroyTimeout: 2 ** 31 }, RangeError, /"destroyTimeout"/],
     ['maxQueue -1', { create, maxQueue: -1 }, RangeError, /"maxQueue"/],
     ['name 5', { create, name: 5 }, TypeError, /"name"/],
+    ['waitForReady "yes"', { create, waitForReady: 'yes' }, TypeError, /"waitForReady"/],
+    // Misspelled options: named, with the option probably meant.
+    ['unknown "pol"', { create, pol: 4 }, TypeError, /"pol"; did you mean "pool"\?/],
+    [
+      'unknown "liveness.intervall"',
+      { create, liveness: { intervall: 50 } },
+      TypeError,
+      /"liveness\.intervall"; did you mean "liveness\.interval"\?/,
+    ],
+    [
+      'unknown "reconnect.failfastafter"',
+      { create, reconnect: { failfastafter: 2 } },
+      TypeError,
+      /"reconnect\.failfastafter"; did you mean "reconnect\.failFastAfter"\?/,
+    ],
+    [
+      'unknown "acquireTimeOut"',
+      { create, acquireTimeOut: 5 },
+      TypeError,
+      /did you mean "acquireTimeout"/,
+    ],
+    [
+      'unknown far from any "frobnicate"',
+      { create, frobnicate: 1 },
+      TypeError,
+      /^Unknown option "frobnicate"$/,
+    ],
   ];
   for (const [title, options, type, message] of cases) {
     it(`throws ${type.name} for ${title}`, () => {
@@ -126,6 +153,24 @@ describe('k. bad input', () => {
           /"timeout"/,
         ],
         ['write label 7', () => guard.write(() => 1, { label: 7 as never }), TypeError, /"label"/],
+        [
+          'read option "timout"',
+          () => guard.read(() => 1, { timout: 5 } as never),
+          TypeError,
+          /"timout"; did you mean "timeout"\?/,
+        ],
+        [
+          'write option "waitForready"',
+          () => guard.write(() => 1, { waitForready: true } as never),
+          TypeError,
+          /did you mean "waitForReady"\?/,
+        ],
+        [
+          'read waitForReady 1',
+          () => guard.read(() => 1, { waitForReady: 1 as never }),
+          TypeError,
+          /"waitForReady"/,
+        ],
         ['cache(null)', () => guard.cache(null as never), TypeError, /"loader"/],
         ['cache maxAge -1', () => guard.cache(() => 1, { maxAge: -1 }), RangeError, /"maxAge"/],
         ['on(stall, 1)', () => guard.on('stall', 1 as never), TypeError, /listener/],
