@@ -185,13 +185,16 @@ describe('#7 close() during an idle check', () => {
 });
 
 describe('#8 state events', () => {
-  it('end where status().state is, after an op with failed probes ends', async () => {
-    const factory = new FakeEngineFactory();
-    const guard = fakeGuard(factory, {
+  /** Probes of running ops fail (never enough to convict): the guard turns degraded meanwhile. */
+  const probesFailForOps = () =>
+    fakeGuard(new FakeEngineFactory(), {
       liveness: { interval: 40, timeout: 100, failures: 5 },
       probe: (engine, { op }) =>
         op === undefined ? engine.ping() : Promise.reject(new Error('probe failed')),
     });
+
+  it('end where status().state is, after an op with failed probes ends', async () => {
+    const guard = probesFailForOps();
     const states = record(guard, 'state');
     try {
       await guard.read(async () => {
@@ -205,12 +208,7 @@ describe('#8 state events', () => {
   }, 30_000);
 
   it('end where status().state is, after a caller abort', async () => {
-    const factory = new FakeEngineFactory();
-    const guard = fakeGuard(factory, {
-      liveness: { interval: 40, timeout: 100, failures: 5 },
-      probe: (engine, { op }) =>
-        op === undefined ? engine.ping() : Promise.reject(new Error('probe failed')),
-    });
+    const guard = probesFailForOps();
     const states = record(guard, 'state');
     try {
       const ac = new AbortController();
