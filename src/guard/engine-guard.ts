@@ -1,5 +1,4 @@
 import { type OpTraceContext, opTracing } from '../diagnostics.js';
-import type { BlockingOp } from '../errors.js';
 import {
   DeadlockError,
   EngineStalledError,
@@ -15,38 +14,25 @@ import { Watchdog } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
+import { Admission, type OpFn } from './admission.js';
 import { CachedValue, type CachedValueOptions } from './cached-value.js';
 import { TypedEvents } from './events.js';
-import { ABANDONED, CLOSED, DONE, LEFT, Op, STALLED } from './op.js';
+import { GuardHealth } from './health.js';
+import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
 import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
 import { openPool } from './pool-hooks.js';
 import type {
   EngineGuardOptions,
   GuardCounters,
   GuardEvents,
-  GuardState,
   GuardStatus,
   OpContext,
   OpKind,
   OpOptions,
-  QueuedOpStatus,
-  RunningOpStatus,
   Subscription,
 } from './types.js';
 
 export { DEFAULT_LIVENESS } from './options.js';
-
-type OpFn<E> = (engine: E, ctx: OpContext) => unknown;
-
-function errorSummary(error: unknown): { message: string; code: string | undefined } {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    return { message: error.message, code: typeof code === 'string' ? code : undefined };
-  }
-  return { message: String(error), code: undefined };
-}
-
-const NO_BLOCKERS: readonly BlockingOp[] = Object.freeze([]);
 
 /**
  * Concurrency-safe access to one shared engine (a database connection, an analytics daemon, a
@@ -103,24 +89,12 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #opDefaults: OpSettings;
   readonly #cancelTimeout: number;
   readonly #closeTimeout: number;
-  readonly #counters: GuardCounters = {
-    ops: 0,
-    succeeded: 0,
-    failed: 0,
-    stalls: 0,
-    replacements: 0,
-    cancels: 0,
-    lockTimeouts: 0,
-    aborts: 0,
-    probeFailures: 0,
-    connectFailures: 0,
-  };
+  readonly #health: GuardHealth<E>;
+  readonly #admission: Admission<E>;
+  readonly #counters: GuardCounters;
   #nextId = 0;
   #closed = false;
   #closing: Promise<void> | undefined = undefined;
-  #state: GuardState = 'idle';
-  #lastProbe: GuardStatus['lastProbe'] = null;
-  #lastError: GuardStatus['lastError'] = null;
 
   /**
    * @throws TypeError | RangeError when an option is invalid or unknown, naming it.
@@ -138,30 +112,19 @@ export class EngineGuard<E> implements AsyncDisposable {
       waitForReady: settings.waitForReady,
     };
     this.#events = new TypedEvents<GuardEvents>(this.name);
+    this.#health = new GuardHealth(this.name, this.#events, this.#running, this.#queued);
+    this.#counters = this.#health.counters;
     this.#lock = new RWLock(settings.lock);
-    this.#pool = openPool(options, settings, {
-      onConnect: (generation) => {
-        this.#events.emit('connect', { generation });
-        this.#updateState();
-      },
-      onConnectError: (error, attempts, retryInMs) => {
-        this.#counters.connectFailures++;
-        this.#recordError(error);
-        this.#events.emit('connectError', { error, attempts, retryInMs });
-        this.#updateState();
-      },
-      onRetire: (handle, reason, cause) => {
-        this.#counters.replacements++;
-        this.#events.emit('replace', { generation: handle.generation, reason, cause });
-        this.#updateState();
-      },
-      onDestroyError: (generation, error) => {
-        this.#events.emit('destroyError', { generation, error });
-      },
-      onChange: () => this.#updateState(),
-      onIdleProbe: (generation, ok, error, durationMs) =>
-        this.#recordProbe(undefined, generation, ok, error, durationMs, ok ? 0 : 1),
-    });
+    this.#pool = openPool(options, settings, this.#health.poolEvents());
+    this.#health.watchPool(this.#pool);
+    this.#admission = new Admission(
+      this.#lock,
+      this.#pool,
+      this.#queued,
+      this.#health,
+      this.name,
+      (op, fn, lease, handle, now) => this.#run(op, fn, lease, handle, now),
+    );
     const probe = options.probe;
     this.#watchdog =
       settings.liveness === undefined || probe === undefined
@@ -174,7 +137,14 @@ export class EngineGuard<E> implements AsyncDisposable {
               return attempt(() => probe(state.handle.engine, { signal, op: op.info() }));
             },
             onProbeResult: (op, ok, error, durationMs) =>
-              this.#recordProbe(op, op.generation, ok, error, durationMs, op.probeFailures),
+              this.#health.recordProbe(
+                op.info(),
+                op.generation,
+                ok,
+                error,
+                durationMs,
+                op.probeFailures,
+              ),
             onConvict: (op, lastError) => this.#convict(op, lastError),
           });
   }
@@ -239,56 +209,12 @@ export class EngineGuard<E> implements AsyncDisposable {
    * `status` endpoint while every handle is wedged.
    */
   status(): GuardStatus {
-    const now = performance.now();
-    const running: RunningOpStatus[] = [];
-    for (let op = this.#running.head; op !== null; op = op.next) {
-      running.push({
-        id: op.id,
-        kind: op.kind,
-        label: op.label,
-        generation: op.generation,
-        ageMs: now - op.startedAt,
-        sinceHeartbeatMs: now - (op.lastBeat || op.startedAt),
-        probeFailures: op.probeFailures,
-        phase: op.state.tag === 'cancelling' ? 'cancelling' : 'running',
-      });
-    }
-    const queued: QueuedOpStatus[] = [];
-    if (this.#queued.head !== null) {
-      // One list per kind of wait, shared by the entries of this snapshot.
-      const all = this.#blocking(now, false);
-      const writes = this.#blocking(now, true);
-      for (let op: Op<E> | null = this.#queued.head; op !== null; op = op.next) {
-        queued.push({
-          id: op.id,
-          kind: op.kind,
-          label: op.label,
-          waitingMs: now - op.enqueuedAt,
-          waitingFor: op.state.tag === 'leased' ? NO_BLOCKERS : op.kind === 'write' ? all : writes,
-        });
-      }
-    }
     const lock = this.#lock.state;
-    const pool = this.#pool;
-    return {
-      name: this.name,
-      state: this.#computeState(),
-      generation: pool.generation,
-      handles: {
-        total: pool.idleCount + pool.busyCount,
-        busy: pool.busyCount,
-        idle: pool.idleCount,
-        connecting: pool.connecting,
-        retiring: pool.retiring,
-      },
-      running,
-      queued,
-      queue: { readers: lock.queuedReaders, writers: lock.queuedWriters, forHandle: pool.waiting },
-      lastProbe: this.#lastProbe === null ? null : { ...this.#lastProbe },
-      lastError: this.#lastError === null ? null : { ...this.#lastError },
-      reconnect: { failures: pool.failures, nextAttemptAt: pool.nextAttemptAt },
-      counters: { ...this.#counters },
-    };
+    return this.#health.snapshot({
+      readers: lock.queuedReaders,
+      writers: lock.queuedWriters,
+      forHandle: this.#pool.waiting,
+    });
   }
 
   /** True once `close()` was called. */
@@ -366,105 +292,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   #start(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
-    // Fast path: lock free and a handle idle: nothing to wait on.
-    const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
-    const now = performance.now();
-    if (lease !== null) {
-      const handle = this.#pool.tryAcquire(now);
-      if (handle !== null) {
-        this.#run(op, fn, lease, handle, now);
-        return op.promise;
-      }
-    }
-    op.enqueuedAt = now;
-    this.#queued.push(op);
-    if (lease !== null) {
-      op.to({ tag: 'leased', lease });
-      this.#waitForHandle(op, fn, timeout, timeout);
-      return op.promise;
-    }
-    // The caller's own signal (if any) is all the lock needs: close() and the guard's other
-    // exits answer the caller themselves, and a lease granted to an op that left is given back.
-    const waiting =
-      op.kind === 'read'
-        ? this.#lock.acquireRead({ signal: op.callerSignal, timeout })
-        : this.#lock.acquireWrite({ signal: op.callerSignal, timeout });
-    waiting.then(
-      (granted) => this.#onLease(op, fn, granted, timeout),
-      (error: unknown) => this.#leave(op, error),
-    );
+    this.#admission.admit(op, fn, timeout);
     return op.promise;
-  }
-
-  #onLease(op: Op<E>, fn: OpFn<E>, lease: Lease, timeout: number | undefined): void {
-    if (op.state.tag !== 'waiting') {
-      lease.release();
-      return;
-    }
-    const now = performance.now();
-    const handle = this.#pool.tryAcquire(now);
-    if (handle !== null) {
-      this.#run(op, fn, lease, handle, now);
-      return;
-    }
-    op.to({ tag: 'leased', lease });
-    const left = timeout === undefined ? undefined : Math.max(0, timeout - (now - op.enqueuedAt));
-    this.#waitForHandle(op, fn, left, timeout);
-  }
-
-  #waitForHandle(
-    op: Op<E>,
-    fn: OpFn<E>,
-    timeout: number | undefined,
-    reportedTimeout: number | undefined,
-  ): void {
-    const handle = this.#pool.acquire(op.callerSignal, timeout, reportedTimeout, op.waitForReady);
-    if (!(handle instanceof Promise)) {
-      this.#onHandle(op, fn, handle);
-      return;
-    }
-    handle.then(
-      (granted) => this.#onHandle(op, fn, granted),
-      (error: unknown) => this.#leave(op, error),
-    );
-  }
-
-  #onHandle(op: Op<E>, fn: OpFn<E>, handle: Handle<E>): void {
-    const state = op.state;
-    if (state.tag !== 'leased') {
-      this.#pool.release(handle);
-      return;
-    }
-    // Aborted in the turn between grant and start: the listener has not reached it yet.
-    if (op.callerSignal?.aborted) {
-      this.#pool.release(handle);
-      this.#leave(op, op.callerSignal.reason);
-      return;
-    }
-    this.#run(op, fn, state.lease, handle, performance.now());
-  }
-
-  /** A queued op gives up (abort, timeout, refusal); its caller gets `error`. */
-  #leave(op: Op<E>, error: unknown): void {
-    const state = op.state;
-    if (state.tag !== 'waiting' && state.tag !== 'leased') return;
-    let reason = error;
-    if (error instanceof LockTimeoutError && this.#pool.failures > 0) {
-      // Timed out behind ops that wait for an engine that keeps failing: say so, as the pool
-      // does for its own waiters.
-      reason = this.#pool.unavailableError();
-    } else if (error instanceof LockTimeoutError) {
-      this.#counters.lockTimeouts++;
-      reason = new LockTimeoutError(error.timeout, this.name, {
-        waitingFor: this.#blockersOf(op),
-      });
-    } else if (op.callerSignal?.aborted && error === op.callerSignal.reason) {
-      this.#counters.aborts++;
-    }
-    this.#queued.remove(op);
-    op.to(LEFT);
-    if (state.tag === 'leased') state.lease.release();
-    op.reject(reason);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -509,7 +338,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     this.#watchdog?.unwatch(op);
     if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
     // Its failed probes made the guard degraded; they leave with it.
-    if (op.probeFailures > 0) this.#updateState();
+    if (op.probeFailures > 0) this.#health.update();
   }
 
   #fnSettled(op: Op<E>, ok: boolean, value: unknown): void {
@@ -527,7 +356,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         op.resolve(value);
       } else {
         this.#counters.failed++;
-        this.#recordError(value);
+        this.#health.recordError(value);
         op.reject(value);
       }
       return;
@@ -573,7 +402,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       () => this.#cancelReturned(op),
       () => this.#cancelReturned(op),
     );
-    this.#updateState();
+    this.#health.update();
   }
 
   #cancelReturned(op: Op<E>): void {
@@ -661,7 +490,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     this.#endRun(op);
     op.to(STALLED);
     op.abort(error);
-    this.#recordError(error);
+    this.#health.recordError(error);
     op.reject(error);
     state.lease.revoke(error);
     const cancel = this.#options.cancel;
@@ -677,84 +506,17 @@ export class EngineGuard<E> implements AsyncDisposable {
     this.#events.emit('stall', { op: info, error, probeFailures: op.probeFailures });
     // The caller has its answer while fn is still running: the guard stops waiting for it.
     if (!op.fnSettled) this.#events.emit('abandon', { op: info, reason: error });
-    this.#updateState();
+    this.#health.update();
   }
-
-  // ---------------------------------------------------------------------------------------------
-  // Reporting.
-
-  /** Running ops as blockers, oldest first; only writes when `writesOnly`. Frozen, shareable. */
-  #blocking(now: number, writesOnly: boolean): readonly BlockingOp[] {
-    const list: BlockingOp[] = [];
-    for (let op = this.#running.head; op !== null; op = op.next) {
-      if (writesOnly && op.kind !== 'write') continue;
-      list.push({ id: op.id, kind: op.kind, label: op.label, ageMs: now - op.startedAt });
-    }
-    return list.length === 0 ? NO_BLOCKERS : Object.freeze(list);
-  }
-
-  /** What a queued op waits for (see {@link QueuedOpStatus.waitingFor}). */
-  #blockersOf(op: Op<E>): readonly BlockingOp[] {
-    if (op.state.tag === 'leased') return NO_BLOCKERS;
-    return this.#blocking(performance.now(), op.kind === 'read');
-  }
-
-  /** Every conclusive probe: of a running op, or the check of an idle handle (`op` undefined). */
-  #recordProbe(
-    op: Op<E> | undefined,
-    generation: number,
-    ok: boolean,
-    error: unknown,
-    durationMs: number,
-    consecutive: number,
-  ): void {
-    this.#lastProbe = {
-      ok,
-      at: Date.now(),
-      durationMs,
-      error: ok ? undefined : errorSummary(error).message,
-    };
-    if (!ok) {
-      this.#counters.probeFailures++;
-      this.#events.emit('probeFailure', { op: op?.info(), generation, error, consecutive });
-    }
-    this.#updateState();
-  }
-
-  #recordError(error: unknown): void {
-    const { message, code } = errorSummary(error);
-    this.#lastError = { message, code, at: Date.now() };
-  }
-
-  #computeState(): GuardState {
-    if (this.#closed) return 'closed';
-    const pool = this.#pool;
-    // Failing to connect, or a handle just lost and still being torn down.
-    if (pool.failures > 0 || pool.retiring > 0) return 'degraded';
-    for (let op = this.#running.head; op !== null; op = op.next) {
-      if (op.probeFailures > 0) return 'degraded';
-    }
-    if (pool.idleCount + pool.busyCount > 0) return 'ready';
-    if (pool.connecting > 0) return 'connecting';
-    return 'idle';
-  }
-
-  #updateState(): void {
-    const next = this.#computeState();
-    if (next === this.#state) return;
-    const from = this.#state;
-    this.#state = next;
-    this.#events.emit('state', { from, to: next });
-  }
-
-  // ---------------------------------------------------------------------------------------------
 
   async #close(): Promise<void> {
     this.#closed = true;
-    this.#updateState();
+    this.#health.close();
     const error = new GuardClosedError(this.name);
     this.#watchdog?.stop();
-    for (let op = this.#queued.head; op !== null; op = this.#queued.head) this.#leave(op, error);
+    for (let op = this.#queued.head; op !== null; op = this.#queued.head) {
+      this.#admission.leave(op, error);
+    }
     for (let op = this.#running.head; op !== null; op = this.#running.head) {
       const state = op.state;
       if (state.tag !== 'running' && state.tag !== 'cancelling') break;
