@@ -531,7 +531,10 @@ export class EngineGuard<E> implements AsyncDisposable {
         : new Promise<void>((resolve) => {
             op.onFnSettled = resolve;
           });
-      this.#pool.retire(state.handle, 'close', error, () => fnDone);
+      // Destroy only after fn and any cancel in flight are done with the engine (bounded).
+      const cancelled = state.tag === 'cancelling' ? state.cancel : undefined;
+      const idle = cancelled === undefined ? fnDone : Promise.all([fnDone, cancelled]);
+      this.#pool.retire(state.handle, 'close', error, () => idle);
     }
     await bounded(this.#pool.close(), this.#closeTimeout, noop);
   }
