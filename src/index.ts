@@ -30,6 +30,7 @@ export type {
   OpInfo,
   OpKind,
   OpOptions,
+  QueuedOpStatus,
   ReconnectOptions,
   RunningOpStatus,
   Subscription,

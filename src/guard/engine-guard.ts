@@ -6,163 +6,33 @@ import {
   LockTimeoutError,
 } from '../errors.js';
 import { heldBy, runHolding } from '../internal/context.js';
-import { bounded, isThenable, noop, type Timer } from '../internal/promises.js';
+import { attempt, bounded, isThenable, noop } from '../internal/promises.js';
 import { SignalFanout } from '../internal/signal-fanout.js';
-import {
-  validateDuration,
-  validateFunction,
-  validateInteger,
-  validateNumberInRange,
-  validateOptionalFunction,
-  validateOptionalString,
-  validateOptionsObject,
-  validatePositiveDuration,
-  validateSignal,
-} from '../internal/validate.js';
-import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
-import { Watchdog, type WatchdogSettings, type WatchedSubject } from '../liveness/watchdog.js';
+import { validateFunction } from '../internal/validate.js';
+import { WaiterQueue } from '../internal/waiter-queue.js';
+import { Watchdog } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
-import { resolveBackoff } from '../pool/backoff.js';
-import { type Handle, HandlePool } from '../pool/handle-pool.js';
+import type { Handle, HandlePool } from '../pool/handle-pool.js';
+import { Admission, type OpFn } from './admission.js';
 import { CachedValue, type CachedValueOptions } from './cached-value.js';
 import { TypedEvents } from './events.js';
+import { GuardHealth } from './health.js';
+import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
+import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
+import { openPool } from './pool-hooks.js';
 import type {
   EngineGuardOptions,
   GuardCounters,
   GuardEvents,
-  GuardState,
   GuardStatus,
   OpContext,
-  OpInfo,
   OpKind,
   OpOptions,
-  RunningOpStatus,
   Subscription,
 } from './types.js';
 
-/** Liveness defaults: a silent op is convicted within 3 × 5 s + 3 s = 18 s. */
-export const DEFAULT_LIVENESS = {
-  interval: 5_000,
-  timeout: 3_000,
-  failures: 3,
-  pauseThreshold: 1_000,
-} as const;
-
-type OpPhase = 'waiting' | 'running' | 'cancelling' | 'stalled' | 'abandoned' | 'closed' | 'done';
-
-/** A guarded operation. It is also the `ctx` its function receives and its watchdog subject. */
-class Op<E> implements OpContext, OpInfo, WatchedSubject, QueueNode<Op<E>> {
-  prev: Op<E> | null = null;
-  next: Op<E> | null = null;
-  queued = false;
-  lastBeat = 0;
-  probeFailures = 0;
-  probing = false;
-  nextProbeAt = 0;
-  watched = false;
-  generation = 0;
-  startedAt = 0;
-  phase: OpPhase = 'waiting';
-  handle: Handle<E> | null = null;
-  lease: Lease | null = null;
-  fnSettled = false;
-  resolve: (value: unknown) => void = noop;
-  reject: (reason: unknown) => void = noop;
-  cancelDone: Promise<unknown> | undefined = undefined;
-  graceTimer: Timer | undefined = undefined;
-  onFnSettled: (() => void) | undefined = undefined;
-  #controller: AbortController | undefined = undefined;
-  #aborted = false;
-  #reason: unknown = undefined;
-  #heartbeat: (() => void) | undefined = undefined;
-
-  constructor(
-    readonly id: number,
-    readonly kind: OpKind,
-    readonly label: string | undefined,
-    readonly callerSignal: AbortSignal | undefined,
-  ) {}
-
-  get signal(): AbortSignal {
-    if (this.#controller === undefined) {
-      this.#controller = new AbortController();
-      if (this.#aborted) this.#controller.abort(this.#reason);
-    }
-    return this.#controller.signal;
-  }
-
-  get aborted(): boolean {
-    return this.#aborted;
-  }
-
-  get abortReason(): unknown {
-    return this.#reason;
-  }
-
-  // A getter returning a cached arrow, so `const { heartbeat } = ctx` works and ops that never
-  // heartbeat allocate nothing.
-  get heartbeat(): () => void {
-    this.#heartbeat ??= () => {
-      this.lastBeat = performance.now();
-    };
-    return this.#heartbeat;
-  }
-
-  abort(reason: unknown): void {
-    if (this.#aborted) return;
-    this.#aborted = true;
-    this.#reason = reason;
-    this.#controller?.abort(reason);
-  }
-
-  /** A plain snapshot, so hooks and events never hold the live op. */
-  info(): OpInfo {
-    return {
-      id: this.id,
-      kind: this.kind,
-      label: this.label,
-      generation: this.generation,
-      startedAt: this.startedAt,
-    };
-  }
-}
-
-function errorSummary(error: unknown): { message: string; code: string | undefined } {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    return { message: error.message, code: typeof code === 'string' ? code : undefined };
-  }
-  return { message: String(error), code: undefined };
-}
-
-/** Races a promise against a timer; never rejects. */
-function settleWithin(promise: Promise<unknown>, ms: number): Promise<void> {
-  return bounded(promise, ms, noop).then(noop);
-}
-
-/** Settles like `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    // Nobody will read it any more, but a rejection must not go unhandled.
-    promise.catch(noop);
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
-}
+export { DEFAULT_LIVENESS } from './options.js';
 
 /**
  * Concurrency-safe access to one shared engine (a database connection, an analytics daemon, a
@@ -178,8 +48,14 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
  *   {@link EngineStalledError}; its lease is revoked so others proceed; its handle is cancelled,
  *   destroyed in the background and replaced on demand.
  * - `timeout` and `acquireTimeout` bound waiting only.
+ * - Once the engine counts as down, every op that did not opt into `waitForReady` fails fast
+ *   with {@link EngineUnavailableError}, queued ones included: nothing waits forever on a dead
+ *   engine by default.
  * - `status()` is synchronous and never touches an engine or a lock.
  * - Every promise it returns settles: on success, failure, abort, stall, or `close()`.
+ *
+ * The life of one op is the state machine of `op.ts`; this class coordinates the lock, the
+ * pool and the watchdog around it.
  *
  * @example
  * ```ts
@@ -202,204 +78,90 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #pool: HandlePool<E>;
   readonly #watchdog: Watchdog<Op<E>> | undefined;
   readonly #events: TypedEvents<GuardEvents>;
-  /** One listener per caller signal, however many ops share it (see SignalFanout). */
+  /** One listener per caller signal, however many running ops share it (see SignalFanout). */
   readonly #callerSignals = new SignalFanout<Op<E>>((ops) => {
     for (const op of ops) this.#onCallerAbort(op);
   });
-  /** Ops waiting or running, in arrival order (an intrusive list: O(1) in and out, no hashing). */
-  readonly #ops = new WaiterQueue<Op<E>>();
-  readonly #acquireTimeout: number | undefined;
+  /** Ops waiting for a lease or a handle, in arrival order (intrusive: O(1) in and out). */
+  readonly #queued = new WaiterQueue<Op<E>>();
+  /** Ops running or cancelling, in start order. */
+  readonly #running = new WaiterQueue<Op<E>>();
+  readonly #opDefaults: OpSettings;
   readonly #cancelTimeout: number;
   readonly #closeTimeout: number;
-  readonly #counters: GuardCounters = {
-    ops: 0,
-    succeeded: 0,
-    failed: 0,
-    stalls: 0,
-    replacements: 0,
-    cancels: 0,
-    lockTimeouts: 0,
-    aborts: 0,
-    probeFailures: 0,
-    connectFailures: 0,
-  };
+  readonly #health: GuardHealth<E>;
+  readonly #admission: Admission<E>;
+  readonly #counters: GuardCounters;
   #nextId = 0;
   #closed = false;
   #closing: Promise<void> | undefined = undefined;
-  #state: GuardState = 'idle';
-  #lastProbe: GuardStatus['lastProbe'] = null;
-  #lastError: GuardStatus['lastError'] = null;
 
   /**
-   * @throws TypeError | RangeError when an option is invalid, naming it.
+   * @throws TypeError | RangeError when an option is invalid or unknown, naming it.
    */
   constructor(options: EngineGuardOptions<E>) {
-    if (options === null || typeof options !== 'object') {
-      throw new TypeError(
-        'The "options" argument must be an object with at least a "create" function',
-      );
-    }
-    validateFunction(options.create, 'create');
-    validateOptionalFunction(options.destroy, 'destroy');
-    validateOptionalFunction(options.setup, 'setup');
-    validateOptionalFunction(options.probe, 'probe');
-    validateOptionalFunction(options.cancel, 'cancel');
-    validateOptionalFunction(options.isFatal, 'isFatal');
-    validateOptionalFunction(options.isAlive, 'isAlive');
-    this.name = validateOptionalString(options.name, 'name');
-    const pool = validateInteger(options.pool, 'pool', 1) ?? 1;
-    const maxQueue = validateInteger(options.maxQueue, 'maxQueue', 0, true);
-    this.#acquireTimeout = validateDuration(options.acquireTimeout, 'acquireTimeout');
-    this.#cancelTimeout = validatePositiveDuration(options.cancelTimeout, 'cancelTimeout') ?? 5_000;
-    this.#closeTimeout = validatePositiveDuration(options.closeTimeout, 'closeTimeout') ?? 10_000;
-    const connectTimeout =
-      validatePositiveDuration(options.connectTimeout, 'connectTimeout') ?? 30_000;
-    const destroyTimeout =
-      validatePositiveDuration(options.destroyTimeout, 'destroyTimeout') ?? 5_000;
-    const liveness = this.#parseLiveness(options);
-    const reconnect = options.reconnect;
-    validateOptionsObject(reconnect, 'reconnect');
-    validateDuration(reconnect?.initialDelay, 'reconnect.initialDelay');
-    validateDuration(reconnect?.maxDelay, 'reconnect.maxDelay');
-    validateNumberInRange(reconnect?.factor, 'reconnect.factor', 1, 1_000);
-    validateNumberInRange(reconnect?.jitter, 'reconnect.jitter', 0, 1);
-    validateInteger(reconnect?.failFastAfter, 'reconnect.failFastAfter', 1);
-
+    const settings = parseGuardOptions(options);
+    this.name = settings.name;
     this.#options = options;
+    this.#cancelTimeout = settings.cancelTimeout;
+    this.#closeTimeout = settings.closeTimeout;
+    this.#opDefaults = {
+      signal: undefined,
+      timeout: settings.acquireTimeout,
+      label: undefined,
+      waitForReady: settings.waitForReady,
+    };
     this.#events = new TypedEvents<GuardEvents>(this.name);
-    this.#lock = new RWLock({
-      ...(this.name === undefined ? {} : { name: this.name }),
-      ...(maxQueue === undefined ? {} : { maxQueue }),
-      // One shared lease per handle: a granted reader always has a handle to run on.
-      maxReaders: pool,
-    });
-    const idleCheckOption = options.liveness === false ? false : options.liveness?.idleCheckAfter;
-    const idleCheckAfterMs =
-      idleCheckOption === false
-        ? undefined
-        : validateDuration(idleCheckOption, 'liveness.idleCheckAfter');
-    const idleCheckAfter =
-      liveness === undefined || idleCheckOption === false
-        ? undefined
-        : (idleCheckAfterMs ?? liveness.interval);
-    this.#pool = new HandlePool<E>(
-      {
-        size: pool,
-        backoff: resolveBackoff(reconnect),
-        connectTimeout,
-        destroyTimeout,
-        idleCheckAfter,
-        probeTimeout: liveness?.timeout ?? DEFAULT_LIVENESS.timeout,
-        name: this.name,
-      },
-      this.#poolHooks(),
+    this.#health = new GuardHealth(this.name, this.#events, this.#running, this.#queued);
+    this.#counters = this.#health.counters;
+    this.#lock = new RWLock(settings.lock);
+    this.#pool = openPool(options, settings, this.#health.poolEvents());
+    this.#health.watchPool(this.#pool);
+    this.#admission = new Admission(
+      this.#lock,
+      this.#pool,
+      this.#queued,
+      this.#health,
+      this.name,
+      (op, fn, lease, handle, now) => this.#run(op, fn, lease, handle, now),
     );
+    const probe = options.probe;
     this.#watchdog =
-      liveness === undefined
+      settings.liveness === undefined || probe === undefined
         ? undefined
-        : new Watchdog<Op<E>>(liveness, {
+        : new Watchdog<Op<E>>(settings.liveness, {
             subjects: () => this.#liveOps(),
-            probe: (op, signal) => this.#runProbe(op, signal),
+            probe: (op, signal) => {
+              const state = op.state;
+              if (state.tag !== 'running') return Promise.resolve();
+              return attempt(() => probe(state.handle.engine, { signal, op: op.info() }));
+            },
             onProbeResult: (op, ok, error, durationMs) =>
-              this.#recordProbe(op, op.generation, ok, error, durationMs, op.probeFailures),
+              this.#health.recordProbe(
+                op.info(),
+                op.generation,
+                ok,
+                error,
+                durationMs,
+                op.probeFailures,
+              ),
             onConvict: (op, lastError) => this.#convict(op, lastError),
           });
-  }
-
-  #parseLiveness(options: EngineGuardOptions<E>): WatchdogSettings | undefined {
-    const liveness = options.liveness;
-    if (liveness === false) return undefined;
-    validateOptionsObject(liveness, 'liveness');
-    const settings: WatchdogSettings = {
-      interval:
-        validatePositiveDuration(liveness?.interval, 'liveness.interval') ??
-        DEFAULT_LIVENESS.interval,
-      timeout:
-        validatePositiveDuration(liveness?.timeout, 'liveness.timeout') ?? DEFAULT_LIVENESS.timeout,
-      failures:
-        validateInteger(liveness?.failures, 'liveness.failures', 1) ?? DEFAULT_LIVENESS.failures,
-      pauseThreshold:
-        validatePositiveDuration(liveness?.pauseThreshold, 'liveness.pauseThreshold') ??
-        DEFAULT_LIVENESS.pauseThreshold,
-    };
-    // Liveness needs a way to ask the engine; without a probe there is nothing to check.
-    if (options.probe === undefined) {
-      if (liveness !== undefined) {
-        process.emitWarning(
-          'engine-guard: "liveness" is set but there is no "probe": the watchdog is off and a stalled op is never detected',
-          { code: 'ENGINE_GUARD_NO_PROBE' },
-        );
-      }
-      return undefined;
-    }
-    return settings;
-  }
-
-  #poolHooks(): ConstructorParameters<typeof HandlePool<E>>[1] {
-    const options = this.#options;
-    return {
-      open: async (signal, generation) => {
-        const engine = await options.create({ signal, generation });
-        if (options.setup !== undefined) {
-          const setup = options.setup;
-          try {
-            // A setup that ignores its signal must not keep the attempt (and the engine) forever.
-            await untilAborted(
-              Promise.resolve().then(() => setup(engine, { signal, generation })),
-              signal,
-            );
-          } catch (error) {
-            // The half-made handle still holds resources.
-            void settleWithin(
-              Promise.resolve().then(() => options.destroy?.(engine, { reason: error })),
-              this.#pool.settings.destroyTimeout,
-            );
-            throw error;
-          }
-        }
-        return engine;
-      },
-      destroy: (engine, reason) => options.destroy?.(engine, { reason }),
-      isAlive: options.isAlive,
-      probeIdle:
-        options.probe === undefined
-          ? undefined
-          : (engine, signal) => Promise.resolve(options.probe?.(engine, { signal, op: undefined })),
-      onConnect: (generation) => {
-        this.#events.emit('connect', { generation });
-        this.#updateState();
-      },
-      onConnectError: (error, attempts, retryInMs) => {
-        this.#counters.connectFailures++;
-        this.#recordError(error);
-        this.#events.emit('connectError', { error, attempts, retryInMs });
-        this.#updateState();
-      },
-      onRetire: (handle, reason, cause) => {
-        this.#counters.replacements++;
-        this.#events.emit('replace', { generation: handle.generation, reason, cause });
-        this.#updateState();
-      },
-      onDestroyError: (generation, error) => {
-        this.#events.emit('destroyError', { generation, error });
-      },
-      onChange: () => this.#updateState(),
-      onIdleProbe: (generation, ok, error, durationMs) =>
-        this.#recordProbe(undefined, generation, ok, error, durationMs, ok ? 0 : 1),
-    };
   }
 
   /**
    * Runs `fn` as a shared read on its own engine handle. Reads run concurrently, up to `pool`.
    * A nested `read`/`write` in `fn`'s async context joins this op: it runs at once on the same
    * handle with the outer op's `ctx` (its own `signal`, `timeout` and `label` are not used), and
-   * a nested write inside a read rejects with {@link DeadlockError}.
+   * a nested write inside a read rejects with {@link DeadlockError}. This holds while the op is
+   * being cancelled too, so cleanup in a `catch` of an aborted op runs at once.
    *
    * Rejects with: whatever `fn` throws; `signal.reason` when the caller aborts;
-   * {@link LockTimeoutError} when `timeout` passes while queued; {@link EngineStalledError} when
-   * the engine stops answering; {@link EngineUnavailableError} while the engine is down;
-   * {@link QueueFullError}; {@link GuardClosedError}.
-   * @throws TypeError | RangeError at the call, on invalid arguments.
+   * {@link LockTimeoutError} (naming the ops it waited for) when `timeout` passes while queued;
+   * {@link EngineStalledError} when the engine stops answering; {@link EngineUnavailableError}
+   * while the engine is down (unless `waitForReady`); {@link QueueFullError};
+   * {@link GuardClosedError}.
+   * @throws TypeError | RangeError at the call, on invalid or unknown arguments.
    */
   read<T>(
     fn: (engine: E, ctx: OpContext) => T | PromiseLike<T>,
@@ -412,7 +174,7 @@ export class EngineGuard<E> implements AsyncDisposable {
    * Runs `fn` exclusively: it waits for running reads to finish and runs alone. For
    * engine-wide state (attach/detach, schema, catalog, search path) and for writes. A stalled
    * write rejects with an {@link EngineStalledError} whose `indeterminate` is true.
-   * @throws TypeError | RangeError at the call, on invalid arguments.
+   * @throws TypeError | RangeError at the call, on invalid or unknown arguments.
    */
   write<T>(
     fn: (engine: E, ctx: OpContext) => T | PromiseLike<T>,
@@ -447,41 +209,12 @@ export class EngineGuard<E> implements AsyncDisposable {
    * `status` endpoint while every handle is wedged.
    */
   status(): GuardStatus {
-    const now = performance.now();
-    const running: RunningOpStatus[] = [];
-    for (let op = this.#ops.head; op !== null; op = op.next) {
-      if (op.phase !== 'running' && op.phase !== 'cancelling') continue;
-      running.push({
-        id: op.id,
-        kind: op.kind,
-        label: op.label,
-        generation: op.generation,
-        ageMs: now - op.startedAt,
-        sinceHeartbeatMs: now - (op.lastBeat || op.startedAt),
-        probeFailures: op.probeFailures,
-        phase: op.phase === 'cancelling' ? 'cancelling' : 'running',
-      });
-    }
     const lock = this.#lock.state;
-    const pool = this.#pool;
-    return {
-      name: this.name,
-      state: this.#computeState(),
-      generation: pool.generation,
-      handles: {
-        total: pool.idleCount + pool.busyCount,
-        busy: pool.busyCount,
-        idle: pool.idleCount,
-        connecting: pool.connecting,
-        retiring: pool.retiring,
-      },
-      running,
-      queue: { readers: lock.queuedReaders, writers: lock.queuedWriters, forHandle: pool.waiting },
-      lastProbe: this.#lastProbe === null ? null : { ...this.#lastProbe },
-      lastError: this.#lastError === null ? null : { ...this.#lastError },
-      reconnect: { failures: pool.failures, nextAttemptAt: pool.nextAttemptAt },
-      counters: { ...this.#counters },
-    };
+    return this.#health.snapshot({
+      readers: lock.queuedReaders,
+      writers: lock.queuedWriters,
+      forHandle: this.#pool.waiting,
+    });
   }
 
   /** True once `close()` was called. */
@@ -491,8 +224,8 @@ export class EngineGuard<E> implements AsyncDisposable {
 
   /**
    * Closes the guard: queued ops reject with {@link GuardClosedError}, running ops have
-   * `ctx.signal` aborted and their callers rejected, handles are destroyed. Bounded by
-   * `closeTimeout`; idempotent (every call returns the same promise).
+   * `ctx.signal` aborted and their callers rejected, handles are destroyed. Resolves once every
+   * destroy settled, bounded by `closeTimeout`; idempotent (every call returns the same promise).
    */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -505,6 +238,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Entering: join, refuse, or queue.
 
   #op<T>(
     kind: OpKind,
@@ -512,32 +246,37 @@ export class EngineGuard<E> implements AsyncDisposable {
     options: OpOptions | undefined,
   ): Promise<Awaited<T>> {
     validateFunction(fn, 'fn');
-    validateOptionsObject(options);
-    const signal = validateSignal(options?.signal);
-    const timeout = validateDuration(options?.timeout, 'timeout') ?? this.#acquireTimeout;
-    const label = validateOptionalString(options?.label, 'label');
-
+    const settings = parseOpOptions(options, this.#opDefaults);
     const outer = heldBy<Op<E>>(this);
-    if (outer !== undefined && outer.phase === 'running') return this.#joinOp(outer, kind, fn);
+    if (outer !== undefined) {
+      const held = outer.state;
+      // Cancelling still holds the handle: cleanup in the op's `catch` must not queue behind it.
+      if (held.tag === 'running' || held.tag === 'cancelling') {
+        return this.#join(outer, held.handle, kind, fn);
+      }
+    }
     if (this.#closed) return Promise.reject(new GuardClosedError(this.name));
+    const signal = settings.signal;
     if (signal?.aborted) {
       this.#counters.aborts++;
       return Promise.reject(signal.reason);
     }
-    if (this.#pool.isDown) return Promise.reject(this.#pool.unavailableError());
-
-    const op = new Op<E>(++this.#nextId, kind, label, signal);
+    if (this.#pool.isDown && !settings.waitForReady) {
+      return Promise.reject(this.#pool.unavailableError());
+    }
+    const op = new Op<E>(++this.#nextId, kind, settings.label, signal, settings.waitForReady);
     if (opTracing.hasSubscribers) {
-      const trace: OpTraceContext = { guard: this.name, id: op.id, kind, label };
-      return opTracing.tracePromise(() => this.#start(op, fn, timeout), trace) as Promise<
+      const trace: OpTraceContext = { guard: this.name, id: op.id, kind, label: op.label };
+      return opTracing.tracePromise(() => this.#start(op, fn, settings.timeout), trace) as Promise<
         Awaited<T>
       >;
     }
-    return this.#start(op, fn, timeout) as Promise<Awaited<T>>;
+    return this.#start(op, fn, settings.timeout) as Promise<Awaited<T>>;
   }
 
-  #joinOp<T>(
+  #join<T>(
     outer: Op<E>,
+    handle: Handle<E>,
     kind: OpKind,
     fn: (engine: E, ctx: OpContext) => T | PromiseLike<T>,
   ): Promise<Awaited<T>> {
@@ -549,153 +288,167 @@ export class EngineGuard<E> implements AsyncDisposable {
         ),
       );
     }
-    try {
-      return Promise.resolve(fn((outer.handle as Handle<E>).engine, outer)) as Promise<Awaited<T>>;
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    return attempt(() => fn(handle.engine, outer.context)) as Promise<Awaited<T>>;
   }
 
-  #start(
-    op: Op<E>,
-    fn: (engine: E, ctx: OpContext) => unknown,
-    timeout: number | undefined,
-  ): Promise<unknown> {
-    this.#ops.push(op);
-    if (op.callerSignal !== undefined) this.#callerSignals.add(op.callerSignal, op);
-    // Fast path: lock free and a handle idle: no promise to wait on, no AbortController.
-    const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
-    if (lease !== null) {
-      op.lease = lease;
-      const now = performance.now();
-      const handle = this.#pool.tryAcquire(now);
-      if (handle !== null) {
-        op.handle = handle;
-        return this.#run(op, fn, now);
-      }
-    }
-    return this.#waitThenRun(op, fn, timeout);
+  #start(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
+    this.#admission.admit(op, fn, timeout);
+    return op.promise;
   }
 
-  async #waitThenRun(
-    op: Op<E>,
-    fn: (engine: E, ctx: OpContext) => unknown,
-    timeout: number | undefined,
-  ): Promise<unknown> {
-    const startedWaiting = performance.now();
-    try {
-      if (op.lease === null) {
-        op.lease =
-          op.kind === 'read'
-            ? await this.#lock.acquireRead({ signal: op.signal, timeout })
-            : await this.#lock.acquireWrite({ signal: op.signal, timeout });
-      }
-      const remaining =
-        timeout === undefined
-          ? undefined
-          : Math.max(0, timeout - (performance.now() - startedWaiting));
-      const handle = this.#pool.acquire(op.signal, remaining, timeout);
-      op.handle = handle instanceof Promise ? await handle : handle;
-    } catch (error) {
-      this.#ops.remove(op);
-      if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
-      op.lease?.release();
-      op.phase = 'done';
-      if (error instanceof LockTimeoutError) this.#counters.lockTimeouts++;
-      throw error;
-    }
-    if (op.aborted) {
-      // Aborted (caller or close) in the turn between grant and start.
-      this.#ops.remove(op);
-      if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
-      this.#pool.release(op.handle);
-      op.lease.release();
-      op.phase = 'done';
-      throw op.abortReason;
-    }
-    return this.#run(op, fn);
-  }
+  // ---------------------------------------------------------------------------------------------
+  // Running and ending.
 
-  #run(
-    op: Op<E>,
-    fn: (engine: E, ctx: OpContext) => unknown,
-    now: number = performance.now(),
-  ): Promise<unknown> {
-    const handle = op.handle as Handle<E>;
-    op.phase = 'running';
+  #run(op: Op<E>, fn: OpFn<E>, lease: Lease, handle: Handle<E>, now: number): void {
+    this.#queued.remove(op);
+    op.to({ tag: 'running', lease, handle });
+    this.#running.push(op);
     op.generation = handle.generation;
     op.startedAt = now;
     op.lastBeat = now;
     this.#counters.ops++;
     this.#watchdog?.watch(op, now);
-    return new Promise<unknown>((resolve, reject) => {
-      op.resolve = resolve;
-      op.reject = reject;
-      let result: unknown;
-      try {
-        result = runHolding(this, op, fn, handle.engine, op);
-      } catch (error) {
-        this.#fnSettled(op, false, error);
-        return;
-      }
-      if (isThenable(result)) {
-        result.then(
-          (value) => this.#fnSettled(op, true, value),
-          (error: unknown) => this.#fnSettled(op, false, error),
-        );
-      } else {
-        this.#fnSettled(op, true, result);
-      }
-    });
+    if (op.callerSignal !== undefined) this.#callerSignals.add(op.callerSignal, op);
+    let result: unknown;
+    try {
+      result = runHolding(this, op, fn, handle.engine, op.context);
+    } catch (error) {
+      this.#fnSettled(op, false, error);
+      return;
+    }
+    if (!isThenable(result)) {
+      this.#fnSettled(op, true, result);
+      return;
+    }
+    // A throwing `then` getter, a revoked Proxy or a `then` that throws after settling: every
+    // way out of fn ends the op, once (#fnSettled ignores all but the first outcome).
+    try {
+      result.then(
+        (value) => this.#fnSettled(op, true, value),
+        (error: unknown) => this.#fnSettled(op, false, error),
+      );
+    } catch (error) {
+      this.#fnSettled(op, false, error);
+    }
   }
 
   /** The op no longer counts as running. Its lease and handle are dealt with by the caller. */
   #endRun(op: Op<E>): void {
-    this.#ops.remove(op);
+    this.#running.remove(op);
     this.#watchdog?.unwatch(op);
     if (op.callerSignal !== undefined) this.#callerSignals.remove(op.callerSignal, op);
-    if (op.graceTimer !== undefined) {
-      clearTimeout(op.graceTimer);
-      op.graceTimer = undefined;
-    }
+    // Its failed probes made the guard degraded; they leave with it.
+    if (op.probeFailures > 0) this.#health.update();
   }
 
   #fnSettled(op: Op<E>, ok: boolean, value: unknown): void {
+    if (op.fnSettled) return;
     op.fnSettled = true;
     op.onFnSettled?.();
-    if (op.phase === 'running') {
+    const state = op.state;
+    if (state.tag === 'running') {
       this.#endRun(op);
-      op.phase = 'done';
-      this.#returnHandle(op, ok, value);
-      (op.lease as Lease).release();
+      op.to(DONE);
+      this.#returnHandle(op, state.handle, ok, value);
+      state.lease.release();
       if (ok) {
         this.#counters.succeeded++;
         op.resolve(value);
       } else {
         this.#counters.failed++;
-        this.#recordError(value);
+        this.#health.recordError(value);
         op.reject(value);
       }
       return;
     }
-    if (op.phase === 'cancelling') {
-      // The engine wound the op down after the cancel: keep the handle, but only once the
-      // cancel call itself is done, so it can never hit the next op on this handle.
-      const finish = (): void => {
-        if (op.phase !== 'cancelling') return;
-        this.#endRun(op);
-        op.phase = 'done';
-        this.#returnHandle(op, ok, value);
-        (op.lease as Lease).release();
-      };
-      if (op.cancelDone === undefined) finish();
-      else op.cancelDone.then(finish);
+    if (state.tag === 'cancelling') {
+      state.outcome = { ok, value };
+      this.#finishCancel(op);
     }
     // stalled / abandoned / closed: the caller was answered and the handle retired already.
   }
 
-  #returnHandle(op: Op<E>, ok: boolean, value: unknown): void {
-    const handle = op.handle as Handle<E>;
+  /** The caller's signal aborted while the op ran. */
+  #onCallerAbort(op: Op<E>): void {
+    const state = op.state;
+    if (state.tag !== 'running') return;
+    const reason = op.callerSignal?.reason;
+    this.#counters.aborts++;
+    this.#watchdog?.unwatch(op);
+    // fn sees its signal abort before the engine sees the cancel, so an error caused by the
+    // cancel is recognised as cancellation (never fatal).
+    op.abort(reason);
+    op.reject(reason);
+    const cancel = this.#options.cancel;
+    let cancelled: Promise<unknown> | undefined;
+    if (cancel !== undefined && !op.fnSettled) {
+      this.#counters.cancels++;
+      const info = op.info();
+      // Not bounded here: whether it really returned decides if the handle may serve again.
+      cancelled = attempt(() => cancel(state.handle.engine, { op: info, reason }));
+    }
+    op.to({
+      tag: 'cancelling',
+      lease: state.lease,
+      handle: state.handle,
+      cancel: cancelled,
+      cancelInFlight: cancelled !== undefined,
+      outcome: undefined,
+      // If the engine does not wind the op down (and answer the cancel) in time, the handle
+      // is presumed lost.
+      grace: setTimeout(() => this.#abandon(op, reason), this.#cancelTimeout),
+    });
+    cancelled?.then(
+      () => this.#cancelReturned(op),
+      () => this.#cancelReturned(op),
+    );
+    this.#health.update();
+  }
+
+  #cancelReturned(op: Op<E>): void {
+    const state = op.state;
+    if (state.tag !== 'cancelling') return;
+    state.cancelInFlight = false;
+    this.#finishCancel(op);
+  }
+
+  /**
+   * Keeps the handle once the engine wound the op down and the cancel call returned: a cancel
+   * still in flight could otherwise hit the next op on this handle.
+   */
+  #finishCancel(op: Op<E>): void {
+    const state = op.state;
+    if (state.tag !== 'cancelling' || state.cancelInFlight || state.outcome === undefined) return;
+    clearTimeout(state.grace);
+    this.#endRun(op);
+    op.to(DONE);
+    this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value);
+    state.lease.release();
+  }
+
+  #abandon(op: Op<E>, reason: unknown): void {
+    const state = op.state;
+    if (state.tag !== 'cancelling') return;
+    this.#endRun(op);
+    op.to(ABANDONED);
+    state.lease.revoke(reason);
+    const cancelled = state.cancel;
+    // The handle is destroyed only once a late cancel returned (bounded by destroyTimeout).
+    this.#pool.retire(
+      state.handle,
+      'abandoned',
+      reason,
+      cancelled === undefined ? undefined : () => cancelled,
+    );
+    if (!op.fnSettled) this.#events.emit('abandon', { op: op.info(), reason });
+  }
+
+  /** A cancel call, settled (never rejected) when it returns or after `cancelTimeout`. */
+  #sendCancel(call: () => unknown): Promise<unknown> {
+    return bounded(attempt(call), this.#cancelTimeout, noop);
+  }
+
+  #returnHandle(op: Op<E>, handle: Handle<E>, ok: boolean, value: unknown): void {
     if (!ok && this.#isFatal(op, value)) {
       this.#pool.retire(handle, 'fatal', value);
     } else {
@@ -721,72 +474,9 @@ export class EngineGuard<E> implements AsyncDisposable {
     }
   }
 
-  /** The caller's signal aborted. */
-  #onCallerAbort(op: Op<E>): void {
-    const reason = op.callerSignal?.reason;
-    if (op.phase === 'waiting') {
-      this.#counters.aborts++;
-      op.abort(reason);
-      return;
-    }
-    if (op.phase !== 'running') return;
-    this.#counters.aborts++;
-    op.phase = 'cancelling';
-    this.#watchdog?.unwatch(op);
-    op.abort(reason);
-    op.reject(reason);
-    const cancel = this.#options.cancel;
-    if (cancel !== undefined && !op.fnSettled) {
-      this.#counters.cancels++;
-      const handle = op.handle as Handle<E>;
-      op.cancelDone = settleWithin(
-        Promise.resolve().then(() => cancel(handle.engine, { op: op.info(), reason })),
-        this.#cancelTimeout,
-      );
-    }
-    // If the engine does not wind the op down in time, the handle is presumed lost.
-    op.graceTimer = setTimeout(() => this.#abandon(op, reason), this.#cancelTimeout);
-  }
-
-  #abandon(op: Op<E>, reason: unknown): void {
-    op.graceTimer = undefined;
-    if (op.phase !== 'cancelling') return;
-    this.#endRun(op);
-    op.phase = 'abandoned';
-    (op.lease as Lease).revoke(reason);
-    this.#pool.retire(op.handle as Handle<E>, 'abandoned', reason);
-    this.#events.emit('abandon', { op: op.info(), reason });
-  }
-
-  #runProbe(op: Op<E>, signal: AbortSignal): Promise<unknown> {
-    const probe = this.#options.probe as NonNullable<EngineGuardOptions<E>['probe']>;
-    return Promise.resolve(probe((op.handle as Handle<E>).engine, { signal, op: op.info() }));
-  }
-
-  /** Every conclusive probe: of a running op, or the check of an idle handle (`op` undefined). */
-  #recordProbe(
-    op: Op<E> | undefined,
-    generation: number,
-    ok: boolean,
-    error: unknown,
-    durationMs: number,
-    consecutive: number,
-  ): void {
-    this.#lastProbe = {
-      ok,
-      at: Date.now(),
-      durationMs,
-      error: ok ? undefined : errorSummary(error).message,
-    };
-    if (!ok) {
-      this.#counters.probeFailures++;
-      this.#events.emit('probeFailure', { op: op?.info(), generation, error, consecutive });
-    }
-    this.#updateState();
-  }
-
   #convict(op: Op<E>, lastError: unknown): void {
-    if (op.phase !== 'running') return;
+    const state = op.state;
+    if (state.tag !== 'running') return;
     this.#counters.stalls++;
     const error = new EngineStalledError({
       guardName: this.name,
@@ -798,89 +488,60 @@ export class EngineGuard<E> implements AsyncDisposable {
       cause: lastError,
     });
     this.#endRun(op);
-    op.phase = 'stalled';
+    op.to(STALLED);
     op.abort(error);
-    this.#recordError(error);
+    this.#health.recordError(error);
     op.reject(error);
-    (op.lease as Lease).revoke(error);
+    state.lease.revoke(error);
     const cancel = this.#options.cancel;
-    const handle = op.handle as Handle<E>;
     const info = op.info();
     const cancelFirst =
       cancel === undefined
         ? undefined
         : () => {
             this.#counters.cancels++;
-            return settleWithin(
-              Promise.resolve().then(() => cancel(handle.engine, { op: info, reason: error })),
-              this.#cancelTimeout,
-            );
+            return this.#sendCancel(() => cancel(state.handle.engine, { op: info, reason: error }));
           };
-    this.#pool.retire(handle, 'stall', error, cancelFirst);
+    this.#pool.retire(state.handle, 'stall', error, cancelFirst);
     this.#events.emit('stall', { op: info, error, probeFailures: op.probeFailures });
     // The caller has its answer while fn is still running: the guard stops waiting for it.
     if (!op.fnSettled) this.#events.emit('abandon', { op: info, reason: error });
-    this.#updateState();
-  }
-
-  #recordError(error: unknown): void {
-    const { message, code } = errorSummary(error);
-    this.#lastError = { message, code, at: Date.now() };
-  }
-
-  #computeState(): GuardState {
-    if (this.#closed) return 'closed';
-    const pool = this.#pool;
-    // Failing to connect, or a handle just lost and still being torn down.
-    if (pool.failures > 0 || pool.retiring > 0) return 'degraded';
-    for (let op = this.#ops.head; op !== null; op = op.next) {
-      if (op.probeFailures > 0) return 'degraded';
-    }
-    if (pool.idleCount + pool.busyCount > 0) return 'ready';
-    if (pool.connecting > 0) return 'connecting';
-    return 'idle';
-  }
-
-  #updateState(): void {
-    const next = this.#computeState();
-    if (next === this.#state) return;
-    const from = this.#state;
-    this.#state = next;
-    this.#events.emit('state', { from, to: next });
+    this.#health.update();
   }
 
   async #close(): Promise<void> {
     this.#closed = true;
-    this.#updateState();
+    this.#health.close();
     const error = new GuardClosedError(this.name);
     this.#watchdog?.stop();
-    const live: Op<E>[] = [];
-    for (let op = this.#ops.head; op !== null; op = op.next) live.push(op);
-    for (const op of live) {
-      if (op.phase === 'waiting') {
-        op.abort(error);
-        continue;
-      }
-      if (op.phase !== 'running' && op.phase !== 'cancelling') continue;
-      const wasRunning = op.phase === 'running';
+    for (let op = this.#queued.head; op !== null; op = this.#queued.head) {
+      this.#admission.leave(op, error);
+    }
+    for (let op = this.#running.head; op !== null; op = this.#running.head) {
+      const state = op.state;
+      if (state.tag !== 'running' && state.tag !== 'cancelling') break;
+      if (state.tag === 'cancelling') clearTimeout(state.grace);
       this.#endRun(op);
-      op.phase = 'closed';
+      op.to(CLOSED);
       op.abort(error);
-      if (wasRunning) op.reject(error);
-      (op.lease as Lease).revoke(error);
+      if (state.tag === 'running') op.reject(error);
+      state.lease.revoke(error);
       const fnDone = op.fnSettled
         ? Promise.resolve()
         : new Promise<void>((resolve) => {
             op.onFnSettled = resolve;
           });
-      this.#pool.retire(op.handle as Handle<E>, 'close', error, () => fnDone);
+      // Destroy only after fn and any cancel in flight are done with the engine (bounded).
+      const cancelled = state.tag === 'cancelling' ? state.cancel : undefined;
+      const idle = cancelled === undefined ? fnDone : Promise.all([fnDone, cancelled]);
+      this.#pool.retire(state.handle, 'close', error, () => idle);
     }
-    await settleWithin(this.#pool.close(), this.#closeTimeout);
+    await bounded(this.#pool.close(), this.#closeTimeout, noop);
   }
 
+  /** The running ops, for the watchdog; safe against the consumer unlinking the one it gets. */
   *#liveOps(): Generator<Op<E>> {
-    for (let op = this.#ops.head; op !== null; ) {
-      // Read the link first: the consumer may unlink the op it is given.
+    for (let op = this.#running.head; op !== null; ) {
       const next: Op<E> | null = op.next;
       yield op;
       op = next;

@@ -1,5 +1,6 @@
-import type { EngineStalledError } from '../errors.js';
+import type { BlockingOp, EngineStalledError } from '../errors.js';
 import type { LockMode } from '../lock/lease.js';
+import type { Fairness } from '../lock/rwlock.js';
 
 /** Kind of a guarded operation: a shared `read` or an exclusive `write`. */
 export type OpKind = LockMode;
@@ -124,6 +125,23 @@ export interface EngineGuardOptions<E> {
   cancelTimeout?: number | undefined;
   /** Bound of `close()`, ms. Default 10,000. */
   closeTimeout?: number | undefined;
+  /**
+   * Default of each op's `waitForReady`. `false` (the default): once the engine counts as down
+   * (see `reconnect.failFastAfter`), ops fail fast with `EngineUnavailableError`, those already
+   * queued for a handle included. `true`: ops wait for the engine to come back, within their own
+   * `signal` and `timeout` (gRPC's wait-for-ready).
+   */
+  waitForReady?: boolean | undefined;
+  /**
+   * Order in which queued ops are served (the guard's lock policy, see `RWLock`).
+   * `'no-convoy'` (the default): a write that has waited `bypassAfter` ms for reads that are still
+   * running lets later reads pass it until those reads end, so one long read plus one queued write
+   * does not stall every other caller. `'fifo'`: strict FIFO phases (a queued write holds back every
+   * read that arrives after it).
+   */
+  fairness?: Fairness | undefined;
+  /** With `fairness: 'no-convoy'`: how long a write waits on running reads before later reads may pass it, ms. Default 100. */
+  bypassAfter?: number | undefined;
   /** Name used in messages, status and diagnostics. */
   name?: string | undefined;
 }
@@ -139,6 +157,11 @@ export interface OpOptions {
   timeout?: number | undefined;
   /** Shown in `status()`, events, errors and traces. */
   label?: string | undefined;
+  /**
+   * `true`: while the engine is down, wait for it (within `signal` and `timeout`) instead of
+   * failing fast with `EngineUnavailableError`. Default: the guard's `waitForReady`.
+   */
+  waitForReady?: boolean | undefined;
 }
 
 /**
@@ -168,6 +191,21 @@ export interface RunningOpStatus {
   phase: 'running' | 'cancelling';
 }
 
+/** One queued op in `status()`: waiting for a lease or for a handle. */
+export interface QueuedOpStatus {
+  id: number;
+  kind: OpKind;
+  label: string | undefined;
+  /** ms since it was queued. */
+  waitingMs: number;
+  /**
+   * The running ops it waits for, oldest first: every running op for a write; the running
+   * write for a read; empty when it holds its lease and waits for a handle. Shared between
+   * entries of one snapshot and frozen.
+   */
+  waitingFor: readonly BlockingOp[];
+}
+
 /** Counters since the guard was made. */
 export interface GuardCounters {
   /** Ops started (granted a lease and a handle). */
@@ -195,6 +233,8 @@ export interface GuardStatus {
   /** `total` = `busy` + `idle` (open handles in service); `connecting` and `retiring` are apart. */
   handles: { total: number; busy: number; idle: number; connecting: number; retiring: number };
   running: RunningOpStatus[];
+  /** Queued ops, oldest first, with what each waits for. */
+  queued: QueuedOpStatus[];
   queue: { readers: number; writers: number; forHandle: number };
   lastProbe: { ok: boolean; at: number; durationMs: number; error: string | undefined } | null;
   lastError: { message: string; code: string | undefined; at: number } | null;

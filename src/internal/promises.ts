@@ -17,6 +17,7 @@ export function noop(): void {}
 export function isThenable(value: unknown): value is PromiseLike<unknown> {
   if (value === null || (typeof value !== 'object' && typeof value !== 'function')) return false;
   try {
+    // Inside the try: `instanceof` asks a revoked Proxy for its prototype, which throws.
     return value instanceof Promise || typeof (value as { then?: unknown }).then === 'function';
   } catch {
     return true;

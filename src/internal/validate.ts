@@ -118,3 +118,58 @@ export function validateOptionalString(value: unknown, name: string): string | u
   }
   return value;
 }
+
+/** An optional boolean. */
+export function validateBoolean(value: unknown, name: string): boolean | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'boolean') {
+    throw new TypeError(`The "${name}" option must be a boolean, got ${describe(value)}`);
+  }
+  return value;
+}
+
+/** Levenshtein distance, for "did you mean" hints on misspelled option names. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current[j] = Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, substitution);
+    }
+    previous = current;
+  }
+  return previous[b.length] ?? 0;
+}
+
+/** The known name closest to `name`, when close enough to be a likely typo. */
+function closest(name: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(2, Math.floor(name.length / 3)) + 1;
+  for (const candidate of known) {
+    const distance = editDistance(name.toLowerCase(), candidate.toLowerCase());
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+/**
+ * Rejects own enumerable keys of `options` that are not in `known`: a misspelled option would
+ * otherwise be ignored silently and its default used. `prefix` names the nesting (`liveness.`).
+ */
+export function validateUnknownKeys(
+  options: object,
+  known: readonly string[],
+  prefix: string,
+): void {
+  for (const key in options) {
+    if (!Object.hasOwn(options, key) || known.includes(key)) continue;
+    const hint = closest(key, known);
+    throw new TypeError(
+      `Unknown option "${prefix}${key}"${hint === undefined ? '' : `; did you mean "${prefix}${hint}"?`}`,
+    );
+  }
+}

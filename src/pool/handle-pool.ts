@@ -6,12 +6,15 @@
  *   handle leaves service at once; its `destroy` runs in the background, bounded by
  *   `destroyTimeout`, so a `destroy` that never settles cannot shrink the pool for good.
  * - Handles are opened on demand only: one attempt per waiter while the engine is healthy,
- *   a single attempt at a time (with jittered exponential backoff) after a failure.
+ *   a single attempt at a time (with jittered exponential backoff) after a failure. An attempt
+ *   whose waiter gave up (orphaned) does not count as serving later waiters.
  * - `setup` runs once per new handle, inside the attempt, before the handle serves anyone.
  * - Waiters are served in arrival order; one that aborts leaves the queue in O(1). A handle
  *   opened for a waiter that left goes idle for the next one: nothing is leaked.
  * - After `failFastAfter` consecutive failed attempts the engine counts as down: attempts go on
- *   in the background and `isDown` lets new callers fail fast until one succeeds.
+ *   in the background, and new and already queued waiters fail fast with
+ *   `EngineUnavailableError` until one succeeds, except those that asked to `waitForReady`.
+ * - `close()` resolves once every destroy settled, handles caught in an idle check included.
  */
 import {
   EngineUnavailableError,
@@ -77,6 +80,8 @@ class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
   timer: Timer | undefined = undefined;
   constructor(
     readonly pool: HandlePool<E>,
+    /** Waits through an engine outage instead of failing fast. */
+    readonly waitForReady: boolean,
     readonly resolve: (handle: Handle<E>) => void,
     readonly reject: (reason: unknown) => void,
   ) {}
@@ -97,7 +102,15 @@ export class HandlePool<E> {
   readonly #waiters = new WaiterQueue<HandleWaiter<E>>();
   readonly #attempts = new Set<AbortController>();
   readonly #destroying = new Set<Promise<void>>();
+  /** Idle checks in flight (each bounded by probeTimeout): close() waits for them. */
+  readonly #checks = new Set<Promise<void>>();
   #connecting = 0;
+  /**
+   * Attempts in flight that no waiter is left to claim (their waiters gave up). They do not
+   * count as serving the waiters that come later: a connect lost in a network blip must not
+   * make them wait for `connectTimeout` while a slot is free.
+   */
+  #orphaned = 0;
   #retiring = 0;
   #generation = 0;
   #failures = 0;
@@ -223,20 +236,22 @@ export class HandlePool<E> {
     signal: AbortSignal | undefined,
     timeout: number | undefined,
     reportedTimeout: number | undefined = timeout,
+    waitForReady = false,
   ): Handle<E> | Promise<Handle<E>> {
     if (this.#closed) return Promise.reject(new GuardClosedError(this.settings.name));
     const handle = this.#takeLiveIdle(true);
     if (handle !== undefined) {
       if (this.#needsIdleCheck(handle, performance.now())) {
-        return this.#checkIdle(handle, signal, timeout, reportedTimeout ?? timeout);
+        return this.#checkIdle(handle, signal, timeout, reportedTimeout ?? timeout, waitForReady);
       }
       handle.state = 'busy';
       this.#busy++;
       return handle;
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.isDown && !waitForReady) return Promise.reject(this.unavailableError());
     return new Promise<Handle<E>>((resolve, reject) => {
-      const waiter = new HandleWaiter(this, resolve, reject);
+      const waiter = new HandleWaiter(this, waitForReady, resolve, reject);
       this.#waiters.push(waiter);
       if (signal !== undefined) {
         waiter.signal = signal;
@@ -263,6 +278,7 @@ export class HandlePool<E> {
     signal: AbortSignal | undefined,
     timeout: number | undefined,
     reportedTimeout: number | undefined,
+    waitForReady: boolean,
   ): Promise<Handle<E>> {
     handle.state = 'busy';
     this.#busy++;
@@ -294,7 +310,17 @@ export class HandlePool<E> {
           reject(this.#giveUpError(reportedTimeout ?? timeout));
         }, timeout);
       }
-      probed.then((result) => {
+      const checked = probed.then((result) => {
+        this.#checks.delete(checked);
+        if (this.#closed) {
+          // Closed while checking: the handle goes straight to destroy, close() waits for it.
+          this.#busy--;
+          this.#destroy(handle, new GuardClosedError(this.settings.name));
+          if (!waiting) return;
+          stopWaiting();
+          reject(new GuardClosedError(this.settings.name));
+          return;
+        }
         this.#hooks.onIdleProbe(
           handle.generation,
           result.ok,
@@ -318,8 +344,12 @@ export class HandlePool<E> {
         stopWaiting();
         const remaining =
           timeout === undefined ? undefined : Math.max(0, timeout - (performance.now() - started));
-        Promise.resolve(this.acquire(signal, remaining, reportedTimeout)).then(resolve, reject);
+        Promise.resolve(this.acquire(signal, remaining, reportedTimeout, waitForReady)).then(
+          resolve,
+          reject,
+        );
       });
+      this.#checks.add(checked);
     });
   }
 
@@ -403,7 +433,16 @@ export class HandlePool<E> {
   [kGiveUp](waiter: HandleWaiter<E>, reason: unknown): void {
     if (!waiter.queued) return;
     this.#dequeue(waiter);
+    if (this.#connecting - this.#orphaned > this.#waiters.size) this.#orphaned++;
     waiter.reject(reason);
+  }
+
+  /** An attempt ended: orphans are the attempts beyond those still in flight. */
+  #attemptEnded(controller: AbortController, timer: Timer): void {
+    clearTimeout(timer);
+    this.#attempts.delete(controller);
+    this.#connecting--;
+    if (this.#orphaned > this.#connecting) this.#orphaned = this.#connecting;
   }
 
   #dequeue(waiter: HandleWaiter<E>): void {
@@ -422,7 +461,7 @@ export class HandlePool<E> {
   #pump(): void {
     if (this.#closed || this.#retryTimer !== undefined) return;
     while (
-      this.#waiters.size > this.#connecting &&
+      this.#waiters.size > this.#connecting - this.#orphaned &&
       this.#inService() < this.settings.size &&
       // After a failure, probe the engine with one attempt at a time.
       !(this.#failures > 0 && this.#connecting > 0)
@@ -455,9 +494,7 @@ export class HandlePool<E> {
     this.#hooks.onChange();
     Promise.race([opened, abandoned]).then(
       (engine) => {
-        clearTimeout(timer);
-        this.#attempts.delete(controller);
-        this.#connecting--;
+        this.#attemptEnded(controller, timer);
         this.#failures = 0;
         this.#lastError = undefined;
         this.#nextAttemptAt = undefined;
@@ -467,9 +504,7 @@ export class HandlePool<E> {
         this.#pump();
       },
       (error: unknown) => {
-        clearTimeout(timer);
-        this.#attempts.delete(controller);
-        this.#connecting--;
+        this.#attemptEnded(controller, timer);
         // A late success of an abandoned attempt still owns a handle: close it.
         opened.then(
           (engine) => this.#destroy(new Handle(engine, generation), error),
@@ -481,9 +516,22 @@ export class HandlePool<E> {
         const delay = backoffDelay(this.settings.backoff, this.#failures);
         this.#nextAttemptAt = Date.now() + delay;
         this.#hooks.onConnectError(error, this.#failures, delay);
+        if (this.isDown) this.#failFast();
         this.#scheduleRetry(delay);
       },
     );
+  }
+
+  /**
+   * The engine counts as down: waiters that did not opt into waiting for it get the same
+   * answer as new callers, now, instead of waiting for an engine that may never return.
+   */
+  #failFast(): void {
+    for (let waiter = this.#waiters.head; waiter !== null; ) {
+      const next: HandleWaiter<E> | null = waiter.next;
+      if (!waiter.waitForReady) this[kGiveUp](waiter, this.unavailableError());
+      waiter = next;
+    }
   }
 
   #scheduleRetry(delay: number): void {
@@ -521,10 +569,10 @@ export class HandlePool<E> {
     await this.drained();
   }
 
-  /** Resolves when no destroy is in flight. */
+  /** Resolves when no idle check and no destroy is in flight. */
   async drained(): Promise<void> {
-    while (this.#destroying.size > 0) {
-      await Promise.all(this.#destroying);
+    while (this.#checks.size > 0 || this.#destroying.size > 0) {
+      await Promise.all([...this.#checks, ...this.#destroying]);
     }
   }
 }

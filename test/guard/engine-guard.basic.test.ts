@@ -1,18 +1,12 @@
 import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { EngineGuard, EngineStalledError } from '../../src/index.js';
-import { type FakeEngine, FakeEngineFactory } from '../../src/testing/index.js';
+import { FakeEngineFactory } from '../../src/testing/index.js';
+import { type FakeGuardOptions, fakeGuard as sharedFakeGuard } from '../support/guard.js';
 
-function fakeGuard(
-  factory: FakeEngineFactory,
-  extra: Partial<ConstructorParameters<typeof EngineGuard<FakeEngine>>[0]> = {},
-) {
-  return new EngineGuard<FakeEngine>({
-    create: ({ signal }) => factory.create({ signal }),
-    destroy: (engine) => factory.destroy(engine),
-    probe: (engine, { signal }) => engine.ping({ signal }),
-    cancel: (engine) => engine.cancelRunning(),
-    isFatal: (error) => (error as { code?: string }).code === 'ECONNRESET',
+/** The shared fake guard with this file's faster watchdog. */
+function fakeGuard(factory: FakeEngineFactory, extra: Partial<FakeGuardOptions> = {}) {
+  return sharedFakeGuard(factory, {
     liveness: { interval: 50, timeout: 50, failures: 2 },
     ...extra,
   });

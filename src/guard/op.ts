@@ -1,0 +1,234 @@
+/**
+ * The life of one guarded operation, as a state machine. Each state carries only its own data,
+ * and {@link Op.to} is the one place the state changes: it refuses any move not drawn here.
+ *
+ * ```
+ *            lease             handle            fn settles
+ *  waiting ───────▶ leased ───────────▶ running ───────────────────────────────▶ done
+ *     │ └──── lease and handle at once ───▲ │ │                                  ▲
+ *     │                  │                  │ │ caller aborts                    │ fn settled and
+ *     │ abort, timeout,  │                  │ └────────────▶ cancelling ─────────┘ cancel returned
+ *     │ refused, close   │                  │                   │  │
+ *     ▼                  ▼                  │ convicted         │  │ grace (cancelTimeout) ran out
+ *   left ◀───────────────┘                  ▼                   │  ▼
+ *                                        stalled                │ abandoned
+ *                          running/cancelling ── close() ──▶ closed
+ * ```
+ *
+ * - `waiting`: queued for the lock. `leased`: holds its lease, queued for a handle.
+ * - `running`: holds lease and handle; `fn` runs; the watchdog watches it.
+ * - `cancelling`: the caller aborted and was answered; the engine winds `fn` down. Lease and
+ *   handle are kept until both `fn` settled and the `cancel` call returned (a cancel still in
+ *   flight could hit the next op on the handle), or the grace timer retires the handle.
+ * - Terminal: `left` (never ran), `done` (lease released, handle returned), `stalled`,
+ *   `abandoned` and `closed` (lease revoked, handle retired; `fn` may still be running).
+ */
+import type { Timer } from '../internal/promises.js';
+import type { QueueNode } from '../internal/waiter-queue.js';
+import type { WatchedSubject } from '../liveness/watchdog.js';
+import type { Lease } from '../lock/lease.js';
+import type { Handle } from '../pool/handle-pool.js';
+import type { OpContext, OpInfo, OpKind } from './types.js';
+
+interface Waiting {
+  readonly tag: 'waiting';
+}
+interface Leased {
+  readonly tag: 'leased';
+  readonly lease: Lease;
+}
+interface Running<E> {
+  readonly tag: 'running';
+  readonly lease: Lease;
+  readonly handle: Handle<E>;
+}
+interface Cancelling<E> {
+  readonly tag: 'cancelling';
+  readonly lease: Lease;
+  readonly handle: Handle<E>;
+  /** The `cancel` call (bounded by `cancelTimeout`), when one was sent. */
+  readonly cancel: Promise<unknown> | undefined;
+  /** True while the `cancel` call has not returned. */
+  cancelInFlight: boolean;
+  /** How `fn` ended, once it did. */
+  outcome: { ok: boolean; value: unknown } | undefined;
+  /** Retires the handle when the engine does not wind the op down in time. */
+  readonly grace: Timer;
+}
+interface Ended {
+  readonly tag: 'left' | 'done' | 'stalled' | 'abandoned' | 'closed';
+}
+
+/** Where an op is in its life; see the module documentation. */
+export type OpState<E> = Waiting | Leased | Running<E> | Cancelling<E> | Ended;
+type Tag = OpState<unknown>['tag'];
+
+const NEXT: { readonly [T in Tag]: readonly Tag[] } = {
+  waiting: ['leased', 'running', 'left'],
+  leased: ['running', 'left'],
+  running: ['done', 'cancelling', 'stalled', 'closed'],
+  cancelling: ['done', 'abandoned', 'closed'],
+  left: [],
+  done: [],
+  stalled: [],
+  abandoned: [],
+  closed: [],
+};
+
+export const WAITING: Waiting = { tag: 'waiting' };
+export const LEFT: Ended = { tag: 'left' };
+export const DONE: Ended = { tag: 'done' };
+export const STALLED: Ended = { tag: 'stalled' };
+export const ABANDONED: Ended = { tag: 'abandoned' };
+export const CLOSED: Ended = { tag: 'closed' };
+
+/** A bug in the guard: an op was asked to make a move its state machine does not allow. */
+export class IllegalTransitionError extends Error {
+  override readonly name = 'IllegalTransitionError';
+  constructor(from: Tag, to: Tag, id: number) {
+    super(`engine-guard internal error: op ${id} cannot go from "${from}" to "${to}"`);
+  }
+}
+
+/**
+ * What `fn` receives as `ctx`: the op's public face. The live op stays behind a private field,
+ * so plain JavaScript cannot reach its lease, handle or promise callbacks.
+ */
+class RunContext<E> implements OpContext {
+  readonly #op: Op<E>;
+  readonly id: number;
+  readonly kind: OpKind;
+  readonly label: string | undefined;
+  readonly generation: number;
+  #heartbeat: (() => void) | undefined = undefined;
+
+  constructor(op: Op<E>, generation: number) {
+    this.#op = op;
+    this.id = op.id;
+    this.kind = op.kind;
+    this.label = op.label;
+    this.generation = generation;
+  }
+
+  // A getter returning a cached arrow, so `const { heartbeat } = ctx` works and ops that never
+  // heartbeat allocate nothing for it.
+  get heartbeat(): () => void {
+    const op = this.#op;
+    this.#heartbeat ??= () => {
+      op.lastBeat = performance.now();
+    };
+    return this.#heartbeat;
+  }
+
+  get signal(): AbortSignal {
+    return this.#op.signal;
+  }
+}
+
+/** One guarded operation: its state, its caller's promise, and the watchdog's bookkeeping. */
+export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
+  prev: Op<E> | null = null;
+  next: Op<E> | null = null;
+  queued = false;
+  lastBeat = 0;
+  probeFailures = 0;
+  probing = false;
+  nextProbeAt = 0;
+  watched = false;
+  /** Set once, when it starts running. */
+  generation = 0;
+  startedAt = 0;
+  /** `performance.now()` when it was queued (0 when it never was). */
+  enqueuedAt = 0;
+  /** True once `fn` returned or its promise settled, whatever the op's state. */
+  fnSettled = false;
+  /** Called once when `fn` settles (close() waits for it before destroying the handle). */
+  onFnSettled: (() => void) | undefined = undefined;
+  /** The caller's promise and its settlers (set by the executor, synchronously). */
+  resolve!: (value: unknown) => void;
+  reject!: (reason: unknown) => void;
+  readonly promise: Promise<unknown>;
+  #state: OpState<E> = WAITING;
+  #context: RunContext<E> | undefined = undefined;
+  #controller: AbortController | undefined = undefined;
+  #aborted = false;
+  #reason: unknown = undefined;
+
+  constructor(
+    readonly id: number,
+    readonly kind: OpKind,
+    readonly label: string | undefined,
+    readonly callerSignal: AbortSignal | undefined,
+    readonly waitForReady: boolean,
+  ) {
+    this.promise = new Promise<unknown>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  get state(): OpState<E> {
+    return this.#state;
+  }
+
+  /**
+   * True once the op has ended, whichever way. Its async-context frame is then dead (see
+   * internal/context.ts): a job that reschedules itself from inside `fn` does not keep every
+   * earlier op reachable.
+   */
+  get released(): boolean {
+    const tag = this.#state.tag;
+    return tag !== 'waiting' && tag !== 'leased' && tag !== 'running' && tag !== 'cancelling';
+  }
+
+  /**
+   * Moves to `next`.
+   * @throws IllegalTransitionError when the state machine does not allow the move.
+   */
+  to(next: OpState<E>): void {
+    const from = this.#state.tag;
+    if (!NEXT[from].includes(next.tag)) throw new IllegalTransitionError(from, next.tag, this.id);
+    this.#state = next;
+  }
+
+  /** The `ctx` handed to `fn` (and to nested calls that join this op). */
+  get context(): OpContext {
+    this.#context ??= new RunContext(this, this.generation);
+    return this.#context;
+  }
+
+  /** Aborted on caller abort, stall or close. Made on first use: most ops never read it. */
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  get abortReason(): unknown {
+    return this.#reason;
+  }
+
+  abort(reason: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+
+  /** A plain snapshot, so hooks and events never hold the live op. */
+  info(): OpInfo {
+    return {
+      id: this.id,
+      kind: this.kind,
+      label: this.label,
+      generation: this.generation,
+      startedAt: this.startedAt,
+    };
+  }
+}
