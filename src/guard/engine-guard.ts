@@ -40,8 +40,10 @@ export { DEFAULT_LIVENESS } from './options.js';
  *
  * Invariants:
  * - Reads share the engine, each on its own handle (up to `pool` at once); a write is exclusive
- *   across the guard and runs alone. Waiters are served in arrival order with the fairness of
- *   {@link RWLock}: a queued write blocks later reads, reads queued before it enter together.
+ *   across the guard and runs alone. Waiters are served with the fairness of {@link RWLock}
+ *   (option `fairness`): reads queued before a write enter together; a queued write holds later
+ *   reads back for `bypassAfter` ms, after which they may pass it while the reads it waits for
+ *   still run, so one long read plus one queued write never stalls every other caller.
  * - A running op is never cut off for taking long. It is convicted of a stall only when its
  *   engine stops answering: no heartbeat for `liveness.interval` and then `liveness.failures`
  *   consecutive failed probes. A convicted op's caller is answered at once with
