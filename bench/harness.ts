@@ -296,3 +296,63 @@ export function formatMarkdownTable(
   const [head, ...body] = cells;
   return [line(head!), `| ${rule.join(' | ')} |`, ...body.map(line)].join('\n');
 }
+
+/** `sorted[⌈p·n⌉ - 1]`: the smallest value at or above a fraction `p` of the sorted samples. */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) throw new RangeError('percentile of an empty list');
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
+  return sorted[index]!;
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise<void>((resolve) => setTimeout(resolve, ms));
+}
+
+/** `min–max` of a non-empty list, each end formatted with `fmt`. */
+export function fmtSpread(values: readonly number[], fmt: (x: number) => string = fmtInt): string {
+  return `${fmt(Math.min(...values))}–${fmt(Math.max(...values))}`;
+}
+
+/** A duration in ns shown in µs below 1 ms, in ms above. */
+export function fmtUs(ns: number): string {
+  if (ns >= 1e6) return fmtMs(ns / 1e6);
+  return `${(ns / 1e3).toFixed(ns < 1e4 ? 2 : 1)} µs`;
+}
+
+/** What {@link driveClosedLoop} measured. */
+export interface LoadResult {
+  /** Calls completed. */
+  ops: number;
+  /** Wall time of the whole run, ns. */
+  wallNs: number;
+  /** CPU time of this process (user + system, every thread) during the run, µs. */
+  cpuUs: number;
+}
+
+/**
+ * Closed-loop load: `callers` concurrent loops each await `op()` then issue the next, until
+ * `durationMs` has passed (calls in flight then still finish and count). CPU is
+ * `process.cpuUsage()` over the run, so it includes whatever the op costs this process (driver,
+ * parsing, GC), not what it costs a server in another process.
+ */
+export async function driveClosedLoop(
+  op: () => Promise<unknown>,
+  callers: number,
+  durationMs: number,
+): Promise<LoadResult> {
+  const deadline = nowNs() + durationMs * 1e6;
+  let ops = 0;
+  const caller = async (): Promise<void> => {
+    while (nowNs() < deadline) {
+      await op();
+      ops++;
+    }
+  };
+  const cpu0 = process.cpuUsage();
+  const start = nowNs();
+  await Promise.all(Array.from({ length: callers }, caller));
+  const wallNs = nowNs() - start;
+  const cpu = process.cpuUsage(cpu0);
+  return { ops, wallNs, cpuUs: cpu.user + cpu.system };
+}
