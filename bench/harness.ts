@@ -10,6 +10,10 @@
  * always runs first (or last). One full GC before the first round, none between rounds (see
  * {@link MeasureOptions.gcEachRound}).
  */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 /** One target a section promises, as measured in this run. */
 export interface Check {
@@ -355,4 +359,23 @@ export async function driveClosedLoop(
   const wallNs = nowNs() - start;
   const cpu = process.cpuUsage(cpu0);
   return { ops, wallNs, cpuUs: cpu.user + cpu.system };
+}
+
+const rootDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/**
+ * Runs `code` (an ES module) in a fresh `node` started with `flags`, in the repository root, and
+ * returns what it printed on stdout, parsed as JSON. For figures that depend on process-wide
+ * state (promise hooks, async_hooks registrations) and so must not inherit this process's.
+ */
+export async function runInFreshProcess<T>(
+  code: string,
+  flags: readonly string[] = [],
+): Promise<T> {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [...flags, '--input-type=module', '-e', code],
+    { cwd: rootDir },
+  );
+  return JSON.parse(stdout) as T;
 }
