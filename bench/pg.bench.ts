@@ -8,7 +8,7 @@ import { Mutex } from 'async-mutex';
 import pg from 'pg';
 // The recipe moves to src/adapters/pg.ts (adapters branch); import it from there once merged.
 import { type PgHandle, pgGuardOptions, pgQuery } from '../examples/recipes/postgres.js';
-import { EngineGuard, type OpContext } from '../src/index.js';
+import { DEFAULT_LIVENESS, EngineGuard, type OpContext } from '../src/index.js';
 import { type PgCluster, startPgCluster } from '../test/support/pg-cluster.js';
 import {
   type Check,
@@ -108,6 +108,12 @@ const mutexContender: PgContender = {
     };
   },
 };
+
+/** The liveness probe interval the recipe's guard runs with (its own, or the guard's default). */
+function recipeLivenessInterval(config: pg.ClientConfig): number {
+  const { liveness } = pgGuardOptions({ config });
+  return (liveness === false ? undefined : liveness?.interval) ?? DEFAULT_LIVENESS.interval;
+}
 
 /** Starts a throwaway cluster, runs `body` against it, and always stops it. */
 async function withCluster<T>(body: (config: pg.ClientConfig) => Promise<T>): Promise<T> {
@@ -226,8 +232,9 @@ const throughput: Section = {
           notes: [
             '"vs pg.Pool" > 1 means more queries per second than `pg.Pool` at the same ' +
               'concurrency. Both hold 4 connections; a query waits for a free one in either.',
-            "The guard's liveness watchdog is on (interval 5,000 ms), as the recipe leaves it: " +
-              'every query is watched, none is probed (each ends long before).',
+            "The guard's liveness watchdog is on as the recipe sets it (probe interval " +
+              `${fmtInt(recipeLivenessInterval(config))} ms): every query is watched, none is ` +
+              'probed (each ends long before).',
             'The target is checked twice: on the recipe path (`pgQuery`), what users run, and ' +
               'on the same guard running `handle.client.query` bare, which is what the guard ' +
               "itself costs. The gap between those two rows is the recipe's per-query cost; the " +
