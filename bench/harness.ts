@@ -10,6 +10,10 @@
  * always runs first (or last). One full GC before the first round, none between rounds (see
  * {@link MeasureOptions.gcEachRound}).
  */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 /** One target a section promises, as measured in this run. */
 export interface Check {
@@ -295,4 +299,83 @@ export function formatMarkdownTable(
   const rule = widths.map((w, i) => (right[i] ? `${'-'.repeat(w - 1)}:` : `:${'-'.repeat(w - 1)}`));
   const [head, ...body] = cells;
   return [line(head!), `| ${rule.join(' | ')} |`, ...body.map(line)].join('\n');
+}
+
+/** `sorted[⌈p·n⌉ - 1]`: the smallest value at or above a fraction `p` of the sorted samples. */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) throw new RangeError('percentile of an empty list');
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
+  return sorted[index]!;
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise<void>((resolve) => setTimeout(resolve, ms));
+}
+
+/** `min–max` of a non-empty list, each end formatted with `fmt`. */
+export function fmtSpread(values: readonly number[], fmt: (x: number) => string = fmtInt): string {
+  return `${fmt(Math.min(...values))}–${fmt(Math.max(...values))}`;
+}
+
+/** A duration in ns shown in µs below 1 ms, in ms above. */
+export function fmtUs(ns: number): string {
+  if (ns >= 1e6) return fmtMs(ns / 1e6);
+  return `${(ns / 1e3).toFixed(ns < 1e4 ? 2 : 1)} µs`;
+}
+
+/** What {@link driveClosedLoop} measured. */
+export interface LoadResult {
+  /** Calls completed. */
+  ops: number;
+  /** Wall time of the whole run, ns. */
+  wallNs: number;
+  /** CPU time of this process (user + system, every thread) during the run, µs. */
+  cpuUs: number;
+}
+
+/**
+ * Closed-loop load: `callers` concurrent loops each await `op()` then issue the next, until
+ * `durationMs` has passed (calls in flight then still finish and count). CPU is
+ * `process.cpuUsage()` over the run, so it includes whatever the op costs this process (driver,
+ * parsing, GC), not what it costs a server in another process.
+ */
+export async function driveClosedLoop(
+  op: () => Promise<unknown>,
+  callers: number,
+  durationMs: number,
+): Promise<LoadResult> {
+  const deadline = nowNs() + durationMs * 1e6;
+  let ops = 0;
+  const caller = async (): Promise<void> => {
+    while (nowNs() < deadline) {
+      await op();
+      ops++;
+    }
+  };
+  const cpu0 = process.cpuUsage();
+  const start = nowNs();
+  await Promise.all(Array.from({ length: callers }, caller));
+  const wallNs = nowNs() - start;
+  const cpu = process.cpuUsage(cpu0);
+  return { ops, wallNs, cpuUs: cpu.user + cpu.system };
+}
+
+const rootDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/**
+ * Runs `code` (an ES module) in a fresh `node` started with `flags`, in the repository root, and
+ * returns what it printed on stdout, parsed as JSON. For figures that depend on process-wide
+ * state (promise hooks, async_hooks registrations) and so must not inherit this process's.
+ */
+export async function runInFreshProcess<T>(
+  code: string,
+  flags: readonly string[] = [],
+): Promise<T> {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [...flags, '--input-type=module', '-e', code],
+    { cwd: rootDir },
+  );
+  return JSON.parse(stdout) as T;
 }

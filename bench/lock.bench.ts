@@ -2,12 +2,10 @@
  * RWLock benchmarks, each side by side with its peers (async-mutex, p-queue, async-rwlock) in one
  * process. Run through `npm run bench`; see bench/run.ts.
  */
-import { execFile } from 'node:child_process';
 import { getEventListeners, setMaxListeners } from 'node:events';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import { Mutex } from 'async-mutex';
 import { RWLock as AsyncRWLock } from 'async-rwlock';
 import PQueue from 'p-queue';
@@ -23,11 +21,13 @@ import {
   fmtMs,
   fmtNs,
   fmtRatio,
+  fmtSpread,
   fullGc,
   heapUsedAfterGc,
   median,
   nextTurn,
   nowNs,
+  runInFreshProcess,
   type Section,
   shuffleInPlace,
 } from './harness.js';
@@ -79,13 +79,13 @@ async function measureWithoutAls(): Promise<{ bare: number; esm: number; cjs: nu
     const med = (a) => [...a].sort((x, y) => x - y)[a.length >> 1];
     console.log(JSON.stringify(samples.map(med)));
   `;
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ['--expose-gc', '--input-type=module', '-e', code],
-    { cwd: rootDir },
-  );
-  const [bare, esm, cjs] = JSON.parse(stdout) as [number, number, number];
+  const [bare, esm, cjs] = await runInFreshProcess<[number, number, number]>(code, ['--expose-gc']);
   return { bare, esm, cjs };
+}
+
+/** A child's `{ "<locks used>": figure }` as a map keyed by the number of locks. */
+function byLockCount(parsed: Record<string, number>): Map<number, number> {
+  return new Map(Object.entries(parsed).map(([k, v]) => [Number(k), v]));
 }
 
 /** How many RWLocks have run `read(fn)` when section 1 times a bare await in a child. */
@@ -115,13 +115,7 @@ async function awaitCostByLocksUsed(): Promise<Map<number, number>> {
     }
     console.log(JSON.stringify(result));
   `;
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ['--import', 'tsx', '--input-type=module', '-e', code],
-    { cwd: rootDir },
-  );
-  const parsed = JSON.parse(stdout) as Record<string, number>;
-  return new Map(Object.entries(parsed).map(([k, v]) => [Number(k), v]));
+  return byLockCount(await runInFreshProcess(code, ['--import', 'tsx']));
 }
 
 const ESM_MUTEX = 'async-mutex `Mutex.runExclusive(fn)` (ESM build: `import`)';
@@ -142,6 +136,9 @@ const uncontended: Section = {
     const mutexCjs = new MutexCjs();
     const queue = new PQueue({ concurrency: 1 });
     const arw = new AsyncRWLock();
+    // The acquire / `await fn()` / release rows are written out one by one rather than made by a
+    // shared wrapper: one function literal would collect the type feedback of every lock it
+    // wraps and turn polymorphic, adding its own cost to the tens of ns measured here.
     const contenders: Contender[] = [
       { name: 'bare `await fn()`', fn: () => fn() },
       { name: ESM_MUTEX, fn: () => mutex.runExclusive(fn) },
@@ -205,14 +202,13 @@ const uncontended: Section = {
     const base = byName.get(ESM_MUTEX)!;
     const baseCjs = byName.get(CJS_MUTEX)!;
     const read = byName.get('RWLock `read(fn)`')!;
-    const spread = (xs: number[]) => `${fmtInt(Math.min(...xs))}–${fmtInt(Math.max(...xs))}`;
     const freshRow = (name: string, ns: number) => [name, fmtNs(ns), '', fmtInt(1e9 / ns), ''];
     const table = [
       ['Contender', 'ns/op (median)', 'rounds min–max', 'ops/s', 'runExclusive (ESM) ÷ this'],
       ...results.map((r) => [
         r.name,
         fmtNs(r.nsPerOp),
-        spread(r.roundsNsPerOp),
+        fmtSpread(r.roundsNsPerOp),
         fmtInt(1e9 / r.nsPerOp),
         fmtRatio(base / r.nsPerOp),
       ]),
@@ -366,11 +362,17 @@ const contended: Section = {
     const lock = new RWLock();
     const arw = new AsyncRWLock();
     const mutex = new Mutex();
+    const rwlock = {
+      name: 'RWLock `read(fn)` / `write(fn)`',
+      runUnder: (writer: boolean, body: () => Promise<void>) =>
+        writer ? lock.write(body) : lock.read(body),
+    };
+    const mutexOnly = {
+      name: 'async-mutex `runExclusive` (readers exclusive too)',
+      runUnder: (_writer: boolean, body: () => Promise<void>) => mutex.runExclusive(body),
+    };
     const contenders: { name: string; runUnder: RunUnder }[] = [
-      {
-        name: 'RWLock `read(fn)` / `write(fn)`',
-        runUnder: (writer, body) => (writer ? lock.write(body) : lock.read(body)),
-      },
+      rwlock,
       {
         name: 'async-rwlock `readLock`/`writeLock` + `unlock`',
         runUnder: async (writer, body) => {
@@ -382,10 +384,7 @@ const contended: Section = {
           }
         },
       },
-      {
-        name: 'async-mutex `runExclusive` (readers exclusive too)',
-        runUnder: (_writer, body) => mutex.runExclusive(body),
-      },
+      mutexOnly,
     ];
     const holds: { name: string; hold: Hold }[] = [
       { name: 'microtask', hold: () => Promise.resolve() },
@@ -420,13 +419,13 @@ const contended: Section = {
         }
       }
       const medians = samples.map((s) => median(s.map((x) => x.ns)));
-      const mutexNs = medians[2]!;
+      const mutexNs = medians[contenders.indexOf(mutexOnly)]!;
       contenders.forEach((c, i) => {
         const s = samples[i]!;
         const sum = (f: (x: BatchStats) => number) => s.reduce((acc, x) => acc + f(x), 0);
         const violations = sum((x) => x.violations);
         totalViolations += violations;
-        if (i === 0) rwlockOvertakes += sum((x) => x.readersOvertaking + x.writersOvertaking);
+        if (c === rwlock) rwlockOvertakes += sum((x) => x.readersOvertaking + x.writersOvertaking);
         const ms = medians[i]! / 1e6;
         const distinct = (f: (x: BatchStats) => number) => {
           const values = [...new Set(s.map(f))].sort((a, b) => a - b);
@@ -492,173 +491,205 @@ interface AbortTiming {
   errors: number;
 }
 
-/** Resolves once `count` calls of the returned function have happened. */
-function countdown(count: number): { tick: () => void; done: Promise<void> } {
-  const d = deferred();
-  let left = count;
-  if (left === 0) d.resolve();
+/** N waiters queued by one contender, ready to be aborted. */
+interface QueuedWaiters {
+  /** The timed part: every waiter is told to give up (one `abort()` each, or one call for all). */
+  abortAll(): void;
+  /** True for the rejection a waiter is expected to settle with. */
+  isExpected(error: unknown): boolean;
+  /** Gives back what a waiter that was wrongly granted got. */
+  giveBack?(value: unknown): void;
+  /** After every waiter settled: problems seen (still queued, listeners left...). */
+  check?(): number;
+  /** Lets go of the hold the waiters queued behind; returns problems seen. */
+  finish?(): Promise<number> | number;
+}
+
+/** One way of queueing waiters and aborting them, as data run by {@link timeAborts}. */
+interface AbortContender {
+  name: string;
+  /** Whether it runs at this size in this round (some contenders are O(N²) per batch). */
+  runsAt?(size: number, round: number): boolean;
+  /** The table cell when it never ran at a size. */
+  notRun?: string;
+  /** Waiters of its untimed warm-up round. Default: the smallest size. */
+  warmupSize?: number;
+  /**
+   * Queues `size` waiters behind a held lock; `enqueue` is called with each waiter's promise
+   * (none for the platform floor). `order` shuffles what the contender aborts, with the seed.
+   */
+  queue(
+    size: number,
+    reason: Error,
+    enqueue: (waiter: Promise<unknown>) => void,
+    order: <T>(items: T[]) => T[],
+  ): Promise<QueuedWaiters> | QueuedWaiters;
+}
+
+/**
+ * One round for one contender: queue `size` waiters, full GC, time the abort loop, then the
+ * settling of every waiter, then check what is left.
+ */
+async function timeAborts(c: AbortContender, size: number, seed: number): Promise<AbortTiming> {
+  const reason = new Error('bench abort');
+  const done = deferred();
+  let errors = 0;
+  let pending = 0;
+  let queued = false;
+  const settled = () => {
+    if (--pending === 0 && queued) done.resolve();
+  };
+  let waiters: QueuedWaiters | undefined;
+  const enqueue = (waiter: Promise<unknown>) => {
+    pending++;
+    waiter.then(
+      (value) => {
+        errors++;
+        waiters?.giveBack?.(value);
+        settled();
+      },
+      (error) => {
+        if (!waiters?.isExpected(error)) errors++;
+        settled();
+      },
+    );
+  };
+  waiters = await c.queue(size, reason, enqueue, (items) => shuffleInPlace(items, createRng(seed)));
+  queued = true;
+  if (pending === 0) done.resolve();
+  fullGc();
+  const t0 = nowNs();
+  waiters.abortAll();
+  const t1 = nowNs();
+  await done.promise;
+  const t2 = nowNs();
+  errors += (waiters.check?.() ?? 0) + ((await waiters.finish?.()) ?? 0);
+  return { abortNs: t1 - t0, settleNs: t2 - t1, errors };
+}
+
+/** Problems left on an RWLock's queue and on signals after every waiter gave up. */
+function leftovers(lock: RWLock, signals: readonly AbortSignal[]): number {
+  const s = lock.state;
+  let errors = s.queuedReaders + s.queuedWriters !== 0 || s.readers !== 0 ? 1 : 0;
+  for (const signal of signals) if (getEventListeners(signal, 'abort').length !== 0) errors++;
+  return errors;
+}
+
+/** RWLock waiters (every 10th a writer) behind a held write lease, on the given signals. */
+function rwlockAborts(
+  name: string,
+  signals: (size: number) => { controllers: AbortController[]; signalOf(i: number): AbortSignal },
+): AbortContender {
   return {
-    tick: () => {
-      if (--left === 0) d.resolve();
+    name,
+    queue(size, reason, enqueue, order) {
+      const lock = new RWLock();
+      const holder = lock.tryAcquireWrite()!;
+      const { controllers, signalOf } = signals(size);
+      for (let i = 0; i < size; i++) {
+        const options = { signal: signalOf(i) };
+        enqueue(i % 10 === 9 ? lock.acquireWrite(options) : lock.acquireRead(options));
+      }
+      const { queuedReaders, queuedWriters } = lock.state;
+      const notQueued = queuedReaders + queuedWriters === size ? 0 : 1;
+      order(controllers);
+      return {
+        abortAll() {
+          for (const c of controllers) c.abort(reason);
+        },
+        isExpected: (error) => error === reason,
+        giveBack: (lease) => (lease as Lease).release(),
+        check: () =>
+          notQueued +
+          leftovers(
+            lock,
+            controllers.map((c) => c.signal),
+          ),
+        finish() {
+          holder.release();
+          return lock.state.writing ? 1 : 0;
+        },
+      };
     },
-    done: d.promise,
   };
 }
 
-async function abortRWLock(size: number, seed: number): Promise<AbortTiming> {
-  const lock = new RWLock();
-  const holder = lock.tryAcquireWrite()!;
-  const reason = new Error('bench abort');
-  const controllers: AbortController[] = new Array(size);
-  const settled = countdown(size);
-  let errors = 0;
-  for (let i = 0; i < size; i++) {
-    const controller = new AbortController();
-    controllers[i] = controller;
-    const options = { signal: controller.signal };
-    const p = i % 10 === 9 ? lock.acquireWrite(options) : lock.acquireRead(options);
-    p.then(
-      (lease) => {
-        errors++;
-        lease.release();
-        settled.tick();
-      },
-      (error) => {
-        if (error !== reason) errors++;
-        settled.tick();
-      },
-    );
-  }
-  const { queuedReaders, queuedWriters } = lock.state;
-  if (queuedReaders + queuedWriters !== size) errors++;
-  shuffleInPlace(controllers, createRng(seed));
-  fullGc();
-  const t0 = nowNs();
-  for (const c of controllers) c.abort(reason);
-  const t1 = nowNs();
-  await settled.done;
-  const t2 = nowNs();
-  const after = lock.state;
-  if (after.queuedReaders + after.queuedWriters !== 0 || after.readers !== 0) errors++;
-  for (const c of controllers) if (getEventListeners(c.signal, 'abort').length !== 0) errors++;
-  holder.release();
-  if (lock.state.writing) errors++;
-  return { abortNs: t1 - t0, settleNs: t2 - t1, errors };
-}
+const RWLOCK_PER_WAITER = rwlockAborts('RWLock, `signal` per waiter', (size) => {
+  const controllers = Array.from({ length: size }, () => new AbortController());
+  return { controllers, signalOf: (i) => controllers[i]!.signal };
+});
 
 /** N waiters share one signal: a single `abort()` must reject them all. */
-async function abortRWLockShared(size: number): Promise<AbortTiming> {
-  const lock = new RWLock();
-  const holder = lock.tryAcquireWrite()!;
-  const reason = new Error('bench abort');
+const RWLOCK_SHARED = rwlockAborts('RWLock, one signal shared by all N (one `abort()`)', (size) => {
   const controller = new AbortController();
   setMaxListeners(size + 10, controller.signal);
-  const settled = countdown(size);
-  let errors = 0;
-  for (let i = 0; i < size; i++) {
-    const options = { signal: controller.signal };
-    const p = i % 10 === 9 ? lock.acquireWrite(options) : lock.acquireRead(options);
-    p.then(
-      (lease) => {
-        errors++;
-        lease.release();
-        settled.tick();
-      },
-      (error) => {
-        if (error !== reason) errors++;
-        settled.tick();
-      },
-    );
-  }
-  fullGc();
-  const t0 = nowNs();
-  controller.abort(reason);
-  const t1 = nowNs();
-  await settled.done;
-  const t2 = nowNs();
-  const after = lock.state;
-  if (after.queuedReaders + after.queuedWriters !== 0) errors++;
-  if (getEventListeners(controller.signal, 'abort').length !== 0) errors++;
-  holder.release();
-  return { abortNs: t1 - t0, settleNs: t2 - t1, errors };
-}
+  return { controllers: [controller], signalOf: () => controller.signal };
+});
 
-/** Platform floor: the same aborts on signals nobody listens to. */
-async function abortBare(size: number, seed: number): Promise<AbortTiming> {
-  const reason = new Error('bench abort');
-  const controllers = Array.from({ length: size }, () => new AbortController());
-  shuffleInPlace(controllers, createRng(seed));
-  fullGc();
-  const t0 = nowNs();
-  for (const c of controllers) c.abort(reason);
-  const t1 = nowNs();
-  await Promise.resolve();
-  return { abortNs: t1 - t0, settleNs: nowNs() - t1, errors: 0 };
-}
-
-async function abortPQueue(size: number, seed: number): Promise<AbortTiming> {
-  const queue = new PQueue({ concurrency: 1 });
-  const gate = deferred();
-  const blocker = queue.add(() => gate.promise);
-  const reason = new Error('bench abort');
-  const controllers: AbortController[] = new Array(size);
-  const settled = countdown(size);
-  let errors = 0;
-  const task = async () => {
-    errors++;
-  };
-  for (let i = 0; i < size; i++) {
-    const controller = new AbortController();
-    controllers[i] = controller;
-    queue.add(task, { signal: controller.signal }).then(
-      () => {
-        errors++;
-        settled.tick();
-      },
-      (error) => {
-        if (error !== reason) errors++;
-        settled.tick();
-      },
-    );
-  }
-  shuffleInPlace(controllers, createRng(seed));
-  fullGc();
-  const t0 = nowNs();
-  for (const c of controllers) c.abort(reason);
-  const t1 = nowNs();
-  await settled.done;
-  const t2 = nowNs();
-  if (queue.size !== 0) errors++;
-  gate.resolve();
-  await blocker;
-  return { abortNs: t1 - t0, settleNs: t2 - t1, errors };
-}
-
-/** async-mutex has no per-waiter abort: `cancel()` rejects every waiter at once. */
-async function cancelMutex(size: number): Promise<AbortTiming> {
-  const mutex = new Mutex();
-  const release = await mutex.acquire();
-  const settled = countdown(size);
-  let errors = 0;
-  for (let i = 0; i < size; i++) {
-    mutex.acquire().then(
-      (r) => {
-        errors++;
-        r();
-        settled.tick();
-      },
-      () => settled.tick(),
-    );
-  }
-  fullGc();
-  const t0 = nowNs();
-  mutex.cancel();
-  const t1 = nowNs();
-  await settled.done;
-  const t2 = nowNs();
-  release();
-  return { abortNs: t1 - t0, settleNs: t2 - t1, errors };
-}
+const abortContenders: AbortContender[] = [
+  RWLOCK_PER_WAITER,
+  RWLOCK_SHARED,
+  {
+    name: 'AbortController.abort() alone, no listener (floor)',
+    queue(size, reason, _enqueue, order) {
+      const controllers = order(Array.from({ length: size }, () => new AbortController()));
+      return {
+        abortAll() {
+          for (const c of controllers) c.abort(reason);
+        },
+        isExpected: () => true,
+      };
+    },
+  },
+  {
+    name: 'p-queue `add(fn, { signal })`',
+    runsAt: (size, round) =>
+      size <= PQUEUE_MAX_SIZE && (round === 0 || size <= PQUEUE_ONE_ROUND_ABOVE),
+    notRun: `O(N) per abort, see ${fmtInt(PQUEUE_MAX_SIZE)}`,
+    warmupSize: 1_000,
+    queue(size, reason, enqueue, order) {
+      const queue = new PQueue({ concurrency: 1 });
+      const gate = deferred();
+      const blocker = queue.add(() => gate.promise);
+      const controllers = Array.from({ length: size }, () => new AbortController());
+      let ran = 0;
+      const task = async () => {
+        ran++;
+      };
+      for (const c of controllers) enqueue(queue.add(task, { signal: c.signal }));
+      order(controllers);
+      return {
+        abortAll() {
+          for (const c of controllers) c.abort(reason);
+        },
+        isExpected: (error) => error === reason,
+        check: () => (queue.size === 0 ? 0 : 1) + ran,
+        async finish() {
+          gate.resolve();
+          await blocker;
+          return 0;
+        },
+      };
+    },
+  },
+  {
+    name: 'async-mutex `cancel()` (all at once; no per-waiter abort)',
+    async queue(size, _reason, enqueue) {
+      const mutex = new Mutex();
+      const release = await mutex.acquire();
+      for (let i = 0; i < size; i++) enqueue(mutex.acquire());
+      return {
+        abortAll: () => mutex.cancel(),
+        isExpected: () => true,
+        giveBack: (r) => (r as () => void)(),
+        finish() {
+          release();
+          return 0;
+        },
+      };
+    },
+  },
+];
 
 const aborts: Section = {
   title: '3. Aborting queued waiters in random order',
@@ -684,62 +715,41 @@ const aborts: Section = {
     const perWaiter = new Map<number, number>();
     let totalAt100k = Number.NaN;
     let errors = 0;
-    const row = (size: number, name: string, runs: AbortTiming[]) => {
-      const abortNs = median(runs.map((r) => r.abortNs));
-      const settleNs = median(runs.map((r) => r.settleNs));
-      const totalNs = median(runs.map((r) => r.abortNs + r.settleNs));
-      table.push([
-        fmtInt(size),
-        name,
-        fmtMs(abortNs / 1e6),
-        fmtMs(settleNs / 1e6),
-        fmtMs(totalNs / 1e6),
-        fmtNs(abortNs / size),
-        fmtNs(totalNs / size),
-      ]);
-      return totalNs;
-    };
     // Untimed warm-up, so that the first size does not pay for the JIT.
-    await abortRWLock(ABORT_SIZES[0]!, 1);
-    await abortRWLockShared(ABORT_SIZES[0]!);
-    await abortBare(ABORT_SIZES[0]!, 1);
-    await abortPQueue(1_000, 1);
-    await cancelMutex(ABORT_SIZES[0]!);
+    for (const c of abortContenders) await timeAborts(c, c.warmupSize ?? ABORT_SIZES[0]!, 1);
     for (const size of ABORT_SIZES) {
-      const rw: AbortTiming[] = [];
-      const rwShared: AbortTiming[] = [];
-      const bare: AbortTiming[] = [];
-      const pq: AbortTiming[] = [];
-      const mx: AbortTiming[] = [];
+      const runs = abortContenders.map(() => [] as AbortTiming[]);
       for (let round = 0; round < ABORT_ROUNDS; round++) {
         const seed = 0x5eed + round;
-        rw.push(await abortRWLock(size, seed));
-        rwShared.push(await abortRWLockShared(size));
-        bare.push(await abortBare(size, seed));
-        if (size <= PQUEUE_MAX_SIZE && (round === 0 || size <= PQUEUE_ONE_ROUND_ABOVE)) {
-          pq.push(await abortPQueue(size, seed));
+        for (const [i, c] of abortContenders.entries()) {
+          if (c.runsAt?.(size, round) === false) continue;
+          runs[i]!.push(await timeAborts(c, size, seed));
         }
-        mx.push(await cancelMutex(size));
       }
-      errors += [...rw, ...rwShared, ...pq, ...mx].reduce((acc, r) => acc + r.errors, 0);
-      const total = row(size, 'RWLock, `signal` per waiter', rw);
-      perWaiter.set(size, total / size);
-      if (size === 100_000) totalAt100k = total;
-      row(size, 'RWLock, one signal shared by all N (one `abort()`)', rwShared);
-      row(size, 'AbortController.abort() alone, no listener (floor)', bare);
-      if (pq.length > 0) row(size, 'p-queue `add(fn, { signal })`', pq);
-      else {
+      for (const [i, c] of abortContenders.entries()) {
+        const timings = runs[i]!;
+        if (timings.length === 0) {
+          table.push([fmtInt(size), c.name, 'not run', '', '', '', c.notRun ?? '']);
+          continue;
+        }
+        errors += timings.reduce((acc, r) => acc + r.errors, 0);
+        const abortNs = median(timings.map((r) => r.abortNs));
+        const settleNs = median(timings.map((r) => r.settleNs));
+        const totalNs = median(timings.map((r) => r.abortNs + r.settleNs));
         table.push([
           fmtInt(size),
-          'p-queue `add(fn, { signal })`',
-          'not run',
-          '',
-          '',
-          '',
-          `O(N) per abort, see ${fmtInt(PQUEUE_MAX_SIZE)}`,
+          c.name,
+          fmtMs(abortNs / 1e6),
+          fmtMs(settleNs / 1e6),
+          fmtMs(totalNs / 1e6),
+          fmtNs(abortNs / size),
+          fmtNs(totalNs / size),
         ]);
+        if (c === RWLOCK_PER_WAITER) {
+          perWaiter.set(size, totalNs / size);
+          if (size === 100_000) totalAt100k = totalNs;
+        }
       }
-      row(size, 'async-mutex `cancel()` (all at once; no per-waiter abort)', mx);
     }
     const small = perWaiter.get(ABORT_SIZES[0]!)!;
     const large = perWaiter.get(100_000)!;
@@ -880,13 +890,7 @@ async function waiterBytesInFreshProcess(): Promise<Map<number, number>> {
     }
     console.log(JSON.stringify(result));
   `;
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ['--expose-gc', '--import', 'tsx', '--input-type=module', '-e', code],
-    { cwd: rootDir },
-  );
-  const parsed = JSON.parse(stdout) as Record<string, number>;
-  return new Map(Object.entries(parsed).map(([k, v]) => [Number(k), v]));
+  return byLockCount(await runInFreshProcess(code, ['--expose-gc', '--import', 'tsx']));
 }
 
 const memory: Section = {

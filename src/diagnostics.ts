@@ -13,6 +13,7 @@
  * @packageDocumentation
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
+import type { GuardEvents } from './guard/types.js';
 import type { LockMode } from './lock/lease.js';
 
 /** Names of the plain channels. */
@@ -34,6 +35,7 @@ export const channelNames = {
 
 /** Message on `engine-guard:lock:acquire`. */
 export interface LockAcquireMessage {
+  /** Name of the lock (or of the guard that owns it), when it has one. */
   lock: string | undefined;
   mode: LockMode;
   /** False when granted at once. */
@@ -44,23 +46,34 @@ export interface LockAcquireMessage {
 
 /** Message on `engine-guard:lock:release`. */
 export interface LockReleaseMessage {
+  /** Name of the lock (or of the guard that owns it), when it has one. */
   lock: string | undefined;
   mode: LockMode;
 }
 
 /** Message on `engine-guard:lock:cancel`. */
 export interface LockCancelMessage {
+  /** Name of the lock (or of the guard that owns it), when it has one. */
   lock: string | undefined;
   mode: LockMode;
-  /** The abort reason, the `LockTimeoutError`, or `'queue-full'`. */
+  /**
+   * What the waiter was rejected with, the very value its promise rejects with, never a
+   * description of it: the caller's `signal.reason` when it aborted (whatever the caller passed
+   * to `abort()`, a `DOMException` `AbortError` by default), the `LockTimeoutError` when its
+   * `timeout` elapsed, or the `QueueFullError` when it was refused at `maxQueue`. Typed
+   * `unknown` because an abort reason can be any value; branch with `instanceof` or on `code`.
+   */
   reason: unknown;
 }
 
 /** Context object of the `engine-guard:op` tracing channel. */
 export interface OpTraceContext {
+  /** Name of the guard, when it has one. */
   guard: string | undefined;
+  /** Id of the op within its guard. */
   id: number;
   kind: LockMode;
+  /** The op's `label` option. */
   label: string | undefined;
   /** Set on `asyncEnd` when the op succeeded. */
   result?: unknown;
@@ -68,15 +81,47 @@ export interface OpTraceContext {
   error?: unknown;
 }
 
-/** Message on `engine-guard:guard:event`. */
-export interface GuardEventMessage {
-  guard: string | undefined;
-  type: string;
-  event: unknown;
+/**
+ * Message on `engine-guard:guard:event`: a union discriminated by `type`, one member per entry of
+ * {@link GuardEvents} (derived from it, so a new event type shows up here by itself). Narrow it
+ * with `switch (msg.type)`.
+ *
+ * @example
+ * ```ts
+ * diagnostics_channel.subscribe(channelNames.guardEvent, (message) => {
+ *   const msg = message as GuardEventMessage;
+ *   if (msg.type === 'stall') log(msg.guard, msg.event.error.opId);
+ * });
+ * ```
+ */
+export type GuardEventMessage = {
+  [K in keyof GuardEvents]: {
+    /** Name of the guard that emitted it, when it has one. */
+    guard: string | undefined;
+    /** The event type, as given to `guard.on()`. */
+    type: K;
+    /** The event's payload: what `guard.on(type)` listeners receive. */
+    event: GuardEvents[K];
+  };
+}[keyof GuardEvents];
+
+/**
+ * The publishing side of a channel, typed by its message: a `Channel` (whose `publish` takes
+ * `unknown`) narrowed so that a publisher cannot send a message of the wrong shape.
+ *
+ * @internal
+ */
+export interface TypedChannel<M> {
+  readonly hasSubscribers: boolean;
+  publish(message: M): void;
 }
 
 /** @internal */
-export const lockChannels = {
+export const lockChannels: {
+  readonly acquire: TypedChannel<LockAcquireMessage>;
+  readonly release: TypedChannel<LockReleaseMessage>;
+  readonly cancel: TypedChannel<LockCancelMessage>;
+} = {
   acquire: diagnosticsChannel.channel(channelNames.lockAcquire),
   release: diagnosticsChannel.channel(channelNames.lockRelease),
   cancel: diagnosticsChannel.channel(channelNames.lockCancel),
@@ -87,5 +132,11 @@ export const opTracing = diagnosticsChannel.tracingChannel<unknown, OpTraceConte
   channelNames.op,
 );
 
-/** @internal */
+/**
+ * Left as a plain `Channel` (publish takes `unknown`) because `TypedEvents` publishes for a
+ * generic event map; the guard instantiates it with {@link GuardEvents} only, so what it sends is
+ * a {@link GuardEventMessage}.
+ *
+ * @internal
+ */
 export const guardEventChannel = diagnosticsChannel.channel(channelNames.guardEvent);

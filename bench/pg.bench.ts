@@ -1,0 +1,365 @@
+/**
+ * EngineGuard on a real PostgreSQL, side by side with `pg.Pool` and with the design it replaces
+ * (one `pg.Client` behind one async-mutex `Mutex`). Each section starts its own throwaway cluster
+ * on a free loopback port, as the tests do (test/support/pg-cluster.ts), and stops it at the end.
+ * Run through `npm run bench` (`npm run bench -- pg` for these sections only); see bench/run.ts.
+ */
+import { Mutex } from 'async-mutex';
+import pg from 'pg';
+// The recipe moves to src/adapters/pg.ts (adapters branch); import it from there once merged.
+import { type PgHandle, pgGuardOptions, pgQuery } from '../examples/recipes/postgres.js';
+import { DEFAULT_LIVENESS, EngineGuard, type OpContext } from '../src/index.js';
+import { type PgCluster, startPgCluster } from '../test/support/pg-cluster.js';
+import {
+  type Check,
+  driveClosedLoop,
+  fmtInt,
+  fmtMs,
+  fmtRatio,
+  fmtSpread,
+  fmtUs,
+  median,
+  nowNs,
+  percentile,
+  type Section,
+  sleep,
+} from './harness.js';
+
+/** Engine handles of the guard, connections of `pg.Pool`. */
+const POOL = 4;
+const SHORT_SQL = 'select 1';
+
+/** What a contender hands the timing loops: one query, and how to let go of its connections. */
+interface Client {
+  query(sql: string): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/** One way of sending queries from many callers to one PostgreSQL. */
+interface PgContender {
+  name: string;
+  open(config: pg.ClientConfig): Promise<Client>;
+}
+
+/** The guard built from the PostgreSQL recipe, each query run on a handle by `run`. */
+function guardWith(
+  name: string,
+  run: (handle: PgHandle, ctx: OpContext, sql: string) => Promise<unknown>,
+): PgContender {
+  return {
+    name,
+    async open(config) {
+      const guard = new EngineGuard(pgGuardOptions({ config }, { pool: POOL, name: 'bench-pg' }));
+      return {
+        query: (sql) => guard.read((handle, ctx) => run(handle, ctx, sql)),
+        close: () => guard.close(),
+      };
+    },
+  };
+}
+
+const guardContender = guardWith(
+  `EngineGuard \`read\` + \`pgQuery\` (pool ${POOL}, liveness on: recipe defaults)`,
+  (handle, ctx, sql) => pgQuery(handle, ctx, sql),
+);
+
+/** The same guard without the recipe's `pgQuery`: what the guard costs on its own. */
+const bareGuardContender = guardWith(
+  'same guard, `handle.client.query` instead of `pgQuery` (no abort race, no heartbeat)',
+  (handle, _ctx, sql) => handle.client.query(sql),
+);
+
+function noop(): void {}
+
+/**
+ * The bare guard plus what `pgQuery` does to honour the abort: one listener on `ctx.signal`,
+ * added before the query and removed after it. Each op has a fresh signal, so this is the first
+ * listener on it every time.
+ */
+const listenerGuardContender = guardWith(
+  'same guard, `handle.client.query` + one abort listener on `ctx.signal` (added, removed)',
+  async (handle, ctx, sql) => {
+    ctx.signal.addEventListener('abort', noop, { once: true });
+    try {
+      return await handle.client.query(sql);
+    } finally {
+      ctx.signal.removeEventListener('abort', noop);
+    }
+  },
+);
+
+const poolContender: PgContender = {
+  name: `\`pg.Pool\` (max ${POOL}) \`pool.query\``,
+  async open(config) {
+    const pool = new pg.Pool({ ...config, max: POOL });
+    return { query: (sql) => pool.query(sql), close: () => pool.end() };
+  },
+};
+
+const mutexContender: PgContender = {
+  name: 'original design: one `pg.Client` behind one async-mutex `Mutex`',
+  async open(config) {
+    const client = new pg.Client(config);
+    await client.connect();
+    const mutex = new Mutex();
+    return {
+      query: (sql) => mutex.runExclusive(() => client.query(sql)),
+      close: () => client.end(),
+    };
+  },
+};
+
+/** The liveness probe interval the recipe's guard runs with (its own, or the guard's default). */
+function recipeLivenessInterval(config: pg.ClientConfig): number {
+  const { liveness } = pgGuardOptions({ config });
+  return (liveness === false ? undefined : liveness?.interval) ?? DEFAULT_LIVENESS.interval;
+}
+
+/** Starts a throwaway cluster, runs `body` against it, and always stops it. */
+async function withCluster<T>(body: (config: pg.ClientConfig) => Promise<T>): Promise<T> {
+  const cluster: PgCluster = await startPgCluster();
+  try {
+    const { host, port, user, database } = cluster;
+    return await body({ host, port, user, database });
+  } finally {
+    await cluster.stop();
+  }
+}
+
+/** Opens every contender and fills its connections (`POOL` concurrent queries) before timing. */
+async function openAll(contenders: readonly PgContender[], config: pg.ClientConfig) {
+  const clients: Client[] = [];
+  try {
+    for (const c of contenders) {
+      const client = await c.open(config);
+      clients.push(client);
+      await Promise.all(Array.from({ length: POOL }, () => client.query(SHORT_SQL)));
+    }
+    return clients;
+  } catch (error) {
+    await Promise.allSettled(clients.map((c) => c.close()));
+    throw error;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput of `select 1` by concurrency
+// ---------------------------------------------------------------------------------------------
+
+const CONCURRENCY = [1, 4, 32, 256] as const;
+const THROUGHPUT_ROUNDS = 5;
+const ROUND_MS = 400;
+const WARMUP_MS = 300;
+/** guard ÷ pg.Pool throughput wanted at every concurrency. */
+const THROUGHPUT_TARGET = 0.97;
+
+const throughput: Section = {
+  title: 'PostgreSQL: `select 1` through `guard.read` vs `pg.Pool`',
+  description:
+    `A throwaway PostgreSQL cluster on loopback; \`${SHORT_SQL}\` from N concurrent callers ` +
+    '(closed loop: each awaits its query, then sends the next) through an EngineGuard built ' +
+    `from the PostgreSQL recipe (\`pgGuardOptions\`, \`pgQuery\`, pool ${POOL}) and through ` +
+    `\`pg.Pool\` with \`max\` ${POOL}, plus two rows of the same guard that take the recipe's ` +
+    `per-query cost apart (see the notes). Each contender runs ${ROUND_MS} ms per round, ` +
+    `${THROUGHPUT_ROUNDS} rounds per concurrency after a ${WARMUP_MS} ms warm-up, contenders ` +
+    'rotated each round; figure = median round. "Node CPU per query" = `process.cpuUsage()` ' +
+    '(user + system) of the bench process over the round ÷ queries: the driver, the guard and ' +
+    'GC, not the server.',
+  run: () =>
+    withCluster(async (config) => {
+      const contenders = [
+        guardContender,
+        listenerGuardContender,
+        bareGuardContender,
+        poolContender,
+      ];
+      const clients = await openAll(contenders, config);
+      try {
+        const table: string[][] = [
+          [
+            'Callers',
+            'Contender',
+            'queries/s (median)',
+            'rounds min–max',
+            'Node CPU per query',
+            'vs pg.Pool',
+          ],
+        ];
+        const checks: Check[] = [];
+        for (const callers of CONCURRENCY) {
+          const ops = (i: number) => () => clients[i]!.query(SHORT_SQL);
+          for (const [i] of contenders.entries()) {
+            await driveClosedLoop(ops(i), callers, WARMUP_MS);
+          }
+          const rate = contenders.map(() => [] as number[]);
+          const cpu = contenders.map(() => [] as number[]);
+          for (let round = 0; round < THROUGHPUT_ROUNDS; round++) {
+            const order = contenders.map((_, i) => (i + round) % contenders.length);
+            for (const i of order) {
+              const r = await driveClosedLoop(ops(i), callers, ROUND_MS);
+              rate[i]!.push(r.ops / (r.wallNs / 1e9));
+              cpu[i]!.push(r.cpuUs / r.ops);
+            }
+          }
+          const medians = rate.map((xs) => median(xs));
+          const poolRate = medians[contenders.indexOf(poolContender)]!;
+          contenders.forEach((c, i) => {
+            table.push([
+              fmtInt(callers),
+              c.name,
+              fmtInt(medians[i]!),
+              fmtSpread(rate[i]!),
+              fmtUs(median(cpu[i]!) * 1e3),
+              fmtRatio(medians[i]! / poolRate),
+            ]);
+          });
+          for (const [c, what] of [
+            [guardContender, 'guard + pgQuery (the recipe)'],
+            [bareGuardContender, 'guard alone (bare client.query)'],
+          ] as const) {
+            const ratio = medians[contenders.indexOf(c)]! / poolRate;
+            checks.push({
+              name: `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
+              target: `>= ${THROUGHPUT_TARGET}x`,
+              actual: fmtRatio(ratio),
+              pass: ratio >= THROUGHPUT_TARGET,
+            });
+          }
+        }
+        return {
+          table,
+          checks,
+          notes: [
+            '"vs pg.Pool" > 1 means more queries per second than `pg.Pool` at the same ' +
+              'concurrency. Both hold 4 connections; a query waits for a free one in either.',
+            "The guard's liveness watchdog is on as the recipe sets it (probe interval " +
+              `${fmtInt(recipeLivenessInterval(config))} ms): every query is watched, none is ` +
+              'probed (each ends long before).',
+            'The target is checked twice: on the recipe path (`pgQuery`), what users run, and ' +
+              'on the same guard running `handle.client.query` bare, which is what the guard ' +
+              "itself costs. The gap between those two rows is the recipe's per-query cost; the " +
+              'row in between shows how much of it is the one abort listener `pgQuery` adds to ' +
+              "each op's fresh `ctx.signal` (the rest is its `data` listener on the socket, for " +
+              'heartbeats).',
+          ],
+        };
+      } finally {
+        await Promise.allSettled(clients.map((c) => c.close()));
+      }
+    }),
+};
+
+// ---------------------------------------------------------------------------------------------
+// Short reads while one long query runs
+// ---------------------------------------------------------------------------------------------
+
+const LONG_MS = 2_000;
+/** Open loop: a short read is sent every this many ms, whatever happened to the earlier ones. */
+const SHORT_EVERY_MS = 5;
+/** Short reads start this long after the long query, so that it holds its connection. */
+const SHORT_START_MS = 100;
+/** ...and stop this long before it ends, so that every one of them was sent while it ran. */
+const SHORT_STOP_BEFORE_MS = 200;
+/** Wanted p99 of the guard's short reads while the long query runs. */
+const P99_TARGET_MS = 100;
+
+interface LatencyRun {
+  sorted: Float64Array;
+  longMs: number;
+  errors: number;
+}
+
+/**
+ * One long query, and short reads sent at a fixed rate while it runs (open loop, so a read stuck
+ * behind the long one is counted at its full wait rather than holding back the next sends).
+ */
+async function shortReadsDuringLongQuery(client: Client): Promise<LatencyRun> {
+  const t0 = nowNs();
+  const long = client.query(`select pg_sleep(${LONG_MS / 1_000})`).then(() => nowNs() - t0);
+  await sleep(SHORT_START_MS);
+  const latencies: number[] = [];
+  const pending: Promise<void>[] = [];
+  let errors = 0;
+  const stopAt = t0 + (LONG_MS - SHORT_STOP_BEFORE_MS) * 1e6;
+  while (nowNs() < stopAt) {
+    const sent = nowNs();
+    pending.push(
+      client.query(SHORT_SQL).then(
+        () => {
+          latencies.push(nowNs() - sent);
+        },
+        () => {
+          errors++;
+        },
+      ),
+    );
+    await sleep(SHORT_EVERY_MS);
+  }
+  const [longNs] = await Promise.all([long, Promise.all(pending)]);
+  return { sorted: Float64Array.from(latencies).sort(), longMs: longNs / 1e6, errors };
+}
+
+const longQuery: Section = {
+  title: 'PostgreSQL: short reads while one long query runs',
+  description:
+    `One \`select pg_sleep(${LONG_MS / 1_000})\` is sent first; from ${SHORT_START_MS} ms ` +
+    `after it until ${SHORT_STOP_BEFORE_MS} ms before it ends, a \`${SHORT_SQL}\` is sent every ` +
+    `${SHORT_EVERY_MS} ms (open loop), and each one's latency is taken from its send to its ` +
+    'result. Contenders: the guard and `pg.Pool` as in the section above, and the original ' +
+    'design, one `pg.Client` behind one async-mutex `Mutex`. One run each, one after another.',
+  run: () =>
+    withCluster(async (config) => {
+      const contenders = [mutexContender, guardContender, poolContender];
+      const clients = await openAll(contenders, config);
+      try {
+        const table: string[][] = [
+          ['Contender', 'short reads', 'p50', 'p99', 'max', 'long query took', 'errors'],
+        ];
+        const runs: LatencyRun[] = [];
+        for (const [i, c] of contenders.entries()) {
+          const run = await shortReadsDuringLongQuery(clients[i]!);
+          runs.push(run);
+          const ms = (p: number) => fmtMs(percentile(run.sorted, p) / 1e6);
+          table.push([
+            c.name,
+            fmtInt(run.sorted.length),
+            ms(0.5),
+            ms(0.99),
+            ms(1),
+            fmtMs(run.longMs),
+            fmtInt(run.errors),
+          ]);
+        }
+        const p99 = (c: PgContender) => percentile(runs[contenders.indexOf(c)]!.sorted, 0.99) / 1e6;
+        const guardP99 = p99(guardContender);
+        const errors = runs.reduce((acc, r) => acc + r.errors, 0);
+        return {
+          table,
+          checks: [
+            {
+              name: `guard: p99 of short reads while a ${fmtInt(LONG_MS)} ms query runs`,
+              target: `<= ${P99_TARGET_MS} ms`,
+              actual: `${fmtMs(guardP99)} (original design: ${fmtMs(p99(mutexContender))})`,
+              pass: guardP99 <= P99_TARGET_MS,
+            },
+            {
+              name: 'every short read and every long query succeeded',
+              target: '0 errors',
+              actual: `${fmtInt(errors)} errors`,
+              pass: errors === 0,
+            },
+          ],
+          notes: [
+            'With one connection behind one mutex, every short read waits for the long query ' +
+              'to end: its latency is the time left on the long query. The guard and `pg.Pool` ' +
+              `run the long query on one of their ${POOL} connections and the short reads on ` +
+              'the others.',
+          ],
+        };
+      } finally {
+        await Promise.allSettled(clients.map((c) => c.close()));
+      }
+    }),
+};
+
+export const sections: Section[] = [throughput, longQuery];
