@@ -13,10 +13,10 @@ export {
   type OpTraceContext,
 } from './diagnostics.js';
 export * from './errors.js';
-export {
-  type CachedSnapshot,
+export type {
+  CachedSnapshot,
   CachedValue,
-  type CachedValueOptions,
+  CachedValueOptions,
 } from './guard/cached-value.js';
 export { DEFAULT_LIVENESS, EngineGuard } from './guard/engine-guard.js';
 export type {

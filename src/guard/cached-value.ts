@@ -33,13 +33,24 @@ export interface CachedSnapshot<T> {
 }
 
 /**
- * A value loaded from the engine under a guarded read and served from memory.
+ * A value loaded from the engine under a guarded read and served from memory; made by
+ * `EngineGuard.cache()`.
  *
  * Invariants: `get()` is synchronous and never waits on the engine; at most one refresh is in
  * flight; a failed refresh keeps the last good value (stale-while-revalidate) and reports the
  * error beside it.
  */
-export class CachedValue<T> {
+export interface CachedValue<T> {
+  /** The cached value now; starts a background refresh when stale. Never waits. */
+  get(): CachedSnapshot<T>;
+  /** The cached value now, without starting a refresh. */
+  peek(): CachedSnapshot<T>;
+  /** Loads now (joining a refresh already in flight) and resolves with the fresh value. */
+  refresh(): Promise<T>;
+}
+
+/** The one implementation, private to the guard so users never construct one half-wired. */
+export class GuardCachedValue<T> implements CachedValue<T> {
   readonly #load: (options: OpOptions) => Promise<T>;
   readonly #maxAge: number;
   readonly #timeout: number;
@@ -50,7 +61,6 @@ export class CachedValue<T> {
   #error: unknown = undefined;
   #inflight: Promise<T> | undefined = undefined;
 
-  /** @internal Made by `EngineGuard.cache()`. */
   constructor(load: (options: OpOptions) => Promise<T>, options: CachedValueOptions = {}) {
     validateOptionsObject(options);
     this.#load = load;

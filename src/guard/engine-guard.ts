@@ -15,7 +15,7 @@ import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
-import { CachedValue, type CachedValueOptions } from './cached-value.js';
+import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
 import { TypedEvents } from './events.js';
 import { GuardHealth } from './health.js';
 import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
@@ -195,7 +195,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     options?: CachedValueOptions,
   ): CachedValue<T> {
     validateFunction(loader, 'loader');
-    return new CachedValue<T>((opOptions) => this.read(loader, opOptions), options);
+    return new GuardCachedValue<T>((opOptions) => this.read(loader, opOptions), options);
   }
 
   /** Subscribes to a typed event; dispose the result to unsubscribe. */

@@ -134,3 +134,7 @@ export type NoLockChannels = Api['lockChannels'];
 export type NoOpTracing = Api['opTracing'];
 // @ts-expect-error internal, stripped from the published declarations
 export type NoGuardEventChannel = Api['guardEventChannel'];
+// @ts-expect-error a cached value is made by guard.cache(), never constructed by users (type only)
+export type NoCachedValueClass = Api['CachedValue'];
+// @ts-expect-error a lease is made by the lock, never constructed by users (type only)
+export type NoLeaseClass = Api['Lease'];
