@@ -1,7 +1,12 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: { index: 'src/index.ts', 'testing/index': 'src/testing/index.ts' },
+  entry: {
+    index: 'src/index.ts',
+    'testing/index': 'src/testing/index.ts',
+    'adapters/pg': 'src/adapters/pg.ts',
+    'adapters/duckdb': 'src/adapters/duckdb.ts',
+  },
   format: ['esm', 'cjs'],
   dts: true,
   sourcemap: true,

@@ -21,7 +21,6 @@ import type {
   ServerNotification,
   ServerRequest,
 } from '@modelcontextprotocol/sdk/types.js';
-import { z } from 'zod';
 import {
   EngineStalledError,
   EngineUnavailableError,
@@ -29,7 +28,8 @@ import {
   LockTimeoutError,
   type OpContext,
   QueueFullError,
-} from '../../src/index.js';
+} from 'engine-guard';
+import { z } from 'zod';
 import type { App } from './app.js';
 import { InputError, newProgress, type QueryProgress, type TableColumns } from './engine.js';
 

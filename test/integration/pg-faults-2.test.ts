@@ -10,7 +10,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { isFatalPgError, type PgHandle, pgQuery } from '../../examples/recipes/postgres.js';
+import { isFatalPgError, type PgHandle, pgQuery } from '../../src/adapters/pg.js';
 import { EngineStalledError } from '../../src/index.js';
 import { adminQuery } from '../support/pg.js';
 import {

@@ -10,7 +10,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { isFatalPgError, type PgHandle, pgQuery } from '../../examples/recipes/postgres.js';
+import { isFatalPgError, type PgHandle, pgQuery } from '../../src/adapters/pg.js';
 import {
   type EngineGuard,
   EngineStalledError,

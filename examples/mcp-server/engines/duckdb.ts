@@ -1,5 +1,5 @@
 /**
- * Embedded DuckDB behind the MCP server, built on `examples/recipes/duckdb.ts`: one in-memory
+ * Embedded DuckDB behind the MCP server, built on `engine-guard/duckdb`: one in-memory
  * database, loaded with the generated sample data set, one DuckDB connection per guard handle.
  *
  * Read-only `query`, enforced by DuckDB itself:
@@ -25,14 +25,14 @@ import {
   ResultReturnType,
   StatementType,
 } from '@duckdb/node-api';
-import type { EngineGuardOptions, OpContext } from '../../../src/index.js';
+import type { EngineGuardOptions, OpContext } from 'engine-guard';
 import {
   duckdbGuardOptions,
   duckdbQuery,
   interruptOnAbort,
   interruptUntilDrained,
   isFatalDuckDBError,
-} from '../../recipes/duckdb.js';
+} from 'engine-guard/duckdb';
 import {
   DESCRIBE_TABLE_SQL,
   type Engine,

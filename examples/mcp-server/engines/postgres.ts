@@ -1,6 +1,6 @@
 /**
  * PostgreSQL (or any PostgreSQL-wire server, such as HyperDB's `hyperd`) behind the MCP server,
- * built on `examples/recipes/postgres.ts`.
+ * built on `engine-guard/pg`.
  *
  * Read-only `query`: the statement runs inside `BEGIN READ ONLY ... ROLLBACK`, so the server
  * itself refuses writes (SQLSTATE 25006 "cannot execute INSERT in a read-only transaction"). It
@@ -10,9 +10,16 @@
  * protocol's own row limit (Execute with a maximum row count, then the portal is closed), so an
  * oversized result is never transferred, let alone buffered.
  */
+
+import type { EngineGuardOptions, OpContext } from 'engine-guard';
+import {
+  isFatalPgError,
+  type PgClient,
+  type PgHandle,
+  pgGuardOptions,
+  pgQuery,
+} from 'engine-guard/pg';
 import pg from 'pg';
-import type { EngineGuardOptions, OpContext } from '../../../src/index.js';
-import { isFatalPgError, type PgHandle, pgGuardOptions, pgQuery } from '../../recipes/postgres.js';
 import {
   DESCRIBE_TABLE_SQL,
   type Engine,
@@ -114,7 +121,7 @@ function limitedQuery(text: string, limit: number): pg.Query {
  * sent a server-side cancel, and the handle is only reused once the server has acknowledged it.
  */
 function runLimited(
-  client: pg.Client,
+  client: PgClient,
   ctx: OpContext,
   sql: string,
   options: QueryOptions,

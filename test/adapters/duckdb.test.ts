@@ -4,11 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import {
-  duckdbGuardOptions,
-  duckdbQuery,
-  isFatalDuckDBError,
-} from '../../examples/recipes/duckdb.js';
+import { duckdbGuardOptions, duckdbQuery, isFatalDuckDBError } from '../../src/adapters/duckdb.js';
 import {
   EngineGuard,
   type EngineGuardOptions,
