@@ -18,8 +18,8 @@
  *   the running query, so it asks from the side, over one side connection kept per guard
  *   options (see {@link pgGuardOptions}): is the op's backend still `active` in
  *   `pg_stat_activity`? At the same time it checks, without logging in, that the server still
- *   accepts connections on the handle's route (a frozen server whose side backend still
- *   answers). When no query is in flight on the handle, the op is in the application's hands
+ *   accepts connections on the side connection's route (a frozen server whose side backend
+ *   still answers). When no query is in flight on the handle, the op is in the application's hands
  *   (between two queries of a transaction, say) and the probe passes.
  * - `cancel` runs `pg_cancel_backend(pid)` over the same side connection.
  * - `isFatal` is {@link isFatalPgError}: connection-level errors retire the handle.
@@ -468,14 +468,17 @@ class SideConnection {
 const GSSENC_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]);
 
 /**
- * Checks that the server behind `client`'s route still accepts connections, without logging in:
+ * Checks that the server at `route` still accepts connections, without logging in:
  * a TCP connect and a GSSENCRequest, to which the server answers one byte (or closes), then the
  * socket is closed. No authentication, no catalog access, nothing logged by the server. This
  * catches a server whose postmaster is frozen while the side connection's backend still answers.
  * Rejects when `signal` aborts first or the connect fails.
  */
-function acceptsConnections(client: PgClient, signal: AbortSignal): Promise<void> {
-  const { host, port } = client as RawClient;
+function acceptsConnections(
+  route: { host?: string | undefined; port?: number | undefined },
+  signal: AbortSignal,
+): Promise<void> {
+  const { host, port } = route;
   if (host === undefined || port === undefined) return Promise.resolve();
   signal.throwIfAborted();
   return new Promise<void>((resolve, reject) => {
@@ -743,7 +746,10 @@ export function pgGuardOptions(
   ) {
     throw new TypeError('The "sideConfig" option must be a pg client config object');
   }
-  const side = new SideConnection(adapter.sideConfig ?? config);
+  const sideConfig = adapter.sideConfig ?? config;
+  const side = new SideConnection(sideConfig);
+  // Where the side connection goes, as `pg` resolves it (constructing a client does not connect).
+  const sideRoute = new pg.Client(sideConfig as pg.ClientConfig) as unknown as RawClient;
   let handles = 0;
 
   const options: EngineGuardOptions<PgHandle> = {
@@ -799,7 +805,7 @@ export function pgGuardOptions(
         side.query<{ state: string | null; idle_ms: number | null }>(signal, BACKEND_STATE_SQL, [
           handle.pid,
         ]),
-        acceptsConnections(handle.client, signal),
+        acceptsConnections(sideRoute, signal),
       ]);
       const row = rows[0];
       if (row === undefined) throw new Error(`Backend ${handle.pid} is gone`);

@@ -1,5 +1,5 @@
 /**
- * The DuckDB recipe (examples/recipes/duckdb.ts) against a real in-process DuckDB instance.
+ * engine-guard/duckdb (src/adapters/duckdb.ts) against a real in-process DuckDB instance.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
@@ -403,4 +403,47 @@ describe('DuckDB recipe under an EngineGuard', () => {
       await guard.close();
     }
   }, 30_000);
+});
+
+describe('DuckDB adapter: options and edge cases', () => {
+  it('an override that is undefined leaves the default in place (as in engine-guard/pg)', () => {
+    const defaults = duckdbGuardOptions(instance);
+    const options = duckdbGuardOptions(instance, {
+      probe: undefined,
+      cancel: undefined,
+      destroy: undefined,
+      pool: undefined,
+      name: undefined,
+    });
+    expect(typeof options.probe).toBe('function');
+    expect(typeof options.cancel).toBe('function');
+    expect(typeof options.destroy).toBe('function');
+    expect(options.pool).toBe(defaults.pool);
+    expect(options.name).toBe('duckdb');
+    // A defined override still replaces the default.
+    const probe = () => undefined;
+    expect(duckdbGuardOptions(instance, { probe, pool: 1 })).toMatchObject({ probe, pool: 1 });
+  });
+
+  it('rejects bad input with a TypeError', () => {
+    expect(() => duckdbGuardOptions(null as never)).toThrow(TypeError);
+    expect(() => duckdbGuardOptions({} as never)).toThrow(/instance/);
+    expect(() => duckdbGuardOptions(instance, null as never)).toThrow(/overrides/);
+  });
+
+  it('SQL that holds no statement returns no rows, as PostgreSQL does', async () => {
+    const { guard } = makeGuard();
+    try {
+      for (const sql of ['', '   ', '-- c', ';', ' ; ; ', '/* c */']) {
+        expect(await guard.read((conn, ctx) => duckdbQuery(conn, ctx, sql))).toEqual([]);
+      }
+      // A real error is still reported as it is.
+      await expect(guard.read((conn, ctx) => duckdbQuery(conn, ctx, 'selec 1'))).rejects.toThrow(
+        /Parser Error/,
+      );
+      await expect(guard.read((conn, ctx) => duckdbQuery(conn, ctx, '/* c'))).rejects.toThrow();
+    } finally {
+      await guard.close();
+    }
+  });
 });

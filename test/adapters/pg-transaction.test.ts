@@ -66,7 +66,9 @@ describe('pgTransaction', () => {
     const g = guard();
     const t = tableName('tx_multi');
     await expect(
-      g.write((pg, ctx) => pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int); COMMIT; SELECT 1/0`])),
+      g.write((pg, ctx) =>
+        pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int); COMMIT; SELECT 1/0`]),
+      ),
     ).rejects.toThrow(/multiple commands/);
     expect(await exists(t)).toBe(false);
   });
@@ -79,26 +81,33 @@ describe('pgTransaction', () => {
     ['ABORT'],
     ['ROLLBACK AND CHAIN'],
     ["PREPARE TRANSACTION 'engine_guard_test'"],
-  ])('a statement that ends the transaction (%s) is refused and leaves nothing behind', async (end) => {
-    const g = guard();
-    const t = tableName('tx_end');
-    const after = tableName('tx_after');
-    const error = await g
-      .write((pg, ctx) =>
-        pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int)`, end, `CREATE TABLE ${after} (x int)`]),
-      )
-      .catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(PgTransactionEndedError);
-    expect(error).toMatchObject({ code: 'ERR_PG_TRANSACTION_ENDED', statement: 1 });
-    expect(await exists(t)).toBe(false);
-    expect(await exists(after)).toBe(false);
-    const { rows } = await adminQuery('SELECT gid FROM pg_prepared_xacts');
-    expect(rows).toEqual([]);
-    // The handle is usable afterwards, outside any transaction.
-    expect(await g.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1 AS one'))).toMatchObject({
-      rows: [{ one: 1 }],
-    });
-  });
+  ])(
+    'a statement that ends the transaction (%s) is refused and leaves nothing behind',
+    async (end) => {
+      const g = guard();
+      const t = tableName('tx_end');
+      const after = tableName('tx_after');
+      const error = await g
+        .write((pg, ctx) =>
+          pgTransaction(pg, ctx, [
+            `CREATE TABLE ${t} (x int)`,
+            end,
+            `CREATE TABLE ${after} (x int)`,
+          ]),
+        )
+        .catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(PgTransactionEndedError);
+      expect(error).toMatchObject({ code: 'ERR_PG_TRANSACTION_ENDED', statement: 1 });
+      expect(await exists(t)).toBe(false);
+      expect(await exists(after)).toBe(false);
+      const { rows } = await adminQuery('SELECT gid FROM pg_prepared_xacts');
+      expect(rows).toEqual([]);
+      // The handle is usable afterwards, outside any transaction.
+      expect(await g.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1 AS one'))).toMatchObject({
+        rows: [{ one: 1 }],
+      });
+    },
+  );
 
   it('savepoints inside stay inside', async () => {
     const g = guard();
