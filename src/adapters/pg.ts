@@ -464,6 +464,9 @@ class SideConnection {
   }
 }
 
+/** How long a passed accept check is reused by the other busy-handle probes of a guard, ms. */
+const ACCEPT_CHECK_REUSE_MS = 500;
+
 /** GSSENCRequest: the smallest message a PostgreSQL server answers before any authentication. */
 const GSSENC_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]);
 
@@ -750,6 +753,29 @@ export function pgGuardOptions(
   const side = new SideConnection(sideConfig);
   // Where the side connection goes, as `pg` resolves it (constructing a client does not connect).
   const sideRoute = new pg.Client(sideConfig as pg.ClientConfig) as unknown as RawClient;
+  // One accept check at a time for all the busy handles of this guard, and a success reused for
+  // ACCEPT_CHECK_REUSE_MS: each check forks a server process, each state query does not.
+  let accept: { promise: Promise<void>; settledAt: number | undefined } | undefined;
+  const acceptCheck = (): Promise<void> => {
+    const now = performance.now();
+    if (accept !== undefined && (accept.settledAt ?? now) > now - ACCEPT_CHECK_REUSE_MS) {
+      return accept.promise;
+    }
+    const current = {
+      promise: acceptsConnections(sideRoute, AbortSignal.timeout(SIDE_CONNECT_TIMEOUT_MS)),
+      settledAt: undefined as number | undefined,
+    };
+    accept = current;
+    current.promise.then(
+      () => {
+        current.settledAt = performance.now();
+      },
+      () => {
+        if (accept === current) accept = undefined;
+      },
+    );
+    return current.promise;
+  };
   let handles = 0;
 
   const options: EngineGuardOptions<PgHandle> = {
@@ -805,7 +831,7 @@ export function pgGuardOptions(
         side.query<{ state: string | null; idle_ms: number | null }>(signal, BACKEND_STATE_SQL, [
           handle.pid,
         ]),
-        acceptsConnections(sideRoute, signal),
+        raceSignal(acceptCheck(), signal),
       ]);
       const row = rows[0];
       if (row === undefined) throw new Error(`Backend ${handle.pid} is gone`);
