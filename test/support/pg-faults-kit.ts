@@ -2,7 +2,7 @@
  * The kit of the fault scenarios against the real PostgreSQL through a FaultProxy
  * (test/integration/pg-faults*.test.ts), guarded with the PostgreSQL recipe
  * (src/adapters/pg.ts, engine-guard/pg); its generic helpers (settle, waitFor, activity, viaProxy) also
- * serve pg-recipe.test.ts.
+ * serve test/adapters/pg*.test.ts.
  *
  *   const k = kit(); // everything it opens is closed when the test finishes
  *   const { proxy, guard } = await k.proxiedGuard();
