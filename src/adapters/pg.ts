@@ -31,6 +31,7 @@
 import { connect as netConnect } from 'node:net';
 import pg from 'pg';
 import type { EngineGuardOptions, LivenessOptions } from '../index.js';
+import { splitStatements } from './pg-split.js';
 
 /** One row of a result, as `pg` returns it by default (column name to parsed value). */
 export type PgRow = Record<string, unknown>;
@@ -615,6 +616,9 @@ const FENCE_DISARM_SQL = 'DELETE FROM pg_temp.engine_guard_tx_fence';
 /**
  * Runs `statements` all-or-nothing in one transaction, one statement per call with the extended
  * protocol (the server refuses a call holding several statements), and returns their results.
+ * A script (one string) is first cut at its top-level semicolons by a small lexer (quotes,
+ * dollar quotes and comments skipped); a piece it cuts wrongly is refused by the server, never
+ * run, since each piece goes alone through the extended protocol.
  *
  * A statement that ends or escapes the transaction is refused, decided by what the server
  * reports, never by reading the SQL: after each statement the client's transaction status
@@ -638,11 +642,12 @@ const FENCE_DISARM_SQL = 'DELETE FROM pg_temp.engine_guard_tx_fence';
 export async function pgTransaction(
   handle: PgHandle,
   ctx: { signal: AbortSignal; heartbeat(): void },
-  statements: readonly PgStatement[],
+  statements: string | readonly PgStatement[],
 ): Promise<PgQueryResult[]> {
+  if (typeof statements === 'string') statements = splitStatements(statements);
   if (!Array.isArray(statements)) {
     throw new TypeError(
-      'The "statements" argument must be an array of SQL strings or { text, values }',
+      'The "statements" argument must be a SQL script or an array of SQL strings or { text, values }',
     );
   }
   const client = handle.client;

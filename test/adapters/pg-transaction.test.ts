@@ -109,6 +109,27 @@ describe('pgTransaction', () => {
     },
   );
 
+  it("a script is cut into statements: the issue's commit case leaves nothing behind", async () => {
+    const g = guard();
+    const t = tableName('tx_script');
+    const error = await g
+      .write((pg, ctx) => pgTransaction(pg, ctx, `create table ${t}(x int); commit; select 1/0`))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PgTransactionEndedError);
+    expect(await exists(t)).toBe(false);
+    const results = await g.write((pg, ctx) =>
+      pgTransaction(
+        pg,
+        ctx,
+        `create table ${t}(x text); -- a; comment
+         insert into ${t} values ('a;b'), ($$c;d$$), (E'e\\';f'); /* g; /* h; */ */ ;`,
+      ),
+    );
+    expect(results.map((r) => r.command)).toEqual(['CREATE', 'INSERT']);
+    const { rows } = await adminQuery(`SELECT x FROM ${t} ORDER BY x`);
+    expect(rows.map((r) => r.x)).toEqual(['a;b', 'c;d', "e';f"]);
+  });
+
   it('savepoints inside stay inside', async () => {
     const g = guard();
     const t = tableName('tx_sp');
@@ -128,9 +149,9 @@ describe('pgTransaction', () => {
 
   it('rejects a non-array with a TypeError', async () => {
     const g = guard();
-    await expect(
-      g.write((pg, ctx) => pgTransaction(pg, ctx, 'SELECT 1' as never)),
-    ).rejects.toBeInstanceOf(TypeError);
+    await expect(g.write((pg, ctx) => pgTransaction(pg, ctx, 42 as never))).rejects.toBeInstanceOf(
+      TypeError,
+    );
   });
 });
 
