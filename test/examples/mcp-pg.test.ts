@@ -98,6 +98,24 @@ describe('example MCP server on PostgreSQL through a FaultProxy', () => {
     expect(capped.truncated).toBe(true);
   });
 
+  it('execute is all or nothing: a COMMIT inside is refused and leaves nothing behind', async () => {
+    const stray = `${table}_stray`;
+    const result = await call('execute', {
+      sql: `CREATE TABLE ${stray} (x int); COMMIT; SELECT 1/0`,
+    });
+    expect(result.isError).toBe(true);
+    expect(text(result)).toContain('ended the transaction');
+    expect(text(result)).toContain('manages the transaction itself');
+    const { rows } = await adminQuery('SELECT to_regclass($1)::text AS t', [stray]);
+    expect(rows[0]?.t).toBeNull();
+    for (const end of ['ROLLBACK', 'END', 'ABORT']) {
+      const ended = await call('execute', { sql: `CREATE TABLE ${stray} (x int); ${end}` });
+      expect(ended.isError, end).toBe(true);
+      const after = await adminQuery('SELECT to_regclass($1)::text AS t', [stray]);
+      expect(after.rows[0]?.t, end).toBeNull();
+    }
+  });
+
   it('query refuses writes: PostgreSQL refuses them in a read-only transaction', async () => {
     const insert = await call('query', { sql: `INSERT INTO ${table} VALUES (3, 'c')` });
     expect(insert.isError).toBe(true);

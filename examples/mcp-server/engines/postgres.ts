@@ -18,6 +18,7 @@ import {
   type PgHandle,
   pgGuardOptions,
   pgQuery,
+  pgTransaction,
 } from 'engine-guard/pg';
 import pg from 'pg';
 import {
@@ -26,6 +27,7 @@ import {
   type EngineFacts,
   type ExecuteOutput,
   groupColumns,
+  InputError,
   LIST_TABLES_SQL,
   type QueryOptions,
   type QueryOutput,
@@ -164,10 +166,6 @@ function runLimited(
   });
 }
 
-function rowsOf(result: pg.QueryResult | pg.QueryResult[]): pg.QueryResult[] {
-  return Array.isArray(result) ? result : [result];
-}
-
 /** Ends the transaction whatever happened; a dead connection is the guard's business. */
 async function rollback(handle: PgHandle): Promise<void> {
   try {
@@ -207,22 +205,13 @@ export function createPostgresEngine(options: PostgresEngineOptions): Engine<PgH
     },
 
     async execute(handle, ctx, sql): Promise<ExecuteOutput> {
-      let results: pg.QueryResult[];
-      try {
-        await handle.client.query('BEGIN');
-        // Simple protocol: several statements in one call, all inside this transaction.
-        results = rowsOf(
-          (await pgQuery(handle, ctx, sql)) as unknown as pg.QueryResult | pg.QueryResult[],
-        );
-        await handle.client.query('COMMIT');
-      } catch (error) {
-        // Queued behind the statement: after a cancel it runs once the server gave up on it.
-        await rollback(handle);
-        throw error;
-      }
+      // All or nothing: statement by statement in one transaction; a statement that would end
+      // it (COMMIT, ROLLBACK...) is refused by what the server reports (PgTransactionEndedError).
+      const results = await pgTransaction(handle, ctx, sql);
+      if (results.length === 0) throw new InputError('No SQL statement given.');
       let affected: number | null = null;
       for (const result of results) {
-        if (['INSERT', 'UPDATE', 'DELETE', 'MERGE', 'COPY'].includes(result.command)) {
+        if (['INSERT', 'UPDATE', 'DELETE', 'MERGE', 'COPY'].includes(result.command ?? '')) {
           affected = (affected ?? 0) + (result.rowCount ?? 0);
         }
       }
