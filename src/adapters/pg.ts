@@ -381,10 +381,16 @@ function raceSignal<T>(
 }
 
 /** Connects a new client, bounded by `signal`; on failure or abort, its socket is destroyed. */
-async function connect(config: PgClientConfig, signal: AbortSignal): Promise<RawClient> {
+async function connect(
+  config: PgClientConfig,
+  signal: AbortSignal,
+  unref = false,
+): Promise<RawClient> {
   signal.throwIfAborted();
   const client = new pg.Client(config as pg.ClientConfig) as unknown as RawClient;
   track(client);
+  // The side connection must never keep the process alive, not even while it connects.
+  if (unref) client.unref?.();
   try {
     await raceSignal(client.connect(), signal, () => destroySocket(client));
     return client;
@@ -444,12 +450,7 @@ class SideConnection {
     if (this.#client !== undefined) return this.#client;
     // Its own bound, not the first caller's signal: a short probe must not doom the connect
     // that later probes share.
-    const attempt = connect(this.#config, AbortSignal.timeout(SIDE_CONNECT_TIMEOUT_MS)).then(
-      (client) => {
-        client.unref?.();
-        return client;
-      },
-    );
+    const attempt = connect(this.#config, AbortSignal.timeout(SIDE_CONNECT_TIMEOUT_MS), true);
     this.#client = attempt;
     attempt.catch(() => {
       if (this.#client === attempt) this.#client = undefined;
@@ -496,6 +497,8 @@ function acceptsConnections(
       else reject(error);
     };
     const unsubscribe = onAbort(signal, () => done(signal.reason as Error));
+    // A check left pending on a dead route must not keep the process alive.
+    socket.unref();
     socket.once('connect', () => socket.write(GSSENC_REQUEST));
     socket.once('data', () => done());
     socket.once('end', () => done());
@@ -805,7 +808,7 @@ export function pgGuardOptions(
     },
 
     async destroy(handle) {
-      handles--;
+      if (handles > 0) handles--;
       if (handles === 0) side.close();
       await closeClient(handle.client, END_GRACE_MS);
     },
