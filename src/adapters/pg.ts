@@ -439,6 +439,11 @@ class SideConnection {
     }
   }
 
+  /** Opens the side connection ahead of its first use (a failure is left to that use). */
+  warm(): void {
+    this.#connected().catch(noop);
+  }
+
   /** Closes the side connection (the next use opens a new one). */
   close(): void {
     const pending = this.#client;
@@ -800,6 +805,9 @@ export function pgGuardOptions(
         const pid = rows[0]?.pid;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
         handles++;
+        // Busy-handle probes need the side connection: open it now, not on a slow link's
+        // first probe (where connecting could take most of the probe's timeout).
+        if (options.probe === ownProbe) side.warm();
         return { client, pid };
       } catch (error) {
         destroySocket(client);
@@ -879,6 +887,7 @@ export function pgGuardOptions(
     isFatal: isFatalPgError,
   };
 
+  const ownProbe = options.probe;
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) continue;
     if (key === 'liveness' && value !== false && typeof value === 'object' && value !== null) {

@@ -89,6 +89,29 @@ describe('pg busy-handle probe in a guard', () => {
 });
 
 describe('pg adapter default liveness', () => {
+  it('convicts nobody on a slow link: a long query and an op idle in transaction, 200 ms each way', async () => {
+    const p = await proxy();
+    const guard = guardOf(
+      pgGuardOptions({ config: clientConfig({ host: p.host, port: p.port }) }, { pool: 2 }),
+    );
+    await guard.read((pg, ctx) => pgQuery(pg, ctx, 'SELECT 1'));
+    p.latency(200, 50);
+    const [long, inTransaction] = await Promise.all([
+      guard.read((pg, ctx) => pgQuery(pg, ctx, 'SELECT pg_sleep(4) AS slept')),
+      guard.write(async (pg, ctx) => {
+        await pgQuery(pg, ctx, 'BEGIN');
+        await sleep(4 * PG_LIVENESS.interval); // work in the application
+        await pgQuery(pg, ctx, 'ROLLBACK');
+        return 'done';
+      }),
+    ]);
+    expect(long.rows).toHaveLength(1);
+    expect(inTransaction).toBe('done');
+    const { counters } = guard.status();
+    expect(counters.stalls).toBe(0);
+    expect(counters.probeFailures).toBe(0);
+  }, 30_000);
+
   it('convicts a silent op on a half-open link within 5 s', async () => {
     const p = await proxy();
     const guard = guardOf(
