@@ -2,12 +2,17 @@
  * Server-side cost of engine-guard/pg's busy-handle probes, for docs/design.md: a throwaway
  * PostgreSQL cluster, `ROUNDS` probes of each kind, the server's CPU time (postmaster plus its
  * reaped children, plus the kept side connection's backend) and wall time per probe. Pool 8
- * with the adapter's 1 s interval is 8 busy-handle probes per second.
+ * with the adapter's 1 s interval is 8 busy-handle probes per second. Then the time from a
+ * half-open link (FaultProxy blackhole) to EngineStalledError with the adapter's default
+ * liveness, `DETECTIONS` times.
  *
  *   npx tsx examples/pg-probe-cost.ts
  */
 import { readFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
+import { EngineGuard, EngineStalledError } from 'engine-guard';
+import { PG_LIVENESS, pgGuardOptions, pgQuery } from 'engine-guard/pg';
+import { FaultProxy } from 'engine-guard/testing';
 import pg from 'pg';
 import { startPgCluster } from '../test/support/pg-cluster.js';
 
@@ -106,6 +111,36 @@ try {
   );
   await side.end();
   await target.end();
+
+  const detections: number[] = [];
+  for (let i = 0; i < Number(process.env.DETECTIONS ?? 5); i++) {
+    const proxy = await FaultProxy.start({ target: { host: cluster.host, port: cluster.port } });
+    const guard = new EngineGuard(
+      pgGuardOptions(
+        { config: { ...config, host: proxy.host, port: proxy.port } },
+        { cancelTimeout: 500 },
+      ),
+    );
+    const long = guard.read((handle, ctx) => pgQuery(handle, ctx, 'SELECT pg_sleep(30)'));
+    const outcome = long.then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    const at = performance.now();
+    proxy.blackhole();
+    const error = await outcome;
+    if (!(error instanceof EngineStalledError))
+      throw new Error(`expected a stall, got ${String(error)}`);
+    detections.push(performance.now() - at);
+    await proxy.close();
+    await guard.close();
+  }
+  const bound = PG_LIVENESS.interval * PG_LIVENESS.failures + PG_LIVENESS.timeout;
+  console.log(
+    `half-open link to EngineStalledError with the pg defaults (bound ${bound} ms): ` +
+      detections.map((ms) => `${Math.round(ms)} ms`).join(', '),
+  );
 } finally {
   await cluster.stop();
 }
