@@ -9,7 +9,7 @@ import { EngineGuard, EngineStalledError } from 'engine-guard';
 import { PG_LIVENESS, type PgHandle, pgGuardOptions, pgQuery } from 'engine-guard/pg';
 import { FaultProxy } from 'engine-guard/testing';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { clientConfig, pgConfig } from '../support/pg.js';
+import { adminQuery, clientConfig, pgConfig } from '../support/pg.js';
 import { activity, settle, waitFor } from '../support/pg-faults-kit.js';
 
 const LIVENESS = { interval: 200, timeout: 300, failures: 2 } as const;
@@ -134,5 +134,65 @@ describe('pg adapter default liveness', () => {
     const bound = PG_LIVENESS.interval * PG_LIVENESS.failures + PG_LIVENESS.timeout;
     expect(bound).toBeLessThanOrEqual(5_000);
     expect(elapsed).toBeLessThan(bound + MARGIN);
+  });
+});
+
+describe('pg side connection', () => {
+  it('is never trusted: a dead side connection fails the probe and is replaced', async () => {
+    const sideProxy = await proxy();
+    const app = `eg-side-${process.pid}-${Date.now()}`;
+    const options = pgGuardOptions({
+      config: clientConfig(),
+      sideConfig: clientConfig({
+        host: sideProxy.host,
+        port: sideProxy.port,
+        application_name: app,
+      }),
+    });
+    const handle = await options.create({ signal: new AbortController().signal, generation: 1 });
+    onTestFinished(() => options.destroy?.(handle, { reason: 'test' }));
+    const op = { id: 1, kind: 'read' as const, label: undefined, generation: 1, startedAt: 0 };
+    const probe = (ms = 1_000) => options.probe?.(handle, { signal: AbortSignal.timeout(ms), op });
+    const ctx = { signal: new AbortController().signal, heartbeat() {} };
+    // Long enough to outlast the test: it is cancelled at the end.
+    const running = pgQuery(handle, ctx, 'SELECT pg_sleep(20)').catch((e: unknown) => e);
+    await waitFor(async () => (await activity(handle.pid))?.state === 'active', 5_000, 'active');
+    await expect(probe()).resolves.toBeUndefined();
+    const sidePids = async () =>
+      (
+        await adminQuery<{ pid: number }>(
+          'SELECT pid FROM pg_stat_activity WHERE application_name = $1',
+          [app],
+        )
+      ).rows.map((r) => r.pid);
+    const [first] = await sidePids();
+    expect(first).toBeGreaterThan(0);
+
+    // Half-open side route: the probe fails within its signal, and that connection is dropped.
+    sideProxy.blackhole();
+    await expect(probe(300)).rejects.toThrow();
+    sideProxy.heal();
+    await expect(probe()).resolves.toBeUndefined();
+    const second = await sidePids();
+    expect(second).not.toContain(first);
+
+    // Its backend terminated: the probe that finds it gone fails, the next one reconnects.
+    await adminQuery('SELECT pg_terminate_backend($1)', [second[0]]);
+    await waitFor(
+      async () => {
+        try {
+          await probe();
+          return false;
+        } catch {
+          return true;
+        }
+      },
+      5_000,
+      'a probe fails on the terminated side connection',
+    );
+    await expect(probe()).resolves.toBeUndefined();
+    expect(await sidePids()).not.toContain(second[0]);
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    expect(await running).toMatchObject({ code: '57014' });
   });
 });
