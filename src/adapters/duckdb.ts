@@ -265,22 +265,33 @@ export function duckdbGuardOptions(
 }
 
 /**
- * True when `sql` failed only because it holds no statement. DuckDB reports that case with the
- * binding's generic "Error in native callback"; the parser decides, not a reading of the text:
- * `sql` followed by one known statement must parse as exactly one statement.
+ * True when `sql` holds no statement at all (whitespace, comments, semicolons), decided by
+ * DuckDB's own parser, not by reading the text: `sql` followed by one known statement must parse
+ * as exactly one statement. DuckDB fails such SQL with the binding's generic "Error in native
+ * callback" (from `run`, `stream` and `extractStatements` alike); call this to tell that case
+ * apart.
  */
-async function holdsNoStatement(
-  conn: DuckDBConnection,
+export async function duckdbHoldsNoStatement(
+  conn: Pick<DuckDBConnection, 'extractStatements'>,
   sql: string,
-  error: unknown,
 ): Promise<boolean> {
-  if (!(error instanceof Error) || error.message !== 'Error in native callback') return false;
+  if (typeof sql !== 'string') throw new TypeError('The "sql" argument must be a string');
   try {
     const extracted = await conn.extractStatements(`${sql}\n;select 1`);
     return extracted.count === 1;
   } catch {
     return false;
   }
+}
+
+/** True when `error` is DuckDB's answer to SQL that holds no statement. */
+async function failedForNoStatement(
+  conn: DuckDBConnection,
+  sql: string,
+  error: unknown,
+): Promise<boolean> {
+  if (!(error instanceof Error) || error.message !== 'Error in native callback') return false;
+  return duckdbHoldsNoStatement(conn, sql);
 }
 
 /**
@@ -307,7 +318,7 @@ export async function duckdbQuery(
     try {
       result = await conn.stream(sql);
     } catch (error) {
-      if (await holdsNoStatement(conn, sql, error)) return [];
+      if (await failedForNoStatement(conn, sql, error)) return [];
       throw error;
     }
     ctx.heartbeat();

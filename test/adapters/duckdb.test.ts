@@ -4,7 +4,12 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { duckdbGuardOptions, duckdbQuery, isFatalDuckDBError } from '../../src/adapters/duckdb.js';
+import {
+  duckdbGuardOptions,
+  duckdbHoldsNoStatement,
+  duckdbQuery,
+  isFatalDuckDBError,
+} from '../../src/adapters/duckdb.js';
 import {
   EngineGuard,
   type EngineGuardOptions,
@@ -442,6 +447,18 @@ describe('DuckDB adapter: options and edge cases', () => {
         /Parser Error/,
       );
       await expect(guard.read((conn, ctx) => duckdbQuery(conn, ctx, '/* c'))).rejects.toThrow();
+      const conn = await instance.connect();
+      try {
+        for (const sql of ['', ' ; ', '-- c', '/* c */']) {
+          expect(await duckdbHoldsNoStatement(conn, sql), sql).toBe(true);
+        }
+        for (const sql of ['select 1', 'selec 1', '/* c', "select ';'"]) {
+          expect(await duckdbHoldsNoStatement(conn, sql), sql).toBe(false);
+        }
+        await expect(duckdbHoldsNoStatement(conn, 42 as never)).rejects.toThrow(TypeError);
+      } finally {
+        conn.closeSync();
+      }
     } finally {
       await guard.close();
     }

@@ -116,6 +116,16 @@ describe('example MCP server on PostgreSQL through a FaultProxy', () => {
     }
   });
 
+  it('SQL that holds no statement: query gives no rows, execute says so (as on every engine)', async () => {
+    for (const sql of ['   ', '-- c', ';']) {
+      const empty = await ok<{ rowCount: number; rows: unknown[] }>('query', { sql });
+      expect(empty, sql).toMatchObject({ rowCount: 0, rows: [] });
+      const nothing = await call('execute', { sql });
+      expect(nothing.isError, sql).toBe(true);
+      expect(text(nothing), sql).toBe('No SQL statement given.');
+    }
+  });
+
   it('query refuses writes: PostgreSQL refuses them in a read-only transaction', async () => {
     const insert = await call('query', { sql: `INSERT INTO ${table} VALUES (3, 'c')` });
     expect(insert.isError).toBe(true);

@@ -174,6 +174,16 @@ describe('example MCP server over stdio (DuckDB)', () => {
     expect(text(huge)).toContain('TRUNCATED');
   });
 
+  it('SQL that holds no statement: query gives no rows, execute says so (as on every engine)', async () => {
+    for (const sql of ['   ', '-- c', ';']) {
+      const empty = await ok<{ rowCount: number; rows: unknown[] }>('query', { sql });
+      expect(empty, sql).toMatchObject({ rowCount: 0, rows: [] });
+      const nothing = await call('execute', { sql });
+      expect(nothing.isError, sql).toBe(true);
+      expect(text(nothing), sql).toBe('No SQL statement given.');
+    }
+  });
+
   it('query refuses writes: the engine itself refuses them', async () => {
     const insert = await call('query', {
       sql: "INSERT INTO customers VALUES (9999, 'Mallory', 'North', DATE '2024-01-01')",
