@@ -115,6 +115,20 @@ export async function pgTransaction(
       'The "statements" argument must be a SQL script or an array of SQL strings or { text, values }',
     );
   }
+  // Checked before anything is sent: a bad statement must not leave half a transaction.
+  for (const [index, statement] of statements.entries()) {
+    const ok =
+      typeof statement === 'string' ||
+      (statement !== null &&
+        typeof statement === 'object' &&
+        typeof statement.text === 'string' &&
+        (statement.values === undefined || Array.isArray(statement.values)));
+    if (!ok) {
+      throw new TypeError(
+        `The "statements[${index}]" argument must be a SQL string or { text: string, values?: unknown[] }`,
+      );
+    }
+  }
   const client = handle.client;
   if (typeof client.getTransactionStatus !== 'function') {
     throw new TypeError('pgTransaction needs a pg client with getTransactionStatus() (pg >= 8.13)');

@@ -147,11 +147,18 @@ describe('pgTransaction', () => {
     expect(rows).toEqual([{ x: 2 }]);
   });
 
-  it('rejects a non-array with a TypeError', async () => {
+  it('rejects bad statements with a TypeError before sending anything', async () => {
     const g = guard();
     await expect(g.write((pg, ctx) => pgTransaction(pg, ctx, 42 as never))).rejects.toBeInstanceOf(
       TypeError,
     );
+    const t = tableName('tx_bad');
+    for (const bad of [null, 7, { text: 1 }, { text: 'select 1', values: 'x' }]) {
+      await expect(
+        g.write((pg, ctx) => pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int)`, bad as never])),
+      ).rejects.toThrow(/statements\[1\]/);
+    }
+    expect(await exists(t)).toBe(false);
   });
 });
 
