@@ -28,6 +28,8 @@ interface ClientState {
   gone: Error | undefined;
   /** Queries the adapter's helpers sent on it that have not settled yet. */
   inFlight: number;
+  /** `performance.now()` when the adapter last sent a query on it (-Infinity before any). */
+  sentAt: number;
   /** Heartbeats of the queries in flight on it, called when bytes arrive. */
   readonly beats: Set<() => void>;
   readonly onData: () => void;
@@ -40,6 +42,7 @@ function track(client: RawClient): ClientState {
   const state: ClientState = {
     gone: undefined,
     inFlight: 0,
+    sentAt: Number.NEGATIVE_INFINITY,
     beats,
     onData: () => {
       for (const beat of beats) beat();
@@ -194,6 +197,7 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   const state = clients.get(client);
   if (state === undefined) return promise;
   state.inFlight++;
+  state.sentAt = performance.now();
   const done = (): void => {
     state.inFlight--;
   };

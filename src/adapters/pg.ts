@@ -241,7 +241,13 @@ export function pgGuardOptions(
       // over a slow link), or it is no longer in flight: not a failure. If the answer is lost,
       // the next probe sees it.
       if (!queryInFlight(handle.client)) return;
-      if (idleMs !== null && idleMs <= performance.now() - started) return;
+      const now = performance.now();
+      // The query in flight was sent so recently that the side query may have looked before it
+      // reached the server (a slow link): not a failure either. A lost request is convicted
+      // by the next probes, once it has been in flight for longer.
+      const sentAt = clients.get(handle.client)?.sentAt ?? Number.NEGATIVE_INFINITY;
+      if (now - sentAt <= 2 * (now - started)) return;
+      if (idleMs !== null && idleMs <= now - started) return;
       throw new Error(
         `Backend ${handle.pid} is ${state ?? 'in an unknown state'}${
           idleMs === null ? '' : ` for ${Math.round(idleMs)} ms`

@@ -88,14 +88,39 @@ describe('pg busy-handle probe in a guard', () => {
   });
 });
 
+describe('pg busy-handle probe on a slow link', () => {
+  it('a query sent just now that has not reached the server yet is not an answer lost', async () => {
+    const p = await proxy();
+    const options = pgGuardOptions({
+      config: clientConfig({ host: p.host, port: p.port }),
+      sideConfig: clientConfig(),
+    });
+    const handle = await options.create({ signal: new AbortController().signal, generation: 1 });
+    onTestFinished(() => options.destroy?.(handle, { reason: 'test' }));
+    const op = { id: 1, kind: 'write' as const, label: undefined, generation: 1, startedAt: 0 };
+    const ctx = { signal: new AbortController().signal, heartbeat() {} };
+    await pgQuery(handle, ctx, 'BEGIN');
+    await sleep(300); // idle in transaction on the server for a while
+    p.latency(300);
+    const next = pgQuery(handle, ctx, 'SELECT 1 AS one'); // 300 ms on its way to the server
+    await expect(
+      options.probe?.(handle, { signal: AbortSignal.timeout(1_000), op }),
+    ).resolves.toBeUndefined();
+    expect((await next).rows).toEqual([{ one: 1 }]);
+    await pgQuery(handle, ctx, 'ROLLBACK');
+  });
+});
+
 describe('pg adapter default liveness', () => {
-  it('convicts nobody on a slow link: a long query and an op idle in transaction, 200 ms each way', async () => {
+  it('convicts nobody on a slow link: a long query and an op idle in transaction, 100 ± 50 ms each way', async () => {
     const p = await proxy();
     const guard = guardOf(
       pgGuardOptions({ config: clientConfig({ host: p.host, port: p.port }) }, { pool: 2 }),
     );
     await guard.read((pg, ctx) => pgQuery(pg, ctx, 'SELECT 1'));
-    p.latency(200, 50);
+    p.latency(100, 50);
+    const failures: string[] = [];
+    guard.on('probeFailure', (e) => failures.push(`${e.op?.kind ?? 'idle'}: ${String(e.error)}`));
     const [long, inTransaction] = await Promise.all([
       guard.read((pg, ctx) => pgQuery(pg, ctx, 'SELECT pg_sleep(4) AS slept')),
       guard.write(async (pg, ctx) => {
@@ -108,6 +133,7 @@ describe('pg adapter default liveness', () => {
     expect(long.rows).toHaveLength(1);
     expect(inTransaction).toBe('done');
     const { counters } = guard.status();
+    expect(failures).toEqual([]);
     expect(counters.stalls).toBe(0);
     expect(counters.probeFailures).toBe(0);
   }, 30_000);

@@ -357,6 +357,8 @@ describe('probe', () => {
     await sleep(100);
     // The probe looks at `other`'s backend (idle) while a query is in flight on the client.
     const running = pgQuery(handle, ctxOf(), 'SELECT pg_sleep(1)');
+    // In flight for much longer than a probe takes: it has reached the server by now.
+    await sleep(200);
     const lost: PgHandle = { client: handle.client, pid: other.pid };
     await expect(r.probe(lost, opInfo())).rejects.toThrow(/idle for \d+ ms while a query/);
     // A pid that is no backend at all.
