@@ -1,7 +1,12 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: { index: 'src/index.ts', 'testing/index': 'src/testing/index.ts' },
+  entry: {
+    index: 'src/index.ts',
+    'testing/index': 'src/testing/index.ts',
+    'adapters/pg': 'src/adapters/pg.ts',
+    'adapters/duckdb': 'src/adapters/duckdb.ts',
+  },
   format: ['esm', 'cjs'],
   // Users see only what they call: members tagged `@internal` (the lock's release hook, the
   // lease's join, the diagnostics channels the library publishes on...) are dropped from the

@@ -6,8 +6,7 @@
  */
 import { Mutex } from 'async-mutex';
 import pg from 'pg';
-// The recipe moves to src/adapters/pg.ts (adapters branch); import it from there once merged.
-import { type PgHandle, pgGuardOptions, pgQuery } from '../examples/recipes/postgres.js';
+import { type PgHandle, pgGuardOptions, pgQuery } from '../src/adapters/pg.js';
 import { DEFAULT_LIVENESS, EngineGuard, type OpContext } from '../src/index.js';
 import { type PgCluster, startPgCluster } from '../test/support/pg-cluster.js';
 import {
@@ -41,7 +40,7 @@ interface PgContender {
   open(config: pg.ClientConfig): Promise<Client>;
 }
 
-/** The guard built from the PostgreSQL recipe, each query run on a handle by `run`. */
+/** The guard built from engine-guard/pg, each query run on a handle by `run`. */
 function guardWith(
   name: string,
   run: (handle: PgHandle, ctx: OpContext, sql: string) => Promise<unknown>,
@@ -59,11 +58,11 @@ function guardWith(
 }
 
 const guardContender = guardWith(
-  `EngineGuard \`read\` + \`pgQuery\` (pool ${POOL}, liveness on: recipe defaults)`,
+  `EngineGuard \`read\` + \`pgQuery\` (pool ${POOL}, liveness on: adapter defaults)`,
   (handle, ctx, sql) => pgQuery(handle, ctx, sql),
 );
 
-/** The same guard without the recipe's `pgQuery`: what the guard costs on its own. */
+/** The same guard without the adapter's `pgQuery`: what the guard costs on its own. */
 const bareGuardContender = guardWith(
   'same guard, `handle.client.query` instead of `pgQuery` (no abort race, no heartbeat)',
   (handle, _ctx, sql) => handle.client.query(sql),
@@ -109,8 +108,8 @@ const mutexContender: PgContender = {
   },
 };
 
-/** The liveness probe interval the recipe's guard runs with (its own, or the guard's default). */
-function recipeLivenessInterval(config: pg.ClientConfig): number {
+/** The liveness probe interval the adapter's guard runs with (its own, or the guard's default). */
+function adapterLivenessInterval(config: pg.ClientConfig): number {
   const { liveness } = pgGuardOptions({ config });
   return (liveness === false ? undefined : liveness?.interval) ?? DEFAULT_LIVENESS.interval;
 }
@@ -158,8 +157,8 @@ const throughput: Section = {
   description:
     `A throwaway PostgreSQL cluster on loopback; \`${SHORT_SQL}\` from N concurrent callers ` +
     '(closed loop: each awaits its query, then sends the next) through an EngineGuard built ' +
-    `from the PostgreSQL recipe (\`pgGuardOptions\`, \`pgQuery\`, pool ${POOL}) and through ` +
-    `\`pg.Pool\` with \`max\` ${POOL}, plus two rows of the same guard that take the recipe's ` +
+    `from engine-guard/pg (\`pgGuardOptions\`, \`pgQuery\`, pool ${POOL}) and through ` +
+    `\`pg.Pool\` with \`max\` ${POOL}, plus two rows of the same guard that take the adapter's ` +
     `per-query cost apart (see the notes). Each contender runs ${ROUND_MS} ms per round, ` +
     `${THROUGHPUT_ROUNDS} rounds per concurrency after a ${WARMUP_MS} ms warm-up, contenders ` +
     'rotated each round; figure = median round. "Node CPU per query" = `process.cpuUsage()` ' +
@@ -214,7 +213,7 @@ const throughput: Section = {
             ]);
           });
           for (const [c, what] of [
-            [guardContender, 'guard + pgQuery (the recipe)'],
+            [guardContender, 'guard + pgQuery (engine-guard/pg)'],
             [bareGuardContender, 'guard alone (bare client.query)'],
           ] as const) {
             const ratio = medians[contenders.indexOf(c)]! / poolRate;
@@ -232,12 +231,12 @@ const throughput: Section = {
           notes: [
             '"vs pg.Pool" > 1 means more queries per second than `pg.Pool` at the same ' +
               'concurrency. Both hold 4 connections; a query waits for a free one in either.',
-            "The guard's liveness watchdog is on as the recipe sets it (probe interval " +
-              `${fmtInt(recipeLivenessInterval(config))} ms): every query is watched, none is ` +
+            "The guard's liveness watchdog is on as the adapter sets it (probe interval " +
+              `${fmtInt(adapterLivenessInterval(config))} ms): every query is watched, none is ` +
               'probed (each ends long before).',
             'The target is checked twice: on the recipe path (`pgQuery`), what users run, and ' +
               'on the same guard running `handle.client.query` bare, which is what the guard ' +
-              "itself costs. The gap between those two rows is the recipe's per-query cost; the " +
+              "itself costs. The gap between those two rows is the adapter's per-query cost; the " +
               'row in between shows how much of it is the one abort listener `pgQuery` adds to ' +
               "each op's fresh `ctx.signal` (the rest is its `data` listener on the socket, for " +
               'heartbeats).',

@@ -5,7 +5,7 @@
  *   npx tsx examples/lock-demo.ts
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LockTimeoutError, RWLock } from '../src/index.js';
+import { LockTimeoutError, RWLock } from 'engine-guard';
 
 const t0 = performance.now();
 const log = (msg: string) =>

@@ -3,7 +3,7 @@
  * it, and a cache of engine facts for the `status` fast path. Over HTTP each session gets its own
  * `McpServer`, but they all share this one app, hence one engine.
  */
-import { type CachedValue, EngineGuard } from '../../src/index.js';
+import { type CachedValue, EngineGuard } from 'engine-guard';
 import { DemoFaults } from './demo-faults.js';
 import type { Engine, EngineFacts } from './engine.js';
 import type { Logger } from './log.js';

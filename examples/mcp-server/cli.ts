@@ -3,7 +3,7 @@
  * reused; `main.ts` turns a {@link UsageError} into a message on stderr and exit code 2.
  */
 import { parseArgs } from 'node:util';
-import { DEFAULT_LIVENESS } from '../../src/index.js';
+import { DEFAULT_LIVENESS } from 'engine-guard';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 
 export interface CliOptions {

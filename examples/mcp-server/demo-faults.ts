@@ -8,7 +8,7 @@
  * out, the op is convicted after `liveness.failures` of them, its caller gets
  * `EngineStalledError`, and the handle is cancelled, destroyed and replaced as for a real stall.
  */
-import type { EngineGuardOptions } from '../../src/index.js';
+import type { EngineGuardOptions } from 'engine-guard';
 
 export class DemoFaults<H> {
   readonly #wedged = new WeakSet<object>();

@@ -1,11 +1,11 @@
 /**
  * What the MCP server needs from an engine. One adapter per engine (`engines/duckdb.ts`,
- * `engines/postgres.ts`), each built on its recipe in `examples/recipes/`.
+ * `engines/postgres.ts`), each built on its adapter (`engine-guard/duckdb`, `engine-guard/pg`).
  *
  * Every method that takes a handle runs inside a guarded op: the server calls it from
  * `guard.read(...)` or `guard.write(...)`, so the handle is exclusively the op's while it runs.
  */
-import type { EngineGuardOptions, OpContext } from '../../src/index.js';
+import type { EngineGuardOptions, OpContext } from 'engine-guard';
 
 export type EngineKind = 'duckdb' | 'postgres';
 

@@ -5,7 +5,10 @@
  *   npm run --silent mcp -- --http 8808        # Streamable HTTP on http://127.0.0.1:8808/mcp
  *
  * Over stdio, stdout carries the protocol and nothing else: every log line goes to stderr.
- * Shuts down cleanly on SIGINT, SIGTERM and (stdio) when stdin closes.
+ * Shuts down cleanly, closing the guard, within SHUTDOWN_BOUND_MS: on SIGINT, SIGTERM, (stdio)
+ * when stdin closes, and when the process that started it exits. The last one matters for
+ * `npm run mcp`: npm passes a SIGTERM to the shell it started, the shell dies without passing
+ * it on, and the server would be left running (and listening) on its own.
  */
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { createApp } from './app.js';
@@ -63,6 +66,9 @@ app.facts.refresh().catch((error: unknown) => log.warn('engine facts not loaded 
 let stopTransport: () => Promise<void> = async () => {};
 let shuttingDown = false;
 
+/** Longest a shutdown may take before the process exits anyway. */
+const SHUTDOWN_BOUND_MS = 12_000;
+
 async function shutdown(why: string, code = 0): Promise<void> {
   if (shuttingDown) return;
   shuttingDown = true;
@@ -70,7 +76,7 @@ async function shutdown(why: string, code = 0): Promise<void> {
   const force = setTimeout(() => {
     log.error('shutdown took too long; exiting');
     process.exit(1);
-  }, 15_000);
+  }, SHUTDOWN_BOUND_MS);
   force.unref();
   try {
     await stopTransport();
@@ -89,7 +95,15 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+// The parent exited (we were re-parented): nobody is left to stop us, so stop.
+const parentPid = process.ppid;
+const parentWatch = setInterval(() => {
+  if (process.ppid !== parentPid) void shutdown('parent process exited');
+}, 500);
+parentWatch.unref();
+
 const settings = {
+  pid: process.pid,
   engine: engine.kind,
   pool,
   liveness: `${options.liveness.interval}/${options.liveness.timeout}/${options.liveness.failures}`,

@@ -21,15 +21,14 @@ import type {
   ServerNotification,
   ServerRequest,
 } from '@modelcontextprotocol/sdk/types.js';
-import { z } from 'zod';
-import {
+import type {
+  EngineGuardErrorCode,
   EngineStalledError,
   EngineUnavailableError,
-  GuardClosedError,
   LockTimeoutError,
-  type OpContext,
-  QueueFullError,
-} from '../../src/index.js';
+  OpContext,
+} from 'engine-guard';
+import { z } from 'zod';
 import type { App } from './app.js';
 import { InputError, newProgress, type QueryProgress, type TableColumns } from './engine.js';
 
@@ -121,10 +120,22 @@ const describeOutput = {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-function ok(structured: Record<string, unknown>, summary?: string): CallToolResult {
+/** Most characters of the JSON preview in a result's text block. */
+const PREVIEW_CHARS = 2_000;
+
+/**
+ * A tool result: the data in `structuredContent`, and a short text block (the one-line summary
+ * and a bounded preview of the JSON) for clients that only show text, so a large result is not
+ * sent twice.
+ */
+function ok(structured: Record<string, unknown>, summary: string): CallToolResult {
   const json = JSON.stringify(structured);
+  const preview =
+    json.length <= PREVIEW_CHARS
+      ? json
+      : `${json.slice(0, PREVIEW_CHARS)}... (${json.length - PREVIEW_CHARS} more characters in structuredContent)`;
   return {
-    content: [{ type: 'text', text: summary === undefined ? json : `${summary}\n${json}` }],
+    content: [{ type: 'text', text: `${summary}\n${preview}` }],
     structuredContent: structured,
   };
 }
@@ -213,38 +224,51 @@ export function createMcpServer<H>(app: App<H>): McpServer {
   /** Turns any failure of a guarded call into a tool error a person or an agent can act on. */
   const failure = (tool: string, error: unknown, extra: Extra): CallToolResult => {
     if (error instanceof InputError) return toolError(error.message);
-    if (error instanceof EngineStalledError) {
-      const { interval, timeout, failures } = settings.liveness;
-      log.warn(`${tool}: engine stalled`, { op: error.opId });
+    // engine-guard's errors carry a stable `code`: switch on it (an `instanceof` check fails
+    // across two copies of the library, e.g. its ESM and CJS builds).
+    switch ((error as { code?: unknown } | null)?.code as EngineGuardErrorCode | undefined) {
+      case 'ERR_ENGINE_STALLED': {
+        const stalled = error as EngineStalledError;
+        const { interval, timeout, failures } = settings.liveness;
+        log.warn(`${tool}: engine stalled`, { op: stalled.opId });
+        return toolError(
+          `Engine stalled: ${tool} got no answer from the engine, and ${stalled.probeFailures} ` +
+            `liveness probes in a row failed (one after every ${interval} ms without progress, ` +
+            `each allowed ${timeout} ms; ${failures} convict). The call was abandoned (op ` +
+            `${stalled.opId}) and the engine connection was replaced; the server keeps serving, ` +
+            'so you can retry.' +
+            (stalled.indeterminate
+              ? ' The write is INDETERMINATE: it may or may not have been applied; check before retrying.'
+              : ''),
+        );
+      }
+      case 'ERR_ENGINE_UNAVAILABLE': {
+        const unavailable = error as EngineUnavailableError;
+        return toolError(
+          `Engine unavailable: ${unavailable.attempts} connection attempts in a row failed (last: ` +
+            `${messageOf(unavailable.cause)}). The server keeps trying to reconnect in the background; ` +
+            'try again later (the status tool shows the state).',
+        );
+      }
+      case 'ERR_LOCK_TIMEOUT':
+        return toolError(
+          `Engine busy: no engine connection became free within ${(error as LockTimeoutError).timeout} ms (all ` +
+            `${settings.pool} are in use, or a write holds the engine). Try again later; the ` +
+            'status tool shows what is running.',
+        );
+      case 'ERR_QUEUE_FULL':
+        return toolError('Engine busy: too many calls are waiting. Try again later.');
+      case 'ERR_GUARD_CLOSED':
+        return toolError('The server is shutting down.');
+      default:
+        break;
+    }
+    if ((error as { code?: unknown } | null)?.code === 'ERR_PG_TRANSACTION_ENDED') {
       return toolError(
-        `Engine stalled: ${tool} got no answer from the engine, and ${error.probeFailures} ` +
-          `liveness probes in a row failed (one after every ${interval} ms without progress, ` +
-          `each allowed ${timeout} ms; ${failures} convict). The call was abandoned (op ` +
-          `${error.opId}) and the engine connection was replaced; the server keeps serving, ` +
-          'so you can retry.' +
-          (error.indeterminate
-            ? ' The write is INDETERMINATE: it may or may not have been applied; check before retrying.'
-            : ''),
+        `${messageOf(error)}. The ${tool} tool manages the transaction itself: leave out ` +
+          'BEGIN, COMMIT and ROLLBACK.',
       );
     }
-    if (error instanceof EngineUnavailableError) {
-      return toolError(
-        `Engine unavailable: ${error.attempts} connection attempts in a row failed (last: ` +
-          `${messageOf(error.cause)}). The server keeps trying to reconnect in the background; ` +
-          'try again later (the status tool shows the state).',
-      );
-    }
-    if (error instanceof LockTimeoutError) {
-      return toolError(
-        `Engine busy: no engine connection became free within ${error.timeout} ms (all ` +
-          `${settings.pool} are in use, or a write holds the engine). Try again later; the ` +
-          'status tool shows what is running.',
-      );
-    }
-    if (error instanceof QueueFullError) {
-      return toolError('Engine busy: too many calls are waiting. Try again later.');
-    }
-    if (error instanceof GuardClosedError) return toolError('The server is shutting down.');
     if (isAbort(error, extra.signal)) return toolError(`${tool} was cancelled.`);
     const message = messageOf(error);
     if (engine.isFatal(error)) {
@@ -265,19 +289,25 @@ export function createMcpServer<H>(app: App<H>): McpServer {
     return toolError(text);
   };
 
+  /** What {@link guarded} runs: one tool call as one guarded op. */
+  interface GuardedCall<T> {
+    tool: string;
+    kind: 'read' | 'write';
+    extra: Extra;
+    /** Shown in `status()` and logs; defaults to the tool's name. */
+    label?: string;
+    run: (handle: H, ctx: OpContext) => Promise<T>;
+    /** Builds the tool result from the op's value. */
+    done: (value: T, elapsedMs: number) => CallToolResult;
+  }
+
   /** Runs a guarded op for a tool, mapping failures to tool errors and logging the outcome. */
-  const guarded = async <T>(
-    tool: string,
-    kind: 'read' | 'write',
-    extra: Extra,
-    opLabel: string,
-    fn: (handle: H, ctx: OpContext) => Promise<T>,
-    done: (value: T, elapsedMs: number) => CallToolResult,
-  ): Promise<CallToolResult> => {
+  const guarded = async <T>(call: GuardedCall<T>): Promise<CallToolResult> => {
+    const { tool, kind, extra, run, done } = call;
     const started = performance.now();
     try {
-      const options = { signal: extra.signal, label: opLabel };
-      const value = await (kind === 'read' ? guard.read(fn, options) : guard.write(fn, options));
+      const options = { signal: extra.signal, label: call.label ?? tool };
+      const value = await (kind === 'read' ? guard.read(run, options) : guard.write(run, options));
       const elapsed = Math.round(performance.now() - started);
       log.debug(`${tool} ok`, { ms: elapsed });
       return done(value, elapsed);
@@ -356,7 +386,13 @@ export function createMcpServer<H>(app: App<H>): McpServer {
         uptimeMs: now - app.startedAt,
         answeredInMs: Math.round((performance.now() - t0) * 1000) / 1000,
       };
-      return ok(structured);
+      const facts1 = f.value === undefined ? 'facts pending' : `${f.value.tables} tables`;
+      const summary =
+        `${s.state}: ${s.handles.total} connection${s.handles.total === 1 ? '' : 's'} ` +
+        `(${s.handles.busy} busy), ${s.running.length} running, ` +
+        `${s.queue.readers + s.queue.writers} queued, ${s.counters.stalls} stalls, ${facts1}; ` +
+        `answered in ${structured.answeredInMs} ms.`;
+      return ok(structured, summary);
     },
   );
 
@@ -389,13 +425,13 @@ export function createMcpServer<H>(app: App<H>): McpServer {
       const progress = newProgress();
       const stopProgress = startProgress(extra, settings.progressInterval, progress);
       try {
-        return await guarded(
-          'query',
-          'read',
+        return await guarded({
+          tool: 'query',
+          kind: 'read',
           extra,
-          label('query', sql),
-          (handle, ctx) => engine.query(handle, ctx, sql, { maxRows, progress }),
-          (out, elapsedMs) => {
+          label: label('query', sql),
+          run: (handle, ctx) => engine.query(handle, ctx, sql, { maxRows, progress }),
+          done: (out, elapsedMs) => {
             let rows = out.rows;
             let truncatedBy: 'max_rows' | 'max_result_bytes' | null = out.truncated
               ? 'max_rows'
@@ -426,7 +462,7 @@ export function createMcpServer<H>(app: App<H>): McpServer {
                   `(limit: ${truncatedBy === 'max_rows' ? `${maxRows} rows` : `${settings.maxResultBytes} bytes`}).`;
             return ok(structured, summary);
           },
-        );
+        });
       } finally {
         stopProgress();
       }
@@ -451,13 +487,13 @@ export function createMcpServer<H>(app: App<H>): McpServer {
       const progress = newProgress();
       const stopProgress = startProgress(extra, settings.progressInterval, progress);
       try {
-        return await guarded(
-          'execute',
-          'write',
+        return await guarded({
+          tool: 'execute',
+          kind: 'write',
           extra,
-          label('execute', sql),
-          (handle, ctx) => engine.execute(handle, ctx, sql),
-          (out, elapsedMs) => {
+          label: label('execute', sql),
+          run: (handle, ctx) => engine.execute(handle, ctx, sql),
+          done: (out, elapsedMs) => {
             // The catalog may have changed: refresh the cached facts in the background.
             facts.refresh().catch(() => {});
             return ok(
@@ -467,7 +503,7 @@ export function createMcpServer<H>(app: App<H>): McpServer {
                 ` in ${elapsedMs} ms.`,
             );
           },
-        );
+        });
       } finally {
         stopProgress();
       }
@@ -485,13 +521,13 @@ export function createMcpServer<H>(app: App<H>): McpServer {
       annotations: { readOnlyHint: true, idempotentHint: true, openWorldHint: false },
     },
     (_args, extra) =>
-      guarded(
-        'list_tables',
-        'read',
+      guarded({
+        tool: 'list_tables',
+        kind: 'read',
         extra,
-        'list_tables',
-        (handle, ctx) => engine.listTables(handle, ctx),
-        (tables) =>
+        label: 'list_tables',
+        run: (handle, ctx) => engine.listTables(handle, ctx),
+        done: (tables) =>
           ok(
             { tables },
             tables.length === 0
@@ -499,7 +535,7 @@ export function createMcpServer<H>(app: App<H>): McpServer {
               : `${tables.length} table${tables.length === 1 ? '' : 's'}: ` +
                   tables.map((t) => `${t.schema}.${t.name}`).join(', '),
           ),
-      ),
+      }),
   );
 
   // -------------------------------------------------------------------------------------------
@@ -527,12 +563,12 @@ export function createMcpServer<H>(app: App<H>): McpServer {
       name = unquote(name);
       inSchema = inSchema === undefined ? undefined : unquote(inSchema);
       const where = inSchema === undefined ? `"${name}"` : `"${inSchema}.${name}"`;
-      return guarded(
-        'describe_table',
-        'read',
+      return guarded({
+        tool: 'describe_table',
+        kind: 'read',
         extra,
-        `describe_table: ${inSchema === undefined ? '' : `${inSchema}.`}${name}`,
-        async (handle, ctx) => {
+        label: `describe_table: ${inSchema === undefined ? '' : `${inSchema}.`}${name}`,
+        run: async (handle, ctx) => {
           const found = await engine.describeTable(handle, ctx, name, inSchema);
           if (found.size === 0) {
             const tables = await engine.listTables(handle, ctx);
@@ -555,12 +591,12 @@ export function createMcpServer<H>(app: App<H>): McpServer {
           ];
           return { schema: foundSchema, table: foundTable, columns };
         },
-        (out) =>
+        done: (out) =>
           ok(
             out,
             `${out.schema}.${out.table}: ${out.columns.map((c) => `${c.name} ${c.type}`).join(', ')}`,
           ),
-      );
+      });
     },
   );
 
@@ -579,14 +615,14 @@ export function createMcpServer<H>(app: App<H>): McpServer {
         annotations: { readOnlyHint: true, openWorldHint: false },
       },
       (_args, extra) =>
-        guarded(
-          'demo_wedge',
-          'read',
+        guarded({
+          tool: 'demo_wedge',
+          kind: 'read',
           extra,
-          'demo_wedge: a call on a connection that went half-open',
-          (handle) => faults.wedge(handle),
-          () => toolError('unreachable: a wedged call never returns'),
-        ),
+          label: 'demo_wedge: a call on a connection that went half-open',
+          run: (handle) => faults.wedge(handle),
+          done: () => toolError('unreachable: a wedged call never returns'),
+        }),
     );
   }
 

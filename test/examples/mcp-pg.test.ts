@@ -10,6 +10,7 @@ import { FaultProxy } from '../../src/testing/index.js';
 import { adminQuery, pgConfig } from '../support/pg.js';
 import {
   connectStdio,
+  expectNoStatementHandling,
   livenessFlags,
   type QueryResult,
   serverLog,
@@ -96,6 +97,28 @@ describe('example MCP server on PostgreSQL through a FaultProxy', () => {
     });
     expect(capped.rowCount).toBe(10);
     expect(capped.truncated).toBe(true);
+  });
+
+  it('execute is all or nothing: a COMMIT inside is refused and leaves nothing behind', async () => {
+    const stray = `${table}_stray`;
+    const result = await call('execute', {
+      sql: `CREATE TABLE ${stray} (x int); COMMIT; SELECT 1/0`,
+    });
+    expect(result.isError).toBe(true);
+    expect(text(result)).toContain('ended the transaction');
+    expect(text(result)).toContain('manages the transaction itself');
+    const { rows } = await adminQuery('SELECT to_regclass($1)::text AS t', [stray]);
+    expect(rows[0]?.t).toBeNull();
+    for (const end of ['ROLLBACK', 'END', 'ABORT']) {
+      const ended = await call('execute', { sql: `CREATE TABLE ${stray} (x int); ${end}` });
+      expect(ended.isError, end).toBe(true);
+      const after = await adminQuery('SELECT to_regclass($1)::text AS t', [stray]);
+      expect(after.rows[0]?.t, end).toBeNull();
+    }
+  });
+
+  it('SQL that holds no statement: query gives no rows, execute says so (as on every engine)', async () => {
+    await expectNoStatementHandling(tools(() => client));
   });
 
   it('query refuses writes: PostgreSQL refuses them in a read-only transaction', async () => {

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   connectStdio,
   ENDLESS_QUERY,
+  expectNoStatementHandling,
   livenessFlags,
   type QueryResult,
   type Status,
@@ -91,6 +92,25 @@ describe('example MCP server over stdio (DuckDB)', () => {
     expect(s.guard.counters.stalls).toBe(0);
     expect(s.answeredInMs).toBeLessThan(50);
     expect(ms).toBeLessThan(1_000);
+    // Every tool has a one-line summary first, the status tool included.
+    const raw = await call('status', {});
+    const firstLine = text(raw).split('\n')[0] ?? '';
+    expect(firstLine).toMatch(
+      /^(ready|idle): \d+ connections? \(\d+ busy\), \d+ running, \d+ queued, \d+ stalls, 3 tables; answered in/,
+    );
+  });
+
+  it('a large query result is not repeated in the text block (summary and a bounded preview)', async () => {
+    const big = await call('query', {
+      sql: "SELECT i, repeat('x', 100) AS pad FROM range(5000) t(i)",
+    });
+    expect(big.isError).toBeFalsy();
+    const structured = JSON.stringify(big.structuredContent);
+    expect(structured.length).toBeGreaterThan(10_000);
+    const shown = text(big);
+    expect(shown.split('\n')[0]).toMatch(/^\d+ rows in \d+ ms/);
+    expect(shown.length).toBeLessThan(3_000);
+    expect(shown).toContain('more characters in structuredContent');
   });
 
   it('lists and describes the sample tables', async () => {
@@ -153,6 +173,10 @@ describe('example MCP server over stdio (DuckDB)', () => {
       { i: 2 },
     ]);
     expect(text(huge)).toContain('TRUNCATED');
+  });
+
+  it('SQL that holds no statement: query gives no rows, execute says so (as on every engine)', async () => {
+    await expectNoStatementHandling(tools(() => client));
   });
 
   it('query refuses writes: the engine itself refuses them', async () => {

@@ -14,7 +14,7 @@ import type { Stream } from 'node:stream';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { beforeEach } from 'vitest';
+import { beforeEach, expect } from 'vitest';
 import { serverProcess } from '../../examples/mcp-server/spawn.js';
 
 export const TEST_TIMEOUT = 60_000;
@@ -168,4 +168,18 @@ export function tools(client: () => Client) {
   const query = (sql: string, extra: Record<string, unknown> = {}) =>
     ok<QueryResult>('query', { sql, ...extra });
   return { call, ok, status, query };
+}
+
+/**
+ * SQL that holds no statement, the same on every engine: `query` gives no rows, `execute` says
+ * there is nothing to run.
+ */
+export async function expectNoStatementHandling(t: ReturnType<typeof tools>): Promise<void> {
+  for (const sql of ['   ', '-- c', ';']) {
+    const empty = await t.ok<{ rowCount: number; rows: unknown[] }>('query', { sql });
+    expect(empty, sql).toMatchObject({ rowCount: 0, rows: [] });
+    const nothing = await t.call('execute', { sql });
+    expect(nothing.isError, sql).toBe(true);
+    expect(text(nothing), sql).toBe('No SQL statement given.');
+  }
 }

@@ -1,6 +1,6 @@
 /**
  * Fault scenarios (SPEC 7) against the real PostgreSQL through a FaultProxy, guarded with the
- * PostgreSQL recipe (examples/recipes/postgres.ts). Part 1: half-open links, wedged servers,
+ * PostgreSQL adapter (engine-guard/pg, src/adapters/pg.ts). Part 1: half-open links, wedged servers,
  * resets, slow closes and cut results. Part 2 is pg-faults-2.test.ts; the helpers of both are in
  * test/support/pg-faults-kit.ts.
  *
@@ -10,7 +10,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { isFatalPgError, type PgHandle, pgQuery } from '../../examples/recipes/postgres.js';
+import { isFatalPgError, type PgHandle, pgQuery } from '../../src/adapters/pg.js';
 import {
   type EngineGuard,
   EngineStalledError,

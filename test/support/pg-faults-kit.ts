@@ -1,8 +1,8 @@
 /**
  * The kit of the fault scenarios against the real PostgreSQL through a FaultProxy
  * (test/integration/pg-faults*.test.ts), guarded with the PostgreSQL recipe
- * (examples/recipes/postgres.ts); its generic helpers (settle, waitFor, activity, viaProxy) also
- * serve pg-recipe.test.ts.
+ * (src/adapters/pg.ts, engine-guard/pg); its generic helpers (settle, waitFor, activity, viaProxy) also
+ * serve test/adapters/pg*.test.ts.
  *
  *   const k = kit(); // everything it opens is closed when the test finishes
  *   const { proxy, guard } = await k.proxiedGuard();
@@ -16,7 +16,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { onTestFinished } from 'vitest';
-import { type PgHandle, pgGuardOptions, pgQuery } from '../../examples/recipes/postgres.js';
+import { type PgHandle, pgGuardOptions, pgQuery } from '../../src/adapters/pg.js';
 import { EngineGuard, type EngineGuardOptions, type OpOptions } from '../../src/index.js';
 import { FaultProxy } from '../../src/testing/index.js';
 import { adminQuery, clientConfig, pgConfig, resumeBackend, suspendBackend } from './pg.js';

@@ -1,5 +1,5 @@
 /**
- * Embedded DuckDB behind the MCP server, built on `examples/recipes/duckdb.ts`: one in-memory
+ * Embedded DuckDB behind the MCP server, built on `engine-guard/duckdb`: one in-memory
  * database, loaded with the generated sample data set, one DuckDB connection per guard handle.
  *
  * Read-only `query`, enforced by DuckDB itself:
@@ -25,14 +25,15 @@ import {
   ResultReturnType,
   StatementType,
 } from '@duckdb/node-api';
-import type { EngineGuardOptions, OpContext } from '../../../src/index.js';
+import type { EngineGuardOptions, OpContext } from 'engine-guard';
 import {
   duckdbGuardOptions,
+  duckdbHoldsNoStatement,
   duckdbQuery,
   interruptOnAbort,
   interruptUntilDrained,
   isFatalDuckDBError,
-} from '../../recipes/duckdb.js';
+} from 'engine-guard/duckdb';
 import {
   DESCRIBE_TABLE_SQL,
   type Engine,
@@ -73,6 +74,22 @@ const SESSION_STATEMENTS: ReadonlyMap<StatementType, string> = new Map([
   [StatementType.EXPORT, 'EXPORT DATABASE'],
   [StatementType.COPY_DATABASE, 'COPY FROM DATABASE'],
 ]);
+
+/**
+ * The statements of `sql` as DuckDB's parser splits them; `undefined` when it holds none
+ * (DuckDB itself then fails with a bare "Error in native callback").
+ */
+async function extractStatements(
+  conn: DuckDBConnection,
+  sql: string,
+): Promise<Awaited<ReturnType<DuckDBConnection['extractStatements']>> | undefined> {
+  try {
+    return await conn.extractStatements(sql);
+  } catch (error) {
+    if (await duckdbHoldsNoStatement(conn, sql)) return undefined;
+    throw error;
+  }
+}
 
 function refuseSessionStatement(tool: string, prepared: DuckDBPreparedStatement): void {
   const kind = SESSION_STATEMENTS.get(prepared.statementType);
@@ -271,13 +288,15 @@ export async function createDuckDbEngine(
       try {
         return await interruptible(conn, ctx.signal, async () => {
           // DuckDB's own parser splits the text: exactly one statement, or nothing runs.
-          const statements = await conn.extractStatements(sql);
+          const statements = await extractStatements(conn, sql);
+          // No statement at all: an empty result, as PostgreSQL gives.
+          if (statements === undefined || statements.count === 0) {
+            return { columns: [], rows: [], truncated: false };
+          }
           if (statements.count !== 1) {
             throw new InputError(
-              statements.count === 0
-                ? 'No SQL statement given.'
-                : `The query tool runs exactly one statement per call; got ${statements.count}. ` +
-                    'Send them one by one (use execute for DDL/DML).',
+              `The query tool runs exactly one statement per call; got ${statements.count}. ` +
+                'Send them one by one (use execute for DDL/DML).',
             );
           }
           await conn.run('BEGIN TRANSACTION READ ONLY');
@@ -325,8 +344,10 @@ export async function createDuckDbEngine(
       let began = false;
       try {
         return await interruptible(conn, ctx.signal, async () => {
-          const statements = await conn.extractStatements(sql);
-          if (statements.count === 0) throw new InputError('No SQL statement given.');
+          const statements = await extractStatements(conn, sql);
+          if (statements === undefined || statements.count === 0) {
+            throw new InputError('No SQL statement given.');
+          }
           let affected: number | null = null;
           await conn.run('BEGIN TRANSACTION');
           began = true;

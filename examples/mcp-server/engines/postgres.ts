@@ -1,6 +1,6 @@
 /**
  * PostgreSQL (or any PostgreSQL-wire server, such as HyperDB's `hyperd`) behind the MCP server,
- * built on `examples/recipes/postgres.ts`.
+ * built on `engine-guard/pg`.
  *
  * Read-only `query`: the statement runs inside `BEGIN READ ONLY ... ROLLBACK`, so the server
  * itself refuses writes (SQLSTATE 25006 "cannot execute INSERT in a read-only transaction"). It
@@ -10,15 +10,24 @@
  * protocol's own row limit (Execute with a maximum row count, then the portal is closed), so an
  * oversized result is never transferred, let alone buffered.
  */
+
+import type { EngineGuardOptions, OpContext } from 'engine-guard';
+import {
+  isFatalPgError,
+  type PgClient,
+  type PgHandle,
+  pgGuardOptions,
+  pgQuery,
+  pgTransaction,
+} from 'engine-guard/pg';
 import pg from 'pg';
-import type { EngineGuardOptions, OpContext } from '../../../src/index.js';
-import { isFatalPgError, type PgHandle, pgGuardOptions, pgQuery } from '../../recipes/postgres.js';
 import {
   DESCRIBE_TABLE_SQL,
   type Engine,
   type EngineFacts,
   type ExecuteOutput,
   groupColumns,
+  InputError,
   LIST_TABLES_SQL,
   type QueryOptions,
   type QueryOutput,
@@ -114,7 +123,7 @@ function limitedQuery(text: string, limit: number): pg.Query {
  * sent a server-side cancel, and the handle is only reused once the server has acknowledged it.
  */
 function runLimited(
-  client: pg.Client,
+  client: PgClient,
   ctx: OpContext,
   sql: string,
   options: QueryOptions,
@@ -157,10 +166,6 @@ function runLimited(
   });
 }
 
-function rowsOf(result: pg.QueryResult | pg.QueryResult[]): pg.QueryResult[] {
-  return Array.isArray(result) ? result : [result];
-}
-
 /** Ends the transaction whatever happened; a dead connection is the guard's business. */
 async function rollback(handle: PgHandle): Promise<void> {
   try {
@@ -200,22 +205,13 @@ export function createPostgresEngine(options: PostgresEngineOptions): Engine<PgH
     },
 
     async execute(handle, ctx, sql): Promise<ExecuteOutput> {
-      let results: pg.QueryResult[];
-      try {
-        await handle.client.query('BEGIN');
-        // Simple protocol: several statements in one call, all inside this transaction.
-        results = rowsOf(
-          (await pgQuery(handle, ctx, sql)) as unknown as pg.QueryResult | pg.QueryResult[],
-        );
-        await handle.client.query('COMMIT');
-      } catch (error) {
-        // Queued behind the statement: after a cancel it runs once the server gave up on it.
-        await rollback(handle);
-        throw error;
-      }
+      // All or nothing: statement by statement in one transaction; a statement that would end
+      // it (COMMIT, ROLLBACK...) is refused by what the server reports (PgTransactionEndedError).
+      const results = await pgTransaction(handle, ctx, sql);
+      if (results.length === 0) throw new InputError('No SQL statement given.');
       let affected: number | null = null;
       for (const result of results) {
-        if (['INSERT', 'UPDATE', 'DELETE', 'MERGE', 'COPY'].includes(result.command)) {
+        if (['INSERT', 'UPDATE', 'DELETE', 'MERGE', 'COPY'].includes(result.command ?? '')) {
           affected = (affected ?? 0) + (result.rowCount ?? 0);
         }
       }

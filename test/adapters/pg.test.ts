@@ -8,10 +8,11 @@ import type pg from 'pg';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import {
   isFatalPgError,
+  PG_LIVENESS,
   type PgHandle,
   pgGuardOptions,
   pgQuery,
-} from '../../examples/recipes/postgres.js';
+} from '../../src/adapters/pg.js';
 import { EngineGuard, EngineStalledError, type OpInfo } from '../../src/index.js';
 import { FaultProxy } from '../../src/testing/index.js';
 import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../support/pg.js';
@@ -21,6 +22,9 @@ type Ctx = { signal: AbortSignal; heartbeat(): void };
 
 const withCode = (code: string, message = `error ${code}`): Error =>
   Object.assign(new Error(message), { code });
+
+/** The `pg.Client` behind a handle, for its internals (the adapter types it structurally). */
+const raw = (handle: PgHandle): pg.Client => handle.client as unknown as pg.Client;
 
 function opInfo(id = 1): OpInfo {
   return { id, kind: 'read', label: undefined, generation: 1, startedAt: performance.now() };
@@ -156,7 +160,7 @@ describe('isFatalPgError', () => {
     expect((cancelled as { code?: string }).code).toBe('57014');
     expect(isFatalPgError(cancelled)).toBe(false);
     // The connection survived the cancel.
-    expect((await handle.client.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    expect((await handle.client.query('SELECT 1 AS one')).rows[0]?.one).toBe(1);
 
     const terminated = await handle.client
       .query('SELECT pg_terminate_backend(pg_backend_pid())')
@@ -186,15 +190,25 @@ describe('pgGuardOptions', () => {
       expect(typeof options[hook]).toBe('function');
     }
     expect(options.isFatal).toBe(isFatalPgError);
+    expect(options.liveness).toEqual(PG_LIVENESS);
 
     const isFatal = () => false;
     const overridden = pgGuardOptions(
       { config: clientConfig() },
-      { pool: 3, isFatal, liveness: { interval: 100 }, create: undefined },
+      {
+        pool: 3,
+        isFatal,
+        liveness: { interval: 100, timeout: undefined },
+        create: undefined,
+        probe: undefined,
+      },
     );
     expect(overridden.pool).toBe(3);
     expect(overridden.isFatal).toBe(isFatal);
-    expect(overridden.liveness).toEqual({ interval: 100 });
+    // Merged over the adapter's defaults, field by field; undefined fields keep the default.
+    expect(overridden.liveness).toEqual({ ...PG_LIVENESS, interval: 100 });
+    expect(typeof overridden.probe).toBe('function');
+    expect(pgGuardOptions({ config: clientConfig() }, { liveness: false }).liveness).toBe(false);
     expect(typeof overridden.create).toBe('function');
     // The guard accepts them as they are.
     const guard = new EngineGuard(overridden);
@@ -209,11 +223,11 @@ describe('pgGuardOptions', () => {
   it('create connects, reads the backend pid and turns TCP keepalive on', async () => {
     const r = recipe(clientConfig());
     const handle = await openHandle(r);
-    const { rows } = await handle.client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const { rows } = await raw(handle).query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
     expect(handle.pid).toBe(rows[0]!.pid);
     expect((await activity(handle.pid))?.state).toBe('idle');
     // pg keeps the setting on its Connection and applies it to the socket on connect.
-    const connection = handle.client.connection as unknown as {
+    const connection = raw(handle).connection as unknown as {
       _keepAlive: boolean;
       _keepAliveInitialDelayMillis: number;
     };
@@ -223,7 +237,7 @@ describe('pgGuardOptions', () => {
     const off = pgGuardOptions({ config: clientConfig(), keepAlive: false });
     const plain = await off.create({ signal: new AbortController().signal, generation: 1 });
     onTestFinished(() => off.destroy?.(plain, { reason: 'test' }));
-    expect((plain.client.connection as unknown as { _keepAlive: boolean })._keepAlive).toBe(false);
+    expect((raw(plain).connection as unknown as { _keepAlive: boolean })._keepAlive).toBe(false);
   });
 
   it('create rejects promptly with the signal reason and leaves no socket behind', async () => {
@@ -261,7 +275,7 @@ describe('pgGuardOptions', () => {
     const r = recipe(clientConfig());
     const handle = await r.create();
     await r.destroy(handle);
-    expect(handle.client.connection.stream.destroyed).toBe(true);
+    expect(raw(handle).connection.stream.destroyed).toBe(true);
     await waitFor(async () => (await activity(handle.pid)) === undefined, 5_000, 'backend exit');
   });
 
@@ -274,7 +288,7 @@ describe('pgGuardOptions', () => {
     await expect(r.destroy(handle)).resolves.toBeUndefined();
     const elapsed = performance.now() - started;
     expect(elapsed).toBeLessThan(1_500);
-    expect(handle.client.connection.stream.destroyed).toBe(true);
+    expect(raw(handle).connection.stream.destroyed).toBe(true);
     // Twice, and on an already-destroyed socket: still fine.
     await expect(r.destroy(handle)).resolves.toBeUndefined();
     proxy.heal();
@@ -325,15 +339,32 @@ describe('probe', () => {
     await running;
   });
 
-  it('fails for a backend that is not working on the op, or that does not exist', async () => {
+  it('passes while no query is in flight: the op is in the application between two queries', async () => {
     const r = recipe(clientConfig());
     const handle = await openHandle(r);
-    // Idle backend (for longer than a probe takes): the server is not working on anything.
+    await pgQuery(handle, ctxOf(), 'BEGIN');
+    await pgQuery(handle, ctxOf(), 'SELECT 1');
     await sleep(100);
-    await expect(r.probe(handle, opInfo())).rejects.toThrow(/idle/);
+    expect((await activity(handle.pid))?.state).toBe('idle in transaction');
+    await expect(r.probe(handle, opInfo())).resolves.toBeUndefined();
+    await pgQuery(handle, ctxOf(), 'ROLLBACK');
+  });
+
+  it('fails when a query is in flight but its backend is idle (the answer was lost), or gone', async () => {
+    const r = recipe(clientConfig());
+    const handle = await openHandle(r);
+    const other = await openHandle(r);
+    await sleep(100);
+    // The probe looks at `other`'s backend (idle) while a query is in flight on the client.
+    const running = pgQuery(handle, ctxOf(), 'SELECT pg_sleep(1)');
+    // In flight for much longer than a probe takes: it has reached the server by now.
+    await sleep(200);
+    const lost: PgHandle = { client: handle.client, pid: other.pid };
+    await expect(r.probe(lost, opInfo())).rejects.toThrow(/idle for \d+ ms while a query/);
     // A pid that is no backend at all.
     const wrong: PgHandle = { client: handle.client, pid: 2_147_483_000 };
     await expect(r.probe(wrong, opInfo())).rejects.toThrow(/gone/);
+    await running;
   });
 
   it('passes when the op finished while the probe was under way (its answer is on the way)', async () => {
@@ -348,9 +379,9 @@ describe('probe', () => {
     // the backend has been idle for 200 ms, less than the probe has been running.
     await expect(r.probe(handle, opInfo())).resolves.toBeUndefined();
     await running;
-    // Idle for much longer than a probe takes: the op's answer cannot be on its way any more.
+    // The answer arrived: nothing in flight, the op is back in the application's hands.
     await sleep(1_500);
-    await expect(r.probe(handle, opInfo())).rejects.toThrow(/idle for \d+ ms/);
+    await expect(r.probe(handle, opInfo())).resolves.toBeUndefined();
   });
 
   it('fails when the side connection cannot connect within its signal', async () => {
@@ -456,7 +487,7 @@ describe('pgQuery', () => {
   it('heartbeats while a large result streams in, and on completion', async () => {
     const r = recipe(clientConfig());
     const handle = await openHandle(r);
-    const stream = handle.client.connection.stream;
+    const stream = raw(handle).connection.stream;
     const baseline = stream.listenerCount('data');
     const ctx = ctxOf();
     const { rows } = await pgQuery(
@@ -476,7 +507,7 @@ describe('pgQuery', () => {
   it('shares one data listener among concurrent queries on a handle', async () => {
     const r = recipe(clientConfig());
     const handle = await openHandle(r);
-    const stream = handle.client.connection.stream;
+    const stream = raw(handle).connection.stream;
     const baseline = stream.listenerCount('data');
     const warnings: Error[] = [];
     const onWarning = (w: Error) => warnings.push(w);

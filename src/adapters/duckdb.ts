@@ -1,5 +1,17 @@
 /**
- * Recipe: an embedded DuckDB (`@duckdb/node-api`) behind an {@link EngineGuard}.
+ * `engine-guard/duckdb`: an embedded DuckDB (`@duckdb/node-api`) behind an {@link EngineGuard}.
+ *
+ * ```ts
+ * import { DuckDBInstance } from '@duckdb/node-api';
+ * import { EngineGuard } from 'engine-guard';
+ * import { duckdbGuardOptions, duckdbQuery } from 'engine-guard/duckdb';
+ *
+ * const instance = await DuckDBInstance.create(':memory:');
+ * const guard = new EngineGuard(duckdbGuardOptions(instance, { pool: 3 }));
+ * const rows = await guard.read((conn, ctx) => duckdbQuery(conn, ctx, 'select 42 as answer'));
+ * ```
+ *
+ * Only this module loads `@duckdb/node-api`; `engine-guard` and `engine-guard/pg` never do.
  *
  * One guard handle is one `DuckDBConnection` of a shared `DuckDBInstance`; reads run concurrently
  * on up to `pool` connections, writes run alone.
@@ -10,7 +22,7 @@
  * - `cancel`: `connection.interrupt()`. DuckDB answers an interrupt by failing the running call
  *   with `INTERRUPT Error: Interrupted!`, and the connection stays usable. An interrupt that lands
  *   before the native call has really started is lost (DuckDB clears the flag when a query
- *   begins), so the recipe keeps interrupting every {@link INTERRUPT_EVERY_MS} ms until the calls
+ *   begins), so the adapter keeps interrupting every {@link INTERRUPT_EVERY_MS} ms until the calls
  *   it tracks on that connection have settled; `cancel` resolves then, which is the guard's
  *   "the engine acknowledged the cancel" and lets it keep the handle.
  * - `destroy`: `connection.closeSync()`, but only once no call is in flight on the connection:
@@ -22,7 +34,7 @@
  *   instance, opened and closed per probe (about 0.2 ms). It shows the database still schedules
  *   and answers queries. DuckDB runs every call on the libuv thread pool (`UV_THREADPOOL_SIZE`,
  *   default 4): with `pool` long queries occupying every thread, a probe waits for a thread and
- *   times out. Keep `pool` below `UV_THREADPOOL_SIZE` (the recipe warns otherwise).
+ *   times out. Keep `pool` below `UV_THREADPOOL_SIZE` (the adapter warns otherwise).
  * - `isFatal`: see {@link isFatalDuckDBError}.
  *
  * Heartbeats: {@link duckdbQuery} streams the result (`connection.stream` + `fetchChunk`) and
@@ -30,12 +42,12 @@
  * computes a pipeline breaker (an aggregate, a sort) entirely inside `stream()`, so a long
  * aggregate is silent until it is done: for those, liveness comes from the side probes.
  *
- * Only calls made through {@link duckdbQuery} (and the recipe's own probes) are tracked. An op
+ * Only calls made through {@link duckdbQuery} (and the adapter's own probes) are tracked. An op
  * that calls `conn.run()` itself is still interrupted by `cancel`, once.
  */
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { JSDuckDBValueConverter } from '@duckdb/node-api';
-import type { EngineGuardOptions } from '../../src/index.js';
+import type { EngineGuardOptions } from '../index.js';
 
 /** How often an aborted call's connection is interrupted again until the call settles, ms. */
 export const INTERRUPT_EVERY_MS = 25;
@@ -190,8 +202,9 @@ function threadPoolSize(): number {
 let warnedPool = false;
 
 /**
- * Guard options for connections of one DuckDB instance. `overrides` are spread last, so any
- * hook or setting can be replaced (keep `destroy` waiting for in-flight calls if you do).
+ * Guard options for connections of one DuckDB instance. `overrides` go on top, so any hook or
+ * setting can be replaced (keep `destroy` waiting for in-flight calls if you do); an override
+ * that is `undefined` leaves the default in place.
  *
  * Defaults: `pool` 2, `name` `'duckdb'`, library liveness defaults.
  *
@@ -206,6 +219,12 @@ export function duckdbGuardOptions(
   instance: DuckDBInstance,
   overrides: Partial<EngineGuardOptions<DuckDBConnection>> = {},
 ): EngineGuardOptions<DuckDBConnection> {
+  if (instance === null || typeof instance !== 'object' || typeof instance.connect !== 'function') {
+    throw new TypeError('The "instance" argument must be a DuckDBInstance');
+  }
+  if (overrides === null || typeof overrides !== 'object') {
+    throw new TypeError('The "overrides" argument must be an object');
+  }
   const options: EngineGuardOptions<DuckDBConnection> = {
     name: 'duckdb',
     pool: 2,
@@ -227,13 +246,16 @@ export function duckdbGuardOptions(
       else await sideProbe(instance, signal);
     },
     isFatal: isFatalDuckDBError,
-    ...overrides,
   };
+  // An override that is `undefined` leaves the default in place (as in engine-guard/pg).
+  for (const [key, value] of Object.entries(overrides)) {
+    if (value !== undefined) (options as unknown as Record<string, unknown>)[key] = value;
+  }
   const pool = options.pool ?? 1;
   if (!warnedPool && options.liveness !== false && pool >= threadPoolSize()) {
     warnedPool = true;
     process.emitWarning(
-      `duckdb recipe: pool ${pool} >= UV_THREADPOOL_SIZE ${threadPoolSize()}: with every libuv thread ` +
+      `engine-guard/duckdb: pool ${pool} >= UV_THREADPOOL_SIZE ${threadPoolSize()}: with every libuv thread ` +
         'running a long query, liveness probes cannot run and healthy queries may be convicted. ' +
         'Use a smaller pool or raise UV_THREADPOOL_SIZE.',
       { code: 'ENGINE_GUARD_DUCKDB_POOL' },
@@ -243,8 +265,40 @@ export function duckdbGuardOptions(
 }
 
 /**
+ * True when `sql` holds no statement at all (whitespace, comments, semicolons), decided by
+ * DuckDB's own parser, not by reading the text: `sql` followed by one known statement must parse
+ * as exactly one statement. DuckDB fails such SQL with the binding's generic "Error in native
+ * callback" (from `run`, `stream` and `extractStatements` alike); call this to tell that case
+ * apart.
+ */
+export async function duckdbHoldsNoStatement(
+  conn: Pick<DuckDBConnection, 'extractStatements'>,
+  sql: string,
+): Promise<boolean> {
+  if (typeof sql !== 'string') throw new TypeError('The "sql" argument must be a string');
+  try {
+    const extracted = await conn.extractStatements(`${sql}\n;select 1`);
+    return extracted.count === 1;
+  } catch {
+    return false;
+  }
+}
+
+/** True when `error` is DuckDB's answer to SQL that holds no statement. */
+async function failedForNoStatement(
+  conn: DuckDBConnection,
+  sql: string,
+  error: unknown,
+): Promise<boolean> {
+  if (!(error instanceof Error) || error.message !== 'Error in native callback') return false;
+  return duckdbHoldsNoStatement(conn, sql);
+}
+
+/**
  * Runs `sql` on `conn` and returns its rows as plain objects (DuckDB values converted to JS:
  * BIGINT as `bigint`, DATE as `Date`, ...). Multi-statement SQL returns the last statement's rows.
+ * SQL that holds no statement at all (`''`, `'  '`, `'-- c'`, `';'`) returns no rows, as
+ * PostgreSQL does (DuckDB itself fails it with "Error in native callback").
  *
  * - Honours `ctx.signal`: when it aborts, the connection is interrupted (again and again, see
  *   {@link INTERRUPT_EVERY_MS}) and the promise rejects with `signal.reason` once DuckDB has let
@@ -260,7 +314,13 @@ export async function duckdbQuery(
   const { signal } = ctx;
   return tracked(conn, signal, async () => {
     ctx.heartbeat();
-    const result = await conn.stream(sql);
+    let result: Awaited<ReturnType<DuckDBConnection['stream']>>;
+    try {
+      result = await conn.stream(sql);
+    } catch (error) {
+      if (await failedForNoStatement(conn, sql, error)) return [];
+      throw error;
+    }
     ctx.heartbeat();
     const columns = result.deduplicatedColumnNames();
     const rows: Record<string, unknown>[] = [];

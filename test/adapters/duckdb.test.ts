@@ -1,14 +1,15 @@
 /**
- * The DuckDB recipe (examples/recipes/duckdb.ts) against a real in-process DuckDB instance.
+ * engine-guard/duckdb (src/adapters/duckdb.ts) against a real in-process DuckDB instance.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   duckdbGuardOptions,
+  duckdbHoldsNoStatement,
   duckdbQuery,
   isFatalDuckDBError,
-} from '../../examples/recipes/duckdb.js';
+} from '../../src/adapters/duckdb.js';
 import {
   EngineGuard,
   type EngineGuardOptions,
@@ -418,4 +419,59 @@ describe('DuckDB recipe under an EngineGuard', () => {
       await guard.close();
     }
   }, 30_000);
+});
+
+describe('DuckDB adapter: options and edge cases', () => {
+  it('an override that is undefined leaves the default in place (as in engine-guard/pg)', () => {
+    const defaults = duckdbGuardOptions(instance);
+    const options = duckdbGuardOptions(instance, {
+      probe: undefined,
+      cancel: undefined,
+      destroy: undefined,
+      pool: undefined,
+      name: undefined,
+    });
+    expect(typeof options.probe).toBe('function');
+    expect(typeof options.cancel).toBe('function');
+    expect(typeof options.destroy).toBe('function');
+    expect(options.pool).toBe(defaults.pool);
+    expect(options.name).toBe('duckdb');
+    // A defined override still replaces the default.
+    const probe = () => undefined;
+    expect(duckdbGuardOptions(instance, { probe, pool: 1 })).toMatchObject({ probe, pool: 1 });
+  });
+
+  it('rejects bad input with a TypeError', () => {
+    expect(() => duckdbGuardOptions(null as never)).toThrow(TypeError);
+    expect(() => duckdbGuardOptions({} as never)).toThrow(/instance/);
+    expect(() => duckdbGuardOptions(instance, null as never)).toThrow(/overrides/);
+  });
+
+  it('SQL that holds no statement returns no rows, as PostgreSQL does', async () => {
+    const { guard } = makeGuard();
+    try {
+      for (const sql of ['', '   ', '-- c', ';', ' ; ; ', '/* c */']) {
+        expect(await guard.read((conn, ctx) => duckdbQuery(conn, ctx, sql))).toEqual([]);
+      }
+      // A real error is still reported as it is.
+      await expect(guard.read((conn, ctx) => duckdbQuery(conn, ctx, 'selec 1'))).rejects.toThrow(
+        /Parser Error/,
+      );
+      await expect(guard.read((conn, ctx) => duckdbQuery(conn, ctx, '/* c'))).rejects.toThrow();
+      const conn = await instance.connect();
+      try {
+        for (const sql of ['', ' ; ', '-- c', '/* c */']) {
+          expect(await duckdbHoldsNoStatement(conn, sql), sql).toBe(true);
+        }
+        for (const sql of ['select 1', 'selec 1', '/* c', "select ';'"]) {
+          expect(await duckdbHoldsNoStatement(conn, sql), sql).toBe(false);
+        }
+        await expect(duckdbHoldsNoStatement(conn, 42 as never)).rejects.toThrow(TypeError);
+      } finally {
+        conn.closeSync();
+      }
+    } finally {
+      await guard.close();
+    }
+  });
 });

@@ -1,0 +1,250 @@
+/**
+ * The `pg` clients the adapter creates: connecting and closing them bounded, tracking whether
+ * they are gone and whether a query is in flight, and {@link pgQuery}.
+ */
+import pg from 'pg';
+import type { PgClient, PgClientConfig, PgHandle, PgQueryResult, PgRow } from './pg-types.js';
+
+/** How long `destroy` (and a side connection's close) lets `end()` try before cutting the socket. */
+export const END_GRACE_MS = 500;
+
+/** The `pg` client as the adapter drives it (its internals are reached only through this). */
+export interface RawClient extends PgClient {
+  connect(): Promise<void>;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  /** `pg`'s own flag: false from the moment a query is sent until the server is ready again. */
+  readyForQuery?: boolean;
+  /** Where it connects (resolved by `pg` from the config or connection string). */
+  host?: string;
+  port?: number;
+  unref?(): void;
+  connection?: { stream?: NodeJS.ReadableStream & { destroy(): void } };
+}
+
+/** What the adapter remembers about a client it created. */
+interface ClientState {
+  /** Set once the connection failed or ended: the handle is dead. */
+  gone: Error | undefined;
+  /** Queries the adapter's helpers sent on it that have not settled yet. */
+  inFlight: number;
+  /** `performance.now()` when the adapter last sent a query on it (-Infinity before any). */
+  sentAt: number;
+  /** Heartbeats of the queries in flight on it, called when bytes arrive. */
+  readonly beats: Set<() => void>;
+  readonly onData: () => void;
+}
+
+export const clients = new WeakMap<PgClient, ClientState>();
+
+function track(client: RawClient): ClientState {
+  const beats = new Set<() => void>();
+  const state: ClientState = {
+    gone: undefined,
+    inFlight: 0,
+    sentAt: Number.NEGATIVE_INFINITY,
+    beats,
+    onData: () => {
+      for (const beat of beats) beat();
+    },
+  };
+  clients.set(client, state);
+  // Without an 'error' listener, a socket error on an idle client would crash the process.
+  client.on('error', (error: Error) => {
+    state.gone ??= error;
+  });
+  client.on('end', () => {
+    state.gone ??= new Error('Connection terminated');
+  });
+  return state;
+}
+
+/**
+ * True while a query is on its way to or from the server on `client`: one sent by the adapter's
+ * helpers, or (read from `pg`'s own `readyForQuery` flag) one the op sent on the client itself.
+ */
+export function queryInFlight(client: PgClient): boolean {
+  const state = clients.get(client);
+  if (state !== undefined && state.inFlight > 0) return true;
+  return (client as RawClient).readyForQuery === false;
+}
+
+export function noop(): void {}
+
+/** Cuts the client's socket at once. Never throws. */
+export function destroySocket(client: PgClient): void {
+  try {
+    (client as RawClient).connection?.stream?.destroy();
+  } catch {
+    // already gone
+  }
+}
+
+/**
+ * Ends a client: a polite `end()` (Terminate message, FIN) for at most `graceMs`, then the
+ * socket is destroyed, since a half-open or frozen peer never completes the close. Never throws.
+ */
+export async function closeClient(client: PgClient, graceMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const grace = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, graceMs);
+      timer.unref();
+    });
+    await Promise.race([
+      Promise.resolve()
+        .then(() => client.end())
+        .catch(noop),
+      grace,
+    ]);
+  } catch {
+    // never throw from a close
+  } finally {
+    clearTimeout(timer);
+    destroySocket(client);
+  }
+}
+
+/** Callbacks waiting on one signal, behind a single 'abort' listener. */
+interface AbortWaiters {
+  readonly callbacks: Set<() => void>;
+  readonly listener: () => void;
+}
+
+const abortWaiters = new WeakMap<AbortSignal, AbortWaiters>();
+
+/**
+ * Calls `callback` once `signal` aborts; returns the unsubscribe function. All callbacks on one
+ * signal share one listener, so many concurrent queries of one op add no listener each (which
+ * would trip Node's MaxListenersExceededWarning on the op's signal).
+ */
+export function onAbort(signal: AbortSignal, callback: () => void): () => void {
+  let waiters = abortWaiters.get(signal);
+  if (waiters === undefined) {
+    const callbacks = new Set<() => void>();
+    const listener = (): void => {
+      abortWaiters.delete(signal);
+      for (const waiting of callbacks) waiting();
+    };
+    waiters = { callbacks, listener };
+    abortWaiters.set(signal, waiters);
+    signal.addEventListener('abort', listener, { once: true });
+  }
+  const { callbacks, listener } = waiters;
+  callbacks.add(callback);
+  return () => {
+    if (!callbacks.delete(callback) || callbacks.size > 0) return;
+    if (abortWaiters.get(signal)?.callbacks === callbacks) abortWaiters.delete(signal);
+    signal.removeEventListener('abort', listener);
+  };
+}
+
+/**
+ * Settles like `promise`, or rejects with `signal.reason` as soon as the signal aborts (after
+ * calling `abort`). The promise's own outcome is always handled, never left unhandled.
+ */
+export function raceSignal<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  abort: () => void = noop,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    if (signal.aborted) {
+      promise.catch(noop);
+      abort();
+      reject(signal.reason);
+      return;
+    }
+    const unsubscribe = onAbort(signal, () => {
+      abort();
+      reject(signal.reason);
+    });
+    promise.then(
+      (value) => {
+        unsubscribe();
+        resolve(value);
+      },
+      (error: unknown) => {
+        unsubscribe();
+        reject(error);
+      },
+    );
+  });
+}
+
+/** Connects a new client, bounded by `signal`; on failure or abort, its socket is destroyed. */
+export async function connect(
+  config: PgClientConfig,
+  signal: AbortSignal,
+  unref = false,
+): Promise<RawClient> {
+  signal.throwIfAborted();
+  const client = new pg.Client(config as pg.ClientConfig) as unknown as RawClient;
+  track(client);
+  // The side connection must never keep the process alive, not even while it connects.
+  if (unref) client.unref?.();
+  try {
+    await raceSignal(client.connect(), signal, () => destroySocket(client));
+    return client;
+  } catch (error) {
+    destroySocket(client);
+    throw error;
+  }
+}
+
+/** Counts an adapter query in flight on `client` while `promise` is pending. */
+export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
+  const state = clients.get(client);
+  if (state === undefined) return promise;
+  state.inFlight++;
+  state.sentAt = performance.now();
+  const done = (): void => {
+    state.inFlight--;
+  };
+  promise.then(done, done);
+  return promise;
+}
+
+/**
+ * Runs one query on a guarded handle, honouring `ctx`:
+ *
+ * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. The query itself is left
+ *   to the server-side cancel (the guard's `cancel` hook); whatever it ends with later is
+ *   swallowed, and the client stays usable (`pg` queues the next query behind it).
+ * - It reports progress with `ctx.heartbeat()` whenever bytes arrive from the server (a large
+ *   result streaming in) and when the query completes.
+ * - While it runs, the busy-handle probe knows a query is in flight on the handle.
+ *
+ * `text` is sent with the simple protocol when there are no `values` (several statements may
+ * then run in one call, and `pg` resolves to the last one's result... typed here as one result;
+ * use {@link pgTransaction} for several statements), with the extended protocol otherwise. An
+ * empty query (`''`, `'  '`, `'-- c'`, `';'`) resolves to an empty result (`command` null, no rows).
+ */
+export async function pgQuery<R extends object = PgRow>(
+  handle: PgHandle,
+  ctx: { signal: AbortSignal; heartbeat(): void },
+  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
+  values?: unknown[],
+): Promise<PgQueryResult<R>> {
+  const { signal } = ctx;
+  signal.throwIfAborted();
+  const client = handle.client as RawClient;
+  const beat = (): void => ctx.heartbeat();
+  const state = clients.get(client);
+  const stream = client.connection?.stream;
+  // One 'data' listener per client, shared by the queries in flight on it.
+  if (state !== undefined && stream !== undefined) {
+    if (state.beats.size === 0) stream.on('data', state.onData);
+    state.beats.add(beat);
+  }
+  try {
+    const result = await raceSignal(inFlight(client, client.query(text, values)), signal);
+    beat();
+    return result as PgQueryResult<R>;
+  } finally {
+    if (state !== undefined && stream !== undefined) {
+      state.beats.delete(beat);
+      if (state.beats.size === 0) stream.removeListener('data', state.onData);
+    }
+  }
+}

@@ -1,0 +1,187 @@
+/**
+ * engine-guard/pg's all-or-nothing helper (pgTransaction) and its read-only helper (pgReadOnly),
+ * against the real PostgreSQL: a statement that ends the transaction is refused by what the
+ * server reports, and leaves nothing behind.
+ */
+import { EngineGuard } from 'engine-guard';
+import {
+  type PgHandle,
+  PgTransactionEndedError,
+  pgGuardOptions,
+  pgReadOnly,
+  pgTransaction,
+} from 'engine-guard/pg';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { adminQuery, clientConfig } from '../support/pg.js';
+
+function guard(): EngineGuard<PgHandle> {
+  const g = new EngineGuard(pgGuardOptions({ config: clientConfig() }));
+  onTestFinished(() => g.close());
+  return g;
+}
+
+/** A table name for this test; dropped when it finishes (whether it exists or not). */
+function tableName(prefix: string): string {
+  const name = `${prefix}_${process.pid}_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
+  onTestFinished(async () => {
+    await adminQuery(`DROP TABLE IF EXISTS ${name}`);
+  });
+  return name;
+}
+
+async function exists(table: string): Promise<boolean> {
+  const { rows } = await adminQuery<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
+    table,
+  ]);
+  return rows[0]?.t !== null && rows[0]?.t !== undefined;
+}
+
+describe('pgTransaction', () => {
+  it('commits every statement together and returns their results', async () => {
+    const g = guard();
+    const t = tableName('tx_ok');
+    const results = await g.write((pg, ctx) =>
+      pgTransaction(pg, ctx, [
+        `CREATE TABLE ${t} (x int)`,
+        { text: `INSERT INTO ${t} VALUES ($1), ($2)`, values: [1, 2] },
+        `SELECT count(*)::int AS n FROM ${t}`,
+      ]),
+    );
+    expect(results.map((r) => r.command)).toEqual(['CREATE', 'INSERT', 'SELECT']);
+    expect(results[1]?.rowCount).toBe(2);
+    expect(results[2]?.rows).toEqual([{ n: 2 }]);
+    expect(await exists(t)).toBe(true);
+  });
+
+  it('a statement that fails rolls back the ones before it', async () => {
+    const g = guard();
+    const t = tableName('tx_fail');
+    await expect(
+      g.write((pg, ctx) => pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int)`, 'SELECT 1/0'])),
+    ).rejects.toMatchObject({ code: '22012' });
+    expect(await exists(t)).toBe(false);
+  });
+
+  it('refuses several statements in one string (the server does, with the extended protocol)', async () => {
+    const g = guard();
+    const t = tableName('tx_multi');
+    await expect(
+      g.write((pg, ctx) =>
+        pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int); COMMIT; SELECT 1/0`]),
+      ),
+    ).rejects.toThrow(/multiple commands/);
+    expect(await exists(t)).toBe(false);
+  });
+
+  it.each([
+    ['COMMIT'],
+    ['END'],
+    ['COMMIT AND CHAIN'],
+    ['ROLLBACK'],
+    ['ABORT'],
+    ['ROLLBACK AND CHAIN'],
+    ["PREPARE TRANSACTION 'engine_guard_test'"],
+  ])(
+    'a statement that ends the transaction (%s) is refused and leaves nothing behind',
+    async (end) => {
+      const g = guard();
+      const t = tableName('tx_end');
+      const after = tableName('tx_after');
+      const error = await g
+        .write((pg, ctx) =>
+          pgTransaction(pg, ctx, [
+            `CREATE TABLE ${t} (x int)`,
+            end,
+            `CREATE TABLE ${after} (x int)`,
+          ]),
+        )
+        .catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(PgTransactionEndedError);
+      expect(error).toMatchObject({ code: 'ERR_PG_TRANSACTION_ENDED', statement: 1 });
+      expect(await exists(t)).toBe(false);
+      expect(await exists(after)).toBe(false);
+      const { rows } = await adminQuery('SELECT gid FROM pg_prepared_xacts');
+      expect(rows).toEqual([]);
+      // The handle is usable afterwards, outside any transaction.
+      expect(await g.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1 AS one'))).toMatchObject({
+        rows: [{ one: 1 }],
+      });
+    },
+  );
+
+  it("a script is cut into statements: the issue's commit case leaves nothing behind", async () => {
+    const g = guard();
+    const t = tableName('tx_script');
+    const error = await g
+      .write((pg, ctx) => pgTransaction(pg, ctx, `create table ${t}(x int); commit; select 1/0`))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PgTransactionEndedError);
+    expect(await exists(t)).toBe(false);
+    const results = await g.write((pg, ctx) =>
+      pgTransaction(
+        pg,
+        ctx,
+        `create table ${t}(x text); -- a; comment
+         insert into ${t} values ('a;b'), ($$c;d$$), (E'e\\';f'); /* g; /* h; */ */ ;`,
+      ),
+    );
+    expect(results.map((r) => r.command)).toEqual(['CREATE', 'INSERT']);
+    const { rows } = await adminQuery(`SELECT x FROM ${t} ORDER BY x`);
+    expect(rows.map((r) => r.x)).toEqual(['a;b', 'c;d', "e';f"]);
+  });
+
+  it('savepoints inside stay inside', async () => {
+    const g = guard();
+    const t = tableName('tx_sp');
+    await g.write((pg, ctx) =>
+      pgTransaction(pg, ctx, [
+        `CREATE TABLE ${t} (x int)`,
+        'SAVEPOINT a',
+        `INSERT INTO ${t} VALUES (1)`,
+        'ROLLBACK TO SAVEPOINT a',
+        'RELEASE SAVEPOINT a',
+        `INSERT INTO ${t} VALUES (2)`,
+      ]),
+    );
+    const { rows } = await adminQuery(`SELECT x FROM ${t}`);
+    expect(rows).toEqual([{ x: 2 }]);
+  });
+
+  it('rejects bad statements with a TypeError before sending anything', async () => {
+    const g = guard();
+    await expect(g.write((pg, ctx) => pgTransaction(pg, ctx, 42 as never))).rejects.toBeInstanceOf(
+      TypeError,
+    );
+    const t = tableName('tx_bad');
+    for (const bad of [null, 7, { text: 1 }, { text: 'select 1', values: 'x' }]) {
+      await expect(
+        g.write((pg, ctx) => pgTransaction(pg, ctx, [`CREATE TABLE ${t} (x int)`, bad as never])),
+      ).rejects.toThrow(/statements\[1\]/);
+    }
+    expect(await exists(t)).toBe(false);
+  });
+});
+
+describe('pgReadOnly', () => {
+  it('runs one statement read-only: the server refuses writes and a second statement', async () => {
+    const g = guard();
+    const t = tableName('ro');
+    await expect(
+      g.read((pg, ctx) => pgReadOnly(pg, ctx, `CREATE TABLE ${t} (x int)`)),
+    ).rejects.toMatchObject({ code: '25006' });
+    await expect(
+      g.read((pg, ctx) => pgReadOnly(pg, ctx, `COMMIT; CREATE TABLE ${t} (x int)`)),
+    ).rejects.toThrow(/multiple commands/);
+    expect(await exists(t)).toBe(false);
+    const { rows } = await g.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT $1::int AS v', [7]));
+    expect(rows).toEqual([{ v: 7 }]);
+  });
+
+  it('an empty query gives an empty result', async () => {
+    const g = guard();
+    for (const sql of ['', '   ', '-- c', ';']) {
+      const result = await g.read((pg, ctx) => pgReadOnly(pg, ctx, sql));
+      expect(result.rows).toEqual([]);
+    }
+  });
+});
