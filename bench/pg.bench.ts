@@ -234,7 +234,7 @@ const throughput: Section = {
             "The guard's liveness watchdog is on as the adapter sets it (probe interval " +
               `${fmtInt(adapterLivenessInterval(config))} ms): every query is watched, none is ` +
               'probed (each ends long before).',
-            'The target is checked twice: on the recipe path (`pgQuery`), what users run, and ' +
+            'The target is checked twice: on the adapter path (`pgQuery`), what users run, and ' +
               'on the same guard running `handle.client.query` bare, which is what the guard ' +
               "itself costs. The gap between those two rows is the adapter's per-query cost; the " +
               'row in between shows how much of it is the one abort listener `pgQuery` adds to ' +

@@ -22,6 +22,7 @@ import type {
   ServerRequest,
 } from '@modelcontextprotocol/sdk/types.js';
 import type {
+  BlockingOp,
   EngineGuardErrorCode,
   EngineStalledError,
   EngineUnavailableError,
@@ -76,6 +77,23 @@ const statusOutput = {
     }),
     running: z.array(opShape),
     queue: z.object({ readers: z.number(), writers: z.number(), forHandle: z.number() }),
+    /** Each queued call and the running calls it waits for. */
+    queued: z.array(
+      z.object({
+        id: z.number(),
+        kind: z.enum(['read', 'write']),
+        label: z.string().nullable(),
+        waitingMs: z.number(),
+        waitingFor: z.array(
+          z.object({
+            id: z.number(),
+            kind: z.enum(['read', 'write']),
+            label: z.string().nullable(),
+            ageMs: z.number(),
+          }),
+        ),
+      }),
+    ),
     lastProbe: z.object({ ok: z.boolean(), ageMs: z.number(), durationMs: z.number() }).nullable(),
     lastError: z.object({ message: z.string(), ageMs: z.number() }).nullable(),
     counters: z.record(z.string(), z.number()),
@@ -158,12 +176,23 @@ function label(tool: string, sql?: string): string {
   return `${tool}: ${flat.length > 60 ? `${flat.slice(0, 57)}...` : flat}`;
 }
 
+let callSequence = 0;
+/** A label no other call has: a waiting call finds itself in `guard.status().queued` by it. */
+function uniqueLabel(tool: string, sql: string): string {
+  return `${label(tool, sql)} [call ${++callSequence}]`;
+}
+
 /**
  * Sends `notifications/progress` every `intervalMs` while an op runs, when the client asked for
  * progress (sent a progress token). `progress` is the elapsed time in ms, always increasing; the
  * message says what the engine reports.
  */
-function startProgress(extra: Extra, intervalMs: number, progress: QueryProgress): () => void {
+function startProgress(
+  extra: Extra,
+  intervalMs: number,
+  progress: QueryProgress,
+  waiting?: () => string | undefined,
+): () => void {
   const token = extra._meta?.progressToken;
   if (token === undefined) return () => {};
   const started = performance.now();
@@ -172,14 +201,17 @@ function startProgress(extra: Extra, intervalMs: number, progress: QueryProgress
     const elapsed = Math.round(performance.now() - started);
     if (elapsed <= last) return;
     last = elapsed;
-    const parts = [`running for ${(elapsed / 1000).toFixed(1)} s`];
-    if (progress.percentage !== undefined && progress.percentage >= 1) {
+    // While the op is still queued, say what it waits for rather than what the engine reports.
+    const waitingFor = waiting?.();
+    const parts =
+      waitingFor !== undefined ? [waitingFor] : [`running for ${(elapsed / 1000).toFixed(1)} s`];
+    if (waitingFor === undefined && progress.percentage !== undefined && progress.percentage >= 1) {
       parts.push(`engine estimate ${progress.percentage.toFixed(0)}%`);
     }
-    if (progress.rowsProcessed !== undefined) {
+    if (waitingFor === undefined && progress.rowsProcessed !== undefined) {
       parts.push(`${progress.rowsProcessed.toLocaleString('en-US')} rows scanned`);
     }
-    if (progress.rowsReceived > 0) {
+    if (waitingFor === undefined && progress.rowsReceived > 0) {
       parts.push(`${progress.rowsReceived.toLocaleString('en-US')} rows received`);
     }
     extra
@@ -193,6 +225,24 @@ function startProgress(extra: Extra, intervalMs: number, progress: QueryProgress
   }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
+}
+
+/** "4 min", "12.5 s", "80 ms": how long an op has been running or waiting. */
+function formatAge(ms: number): string {
+  if (ms < 1_000) return `${Math.round(ms)} ms`;
+  if (ms < 120_000) return `${(ms / 1_000).toFixed(1)} s`;
+  return `${Math.round(ms / 60_000)} min`;
+}
+
+/** `query #12 "query: select ..." (running 4 min)`, for each op a queued call waits for. */
+function describeBlockers(blockers: readonly BlockingOp[]): string {
+  return blockers
+    .map((op) => {
+      const tool = op.label?.split(':')[0] ?? op.kind;
+      const what = op.label === undefined ? '' : ` "${op.label}"`;
+      return `${tool} #${op.id}${what} (running ${formatAge(op.ageMs)})`;
+    })
+    .join(', ');
 }
 
 /** Keeps the longest prefix of `rows` whose JSON fits in `maxBytes`. */
@@ -250,12 +300,21 @@ export function createMcpServer<H>(app: App<H>): McpServer {
             'try again later (the status tool shows the state).',
         );
       }
-      case 'ERR_LOCK_TIMEOUT':
+      case 'ERR_LOCK_TIMEOUT': {
+        const timedOut = error as LockTimeoutError;
+        if (timedOut.waitingFor.length > 0) {
+          return toolError(
+            `Engine busy: ${tool} waited ${timedOut.timeout} ms for ` +
+              `${describeBlockers(timedOut.waitingFor)} and gave up. Try again later; the ` +
+              'status tool shows what is running.',
+          );
+        }
         return toolError(
-          `Engine busy: no engine connection became free within ${(error as LockTimeoutError).timeout} ms (all ` +
+          `Engine busy: no engine connection became free within ${timedOut.timeout} ms (all ` +
             `${settings.pool} are in use, or a write holds the engine). Try again later; the ` +
             'status tool shows what is running.',
         );
+      }
       case 'ERR_QUEUE_FULL':
         return toolError('Engine busy: too many calls are waiting. Try again later.');
       case 'ERR_GUARD_CLOSED':
@@ -368,6 +427,18 @@ export function createMcpServer<H>(app: App<H>): McpServer {
             phase: op.phase,
           })),
           queue: s.queue,
+          queued: s.queued.map((op) => ({
+            id: op.id,
+            kind: op.kind,
+            label: op.label ?? null,
+            waitingMs: Math.round(op.waitingMs),
+            waitingFor: op.waitingFor.map((b) => ({
+              id: b.id,
+              kind: b.kind,
+              label: b.label ?? null,
+              ageMs: Math.round(b.ageMs),
+            })),
+          })),
           lastProbe:
             s.lastProbe === null
               ? null
@@ -485,14 +556,26 @@ export function createMcpServer<H>(app: App<H>): McpServer {
     },
     async ({ sql }, extra) => {
       const progress = newProgress();
-      const stopProgress = startProgress(extra, settings.progressInterval, progress);
+      // A write waits for the running queries; until it starts, progress says which ones.
+      const myLabel = uniqueLabel('execute', sql);
+      let started = false;
+      const waiting = (): string | undefined => {
+        if (started) return undefined;
+        const me = guard.status().queued.find((op) => op.label === myLabel);
+        if (me === undefined || me.waitingFor.length === 0) return undefined;
+        return `waiting ${formatAge(me.waitingMs)} for ${describeBlockers(me.waitingFor)}`;
+      };
+      const stopProgress = startProgress(extra, settings.progressInterval, progress, waiting);
       try {
         return await guarded({
           tool: 'execute',
           kind: 'write',
           extra,
-          label: label('execute', sql),
-          run: (handle, ctx) => engine.execute(handle, ctx, sql),
+          label: myLabel,
+          run: (handle, ctx) => {
+            started = true;
+            return engine.execute(handle, ctx, sql);
+          },
           done: (out, elapsedMs) => {
             // The catalog may have changed: refresh the cached facts in the background.
             facts.refresh().catch(() => {});

@@ -51,6 +51,13 @@ export interface Status {
       probeFailures: number;
       phase: string;
     }[];
+    queued: {
+      id: number;
+      kind: string;
+      label: string | null;
+      waitingMs: number;
+      waitingFor: { id: number; kind: string; label: string | null; ageMs: number }[];
+    }[];
     lastProbe: { ok: boolean } | null;
     counters: Counters;
   };
@@ -126,7 +133,7 @@ export async function connectStdio(name: string, flags: string[], log: ServerLog
 
 export interface CallOptions {
   signal?: AbortSignal;
-  onprogress?: (p: { progress: number }) => void;
+  onprogress?: (p: { progress: number; message?: string }) => void;
 }
 
 /** Calls a tool; a tool error is a result (isError), not a rejection. */
