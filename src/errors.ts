@@ -46,8 +46,10 @@ export abstract class EngineGuardError extends Error {
 
   /** Recognises errors of this class made by any copy of engine-guard (ESM or CJS build). */
   static override [Symbol.hasInstance](value: unknown): boolean {
-    // `this` is whichever class stands right of `instanceof`: a subclass, not always this one.
+    // `this` is whichever class stands right of `instanceof`: a subclass, not always this one,
+    // so neither rule's fix (naming the class) would be right here.
     // biome-ignore lint/complexity/noThisInStatic: see above
+    // biome-ignore lint/complexity/noUselessThisAlias: see above
     const target: Function = this;
     if (Function.prototype[Symbol.hasInstance].call(target, value)) return true;
     if (typeof value !== 'object' || value === null) return false;
