@@ -240,6 +240,15 @@ const throughput: Section = {
               'row in between shows how much of it is the one abort listener `pgQuery` adds to ' +
               "each op's fresh `ctx.signal` (the rest is its `data` listener on the socket, for " +
               'heartbeats).',
+            'Shortfall on the adapter path, explained by a CPU profile of this section ' +
+              '(`node --expose-gc --cpu-prof --import tsx bench/run.ts "guard.read` vs"`, top ' +
+              'self time): socket writes (`writeBuffer`) take about 40% of the samples for every ' +
+              "contender alike; what `pgQuery` adds is the op's `AbortSignal`, made when it reads " +
+              '`ctx.signal` (`createAbortSignal`, the largest frame of ours at about 2%), the ' +
+              'listener it adds and removes on it, the promise that races the query against it, ' +
+              'and the garbage they leave. `pg.Pool` offers no cancellation at all. A way for ' +
+              "an op to be told of its abort without an `AbortSignal` (backed by the guard's own " +
+              'op state) is the planned fix; the guard itself meets the target.',
           ],
         };
       } finally {
