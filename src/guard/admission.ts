@@ -86,6 +86,13 @@ export class Admission<E> {
       lease.release();
       return;
     }
+    // Aborted in the turn between the grant and this reaction: the lock's listener had already
+    // fired, so nothing else will answer the caller.
+    if (op.callerSignal?.aborted) {
+      lease.release();
+      this.leave(op, op.callerSignal.reason);
+      return;
+    }
     const now = performance.now();
     const handle = this.#pool.tryAcquire(now);
     if (handle !== null) {

@@ -254,7 +254,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       const held = outer.state;
       // Cancelling still holds the handle: cleanup in the op's `catch` must not queue behind it.
       if (held.tag === 'running' || held.tag === 'cancelling') {
-        return this.#join(outer, held.handle, kind, fn);
+        return this.#join(outer, held.handle, kind, fn, settings.signal);
       }
     }
     if (this.#closed) return Promise.reject(new GuardClosedError(this.name));
@@ -281,6 +281,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     handle: Handle<E>,
     kind: OpKind,
     fn: (engine: E, ctx: OpContext) => T | PromiseLike<T>,
+    signal: AbortSignal | undefined,
   ): Promise<Awaited<T>> {
     if (kind === 'write' && outer.kind === 'read') {
       return Promise.reject(
@@ -289,6 +290,11 @@ export class EngineGuard<E> implements AsyncDisposable {
           this.name,
         ),
       );
+    }
+    // As for the lock: a joined call whose caller already gave up does not run.
+    if (signal?.aborted) {
+      this.#counters.aborts++;
+      return Promise.reject(signal.reason);
     }
     return attempt(() => fn(handle.engine, outer.context)) as Promise<Awaited<T>>;
   }

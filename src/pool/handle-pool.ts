@@ -400,6 +400,9 @@ export class HandlePool<E> {
     this.#destroy(handle, cause, beforeDestroy);
     // Closing is not a replacement: no event for it.
     if (reason !== 'close') this.#hooks.onRetire(handle, reason, cause);
+    // The last open handle gone after failed connects: the engine is down now, and the waiters
+    // get the answer new callers get, not a wait for the next retry.
+    if (this.isDown) this.#failFast();
     // The slot is free: a waiter may need a fresh handle now.
     this.#pump();
   }
