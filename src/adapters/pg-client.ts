@@ -19,7 +19,13 @@ export interface RawClient extends PgClient {
   host?: string;
   port?: number;
   unref?(): void;
-  connection?: { stream?: NodeJS.ReadableStream & { destroy(): void } };
+  connection?: {
+    stream?: NodeJS.ReadableStream & { destroy(): void };
+    on?(event: 'copyInResponse', listener: () => void): unknown;
+    sync?(): void;
+  };
+  /** `pg`'s query in progress; `requiresPreparation()` is true for the extended protocol. */
+  activeQuery?: { requiresPreparation?(): boolean } | null;
 }
 
 /** What the adapter remembers about a client it created. */
@@ -185,11 +191,26 @@ export async function connect(
   if (unref) client.unref?.();
   try {
     await raceSignal(client.connect(), signal, () => destroySocket(client));
+    syncAfterCopyIn(client);
     return client;
   } catch (error) {
     destroySocket(client);
     throw error;
   }
+}
+
+/**
+ * `COPY ... FROM STDIN` sent with the extended protocol would wedge the connection for ever:
+ * `pg` answers the server's CopyInResponse with a CopyFail (it has no data to send), and the
+ * server then skips every message until a Sync, while the Sync `pg` sent with the query was
+ * ignored during the copy. Sending that Sync (after `pg`'s own listener sent the CopyFail) lets
+ * the query fail with the server's error and the connection serve the next one.
+ */
+function syncAfterCopyIn(client: RawClient): void {
+  const connection = client.connection;
+  connection?.on?.('copyInResponse', () => {
+    if (client.activeQuery?.requiresPreparation?.() === true) connection.sync?.();
+  });
 }
 
 /** Counts an adapter query in flight on `client` while `promise` is pending. */
