@@ -70,9 +70,14 @@ export type PgStatement = string | { text: string; values?: unknown[] };
  * server check the constraint, fail the commit and roll everything back.
  */
 const FENCE_CONSTRAINT = 'engine_guard_tx_fence_k';
+/**
+ * A fresh fence per transaction, dropped at its commit: one left on the session could be altered
+ * (its constraint dropped) by an earlier caller and then guard nothing for the next. A table of
+ * that name already there makes the CREATE fail: the helper refuses rather than trust it.
+ */
 const FENCE_SETUP_SQL =
-  'CREATE TEMPORARY TABLE IF NOT EXISTS engine_guard_tx_fence' +
-  ` (k int CONSTRAINT ${FENCE_CONSTRAINT} UNIQUE DEFERRABLE INITIALLY DEFERRED)`;
+  'CREATE TEMPORARY TABLE engine_guard_tx_fence' +
+  ` (k int CONSTRAINT ${FENCE_CONSTRAINT} UNIQUE DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP`;
 /** The current transaction's id (the fence's insert assigned one). */
 const XID_SQL = 'SELECT txid_current_if_assigned()::text AS xid';
 const FENCE_ARM_SQL = 'INSERT INTO pg_temp.engine_guard_tx_fence VALUES (1), (1)';
@@ -100,7 +105,7 @@ const FENCE_DISARM_SQL = 'DELETE FROM pg_temp.engine_guard_tx_fence';
  * `pg_temp.engine_guard_tx_fence`) followed by a `COMMIT`; the helper still reports the
  * {@link PgTransactionEndedError}, but what came before that commit stays committed.
  *
- * Needs PostgreSQL (temporary tables with deferrable constraints) and `pg` >= 8.13 (transaction
+ * Needs PostgreSQL (temporary tables with deferrable constraints) and `pg` >= 8.21 (transaction
  * status). Session state (advisory locks, `SET` without `LOCAL`, prepared statements) is not
  * transactional and is not undone: that is the guard's `reset` (sessions).
  */
@@ -131,7 +136,7 @@ export async function pgTransaction(
   }
   const client = handle.client;
   if (typeof client.getTransactionStatus !== 'function') {
-    throw new TypeError('pgTransaction needs a pg client with getTransactionStatus() (pg >= 8.13)');
+    throw new TypeError('pgTransaction needs a pg client with getTransactionStatus() (pg >= 8.21)');
   }
   const status = (): string | null | undefined => client.getTransactionStatus?.();
   /** The transaction's id: a statement that ends it and starts another (`AND CHAIN`) changes it. */
