@@ -188,10 +188,15 @@ const FATAL_PATTERNS: readonly RegExp[] = [
  * DuckDB errors carry no `code`, so this matches on the message.
  */
 export function isFatalDuckDBError(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const message = error.message;
-  if (/\bINTERRUPT Error\b/.test(message)) return false;
-  return FATAL_PATTERNS.some((pattern) => pattern.test(message));
+  try {
+    if (!(error instanceof Error)) return false;
+    const message = error.message;
+    if (typeof message !== 'string' || /\bINTERRUPT Error\b/.test(message)) return false;
+    return FATAL_PATTERNS.some((pattern) => pattern.test(message));
+  } catch {
+    // A revoked Proxy, a throwing getter: nothing that says "connection gone".
+    return false;
+  }
 }
 
 function threadPoolSize(): number {
@@ -312,6 +317,10 @@ export async function duckdbQuery(
   sql: string,
 ): Promise<Record<string, unknown>[]> {
   const { signal } = ctx;
+  if (typeof sql === 'string' && sql.includes('\u0000')) {
+    // DuckDB answers it with its bare "Error in native callback": say what is wrong instead.
+    throw new RangeError('The SQL text holds a NUL character (U+0000); nothing was run');
+  }
   return tracked(conn, signal, async () => {
     ctx.heartbeat();
     let result: Awaited<ReturnType<DuckDBConnection['stream']>>;

@@ -213,6 +213,19 @@ function syncAfterCopyIn(client: RawClient): void {
   });
 }
 
+/**
+ * SQL text travels as a C string in the protocol: a NUL in it makes the server report a protocol
+ * violation and hang up, costing the connection. Refused before anything is sent.
+ * @throws RangeError when `sql` holds a NUL character.
+ */
+export function refuseNul(sql: string): void {
+  if (typeof sql === 'string' && sql.includes('\u0000')) {
+    throw new RangeError(
+      'The SQL text holds a NUL character (U+0000), which PostgreSQL cannot receive; nothing was sent',
+    );
+  }
+}
+
 /** Counts an adapter query in flight on `client` while `promise` is pending. */
 export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   const state = clients.get(client);
@@ -249,6 +262,7 @@ export async function pgQuery<R extends object = PgRow>(
 ): Promise<PgQueryResult<R>> {
   const { signal } = ctx;
   signal.throwIfAborted();
+  refuseNul(typeof text === 'string' ? text : text.text);
   const client = handle.client as RawClient;
   const beat = (): void => ctx.heartbeat();
   const state = clients.get(client);

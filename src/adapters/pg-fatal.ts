@@ -36,7 +36,12 @@ const FATAL_MESSAGES: readonly string[] = [
  * healthy connection. The `cause` chain (and an `AggregateError`'s errors) are looked at too.
  */
 export function isFatalPgError(error: unknown): boolean {
-  return isFatalAt(error, 0);
+  try {
+    return isFatalAt(error, 0);
+  } catch {
+    // A getter that throws, a revoked Proxy: nothing that says "connection gone".
+    return false;
+  }
 }
 
 function isFatalAt(error: unknown, depth: number): boolean {
@@ -50,7 +55,11 @@ function isFatalAt(error: unknown, depth: number): boolean {
     if (message.startsWith('Connection terminated')) return true;
     if (FATAL_MESSAGES.includes(message)) return true;
   }
-  if (error instanceof AggregateError && error.errors.some((e) => isFatalAt(e, depth + 1))) {
+  if (
+    error instanceof AggregateError &&
+    Array.isArray(error.errors) &&
+    error.errors.some((e) => isFatalAt(e, depth + 1))
+  ) {
     return true;
   }
   return cause !== undefined && cause !== error && isFatalAt(cause, depth + 1);

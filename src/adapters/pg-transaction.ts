@@ -146,7 +146,9 @@ export async function pgTransaction(
   ctx.signal.throwIfAborted();
   let committed = false;
   try {
-    await pgQuery(handle, ctx, 'BEGIN');
+    // READ WRITE: a session whose default is read-only (default_transaction_read_only) would
+    // refuse the fence, and the caller's writes.
+    await pgQuery(handle, ctx, 'BEGIN READ WRITE');
     await pgQuery(handle, ctx, FENCE_SETUP_SQL);
     await pgQuery(handle, ctx, FENCE_ARM_SQL);
     const ours = await xid();
