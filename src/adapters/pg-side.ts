@@ -35,15 +35,25 @@ export class SideConnection {
     this.#config = config;
   }
 
+  /**
+   * Runs one query on the side connection. A kept connection found dead before use fails the
+   * query (a probe must not hide a dead route behind a fresh connect), unless `reconnectIfGone`:
+   * a cancel is sent once and must not be lost to a connection that died while idle.
+   */
   async query<R extends object>(
     signal: AbortSignal,
     text: string,
     values: unknown[],
+    reconnectIfGone = false,
   ): Promise<R[]> {
-    const client = await raceSignal(this.#connected(), signal);
+    const pending = this.#connected();
+    const client = await raceSignal(pending, signal);
     const state = clients.get(client);
     if (state?.gone !== undefined) {
+      // Forgotten now, not in a later turn: the retry below must open a new connection.
+      if (this.#client === pending) this.#client = undefined;
       this.#discard(client);
+      if (reconnectIfGone) return this.query(signal, text, values, false);
       throw new Error(`The probe side connection is gone: ${state.gone.message}`, {
         cause: state.gone,
       });

@@ -267,6 +267,7 @@ export function pgGuardOptions(
           controller.signal,
           'SELECT pg_cancel_backend($1) AS cancelled',
           [handle.pid],
+          true,
         );
         return rows[0]?.cancelled === true;
       } finally {
