@@ -383,33 +383,37 @@ export class EngineGuard<E> implements AsyncDisposable {
     const reason = op.callerSignal?.reason;
     this.#counters.aborts++;
     this.#watchdog?.unwatch(op);
+    // The op is cancelling before any user code runs: fn's abort listeners and the cancel hook
+    // may call close(), settle fn or start nested calls, and must find the op where it is.
+    const cancelling = {
+      tag: 'cancelling' as const,
+      lease: state.lease,
+      handle: state.handle,
+      cancel: undefined as Promise<unknown> | undefined,
+      cancelInFlight: false,
+      outcome: undefined,
+      // If the engine does not wind the op down (and answer the cancel) in time, the handle
+      // is presumed lost.
+      grace: setTimeout(() => this.#abandon(op, reason), this.#cancelTimeout),
+    };
+    op.to(cancelling);
     // fn sees its signal abort before the engine sees the cancel, so an error caused by the
     // cancel is recognised as cancellation (never fatal).
     op.abort(reason);
     op.reject(reason);
     const cancel = this.#options.cancel;
-    let cancelled: Promise<unknown> | undefined;
-    if (cancel !== undefined && !op.fnSettled) {
+    if (cancel !== undefined && !op.fnSettled && op.state === cancelling) {
       this.#counters.cancels++;
       const info = op.info();
       // Not bounded here: whether it really returned decides if the handle may serve again.
-      cancelled = attempt(() => cancel(state.handle.engine, { op: info, reason }));
+      const cancelled = attempt(() => cancel(state.handle.engine, { op: info, reason }));
+      cancelling.cancel = cancelled;
+      cancelling.cancelInFlight = true;
+      cancelled.then(
+        () => this.#cancelReturned(op),
+        () => this.#cancelReturned(op),
+      );
     }
-    op.to({
-      tag: 'cancelling',
-      lease: state.lease,
-      handle: state.handle,
-      cancel: cancelled,
-      cancelInFlight: cancelled !== undefined,
-      outcome: undefined,
-      // If the engine does not wind the op down (and answer the cancel) in time, the handle
-      // is presumed lost.
-      grace: setTimeout(() => this.#abandon(op, reason), this.#cancelTimeout),
-    });
-    cancelled?.then(
-      () => this.#cancelReturned(op),
-      () => this.#cancelReturned(op),
-    );
     this.#health.update();
   }
 

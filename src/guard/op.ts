@@ -46,8 +46,8 @@ interface Cancelling<E> {
   readonly tag: 'cancelling';
   readonly lease: Lease;
   readonly handle: Handle<E>;
-  /** The `cancel` call (bounded by `cancelTimeout`), when one was sent. */
-  readonly cancel: Promise<unknown> | undefined;
+  /** The `cancel` call (bounded by `cancelTimeout`), when one was sent (set once, just after the move). */
+  cancel: Promise<unknown> | undefined;
   /** True while the `cancel` call has not returned. */
   cancelInFlight: boolean;
   /** How `fn` ended, once it did. */
