@@ -3,6 +3,7 @@ import {
   validateOptionalString,
   validateOptionsObject,
   validatePositiveDuration,
+  validateUnknownKeys,
 } from '../internal/validate.js';
 import type { OpOptions } from './types.js';
 
@@ -63,6 +64,7 @@ export class GuardCachedValue<T> implements CachedValue<T> {
 
   constructor(load: (options: OpOptions) => Promise<T>, options: CachedValueOptions = {}) {
     validateOptionsObject(options);
+    validateUnknownKeys(options, ['maxAge', 'timeout', 'label'], '');
     this.#load = load;
     this.#maxAge = validateDuration(options.maxAge, 'maxAge') ?? 30_000;
     this.#timeout = validatePositiveDuration(options.timeout, 'timeout') ?? 10_000;

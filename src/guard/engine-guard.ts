@@ -230,7 +230,13 @@ export class EngineGuard<E> implements AsyncDisposable {
    * destroy settled, bounded by `closeTimeout`; idempotent (every call returns the same promise).
    */
   close(): Promise<void> {
-    this.#closing ??= this.#close();
+    if (this.#closing !== undefined) return this.#closing;
+    // Set before #close runs: a close() made from a listener while closing gets this promise.
+    let settle!: (closed: Promise<void>) => void;
+    this.#closing = new Promise<void>((resolve) => {
+      settle = resolve;
+    });
+    settle(this.#close());
     return this.#closing;
   }
 

@@ -165,8 +165,9 @@ export function validateUnknownKeys(
   known: readonly string[],
   prefix: string,
 ): void {
+  // Inherited keys too: options are read with plain property access, which sees them.
   for (const key in options) {
-    if (!Object.hasOwn(options, key) || known.includes(key)) continue;
+    if (known.includes(key)) continue;
     const hint = closest(key, known);
     throw new TypeError(
       `Unknown option "${prefix}${key}"${hint === undefined ? '' : `; did you mean "${prefix}${hint}"?`}`,

@@ -10,7 +10,12 @@ import {
   validateOptionalString,
   validateOptionsObject,
   validateSignal,
+  validateUnknownKeys,
 } from '../internal/validate.js';
+
+const LOCK_KEYS = ['name', 'maxQueue', 'maxReaders', 'fairness', 'bypassAfter'];
+const ACQUIRE_KEYS = ['signal', 'timeout'];
+
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import { HeldLease, type Lease, type LockMode, type ReturnHold } from './lease.js';
 import { WriterPatience } from './patience.js';
@@ -186,6 +191,7 @@ export class RWLock {
   /** @throws TypeError | RangeError at the call, on invalid options, naming the option. */
   constructor(options: RWLockOptions = {}) {
     validateOptionsObject(options);
+    validateUnknownKeys(options, LOCK_KEYS, '');
     this.name = validateOptionalString(options.name, 'name');
     this.#maxQueue = validateInteger(options.maxQueue, 'maxQueue', 0, true) ?? Infinity;
     this.#maxReaders = validateInteger(options.maxReaders, 'maxReaders', 1, true) ?? Infinity;
@@ -342,6 +348,7 @@ export class RWLock {
 
   #acquire(mode: LockMode, options: AcquireOptions | undefined): Promise<Lease> {
     validateOptionsObject(options);
+    if (options !== undefined) validateUnknownKeys(options, ACQUIRE_KEYS, '');
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
     const held = this.#held();
@@ -495,6 +502,7 @@ export class RWLock {
     // Validate before going async, so bad input throws at the call.
     validateFunction(fn, 'fn');
     validateOptionsObject(options);
+    if (options !== undefined) validateUnknownKeys(options, ACQUIRE_KEYS, '');
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
     const held = this.#held();
