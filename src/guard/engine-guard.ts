@@ -117,7 +117,19 @@ export class EngineGuard<E> implements AsyncDisposable {
     this.#health = new GuardHealth(this.name, this.#events, this.#running, this.#queued);
     this.#counters = this.#health.counters;
     this.#lock = new RWLock(settings.lock);
-    this.#pool = openPool(options, settings, this.#health.poolEvents());
+    const poolEvents = this.#health.poolEvents();
+    this.#pool = openPool(options, settings, {
+      ...poolEvents,
+      // The engine may have just been declared down: ops queued for the lock hear it too.
+      onConnectError: (error, attempts, retryInMs) => {
+        poolEvents.onConnectError(error, attempts, retryInMs);
+        this.#failFastQueued();
+      },
+      onRetire: (handle, reason, cause) => {
+        poolEvents.onRetire(handle, reason, cause);
+        this.#failFastQueued();
+      },
+    });
     this.#health.watchPool(this.#pool);
     this.#admission = new Admission(
       this.#lock,
@@ -380,6 +392,22 @@ export class EngineGuard<E> implements AsyncDisposable {
       this.#finishCancel(op);
     }
     // stalled / abandoned / closed: the caller was answered and the handle retired already.
+  }
+
+  /**
+   * Once the engine counts as down, ops still queued for the lock get the answer new callers
+   * get, unless they opted into waiting for it (the pool tells the ops waiting for a handle).
+   * Their lock waiters stay queued; a lease granted later to an op that left is given back.
+   */
+  #failFastQueued(): void {
+    if (!this.#pool.isDown) return;
+    for (let op = this.#queued.head; op !== null; ) {
+      const next: Op<E> | null = op.next;
+      if (op.state.tag === 'waiting' && !op.waitForReady) {
+        this.#admission.leave(op, this.#pool.unavailableError());
+      }
+      op = next;
+    }
   }
 
   /** The caller's signal aborted while the op ran. */

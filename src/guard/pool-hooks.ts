@@ -41,7 +41,7 @@ export function openPool<E>(
 ): HandlePool<E> {
   const { create, setup, destroy, probe } = options;
   const destroyTimeout = settings.destroyTimeout;
-  return new HandlePool<E>(
+  const pool: HandlePool<E> = new HandlePool<E>(
     {
       size: settings.pool,
       backoff: settings.backoff,
@@ -62,11 +62,13 @@ export function openPool<E>(
             signal,
           );
         } catch (error) {
-          // The half-made handle still holds resources.
-          void bounded(
-            attempt(() => destroy?.(engine, { reason: error })),
-            destroyTimeout,
-            noop,
+          // The half-made handle still holds resources; close() waits for its destroy too.
+          pool.trackDestroy(
+            bounded(
+              attempt(() => destroy?.(engine, { reason: error })),
+              destroyTimeout,
+              noop,
+            ),
           );
           throw error;
         }
@@ -81,4 +83,5 @@ export function openPool<E>(
       ...events,
     },
   );
+  return pool;
 }

@@ -572,6 +572,22 @@ export class HandlePool<E> {
     await this.drained();
   }
 
+  /**
+   * Counts `work` (a destroy made outside the pool: a handle whose setup failed inside an
+   * attempt) among the destroys that `close()` and `drained()` wait for.
+   */
+  trackDestroy(work: Promise<unknown>): void {
+    const done: Promise<void> = work.then(
+      () => {
+        this.#destroying.delete(done);
+      },
+      () => {
+        this.#destroying.delete(done);
+      },
+    );
+    this.#destroying.add(done);
+  }
+
   /** Resolves when no idle check and no destroy is in flight. */
   async drained(): Promise<void> {
     while (this.#checks.size > 0 || this.#destroying.size > 0) {
