@@ -68,6 +68,8 @@ export class Watchdog<S extends WatchedSubject> {
   #timer: Timer | undefined = undefined;
   #timerDue = 0;
   #timerDueWall = 0;
+  /** The `finish` of each probe in flight, so that stop() can end them. */
+  readonly #inflight = new Set<(ok: boolean, error: unknown, conclusive: boolean) => void>();
 
   constructor(settings: WatchdogSettings, hooks: WatchdogHooks<S>) {
     this.settings = settings;
@@ -105,6 +107,9 @@ export class Watchdog<S extends WatchedSubject> {
     for (const subject of this.#hooks.subjects()) subject.watched = false;
     this.#watched = 0;
     this.#disarm();
+    // Probes in flight: abort them and clear their timers, so nothing of ours outlives stop().
+    const stopped = new Error('The liveness watchdog stopped (the guard is closing)');
+    for (const finish of [...this.#inflight]) finish(false, stopped, false);
   }
 
   #arm(due: number): void {
@@ -165,6 +170,7 @@ export class Watchdog<S extends WatchedSubject> {
     const finish = (ok: boolean, error: unknown, conclusive: boolean): void => {
       if (done) return;
       done = true;
+      this.#inflight.delete(finish);
       clearTimeout(timer);
       subject.probing = false;
       if (!ok) controller.abort(error);
@@ -190,6 +196,7 @@ export class Watchdog<S extends WatchedSubject> {
       this.#arm(Math.max(subject.lastBeat + interval, subject.nextProbeAt));
     };
 
+    this.#inflight.add(finish);
     const timer = setTimeout(() => {
       const late = this.#lateness(dueMono, dueWall);
       if (late > this.settings.pauseThreshold) {
