@@ -14,10 +14,22 @@ import {
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { adminQuery, clientConfig } from '../support/pg.js';
 
-function guard(): EngineGuard<PgHandle> {
-  const g = new EngineGuard(pgGuardOptions({ config: clientConfig() }));
+/** A guard closed when the test ends; `pool: 1` puts every call of a test on one session. */
+function guard(config = clientConfig(), pool?: number): EngineGuard<PgHandle> {
+  const g = new EngineGuard(pgGuardOptions({ config }, pool === undefined ? {} : { pool }));
   onTestFinished(() => g.close());
   return g;
+}
+
+/** `promise`'s outcome, or 'still pending' after `ms`. */
+function within(promise: Promise<unknown>, ms: number): Promise<string> {
+  return Promise.race([
+    promise.then(
+      () => 'resolved',
+      (error: Error) => `rejected: ${error.message}`,
+    ),
+    new Promise<string>((resolve) => setTimeout(() => resolve('still pending'), ms).unref()),
+  ]);
 }
 
 /** A table name for this test; dropped when it finishes (whether it exists or not). */
@@ -184,4 +196,63 @@ describe('pgReadOnly', () => {
       expect(result.rows).toEqual([]);
     }
   });
+});
+
+// Found in review, each failing before its fix.
+describe('pgTransaction, the holes found in review', () => {
+  it('an earlier call that defuses its fence and commits leaves the next call all or nothing', async () => {
+    const g = guard(clientConfig(), 1); // one session for both calls
+    // The fence is fresh per transaction (dropped at its commit), so defusing it reaches no one.
+    await g
+      .write((pg, ctx) =>
+        pgTransaction(pg, ctx, [
+          'DELETE FROM pg_temp.engine_guard_tx_fence',
+          'SET CONSTRAINTS ALL IMMEDIATE',
+          'ALTER TABLE pg_temp.engine_guard_tx_fence DROP CONSTRAINT engine_guard_tx_fence_k',
+        ]),
+      )
+      .catch(() => undefined);
+    const t = tableName('tx_fence');
+    await expect(
+      g.write((pg, ctx) => pgTransaction(pg, ctx, `CREATE TABLE ${t} (x int); COMMIT; SELECT 1/0`)),
+    ).rejects.toThrow();
+    expect(await exists(t)).toBe(false);
+  });
+
+  it('works on a session whose default is read-only transactions: its BEGIN asks for READ WRITE', async () => {
+    const g = guard(clientConfig({ options: '-c default_transaction_read_only=on' }));
+    const results = await g.write((pg, ctx) => pgTransaction(pg, ctx, ['SELECT 1 AS one']));
+    expect(results[0]?.rows).toEqual([{ one: 1 }]);
+  });
+
+  it('COPY ... FROM STDIN fails within seconds instead of wedging the handle for ever', async () => {
+    const g = guard(clientConfig(), 1);
+    const t = tableName('tx_copy');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    expect(
+      await within(
+        g.write((pg, ctx) => pgTransaction(pg, ctx, [`COPY ${t} FROM STDIN`])),
+        10_000,
+      ),
+    ).toMatch(/^rejected/);
+    // The handle serves the next op.
+    expect(
+      await within(
+        g.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1')),
+        10_000,
+      ),
+    ).toBe('resolved');
+  }, 30_000);
+
+  it('pgReadOnly: COPY into a session TEMP table FROM STDIN (allowed read-only) fails instead of hanging', async () => {
+    const g = guard(clientConfig(), 1);
+    // A temporary table of the session, which a read-only transaction may write to.
+    await g.write((pg, ctx) => pgTransaction(pg, ctx, ['CREATE TEMP TABLE copy_scratch (x int)']));
+    const outcome = await within(
+      g.read((pg, ctx) => pgReadOnly(pg, ctx, 'COPY pg_temp.copy_scratch FROM STDIN')),
+      10_000,
+    );
+    expect(outcome).toMatch(/^rejected/);
+    expect(outcome).not.toMatch(/does not exist/);
+  }, 30_000);
 });
