@@ -18,7 +18,11 @@ export type EngineGuardErrorCode =
   | 'ERR_ENGINE_UNAVAILABLE'
   | 'ERR_GUARD_CLOSED'
   | 'ERR_PROBE_TIMEOUT'
-  | 'ERR_HOOK_TIMEOUT';
+  | 'ERR_HOOK_TIMEOUT'
+  | 'ERR_SESSION_LOST'
+  | 'ERR_SESSION_LIMIT'
+  | 'ERR_SESSION_CLOSED'
+  | 'ERR_LEASE_LOST';
 
 /**
  * Marks every engine-guard error, whichever copy of the package made it. `Symbol.for` is shared
@@ -281,6 +285,134 @@ export class HookTimeoutError extends EngineGuardError {
   }
 }
 
+/**
+ * A session's engine handle died (stall, fatal error, engine restart, failed idle check) and the
+ * state it held (temporary tables, `SET`s, prepared statements...) is gone. The session's next
+ * op rejects with this error, unless the session has a `restore` hook; `session.reopen()`
+ * accepts the loss and continues on a fresh handle.
+ */
+export class SessionLostError extends EngineGuardError {
+  override readonly name = 'SessionLostError';
+  readonly code = 'ERR_SESSION_LOST';
+  /** Id of the session within its guard. */
+  readonly sessionId: number;
+  /** The session's label, when it has one. */
+  readonly label: string | undefined;
+  /** Generation of the handle that was lost (its state went with it). */
+  readonly generation: number;
+  /** Name of the guard, when it has one. */
+  readonly guardName: string | undefined;
+
+  constructor(info: {
+    sessionId: number;
+    label?: string | undefined;
+    generation: number;
+    guardName?: string | undefined;
+    cause?: unknown;
+  }) {
+    const what = info.label
+      ? `Session ${info.sessionId} "${info.label}"`
+      : `Session ${info.sessionId}`;
+    super(
+      `${what} lost its engine handle (generation ${info.generation}) and the state it held; call session.reopen() to continue on a fresh handle, or give the session a restore hook`,
+      info.cause === undefined ? undefined : { cause: info.cause },
+    );
+    this.sessionId = info.sessionId;
+    this.label = info.label;
+    this.generation = info.generation;
+    this.guardName = info.guardName;
+  }
+}
+
+/**
+ * A new session's first op found every one of the guard's `maxSessions` session handles taken
+ * and none freed within its `timeout` (or `acquireTimeout`).
+ */
+export class SessionLimitError extends EngineGuardError {
+  override readonly name = 'SessionLimitError';
+  readonly code = 'ERR_SESSION_LIMIT';
+  /** The guard's `maxSessions`. */
+  readonly maxSessions: number;
+  /** How long the op waited for a slot, ms. */
+  readonly timeout: number;
+  /** Name of the guard, when it has one. */
+  readonly guardName: string | undefined;
+
+  constructor(maxSessions: number, timeout: number, guardName?: string) {
+    super(
+      `No session slot${guardName ? ` on guard "${guardName}"` : ''} freed within ${timeout} ms: all ${maxSessions} are held by open sessions (close idle sessions, or raise maxSessions)`,
+    );
+    this.maxSessions = maxSessions;
+    this.timeout = timeout;
+    this.guardName = guardName;
+  }
+}
+
+/** The session was closed (by `close()`, its idle timeout, or the guard's `close()`). */
+export class SessionClosedError extends EngineGuardError {
+  override readonly name = 'SessionClosedError';
+  readonly code = 'ERR_SESSION_CLOSED';
+  /** Id of the session within its guard. */
+  readonly sessionId: number;
+  /** The session's label, when it has one. */
+  readonly label: string | undefined;
+  /** Why it closed. */
+  readonly reason: 'closed' | 'idle' | 'guard-closed';
+
+  constructor(
+    sessionId: number,
+    label: string | undefined,
+    reason: 'closed' | 'idle' | 'guard-closed',
+  ) {
+    const what = label ? `Session ${sessionId} "${label}"` : `Session ${sessionId}`;
+    const why =
+      reason === 'idle'
+        ? 'after its idle timeout'
+        : reason === 'guard-closed'
+          ? 'with its guard'
+          : '';
+    super(`${what} is closed${why ? ` (${why})` : ''}`);
+    this.sessionId = sessionId;
+    this.label = label;
+    this.reason = reason;
+  }
+}
+
+/**
+ * The cluster lease of an op (see `Coordinator`) was lost while the op ran: the coordinator could
+ * no longer prove it held it (its lock session ended, or renewals stopped). The op's `ctx.signal`
+ * aborted with this error and `cancel` was sent.
+ */
+export class LeaseLostError extends EngineGuardError {
+  override readonly name = 'LeaseLostError';
+  readonly code = 'ERR_LEASE_LOST';
+  /**
+   * True for a write: its effect may or may not have landed. A fenced write (checked against
+   * `ctx.fence` inside its transaction) that lost its lease is refused by the engine.
+   */
+  readonly indeterminate: boolean;
+  /** Mode of the lost lease. */
+  readonly mode: 'read' | 'write';
+  /** Fence of the lost grant. */
+  readonly fence: number | bigint;
+
+  constructor(info: {
+    mode: 'read' | 'write';
+    fence: number | bigint;
+    message?: string;
+    cause?: unknown;
+  }) {
+    super(
+      info.message ??
+        `Cluster ${info.mode} lease (fence ${String(info.fence)}) was lost while held${info.mode === 'write' ? '; the write is indeterminate' : ''}`,
+      info.cause === undefined ? undefined : { cause: info.cause },
+    );
+    this.mode = info.mode;
+    this.fence = info.fence;
+    this.indeterminate = info.mode === 'write';
+  }
+}
+
 for (const [cls, code] of [
   [LockTimeoutError, 'ERR_LOCK_TIMEOUT'],
   [DeadlockError, 'ERR_DEADLOCK'],
@@ -291,6 +423,10 @@ for (const [cls, code] of [
   [GuardClosedError, 'ERR_GUARD_CLOSED'],
   [ProbeTimeoutError, 'ERR_PROBE_TIMEOUT'],
   [HookTimeoutError, 'ERR_HOOK_TIMEOUT'],
+  [SessionLostError, 'ERR_SESSION_LOST'],
+  [SessionLimitError, 'ERR_SESSION_LIMIT'],
+  [SessionClosedError, 'ERR_SESSION_CLOSED'],
+  [LeaseLostError, 'ERR_LEASE_LOST'],
 ] as const) {
   classCodes.set(cls, code);
 }

@@ -4,6 +4,13 @@
  * @packageDocumentation
  */
 
+export type {
+  ClusterAcquireOptions,
+  ClusterLease,
+  Coordinator,
+  CoordinatorStatus,
+  Fence,
+} from './coordination/coordinator.js';
 export {
   channelNames,
   type GuardEventMessage,
@@ -32,7 +39,11 @@ export type {
   OpOptions,
   QueuedOpStatus,
   ReconnectOptions,
+  ResetContext,
   RunningOpStatus,
+  SessionOptions,
+  SessionState,
+  SessionStatus,
   Subscription,
 } from './guard/types.js';
 export type { Lease, LockMode } from './lock/lease.js';

@@ -224,11 +224,15 @@ export class EngineGuard<E> implements AsyncDisposable {
    */
   status(): GuardStatus {
     const lock = this.#lock.state;
-    return this.#health.snapshot({
-      readers: lock.queuedReaders,
-      writers: lock.queuedWriters,
-      forHandle: this.#pool.waiting,
-    });
+    return this.#health.snapshot(
+      {
+        readers: lock.queuedReaders,
+        writers: lock.queuedWriters,
+        forHandle: this.#pool.waiting,
+      },
+      [],
+      undefined,
+    );
   }
 
   /** True once `close()` was called. */

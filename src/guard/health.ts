@@ -170,7 +170,11 @@ export class GuardHealth<E> {
   }
 
   /** The `status()` snapshot, lock queue lengths given by the caller. */
-  snapshot(queue: GuardStatus['queue']): GuardStatus {
+  snapshot(
+    queue: GuardStatus['queue'],
+    sessions: GuardStatus['sessions'],
+    cluster: GuardStatus['cluster'],
+  ): GuardStatus {
     const now = performance.now();
     const running: RunningOpStatus[] = [];
     for (let op = this.#running.head; op !== null; op = op.next) {
@@ -219,6 +223,8 @@ export class GuardHealth<E> {
       lastError: this.#lastError === null ? null : { ...this.#lastError },
       reconnect: { failures: pool.failures, nextAttemptAt: pool.nextAttemptAt },
       counters: { ...this.counters },
+      sessions,
+      cluster,
     };
   }
 }

@@ -23,6 +23,8 @@
  * - Terminal: `left` (never ran), `done` (lease released, handle returned), `stalled`,
  *   `abandoned` and `closed` (lease revoked, handle retired; `fn` may still be running).
  */
+
+import type { Fence } from '../coordination/coordinator.js';
 import type { Timer } from '../internal/promises.js';
 import type { QueueNode } from '../internal/waiter-queue.js';
 import type { WatchedSubject } from '../liveness/watchdog.js';
@@ -123,6 +125,18 @@ class RunContext<E> implements OpContext {
   get signal(): AbortSignal {
     return this.#op.signal;
   }
+
+  get restored(): boolean {
+    return this.#op.restored;
+  }
+
+  get fence(): Fence | undefined {
+    return this.#op.fence;
+  }
+
+  get sessionId(): number | undefined {
+    return this.#op.sessionId;
+  }
 }
 
 /** One guarded operation: its state, its caller's promise, and the watchdog's bookkeeping. */
@@ -142,6 +156,14 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   enqueuedAt = 0;
   /** True once `fn` returned or its promise settled, whatever the op's state. */
   fnSettled = false;
+  /** Fair-share group: the op's `key`, or its session. */
+  key: unknown = undefined;
+  /** The session it runs in, if any. */
+  sessionId: number | undefined = undefined;
+  /** True when `restore` rebuilt its session's state just before it (see `ctx.restored`). */
+  restored = false;
+  /** Fencing token of its cluster lease, while it holds one. */
+  fence: Fence | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */
   onFnSettled: (() => void) | undefined = undefined;
   /** The caller's promise and its settlers (set by the executor, synchronously). */

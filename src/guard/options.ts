@@ -52,6 +52,11 @@ const GUARD_KEYS: readonly (keyof EngineGuardOptions<unknown>)[] = [
   'fairness',
   'bypassAfter',
   'name',
+  'bootstrap',
+  'reset',
+  'resetTimeout',
+  'maxSessions',
+  'coordinator',
 ];
 const LIVENESS_KEYS = ['interval', 'timeout', 'failures', 'pauseThreshold', 'idleCheckAfter'];
 const RECONNECT_KEYS = ['initialDelay', 'maxDelay', 'factor', 'jitter', 'failFastAfter'];

@@ -1,3 +1,4 @@
+import type { Coordinator, CoordinatorStatus, Fence } from '../coordination/coordinator.js';
 import type { BlockingOp, EngineStalledError } from '../errors.js';
 import type { LockMode } from '../lock/lease.js';
 import type { Fairness } from '../lock/rwlock.js';
@@ -35,6 +36,73 @@ export interface OpContext {
   readonly id: number;
   readonly kind: OpKind;
   readonly label: string | undefined;
+  /**
+   * True for the first op of a session after its handle was lost and `restore` rebuilt the
+   * session's state on a new handle (`restore` itself runs with this `ctx`). False otherwise.
+   */
+  readonly restored: boolean;
+  /**
+   * Fencing token of the op's cluster lease (see the guard's `coordinator`), or `undefined` when
+   * the op holds none. Check it in the engine (e.g. `pgCheckFence`) so a stale holder's write is
+   * refused.
+   */
+  readonly fence: Fence | undefined;
+  /** Id of the session the op runs in, or `undefined` for a stateless op. */
+  readonly sessionId: number | undefined;
+}
+
+/** What `reset` learns about the stateless op that just used the handle. */
+export interface ResetContext {
+  /** Aborts when `resetTimeout` passes or the guard closes. */
+  readonly signal: AbortSignal;
+  /** The op that used the handle. */
+  readonly op: OpInfo;
+  /** Whether the op's function succeeded. */
+  readonly ok: boolean;
+}
+
+/** Options of `guard.session()`. */
+export interface SessionOptions<E> {
+  /** Shown in `status()`, events and errors. */
+  label?: string | undefined;
+  /** Closes the session (and destroys its handle) once it has had no op for this long, ms. Default: never. */
+  idleTimeout?: number | undefined;
+  /**
+   * Rebuilds the session's state on a new handle after the old one was lost (re-apply `SET`s,
+   * re-attach, re-create temporary tables). Runs before the next op, with that op's `ctx`
+   * (`ctx.restored` is true). Without it, the next op rejects with `SessionLostError`.
+   */
+  restore?: ((engine: E, ctx: OpContext) => unknown) | undefined;
+}
+
+/**
+ * Lifecycle of a session:
+ * - `new`: no handle yet (it is taken by the first op);
+ * - `open`: holds its handle;
+ * - `lost`: its handle died; the next op rejects with `SessionLostError` (or runs `restore`);
+ * - `closed`: closed by `close()`, its idle timeout, or the guard.
+ */
+export type SessionState = 'new' | 'open' | 'lost' | 'closed';
+
+/** Synchronous snapshot of one session. */
+export interface SessionStatus {
+  id: number;
+  label: string | undefined;
+  state: SessionState;
+  /** Generation of its handle (0 before it has one); after a loss, the generation that was lost. */
+  generation: number;
+  /** Ops started in it so far. */
+  ops: number;
+  /** Ops queued in it, waiting for the previous one (or for a slot). */
+  queued: number;
+  /** True while one of its ops runs. */
+  running: boolean;
+  /** ms since it was made. */
+  ageMs: number;
+  /** ms since its last op ended (or since it was made). */
+  idleMs: number;
+  /** Times its handle was lost so far. */
+  losses: number;
 }
 
 /** Liveness watchdog settings. All durations in milliseconds. */
@@ -84,7 +152,16 @@ export interface EngineGuardOptions<E> {
   create: (ctx: { signal: AbortSignal; generation: number }) => Promise<E> | E;
   /** Closes a handle. Bounded by `destroyTimeout`; errors are reported, not thrown. */
   destroy?: ((engine: E, ctx: { reason: unknown }) => Promise<void> | void) | undefined;
-  /** Bootstraps a new handle once, before its first op (attach, catalog, search path...). */
+  /**
+   * Runs once per guard, on the first handle, before its `setup` (create the shared workspace,
+   * the catalog). Single-flight across concurrent first ops; when it fails, the attempt fails and
+   * the next attempt (after the reconnect backoff) runs it again; once it succeeded it never runs
+   * again, across handle replacements.
+   */
+  bootstrap?:
+    | ((engine: E, ctx: { signal: AbortSignal; generation: number }) => Promise<void> | void)
+    | undefined;
+  /** Prepares each new handle once, before its first op (attach, catalog, search path...). Sessions' handles included. */
   setup?:
     | ((engine: E, ctx: { signal: AbortSignal; generation: number }) => Promise<void> | void)
     | undefined;
@@ -108,6 +185,24 @@ export interface EngineGuardOptions<E> {
   isAlive?: ((engine: E) => boolean) | undefined;
   /** True for errors meaning "this handle is gone": the handle is replaced. */
   isFatal?: ((error: unknown) => boolean) | undefined;
+  /**
+   * Returns a shared handle to a clean state after a stateless op, before it serves another
+   * caller (PostgreSQL: what `DISCARD ALL` clears). Bounded by `resetTimeout`; a reset that
+   * fails or times out retires the handle. Never runs on a session's handle.
+   */
+  reset?: ((engine: E, ctx: ResetContext) => Promise<void> | void) | undefined;
+  /** Bound of one `reset`, ms. Default 5,000. */
+  resetTimeout?: number | undefined;
+  /**
+   * Most sessions holding a handle at once (handles reserved for sessions, beside `pool`).
+   * Default 0: `session()` is refused.
+   */
+  maxSessions?: number | undefined;
+  /**
+   * Makes writes (and, when the coordinator asks, reads) exclusive across processes: a write takes
+   * a cluster `write` lease after the local lock. See `Coordinator`.
+   */
+  coordinator?: Coordinator | undefined;
   /** Handles for concurrent reads. Default 1. */
   pool?: number | undefined;
   /** Liveness settings, or `false` for no watchdog. Without `probe`, liveness is off. */
@@ -162,6 +257,13 @@ export interface OpOptions {
    * failing fast with `EngineUnavailableError`. Default: the guard's `waitForReady`.
    */
   waitForReady?: boolean | undefined;
+  /**
+   * Fair-share key of a stateless op (a client id, a tenant): queued reads are served
+   * round-robin across keys, so one key with many queued reads delays another key's read by at
+   * most one op per handle. Ops without a key share one group. Ignored inside a session (its
+   * ops share the session's key).
+   */
+  key?: string | number | undefined;
 }
 
 /**
@@ -240,6 +342,10 @@ export interface GuardStatus {
   lastError: { message: string; code: string | undefined; at: number } | null;
   reconnect: { failures: number; nextAttemptAt: number | undefined };
   counters: GuardCounters;
+  /** Open sessions (not yet closed), oldest first. */
+  sessions: SessionStatus[];
+  /** The cluster lease (see `coordinator`), from the coordinator's cached state. */
+  cluster: CoordinatorStatus | undefined;
 }
 
 /** Payloads of the typed events. */
@@ -268,6 +374,14 @@ export interface GuardEvents {
   state: { from: GuardState; to: GuardState };
   /** `destroy` failed or timed out. */
   destroyError: { generation: number; error: unknown };
+  /** A session took its handle (first op, after `reopen()`, or a restore). */
+  sessionOpen: { session: SessionStatus };
+  /** A session's handle died; the state it held is gone. */
+  sessionLost: { session: SessionStatus; cause: unknown };
+  /** A session closed (`close()`, idle timeout, or the guard closing). */
+  sessionClose: { session: SessionStatus; reason: 'closed' | 'idle' | 'guard-closed' };
+  /** A `reset` failed or timed out; the handle was retired. */
+  resetError: { generation: number; error: unknown };
 }
 
 /** What `on()` returns: call `dispose()` (or `using`) to unsubscribe. */
