@@ -274,11 +274,11 @@ export class HookTimeoutError extends EngineGuardError {
   override readonly name = 'HookTimeoutError';
   readonly code = 'ERR_HOOK_TIMEOUT';
   /** Which hook timed out. */
-  readonly hook: 'connect' | 'destroy' | 'cancel';
+  readonly hook: 'connect' | 'destroy' | 'cancel' | 'reset';
   /** The bound, ms. */
   readonly timeout: number;
 
-  constructor(hook: 'connect' | 'destroy' | 'cancel', timeout: number) {
+  constructor(hook: 'connect' | 'destroy' | 'cancel' | 'reset', timeout: number) {
     super(`The ${hook} hook did not finish within ${timeout} ms`);
     this.hook = hook;
     this.timeout = timeout;

@@ -15,12 +15,14 @@ import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
+import { Bootstrap } from './bootstrap.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
 import { TypedEvents } from './events.js';
+import { HandleReset } from './handle-reset.js';
 import { GuardHealth } from './health.js';
 import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
 import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
-import { openPool } from './pool-hooks.js';
+import { openPool, type SharedPoolParts } from './pool-hooks.js';
 import type {
   EngineGuardOptions,
   GuardCounters,
@@ -78,6 +80,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #options: EngineGuardOptions<E>;
   readonly #lock: RWLock;
   readonly #pool: HandlePool<E>;
+  /** Undefined without a `reset` hook. */
+  readonly #reset: HandleReset<E> | undefined;
   readonly #watchdog: Watchdog<Op<E>> | undefined;
   readonly #events: TypedEvents<GuardEvents>;
   /** One listener per caller signal, however many running ops share it (see SignalFanout). */
@@ -118,7 +122,11 @@ export class EngineGuard<E> implements AsyncDisposable {
     this.#counters = this.#health.counters;
     this.#lock = new RWLock(settings.lock);
     const poolEvents = this.#health.poolEvents();
-    this.#pool = openPool(options, settings, {
+    const shared: SharedPoolParts<E> = {
+      generations: { value: 0 },
+      bootstrap: new Bootstrap(options.bootstrap),
+    };
+    this.#pool = openPool(options, settings, settings.pool, shared, {
       ...poolEvents,
       // The engine may have just been declared down: ops queued for the lock hear it too.
       onConnectError: (error, attempts, retryInMs) => {
@@ -131,6 +139,19 @@ export class EngineGuard<E> implements AsyncDisposable {
       },
     });
     this.#health.watchPool(this.#pool);
+    this.#reset =
+      options.reset === undefined
+        ? undefined
+        : new HandleReset(
+            options.reset,
+            settings.resetTimeout,
+            this.#pool,
+            (generation, error) => {
+              this.#health.recordError(error);
+              this.#events.emit('resetError', { generation, error });
+            },
+            this.name,
+          );
     this.#admission = new Admission(
       this.#lock,
       this.#pool,
@@ -501,6 +522,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   #returnHandle(op: Op<E>, handle: Handle<E>, ok: boolean, value: unknown): void {
     if (!ok && this.#isFatal(op, value)) {
       this.#pool.retire(handle, 'fatal', value);
+    } else if (this.#reset !== undefined) {
+      this.#reset.run(handle, op, ok, op.lastBeat);
     } else {
       // Its last sign of life: saves a clock read per op, and errs toward checking early.
       this.#pool.release(handle, op.lastBeat);
@@ -586,6 +609,8 @@ export class EngineGuard<E> implements AsyncDisposable {
       const idle = cancelled === undefined ? fnDone : Promise.all([fnDone, cancelled]);
       this.#pool.retire(state.handle, 'close', error, () => idle);
     }
+    // Handles being reset are given up with the rest; close() waits for their destroy too.
+    if (this.#reset !== undefined) this.#pool.trackDestroy(this.#reset.close());
     await bounded(this.#pool.close(), this.#closeTimeout, noop);
   }
 

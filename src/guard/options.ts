@@ -72,6 +72,9 @@ export interface GuardSettings {
   connectTimeout: number;
   destroyTimeout: number;
   waitForReady: boolean;
+  resetTimeout: number;
+  /** Session handles at most (0: sessions refused). */
+  maxSessions: number;
   /** Watchdog settings; undefined when liveness is off (or there is no probe). */
   liveness: WatchdogSettings | undefined;
   /** Probe an idle handle unused this long before reuse; undefined: never. */
@@ -100,6 +103,10 @@ export function parseGuardOptions<E>(options: EngineGuardOptions<E>): GuardSetti
   validateOptionalFunction(options.cancel, 'cancel');
   validateOptionalFunction(options.isFatal, 'isFatal');
   validateOptionalFunction(options.isAlive, 'isAlive');
+  validateOptionalFunction(options.bootstrap, 'bootstrap');
+  validateOptionalFunction(options.reset, 'reset');
+  validateCoordinator(options.coordinator);
+  const maxSessions = validateInteger(options.maxSessions, 'maxSessions', 0) ?? 0;
   const name = validateOptionalString(options.name, 'name');
   const pool = validateInteger(options.pool, 'pool', 1) ?? 1;
   const maxQueue = validateInteger(options.maxQueue, 'maxQueue', 0, true);
@@ -122,6 +129,8 @@ export function parseGuardOptions<E>(options: EngineGuardOptions<E>): GuardSetti
     connectTimeout: validatePositiveDuration(options.connectTimeout, 'connectTimeout') ?? 30_000,
     destroyTimeout: validatePositiveDuration(options.destroyTimeout, 'destroyTimeout') ?? 5_000,
     waitForReady: validateBoolean(options.waitForReady, 'waitForReady') ?? false,
+    resetTimeout: validatePositiveDuration(options.resetTimeout, 'resetTimeout') ?? 5_000,
+    maxSessions,
     liveness,
     idleCheckAfter: idleCheck,
     probeTimeout: liveness?.timeout ?? DEFAULT_LIVENESS.timeout,
@@ -132,10 +141,27 @@ export function parseGuardOptions<E>(options: EngineGuardOptions<E>): GuardSetti
       ...(maxQueue === undefined ? {} : { maxQueue }),
       ...(options.fairness === undefined ? {} : { fairness: options.fairness }),
       ...(options.bypassAfter === undefined ? {} : { bypassAfter: options.bypassAfter }),
-      // One shared lease per handle: a granted reader always has a handle to run on.
-      maxReaders: pool,
+      // One read lease per handle, shared or a session's: a granted reader has a handle to run
+      // on, unless sessions hold fewer leases than they have handles.
+      maxReaders: pool + maxSessions,
     },
   };
+}
+
+function validateCoordinator(coordinator: unknown): void {
+  if (coordinator === undefined) return;
+  const c = coordinator as Partial<Record<'acquire' | 'status' | 'close', unknown>> | null;
+  if (
+    c === null ||
+    typeof c !== 'object' ||
+    typeof c.acquire !== 'function' ||
+    typeof c.status !== 'function' ||
+    typeof c.close !== 'function'
+  ) {
+    throw new TypeError(
+      'The "coordinator" option must be a Coordinator (an object with acquire, status and close methods)',
+    );
+  }
 }
 
 function parseLiveness<E>(options: EngineGuardOptions<E>): WatchdogSettings | undefined {

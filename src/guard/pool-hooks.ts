@@ -2,65 +2,57 @@
  * The guard's side of the pool: how a handle is opened (create, then setup, each bounded by the
  * attempt's signal), closed and checked, in terms of the user's hooks.
  */
-import { attempt, bounded, noop } from '../internal/promises.js';
-import { HandlePool, type PoolHooks } from '../pool/handle-pool.js';
+import { attempt, bounded, noop, untilAborted } from '../internal/promises.js';
+import { type GenerationCounter, HandlePool, type PoolHooks } from '../pool/handle-pool.js';
+import type { Bootstrap } from './bootstrap.js';
 import type { GuardSettings } from './options.js';
 import type { EngineGuardOptions } from './types.js';
 
 /** What the guard itself reacts to; the rest of {@link PoolHooks} comes from the user's hooks. */
 export type PoolEvents<E> = Omit<PoolHooks<E>, 'open' | 'destroy' | 'isAlive' | 'probeIdle'>;
 
-/** Settles like `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    // Nobody will read it any more, but a rejection must not go unhandled.
-    promise.catch(noop);
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
+/** What a guard's pools share: the generation counter and the once-per-guard bootstrap. */
+export interface SharedPoolParts<E> {
+  generations: GenerationCounter;
+  bootstrap: Bootstrap<E>;
 }
 
-/** The guard's pool, wired to the user's hooks. */
+/** A pool of the guard (the shared one, or the sessions'), wired to the user's hooks. */
 export function openPool<E>(
   options: EngineGuardOptions<E>,
   settings: GuardSettings,
+  size: number,
+  shared: SharedPoolParts<E>,
   events: PoolEvents<E>,
 ): HandlePool<E> {
   const { create, setup, destroy, probe } = options;
+  const { bootstrap } = shared;
   const destroyTimeout = settings.destroyTimeout;
   const pool: HandlePool<E> = new HandlePool<E>(
     {
-      size: settings.pool,
+      size,
       backoff: settings.backoff,
       connectTimeout: settings.connectTimeout,
       destroyTimeout,
       idleCheckAfter: settings.idleCheckAfter,
       probeTimeout: settings.probeTimeout,
       name: settings.name,
+      generations: shared.generations,
     },
     {
       open: async (signal, generation) => {
         const engine = await create({ signal, generation });
-        if (setup === undefined) return engine;
+        if (setup === undefined && bootstrap.done) return engine;
         try {
-          // A setup that ignores its signal must not keep the attempt (and the engine) forever.
-          await untilAborted(
-            attempt(() => setup(engine, { signal, generation })),
-            signal,
-          );
+          // A hook that ignores its signal must not keep the attempt (and the engine) forever.
+          const bootstrapped = bootstrap.ensure(engine, signal, generation);
+          if (bootstrapped !== undefined) await untilAborted(bootstrapped, signal);
+          if (setup !== undefined) {
+            await untilAborted(
+              attempt(() => setup(engine, { signal, generation })),
+              signal,
+            );
+          }
         } catch (error) {
           // The half-made handle still holds resources; close() waits for its destroy too.
           pool.trackDestroy(

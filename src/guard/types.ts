@@ -355,7 +355,7 @@ export interface GuardEvents {
   /** A handle was retired; the next op needing one gets a new one. */
   replace: {
     generation: number;
-    reason: 'stall' | 'fatal' | 'idle-check' | 'abandoned';
+    reason: 'stall' | 'fatal' | 'idle-check' | 'abandoned' | 'reset';
     cause: unknown;
   };
   /** A liveness probe failed (or timed out). */

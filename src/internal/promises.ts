@@ -59,3 +59,26 @@ export function attempt<T>(fn: () => T | PromiseLike<T>): Promise<T> {
     return Promise.reject(error);
   }
 }
+
+/** Settles like `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */
+export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    // Nobody will read it any more, but a rejection must not go unhandled.
+    promise.catch(noop);
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}

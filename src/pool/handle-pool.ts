@@ -38,7 +38,19 @@ export class Handle<E> {
 }
 
 /** Why a handle was taken out of service. */
-export type RetireReason = 'stall' | 'fatal' | 'idle-check' | 'abandoned' | 'close';
+export type RetireReason =
+  | 'stall'
+  | 'fatal'
+  | 'idle-check'
+  | 'abandoned'
+  | 'reset'
+  | 'session-end'
+  | 'close';
+
+/** A handle generation counter, shared by the pools of one guard so generations never repeat. */
+export interface GenerationCounter {
+  value: number;
+}
 
 /** What the pool calls out to. */
 export interface PoolHooks<E> {
@@ -52,7 +64,11 @@ export interface PoolHooks<E> {
   probeIdle: ((engine: E, signal: AbortSignal) => Promise<unknown>) | undefined;
   onConnect(generation: number): void;
   onConnectError(error: unknown, attempts: number, retryInMs: number): void;
-  onRetire(handle: Handle<E>, reason: Exclude<RetireReason, 'close'>, cause: unknown): void;
+  onRetire(
+    handle: Handle<E>,
+    reason: Exclude<RetireReason, 'close' | 'session-end'>,
+    cause: unknown,
+  ): void;
   onDestroyError(generation: number, error: unknown): void;
   onIdleProbe(generation: number, ok: boolean, error: unknown, durationMs: number): void;
   /** Counts changed (an attempt started or ended, a destroy finished): re-derive state. */
@@ -70,6 +86,8 @@ export interface PoolSettings {
   probeTimeout: number;
   /** Name of the owning guard, for the errors the pool raises. */
   name: string | undefined;
+  /** Where generations come from (shared between a guard's pools). */
+  generations: GenerationCounter;
 }
 
 class HandleWaiter<E> implements QueueNode<HandleWaiter<E>> {
@@ -112,7 +130,6 @@ export class HandlePool<E> {
    */
   #orphaned = 0;
   #retiring = 0;
-  #generation = 0;
   #failures = 0;
   #lastError: unknown = undefined;
   #retryTimer: Timer | undefined = undefined;
@@ -125,7 +142,7 @@ export class HandlePool<E> {
   }
 
   get generation(): number {
-    return this.#generation;
+    return this.settings.generations.value;
   }
   get idleCount(): number {
     return this.#idle.length;
@@ -398,8 +415,8 @@ export class HandlePool<E> {
       if (at >= 0) this.#idle.splice(at, 1);
     }
     this.#destroy(handle, cause, beforeDestroy);
-    // Closing is not a replacement: no event for it.
-    if (reason !== 'close') this.#hooks.onRetire(handle, reason, cause);
+    // Closing (the guard, or a session) is not a replacement: no event for it.
+    if (reason !== 'close' && reason !== 'session-end') this.#hooks.onRetire(handle, reason, cause);
     // The last open handle gone after failed connects: the engine is down now, and the waiters
     // get the answer new callers get, not a wait for the next retry.
     if (this.isDown) this.#failFast();
@@ -475,7 +492,7 @@ export class HandlePool<E> {
 
   #connect(): void {
     this.#connecting++;
-    const generation = ++this.#generation;
+    const generation = ++this.settings.generations.value;
     const controller = new AbortController();
     this.#attempts.add(controller);
     const timer = setTimeout(

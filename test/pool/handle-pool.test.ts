@@ -42,6 +42,7 @@ function makePool(
       idleCheckAfter: undefined,
       probeTimeout: 100,
       name: 'pool-test',
+      generations: { value: 0 },
       ...settings,
     },
     hooks,

@@ -1,0 +1,131 @@
+/**
+ * `reset`: a shared handle goes back to a clean state after a stateless op, before it serves
+ * another caller, so one caller's session state (temporary tables, `SET`s, locks) never reaches
+ * the next.
+ *
+ * - The handle stays out of the pool until `reset` settled: nobody can be handed a dirty handle.
+ * - A reset that throws, rejects or outlives `resetTimeout` retires the handle (destroyed once
+ *   the reset call returned, bounded by `destroyTimeout`); the next op gets a fresh one.
+ * - A reset that answers synchronously (an adapter that knows the op left nothing) costs no
+ *   timer, controller or promise: the handle goes back in the same turn.
+ * - `close()` aborts the resets in flight and waits for their handles' destroy.
+ */
+import { GuardClosedError, HookTimeoutError } from '../errors.js';
+import { isThenable } from '../internal/promises.js';
+import type { Handle, HandlePool } from '../pool/handle-pool.js';
+import type { Op } from './op.js';
+import type { EngineGuardOptions, OpInfo, ResetContext } from './types.js';
+
+type ResetHook<E> = NonNullable<EngineGuardOptions<E>['reset']>;
+
+/** The `ctx` of one reset call: its signal and op snapshot are made only if the hook reads them. */
+class ResetCall<E> implements ResetContext {
+  readonly #op: Op<E>;
+  readonly ok: boolean;
+  #info: OpInfo | undefined = undefined;
+  controller: AbortController | undefined = undefined;
+
+  constructor(op: Op<E>, ok: boolean) {
+    this.#op = op;
+    this.ok = ok;
+  }
+
+  get op(): OpInfo {
+    this.#info ??= this.#op.info();
+    return this.#info;
+  }
+
+  get signal(): AbortSignal {
+    this.controller ??= new AbortController();
+    return this.controller.signal;
+  }
+}
+
+/** See the module documentation. */
+export class HandleReset<E> {
+  readonly #hook: ResetHook<E>;
+  readonly #timeout: number;
+  readonly #pool: HandlePool<E>;
+  readonly #onError: (generation: number, error: unknown) => void;
+  readonly #name: string | undefined;
+  /** Resets in flight: each one's call (for abort) and its outcome (for close to wait on). */
+  readonly #inFlight = new Map<ResetCall<E>, Promise<void>>();
+  #closing = false;
+
+  constructor(
+    hook: ResetHook<E>,
+    timeout: number,
+    pool: HandlePool<E>,
+    onError: (generation: number, error: unknown) => void,
+    name: string | undefined,
+  ) {
+    this.#name = name;
+    this.#hook = hook;
+    this.#timeout = timeout;
+    this.#pool = pool;
+    this.#onError = onError;
+  }
+
+  /** Resets `handle` after `op`, then gives it back to the pool (or retires it). */
+  run(handle: Handle<E>, op: Op<E>, ok: boolean, aliveAt: number): void {
+    const call = new ResetCall<E>(op, ok);
+    let result: unknown;
+    try {
+      result = this.#hook(handle.engine, call);
+    } catch (error) {
+      this.#failed(handle, error, undefined);
+      return;
+    }
+    if (!isThenable(result)) {
+      this.#pool.release(handle, aliveAt);
+      return;
+    }
+    const returned = Promise.resolve(result);
+    // The signal exists from here on: the timer and close() abort it.
+    const signal = call.signal;
+    const timer = setTimeout(
+      () => call.controller?.abort(new HookTimeoutError('reset', this.#timeout)),
+      this.#timeout,
+    );
+    const done = new Promise<void>((resolve) => {
+      let settled = false;
+      const finish = (error: unknown, failed: boolean): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        this.#inFlight.delete(call);
+        if (failed) this.#failed(handle, error, returned);
+        else this.#pool.release(handle, performance.now());
+        resolve();
+      };
+      const onAbort = (): void => finish(signal.reason, true);
+      signal.addEventListener('abort', onAbort, { once: true });
+      returned.then(
+        () => finish(undefined, false),
+        (error: unknown) => finish(error, true),
+      );
+    });
+    this.#inFlight.set(call, done);
+  }
+
+  /** Aborts every reset in flight; resolves once their handles were given up. */
+  close(): Promise<void> {
+    this.#closing = true;
+    const pending = [...this.#inFlight];
+    const closed = new GuardClosedError(this.#name);
+    for (const [call] of pending) call.controller?.abort(closed);
+    return Promise.all(pending.map(([, done]) => done)).then(() => undefined);
+  }
+
+  #failed(handle: Handle<E>, error: unknown, returned: Promise<unknown> | undefined): void {
+    // The handle may be mid-statement: destroy it once the reset call returned (bounded).
+    const before = returned === undefined ? undefined : () => returned;
+    if (this.#closing) {
+      this.#pool.retire(handle, 'close', error, before);
+      return;
+    }
+    this.#onError(handle.generation, error);
+    this.#pool.retire(handle, 'reset', error, before);
+  }
+}
