@@ -52,7 +52,10 @@ export interface SessionHost<E> {
   ): Promise<Handle<E>>;
   /** False when the handle is known dead (the guard's `isAlive` hook). */
   isAlive(handle: Handle<E>): boolean;
-  /** Runs one op of the session on its handle, through the guard's lock. */
+  /**
+   * Runs one op of the session on its handle, through the guard's lock. `leave` takes it out of
+   * the lock's queue if it has not started yet (no-op once it runs).
+   */
   run(
     session: GuardSession<E>,
     kind: OpKind,
@@ -60,7 +63,7 @@ export interface SessionHost<E> {
     settings: OpSettings,
     handle: Handle<E>,
     restored: boolean,
-  ): Promise<unknown>;
+  ): { done: Promise<unknown>; leave(reason: unknown): void };
   /** Takes a session's handle out of service for good. */
   retire(handle: Handle<E>, reason: 'session-end' | 'idle-check', cause: unknown): void;
   emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose'>(
@@ -119,6 +122,10 @@ export class GuardSession<E> implements Session<E> {
   /** `reopen()` while an op ran: drop the handle once it ends. */
   #dropAfterCurrent = false;
   #idleTimer: Timer | undefined = undefined;
+  /** Aborts the current call's wait for a slot (close() while it waits). */
+  #slotWait: AbortController | undefined = undefined;
+  /** Takes the current call's op out of the lock queue (close() before it started). */
+  #leaveQueue: ((reason: unknown) => void) | undefined = undefined;
   #closing: Promise<void> | undefined = undefined;
   #closedReason: 'closed' | 'idle' | 'guard-closed' = 'closed';
 
@@ -306,11 +313,18 @@ export class GuardSession<E> implements Session<E> {
     }
     if (handle === undefined) {
       const wasLost = this.#state === 'lost';
-      handle = await this.#host.acquire(
-        signal,
-        call.remaining(performance.now()),
-        call.settings.timeout,
-      );
+      // close() must not wait behind a slot that may never free: it aborts this wait.
+      const slotWait = new AbortController();
+      this.#slotWait = slotWait;
+      try {
+        handle = await this.#host.acquire(
+          signal === undefined ? slotWait.signal : AbortSignal.any([signal, slotWait.signal]),
+          call.remaining(performance.now()),
+          call.settings.timeout,
+        );
+      } finally {
+        this.#slotWait = undefined;
+      }
       // Closed while it waited for a slot.
       if (this.state === 'closed') {
         this.#host.retire(handle, 'session-end', undefined);
@@ -328,9 +342,7 @@ export class GuardSession<E> implements Session<E> {
       timeout: call.remaining(performance.now()),
     };
     const restore = this.#needsRestore ? this.#restore : undefined;
-    if (restore === undefined) {
-      return this.#host.run(this, call.kind, call.fn, settings, handle, false);
-    }
+    if (restore === undefined) return this.#run(call.kind, call.fn, settings, handle, false);
     const fn = call.fn;
     const restoring: SessionFn<E> = (engine, ctx) =>
       attempt(() => restore(engine, ctx)).then(() => {
@@ -338,7 +350,23 @@ export class GuardSession<E> implements Session<E> {
         if (this.#handle === handle) this.#needsRestore = false;
         return fn(engine, ctx);
       });
-    return this.#host.run(this, call.kind, restoring, settings, handle, true);
+    return this.#run(call.kind, restoring, settings, handle, true);
+  }
+
+  async #run(
+    kind: OpKind,
+    fn: SessionFn<E>,
+    settings: OpSettings,
+    handle: Handle<E>,
+    restored: boolean,
+  ): Promise<unknown> {
+    const op = this.#host.run(this, kind, fn, settings, handle, restored);
+    this.#leaveQueue = op.leave;
+    try {
+      return await op.done;
+    } finally {
+      this.#leaveQueue = undefined;
+    }
   }
 
   #dropHandle(): void {
@@ -371,6 +399,9 @@ export class GuardSession<E> implements Session<E> {
     for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
       this.giveUp(call, error);
     }
+    // The current call, if it has not started its op yet, is not started at all.
+    this.#slotWait?.abort(error);
+    this.#leaveQueue?.(error);
     const current = this.#current ?? Promise.resolve();
     this.#closing = current.then(() => {
       const handle = this.#handle;

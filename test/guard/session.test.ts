@@ -331,6 +331,44 @@ describe('sessions', () => {
       await guard.close();
     });
 
+    it('close() does not wait behind a slot that may never free: the waiting first op is rejected', async () => {
+      const guard = guardWith({ maxSessions: 1 });
+      const holder = guard.session();
+      await holder.read(() => 1);
+      const waiting = guard.session();
+      const op = waiting.read(() => 'never');
+      await flush();
+      await waiting.close();
+      expect(await errorOf(op)).toBeInstanceOf(SessionClosedError);
+      // The slot is still the holder's; after it closes, a new session gets it.
+      await holder.close();
+      expect(await guard.session().read(() => 'slot')).toBe('slot');
+      await guard.close();
+    });
+
+    it('close() takes an op still queued for the lock out: its fn never runs', async () => {
+      const guard = guardWith();
+      const session = guard.session();
+      await session.read(() => 1);
+      let release!: () => void;
+      const writing = guard.write(() => new Promise<void>((resolve) => (release = resolve)));
+      await flush();
+      let ran = false;
+      const queued = session.read(() => {
+        ran = true;
+      });
+      await flush();
+      const closing = session.close();
+      expect(await errorOf(queued)).toBeInstanceOf(SessionClosedError);
+      await closing;
+      release();
+      await writing;
+      await flush();
+      expect(ran).toBe(false);
+      expect(guard.status().queue.readers).toBe(0);
+      await guard.close();
+    });
+
     it('await using closes the session', async () => {
       const guard = guardWith();
       let conn: Conn | undefined;
