@@ -289,6 +289,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       return Promise.reject(this.#pool.unavailableError());
     }
     const op = new Op<E>(++this.#nextId, kind, settings.label, signal, settings.waitForReady);
+    op.key = settings.key;
     if (opTracing.hasSubscribers) {
       const trace: OpTraceContext = { guard: this.name, id: op.id, kind, label: op.label };
       return opTracing.tracePromise(() => this.#start(op, fn, settings.timeout), trace) as Promise<
