@@ -94,6 +94,13 @@ export interface RWLockState {
   bypassing: boolean;
 }
 
+/**
+ * When each waiter queued, for the `waitedMs` of the acquire channel: kept aside, and only while
+ * someone listens, so that a queued waiter stays as small as it can (it is the lock's memory per
+ * waiter).
+ */
+const enqueuedAt = new WeakMap<object, number>();
+
 /** A queued request. */
 class Waiter implements FairQueueMember<Waiter> {
   prev: Waiter | null = null;
@@ -104,7 +111,6 @@ class Waiter implements FairQueueMember<Waiter> {
   /** The signal it waits with, if any (watched through the lock's fan-out). */
   signal: AbortSignal | undefined = undefined;
   timer: Timer | undefined = undefined;
-  readonly enqueuedAt: number;
 
   constructor(
     /** Its key's readers, or the writers. */
@@ -114,7 +120,7 @@ class Waiter implements FairQueueMember<Waiter> {
     readonly resolve: (lease: HeldLease) => void,
     readonly reject: (reason: unknown) => void,
   ) {
-    this.enqueuedAt = lockChannels.acquire.hasSubscribers ? performance.now() : 0;
+    if (lockChannels.acquire.hasSubscribers) enqueuedAt.set(this, performance.now());
   }
 
   get mode(): LockMode {
@@ -259,7 +265,7 @@ export class RWLock {
       return null;
     }
     this.#readers++;
-    return this.#granted('read', 0);
+    return this.#granted('read', undefined);
   }
 
   /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. Never joins. */
@@ -272,7 +278,7 @@ export class RWLock {
       return null;
     }
     this.#writing = true;
-    return this.#granted('write', 0);
+    return this.#granted('write', undefined);
   }
 
   /**
@@ -486,7 +492,7 @@ export class RWLock {
         if (this.#readers === 0) {
           this.#dequeue(head, true);
           this.#writing = true;
-          head.resolve(this.#granted('write', head.enqueuedAt));
+          head.resolve(this.#granted('write', head));
           return;
         }
         // Waiting for reads only: patient, or bypassed.
@@ -502,17 +508,19 @@ export class RWLock {
       if (this.#gaveUp(reader)) continue;
       this.#dequeue(reader, true);
       this.#readers++;
-      reader.resolve(this.#granted('read', reader.enqueuedAt));
+      reader.resolve(this.#granted('read', reader));
     }
   }
 
-  #granted(mode: LockMode, enqueuedAt: number): HeldLease {
+  /** A lease for a newcomer (`waiter` undefined) or a waiter granted now. */
+  #granted(mode: LockMode, waiter: Waiter | undefined): HeldLease {
     if (lockChannels.acquire.hasSubscribers) {
+      const since = waiter === undefined ? undefined : enqueuedAt.get(waiter);
       lockChannels.acquire.publish({
         lock: this.name,
         mode,
-        queued: enqueuedAt !== 0,
-        waitedMs: enqueuedAt === 0 ? 0 : performance.now() - enqueuedAt,
+        queued: since !== undefined,
+        waitedMs: since === undefined ? 0 : performance.now() - since,
       });
     }
     return new HeldLease(this.#returnHold, mode, this.#patience?.epoch ?? 0);

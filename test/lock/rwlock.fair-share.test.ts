@@ -4,7 +4,7 @@
  */
 import { getEventListeners } from 'node:events';
 import { describe, expect, it, vi } from 'vitest';
-import { type Lease, LockTimeoutError, RWLock } from '../../src/index.js';
+import { type AcquireOptions, type Lease, LockTimeoutError, RWLock } from '../../src/index.js';
 import { flush, IDLE } from './support.js';
 
 interface Queued {
@@ -18,7 +18,7 @@ function queue(
   lock: RWLock,
   order: string[],
   name: string,
-  options: Parameters<RWLock['acquireRead']>[0] = {},
+  options: AcquireOptions = {},
   mode: 'read' | 'write' = 'read',
 ): Queued {
   const entry: Queued = { name, lease: undefined, error: undefined };
@@ -49,6 +49,26 @@ async function serveAll(first: Lease[], entries: Queued[]): Promise<void> {
       }
     }
   }
+}
+
+/**
+ * Holds the write lease of a lock admitting one reader at a time, lets `fill` queue behind it,
+ * then serves everyone one release at a time. Returns the grant order; the lock ends idle.
+ */
+async function servedOrder(
+  fill: (add: (name: string, options?: AcquireOptions, mode?: 'read' | 'write') => void) => void,
+  fairness?: 'no-convoy' | 'fifo',
+): Promise<string[]> {
+  const lock = new RWLock({ maxReaders: 1, fairness });
+  const holder = lock.tryAcquireWrite()!;
+  const order: string[] = [];
+  const entries: Queued[] = [];
+  fill((name, options, mode) => entries.push(queue(lock, order, name, options, mode)));
+  holder.release();
+  await flush();
+  await serveAll([entries.find((e) => e.lease !== undefined)!.lease!], entries);
+  expect(lock.state).toEqual(IDLE);
+  return order;
 }
 
 describe('RWLock fair share across keys', () => {
@@ -92,77 +112,52 @@ describe('RWLock fair share across keys', () => {
   });
 
   it('three keys interleave round-robin, each in its own FIFO order', async () => {
-    const lock = new RWLock({ maxReaders: 1 });
-    const holder = lock.tryAcquireWrite()!;
-    const order: string[] = [];
-    const entries: Queued[] = [];
-    for (const key of ['A', 'B', 'C']) {
-      for (let i = 1; i <= 3; i++) entries.push(queue(lock, order, `${key}${i}`, { key }));
-    }
-    entries.push(queue(lock, order, 'A4', { key: 'A' }));
-    holder.release();
-    await flush();
-    await serveAll([entries.find((e) => e.lease !== undefined)!.lease!], entries);
+    const order = await servedOrder((add) => {
+      for (const key of ['A', 'B', 'C']) {
+        for (let i = 1; i <= 3; i++) add(`${key}${i}`, { key });
+      }
+      add('A4', { key: 'A' });
+    });
     expect(order).toEqual(['A1', 'B1', 'C1', 'A2', 'B2', 'C2', 'A3', 'B3', 'C3', 'A4']);
-    expect(lock.state).toEqual(IDLE);
   });
 
   it('readers without a key count as one group, taking turns with each key', async () => {
-    const lock = new RWLock({ maxReaders: 1 });
-    const holder = lock.tryAcquireWrite()!;
-    const order: string[] = [];
-    const entries = [
-      ...Array.from({ length: 4 }, (_, i) => queue(lock, order, `n${i}`)),
-      queue(lock, order, 'x1', { key: 'x' }),
-      queue(lock, order, 'x2', { key: 'x' }),
-      queue(lock, order, 'y1', { key: 'y' }),
-    ];
-    holder.release();
-    await flush();
-    await serveAll([entries[0]!.lease!], entries);
+    const order = await servedOrder((add) => {
+      for (let i = 0; i < 4; i++) add(`n${i}`);
+      add('x1', { key: 'x' });
+      add('x2', { key: 'x' });
+      add('y1', { key: 'y' });
+    });
     expect(order).toEqual(['n0', 'x1', 'y1', 'n1', 'x2', 'n2', 'n3']);
   });
 
   it('keys compare like Map keys: the same object, the same number, not the same string', async () => {
-    const lock = new RWLock({ maxReaders: 1 });
-    const holder = lock.tryAcquireWrite()!;
-    const order: string[] = [];
     const tenant = { id: 1 };
-    const entries = [
-      queue(lock, order, 'o1', { key: tenant }),
-      queue(lock, order, 'o2', { key: tenant }),
-      queue(lock, order, 'n1', { key: 1 }),
-      queue(lock, order, 's1', { key: '1' }),
-      queue(lock, order, 'nan', { key: Number.NaN }),
-      queue(lock, order, 'n2', { key: 1 }),
-    ];
-    holder.release();
-    await flush();
-    await serveAll([entries[0]!.lease!], entries);
+    const order = await servedOrder((add) => {
+      add('o1', { key: tenant });
+      add('o2', { key: tenant });
+      add('n1', { key: 1 });
+      add('s1', { key: '1' });
+      add('nan', { key: Number.NaN });
+      add('n2', { key: 1 });
+    });
     expect(order).toEqual(['o1', 'n1', 's1', 'nan', 'o2', 'n2']);
   });
 
   it('a write still enters after exactly the reads queued before it, and before those after it', async () => {
     for (const fairness of ['no-convoy', 'fifo'] as const) {
-      const lock = new RWLock({ maxReaders: 1, fairness });
-      const holder = lock.tryAcquireWrite()!;
-      const order: string[] = [];
-      const entries = [
-        queue(lock, order, 'A1', { key: 'A' }),
-        queue(lock, order, 'A2', { key: 'A' }),
-        queue(lock, order, 'B1', { key: 'B' }),
-        queue(lock, order, 'W', {}, 'write'),
-        queue(lock, order, 'C1', { key: 'C' }),
-        queue(lock, order, 'A3', { key: 'A' }),
-        queue(lock, order, 'B2', { key: 'B' }),
-      ];
-      holder.release();
-      await flush();
-      await serveAll([entries[0]!.lease!], entries);
+      const order = await servedOrder((add) => {
+        add('A1', { key: 'A' });
+        add('A2', { key: 'A' });
+        add('B1', { key: 'B' });
+        add('W', {}, 'write');
+        add('C1', { key: 'C' });
+        add('A3', { key: 'A' });
+        add('B2', { key: 'B' });
+      }, fairness);
       // Before W: the three reads queued before it, round-robin. After W: the keys take turns
       // in the arrival order of their oldest readers.
       expect(order, fairness).toEqual(['A1', 'B1', 'A2', 'W', 'C1', 'A3', 'B2']);
-      expect(lock.state).toEqual(IDLE);
     }
   });
 
