@@ -71,9 +71,10 @@ export class Admission<E> {
     }
     // The caller's own signal (if any) is all the lock needs: close() and the guard's other
     // exits answer the caller themselves, and a lease granted to an op that left is given back.
+    // The lock takes turns by key among queued reads (writes ignore it).
     const waiting =
       op.kind === 'read'
-        ? this.#lock.acquireRead({ signal: op.callerSignal, timeout })
+        ? this.#lock.acquireRead({ signal: op.callerSignal, timeout, key: op.key })
         : this.#lock.acquireWrite({ signal: op.callerSignal, timeout });
     waiting.then(
       (granted) => this.#onLease(op, fn, granted, timeout),

@@ -373,6 +373,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       return Promise.reject(this.#pool.unavailableError());
     }
     const op = new Op<E>(++this.#nextId, kind, settings.label, signal, settings.waitForReady);
+    op.key = settings.key;
     return this.#launch(op, fn, settings.timeout) as Promise<Awaited<T>>;
   }
 

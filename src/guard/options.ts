@@ -60,7 +60,7 @@ const GUARD_KEYS: readonly (keyof EngineGuardOptions<unknown>)[] = [
 ];
 const LIVENESS_KEYS = ['interval', 'timeout', 'failures', 'pauseThreshold', 'idleCheckAfter'];
 const RECONNECT_KEYS = ['initialDelay', 'maxDelay', 'factor', 'jitter', 'failFastAfter'];
-const OP_KEYS: readonly (keyof OpOptions)[] = ['signal', 'timeout', 'label', 'waitForReady'];
+const OP_KEYS: readonly (keyof OpOptions)[] = ['signal', 'timeout', 'label', 'waitForReady', 'key'];
 
 /** Everything the guard is built from, validated and with defaults applied. */
 export interface GuardSettings {
@@ -210,6 +210,8 @@ export interface OpSettings {
   timeout: number | undefined;
   label: string | undefined;
   waitForReady: boolean;
+  /** Fair-share key; undefined: the keyless group. */
+  key?: string | number | undefined;
 }
 
 /**
@@ -226,5 +228,14 @@ export function parseOpOptions(options: OpOptions | undefined, defaults: OpSetti
     timeout: validateDuration(options.timeout, 'timeout') ?? defaults.timeout,
     label: validateOptionalString(options.label, 'label'),
     waitForReady: validateBoolean(options.waitForReady, 'waitForReady') ?? defaults.waitForReady,
+    key: validateKey(options.key),
   };
+}
+
+/** A fair-share key: a string or a number (compared like `Map` keys), or undefined. */
+function validateKey(value: unknown): string | number | undefined {
+  if (value === undefined || typeof value === 'string' || typeof value === 'number') return value;
+  throw new TypeError(
+    `The "key" option must be a string or a number, got ${value === null ? 'null' : typeof value}`,
+  );
 }

@@ -14,9 +14,9 @@ import {
 } from '../internal/validate.js';
 
 const LOCK_KEYS = ['name', 'maxQueue', 'maxReaders', 'fairness', 'bypassAfter'];
-const ACQUIRE_KEYS = ['signal', 'timeout'];
+const ACQUIRE_KEYS = ['signal', 'timeout', 'key'];
 
-import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
+import { FairQueue, type FairQueueMember, type WaiterGroup } from './fair-queue.js';
 import { HeldLease, type Lease, type LockMode, type ReturnHold } from './lease.js';
 import { WriterPatience } from './patience.js';
 
@@ -68,6 +68,13 @@ export interface AcquireOptions {
    * "only if free right now".
    */
   timeout?: number | undefined;
+  /**
+   * Fair-share key of a reader (a client id, a tenant; compared like `Map` keys): queued readers
+   * are granted round-robin across keys, within the lock's FIFO phases (see "Order of service"
+   * in the {@link RWLock} documentation). Readers without a key share one group. Writers ignore
+   * it: they are always served in arrival order.
+   */
+  key?: unknown;
 }
 
 /** Synchronous snapshot of a lock. */
@@ -87,24 +94,37 @@ export interface RWLockState {
   bypassing: boolean;
 }
 
+/**
+ * When each waiter queued, for the `waitedMs` of the acquire channel: kept aside, and only while
+ * someone listens, so that a queued waiter stays as small as it can (it is the lock's memory per
+ * waiter).
+ */
+const enqueuedAt = new WeakMap<object, number>();
+
 /** A queued request. */
-class Waiter implements QueueNode<Waiter> {
+class Waiter implements FairQueueMember<Waiter> {
   prev: Waiter | null = null;
   next: Waiter | null = null;
   queued = false;
+  before: Waiter | null = null;
+  after: Waiter | null = null;
   /** The signal it waits with, if any (watched through the lock's fan-out). */
   signal: AbortSignal | undefined = undefined;
   timer: Timer | undefined = undefined;
-  readonly enqueuedAt: number;
 
   constructor(
-    readonly mode: LockMode,
-    /** Arrival order across both queues. */
+    /** Its key's readers, or the writers. */
+    readonly group: WaiterGroup<Waiter>,
+    /** Arrival order across readers and writers. */
     readonly seq: number,
     readonly resolve: (lease: HeldLease) => void,
     readonly reject: (reason: unknown) => void,
   ) {
-    this.enqueuedAt = lockChannels.acquire.hasSubscribers ? performance.now() : 0;
+    if (lockChannels.acquire.hasSubscribers) enqueuedAt.set(this, performance.now());
+  }
+
+  get mode(): LockMode {
+    return this.group.mode;
   }
 }
 
@@ -139,6 +159,21 @@ function validateFairness(value: unknown): Fairness {
  * exception off: strict FIFO phases, where a queued writer holds back later readers for as long
  * as it waits.
  *
+ * Fair share. Within those rules, queued readers take turns by their `key` (readers without one
+ * form one group): the lock never picks a reader that the phases would not let in now (one ahead
+ * of the first queued writer, or one behind it while the bypass is open), but among those it
+ * goes round-robin. The groups whose oldest queued reader is ahead of the first writer form one
+ * ring, the others a second ring that is served only while the writer is bypassed. Each grant
+ * goes to the oldest reader of the first group of the ring being served, and that group moves to
+ * the back of the ring its next reader belongs in. A group joins the back of a ring with its
+ * first queued reader; when the first writer enters or leaves, the groups whose oldest reader is
+ * then ahead of the new first writer move to the back of the first ring, in the arrival order of
+ * those readers; a group whose oldest reader gives up keeps its place, unless its next reader is
+ * behind the first writer (then it moves to the back of the second ring). So a reader that is its
+ * key's oldest and may enter is granted before any other key is granted twice, for as long as
+ * the first writer and the bypass stay as they are: one caller with 1,000 queued reads lets
+ * another caller's read in after at most one more of its own. Writers ignore keys.
+ *
  * Invariants:
  * - A write lease is never held together with any other lease; at most `maxReaders` read leases
  *   are held at once.
@@ -169,10 +204,9 @@ export class RWLock {
   readonly #maxReaders: number;
   /** Undefined with `fairness: 'fifo'`. */
   readonly #patience: WriterPatience<Waiter> | undefined;
-  // Two queues, ordered against each other by `seq`: the bypass can then reach the first queued
-  // reader behind any number of queued writers in O(1).
-  readonly #reads = new WaiterQueue<Waiter>();
-  readonly #writes = new WaiterQueue<Waiter>();
+  // Writers in arrival order, readers grouped by key in two rings (ahead of / behind the first
+  // writer): every step of the round-robin is O(1), and so is the bypass's reach past writers.
+  readonly #queue = new FairQueue<Waiter>();
   #seq = 0;
   // One listener per signal however many waiters share it (see SignalFanout).
   readonly #signals = new SignalFanout<Waiter>((waiters, reason) =>
@@ -207,8 +241,8 @@ export class RWLock {
     return {
       readers: this.#readers,
       writing: this.#writing,
-      queuedReaders: this.#reads.size,
-      queuedWriters: this.#writes.size,
+      queuedReaders: this.#queue.readers,
+      queuedWriters: this.#queue.writers.size,
       bypassing: this.#patience?.bypassing === true,
     };
   }
@@ -225,13 +259,13 @@ export class RWLock {
     if (
       this.#writing ||
       this.#readers >= this.#maxReaders ||
-      this.#reads.size > 0 ||
-      (this.#writes.size > 0 && this.#patience?.bypassing !== true)
+      this.#queue.readers > 0 ||
+      (this.#queue.writers.size > 0 && this.#patience?.bypassing !== true)
     ) {
       return null;
     }
     this.#readers++;
-    return this.#granted('read', 0);
+    return this.#granted('read', undefined);
   }
 
   /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. Never joins. */
@@ -240,11 +274,11 @@ export class RWLock {
   }
 
   #tryWrite(): HeldLease | null {
-    if (this.#writing || this.#readers > 0 || this.#reads.size > 0 || this.#writes.size > 0) {
+    if (this.#writing || this.#readers > 0 || this.#queue.size > 0) {
       return null;
     }
     this.#writing = true;
-    return this.#granted('write', 0);
+    return this.#granted('write', undefined);
   }
 
   /**
@@ -328,7 +362,7 @@ export class RWLock {
   /** Removes a waiter that gave up (abort or timeout) and wakes whom it blocked. */
   #cancel(waiter: Waiter, reason: unknown): void {
     if (!waiter.queued) return;
-    this.#dequeue(waiter);
+    this.#dequeue(waiter, false);
     this.#publishCancel(waiter.mode, reason);
     waiter.reject(reason);
     this.#drain();
@@ -339,7 +373,7 @@ export class RWLock {
     for (const waiter of waiters) {
       if (!waiter.queued) continue;
       waiter.signal = undefined; // the fan-out already forgot it
-      this.#dequeue(waiter);
+      this.#dequeue(waiter, false);
       this.#publishCancel(waiter.mode, reason);
       waiter.reject(reason);
     }
@@ -353,7 +387,7 @@ export class RWLock {
     const timeout = validateDuration(options?.timeout, 'timeout');
     const held = this.#held();
     if (held !== undefined) return this.#join(held, mode, signal);
-    return this.#enqueue(mode, signal, timeout);
+    return this.#enqueue(mode, signal, timeout, options?.key);
   }
 
   #join(held: HeldLease, mode: LockMode, signal: AbortSignal | undefined): Promise<HeldLease> {
@@ -377,6 +411,7 @@ export class RWLock {
     mode: LockMode,
     signal: AbortSignal | undefined,
     timeout: number | undefined,
+    key: unknown,
   ): Promise<HeldLease> {
     if (signal?.aborted) {
       this.#publishCancel(mode, signal.reason);
@@ -389,13 +424,15 @@ export class RWLock {
       this.#publishCancel(mode, error);
       return Promise.reject(error);
     }
-    if (this.#reads.size + this.#writes.size >= this.#maxQueue) {
+    if (this.#queue.size >= this.#maxQueue) {
       const error = new QueueFullError(this.#maxQueue, this.name);
       this.#publishCancel(mode, error);
       return Promise.reject(error);
     }
+    const queue = this.#queue;
     return new Promise<HeldLease>((resolve, reject) => {
-      const waiter = new Waiter(mode, this.#seq++, resolve, reject);
+      const group = mode === 'read' ? queue.groupOf(key) : queue.writers;
+      const waiter = new Waiter(group, this.#seq++, resolve, reject);
       if (signal !== undefined) {
         waiter.signal = signal;
         this.#signals.add(signal, waiter);
@@ -403,32 +440,19 @@ export class RWLock {
       if (timeout !== undefined) {
         waiter.timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
       }
-      if (mode === 'read') {
-        this.#reads.push(waiter);
-        return;
-      }
-      this.#writes.push(waiter);
-      // First in line and held by reads only: its patience starts now. (With bypassAfter 0 the
-      // bypass opens at once, but no reader is queued behind the newest waiter to admit.)
-      if (this.#readers > 0 && this.#head() === waiter)
+      queue.push(waiter);
+      // A writer alone in the queue, held by reads only: its patience starts now. (With
+      // bypassAfter 0 the bypass opens at once, but no reader is queued behind it to admit.)
+      if (mode === 'write' && this.#readers > 0 && queue.size === 1) {
         this.#patience?.watch(waiter, this.#readers);
+      }
     });
   }
 
-  /** The waiter that arrived first, across both queues. */
-  #head(): Waiter | null {
-    const reader = this.#reads.head;
-    const writer = this.#writes.head;
-    if (reader === null) return writer;
-    return writer === null || reader.seq < writer.seq ? reader : writer;
-  }
-
-  #dequeue(waiter: Waiter): void {
-    if (waiter.mode === 'read') this.#reads.remove(waiter);
-    else {
-      this.#writes.remove(waiter);
-      if (this.#patience?.watched === waiter) this.#patience.end();
-    }
+  /** Unlinks a waiter that is `granted` or gave up, with its listener and timer. */
+  #dequeue(waiter: Waiter, granted: boolean): void {
+    this.#queue.remove(waiter, granted);
+    if (this.#patience?.watched === waiter) this.#patience.end();
     if (waiter.signal !== undefined) {
       this.#signals.remove(waiter.signal, waiter);
       waiter.signal = undefined;
@@ -446,23 +470,29 @@ export class RWLock {
   #gaveUp(waiter: Waiter): boolean {
     const signal = waiter.signal;
     if (signal === undefined || !signal.aborted) return false;
-    this.#dequeue(waiter);
+    this.#dequeue(waiter, false);
     waiter.reject(signal.reason);
     return true;
   }
 
   /** Grants waiters in order of service for as long as they are compatible with the holders. */
   #drain(): void {
+    const queue = this.#queue;
     for (;;) {
-      const head = this.#head();
-      if (head === null) return;
-      if (this.#gaveUp(head)) continue;
-      if (head.mode === 'write') {
+      // A group in `front` means a reader heads the queue: the readers' phase. Else the first
+      // writer heads it, and readers may only pass it while it is bypassed.
+      let group = queue.front.head;
+      if (group !== null) {
+        if (this.#writing) return;
+      } else {
+        const head = queue.writers.head;
+        if (head === null) return;
+        if (this.#gaveUp(head)) continue;
         if (this.#writing) return;
         if (this.#readers === 0) {
-          this.#dequeue(head);
+          this.#dequeue(head, true);
           this.#writing = true;
-          head.resolve(this.#granted('write', head.enqueuedAt));
+          head.resolve(this.#granted('write', head));
           return;
         }
         // Waiting for reads only: patient, or bypassed.
@@ -470,25 +500,27 @@ export class RWLock {
         if (patience === undefined) return;
         if (patience.watched !== head) patience.watch(head, this.#readers);
         if (!patience.bypassing) return;
-      } else if (this.#writing) {
-        return;
+        group = queue.behind.head;
+        if (group === null) return;
       }
-      const reader = this.#reads.head;
-      if (reader === null || this.#readers >= this.#maxReaders) return;
+      if (this.#readers >= this.#maxReaders) return;
+      const reader = group.head as Waiter;
       if (this.#gaveUp(reader)) continue;
-      this.#dequeue(reader);
+      this.#dequeue(reader, true);
       this.#readers++;
-      reader.resolve(this.#granted('read', reader.enqueuedAt));
+      reader.resolve(this.#granted('read', reader));
     }
   }
 
-  #granted(mode: LockMode, enqueuedAt: number): HeldLease {
+  /** A lease for a newcomer (`waiter` undefined) or a waiter granted now. */
+  #granted(mode: LockMode, waiter: Waiter | undefined): HeldLease {
     if (lockChannels.acquire.hasSubscribers) {
+      const since = waiter === undefined ? undefined : enqueuedAt.get(waiter);
       lockChannels.acquire.publish({
         lock: this.name,
         mode,
-        queued: enqueuedAt !== 0,
-        waitedMs: enqueuedAt === 0 ? 0 : performance.now() - enqueuedAt,
+        queued: since !== undefined,
+        waitedMs: since === undefined ? 0 : performance.now() - since,
       });
     }
     return new HeldLease(this.#returnHold, mode, this.#patience?.epoch ?? 0);
@@ -511,7 +543,7 @@ export class RWLock {
       const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
       if (lease !== null) return this.#runHeld(lease, fn);
     }
-    return this.#enqueue(mode, signal, timeout).then((lease) => {
+    return this.#enqueue(mode, signal, timeout, options?.key).then((lease) => {
       // Granted, but the caller gave up before its turn came round: do not start fn.
       if (signal?.aborted) {
         lease.release();

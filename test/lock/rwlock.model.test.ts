@@ -1,12 +1,13 @@
 /**
- * Model-based property tests of RWLock (SPEC §3, §7).
+ * Model-based property tests of RWLock (SPEC §3, §7, §8 fair share).
  *
  * Random command sequences run against the real lock and against a small reference model written
  * from the spec's rules (an array queue served in FIFO phases, with the writer's patience and
- * bypass of the `no-convoy` policy). After every command, microtasks
- * are flushed and the two are compared: who holds, who was granted, who was rejected and why,
- * `lock.state`, abort listeners and pending timers. At the end everything is released and the
- * lock must be back to idle with nothing left behind.
+ * bypass of the `no-convoy` policy, and readers taking turns by `key`). After every command,
+ * microtasks are flushed and the two are compared: who holds, who was granted and in which
+ * order, who was rejected and why, `lock.state`, abort listeners and pending timers. At the end
+ * everything is released and the lock must be back to idle with nothing left behind. The model
+ * also checks the fair-share bound on its own grants (see {@link LockModel.checkTurns}).
  */
 import { getEventListeners, setMaxListeners } from 'node:events';
 import fc from 'fast-check';
@@ -25,9 +26,19 @@ import { flush, IDLE } from './support.js';
 
 type Mode = 'read' | 'write';
 type SignalChoice = 'none' | 'own' | 'shared0' | 'shared1';
+type Key = 'a' | 'b' | 'c' | undefined;
+/** The group of readers without a key. */
+const NO_KEY = '(none)';
 
 type Command =
-  | { kind: 'acquire'; mode: Mode; signal: SignalChoice; timeout: number | undefined }
+  | {
+      kind: 'acquire';
+      mode: Mode;
+      signal: SignalChoice;
+      timeout: number | undefined;
+      /** Fair-share key (readers only take turns by it). */
+      key?: Key;
+    }
   | { kind: 'try'; mode: Mode }
   /** Aborts a signal not yet aborted; `shared` picks a shared one, `renew` then replaces it. */
   | { kind: 'abort'; pick: number; shared: boolean; renew: boolean }
@@ -55,6 +66,8 @@ type Outcome = { status: 'pending' } | { status: 'granted' } | { status: 'reject
 interface ModelWaiter {
   id: number;
   mode: Mode;
+  /** Its readers' group: its key, or NO_KEY. */
+  group: string;
   signal: number | undefined;
   deadline: number | undefined;
   /** Creation order of its timer: timers due at the same time fire in this order. */
@@ -93,7 +106,15 @@ interface Watch {
  *   queued reader may pass it (up to `maxReaders`), and so may a newcomer when no reader is
  *   queued. The watch ends when the writer enters or leaves;
  * - an aborted signal removes every waiter that uses it at once; a timeout removes its waiter;
- *   either way whoever was blocked behind them is admitted right away.
+ *   either way whoever was blocked behind them is admitted right away;
+ * - fair share: readers are grouped by key (no key: one group). The groups whose oldest reader is
+ *   ahead of the first queued writer take turns in the `front` ring, the others in `behind`
+ *   (served only while the writer is bypassed). A grant goes to the oldest reader of the ring's
+ *   first group, which then moves to the back of the ring its next reader belongs in. A group
+ *   joins the back of a ring with its first reader. When the first writer leaves the queue, the
+ *   `behind` groups whose oldest reader is now ahead of the first writer move to the back of
+ *   `front` in the arrival order of those readers; a group whose oldest reader leaves, and whose
+ *   next one is behind the first writer, moves to the back of `behind`.
  */
 class LockModel {
   readers = 0;
@@ -106,6 +127,13 @@ class LockModel {
   readonly granted: number[] = [];
   readonly abortedSignals = new Set<number>();
   watch: Watch | undefined = undefined;
+  readonly front: string[] = [];
+  readonly behind: string[] = [];
+  /**
+   * For each queued reader that may enter now as its group's oldest: the phase it may enter in,
+   * and how many grants each other group has had since.
+   */
+  private readonly turns = new Map<number, { phase: string; passedBy: Map<string, number> }>();
   private timers = 0;
 
   constructor(
@@ -160,10 +188,73 @@ class LockModel {
     };
   }
 
+  private firstWriter(): ModelWaiter | undefined {
+    return this.queue.find((w) => w.mode === 'write');
+  }
+
+  private oldest(group: string): ModelWaiter | undefined {
+    return this.queue.find((w) => w.mode === 'read' && w.group === group);
+  }
+
+  private isAhead(waiter: ModelWaiter): boolean {
+    const writer = this.firstWriter();
+    return writer === undefined || this.queue.indexOf(waiter) < this.queue.indexOf(writer);
+  }
+
   /** Removes a queued waiter; a watched writer takes its watch with it. */
-  private remove(waiter: ModelWaiter): void {
+  private remove(waiter: ModelWaiter, granted = false): void {
+    const wasFirstWriter = waiter === this.firstWriter();
+    const wasOldest = waiter.mode === 'read' && waiter === this.oldest(waiter.group);
     this.queue.splice(this.queue.indexOf(waiter), 1);
     if (this.watch?.writer === waiter.id) this.watch = undefined;
+    if (wasFirstWriter) {
+      for (const w of this.queue) {
+        if (w.mode === 'write') break;
+        if (w === this.oldest(w.group) && this.behind.includes(w.group)) {
+          this.behind.splice(this.behind.indexOf(w.group), 1);
+          this.front.push(w.group);
+        }
+      }
+    }
+    if (!wasOldest) return;
+    const ring = this.front.includes(waiter.group) ? this.front : this.behind;
+    const next = this.oldest(waiter.group);
+    if (next === undefined || (ring === this.front && !this.isAhead(next)) || granted) {
+      ring.splice(ring.indexOf(waiter.group), 1);
+    }
+    if (next === undefined) return;
+    if (ring === this.front && !this.isAhead(next)) this.behind.push(waiter.group);
+    else if (granted) ring.push(waiter.group);
+  }
+
+  /**
+   * The fair-share bound, checked before every read grant: a reader that may enter as its
+   * group's oldest (ahead of the first writer, or behind it while it is bypassed) is granted
+   * before any other group is granted twice, for as long as that phase (first writer, bypass)
+   * lasts.
+   */
+  private checkTurns(granting: number): void {
+    const writer = this.firstWriter();
+    const phase = `${writer?.id ?? 'none'}/${this.watch?.bypassing === true}`;
+    const grantedGroup = this.queue.find((w) => w.id === granting)?.group;
+    const waiting = new Set<number>();
+    for (const w of this.queue) {
+      if (w.mode !== 'read' || w.id === granting || w !== this.oldest(w.group)) continue;
+      if (!this.isAhead(w) && this.watch?.bypassing !== true) continue;
+      waiting.add(w.id);
+      let turn = this.turns.get(w.id);
+      if (turn === undefined || turn.phase !== phase) {
+        turn = { phase, passedBy: new Map() };
+        this.turns.set(w.id, turn);
+      }
+      if (grantedGroup === undefined || grantedGroup === w.group) continue;
+      const passed = (turn.passedBy.get(grantedGroup) ?? 0) + 1;
+      turn.passedBy.set(grantedGroup, passed);
+      if (passed > 1) {
+        throw new Error(`reader ${w.id} (${w.group}) passed twice by group ${grantedGroup}`);
+      }
+    }
+    for (const id of this.turns.keys()) if (!waiting.has(id)) this.turns.delete(id);
   }
 
   /** Serves the queue: phases at the head, and readers passing a bypassed writer. */
@@ -184,14 +275,25 @@ class LockModel {
       } else if (this.writing) {
         return;
       }
-      const reader = this.queue.find((w) => w.mode === 'read');
-      if (reader === undefined || !this.fits('read')) return;
-      this.remove(reader);
+      const ring = head.mode === 'read' ? this.front : this.behind;
+      // The rings are exact: a reader heads the queue exactly when a group is in `front`.
+      if ((head.mode === 'read') !== this.front.length > 0) throw new Error('model: front ring');
+      const group = ring[0];
+      if (group === undefined || !this.fits('read')) return;
+      const reader = this.oldest(group)!;
+      this.checkTurns(reader.id);
+      this.remove(reader, true);
       this.grant(reader.id, 'read');
     }
   }
 
-  acquire(id: number, mode: Mode, signal: number | undefined, timeout: number | undefined): void {
+  acquire(
+    id: number,
+    mode: Mode,
+    signal: number | undefined,
+    timeout: number | undefined,
+    key: Key = undefined,
+  ): void {
     if (signal !== undefined && this.abortedSignals.has(signal)) {
       this.outcomes.set(id, { status: 'rejected', why: 'abort' });
     } else if (this.grantsNow(mode)) {
@@ -203,7 +305,11 @@ class LockModel {
     } else {
       const deadline = timeout === undefined ? undefined : this.now + timeout;
       const timerSeq = timeout === undefined ? -1 : this.timers++;
-      this.queue.push({ id, mode, signal, deadline, timerSeq });
+      const group = key ?? NO_KEY;
+      if (mode === 'read' && this.oldest(group) === undefined) {
+        (this.firstWriter() === undefined ? this.front : this.behind).push(group);
+      }
+      this.queue.push({ id, mode, group, signal, deadline, timerSeq });
       this.outcomes.set(id, { status: 'pending' });
       // A writer first in line behind reads only starts its patience at once.
       if (mode === 'write' && this.queue.length === 1 && this.fairness !== 'fifo') {
@@ -329,6 +435,8 @@ interface Harness {
   reasons: Error[];
   /** Controller index currently behind `shared0` and `shared1`. */
   shared: number[];
+  /** Ticket ids in the order the lock granted them (promise reactions run in resolve order). */
+  grantOrder: number[];
 }
 
 function newSignal(h: Harness): number {
@@ -365,21 +473,24 @@ function run(h: Harness, cmd: Command): void {
         ended: false,
       };
       tickets.push(ticket);
-      const options: { signal?: AbortSignal; timeout?: number } = {};
+      const options: { signal?: AbortSignal; timeout?: number; key?: Key } = {};
       if (signal !== undefined) options.signal = h.controllers[signal]!.signal;
       if (cmd.timeout !== undefined) options.timeout = cmd.timeout;
+      // Writers take a key too, and ignore it.
+      if (cmd.key !== undefined) options.key = cmd.key;
       const promise = cmd.mode === 'read' ? lock.acquireRead(options) : lock.acquireWrite(options);
       promise.then(
         (lease) => {
           ticket.status = 'granted';
           ticket.lease = lease;
+          h.grantOrder.push(ticket.id);
         },
         (error: unknown) => {
           ticket.status = 'rejected';
           ticket.error = error;
         },
       );
-      model.acquire(ticket.id, cmd.mode, signal, cmd.timeout);
+      model.acquire(ticket.id, cmd.mode, signal, cmd.timeout, cmd.key);
       return;
     }
     case 'try': {
@@ -398,6 +509,7 @@ function run(h: Harness, cmd: Command): void {
       expect(lease !== null, `try${cmd.mode} granted`).toBe(expected);
       if (lease !== null) {
         tickets.push({ ...ticket, status: 'granted', lease });
+        h.grantOrder.push(ticket.id);
       } else {
         tickets.push({ ...ticket, status: 'rejected', error: null });
       }
@@ -489,6 +601,9 @@ function checkInvariants(h: Harness, step: string): void {
     pending.filter((t) => t.mode === 'write').length,
   );
 
+  // Granted in the model's order: FIFO phases, and readers' turns across keys.
+  expect(h.grantOrder, `${step}: grant order`).toEqual(model.granted);
+
   // Every acquisition ended exactly as the model predicts (FIFO phases, abort, timeout, full).
   for (const t of tickets) {
     const expected = model.outcomes.get(t.id)!;
@@ -549,6 +664,7 @@ async function runScenario(scenario: Scenario, sharedSignals: boolean): Promise<
       controllers: [],
       reasons: [],
       shared: [],
+      grantOrder: [],
     };
     if (sharedSignals) h.shared.push(newSignal(h), newSignal(h));
     for (const [i, cmd] of scenario.commands.entries()) {
@@ -602,10 +718,11 @@ function commandArb(sharedSignals: boolean): fc.Arbitrary<Command> {
     : fc.constantFrom<SignalChoice>('none', 'none', 'own');
   const timeout = fc.option(fc.constantFrom(0, 1, 5, 10, 30), { nil: undefined, freq: 3 });
   const pick = fc.nat({ max: 1_000 });
+  const key = fc.constantFrom<Key>(undefined, undefined, 'a', 'b', 'c');
   return fc.oneof(
     {
       weight: 8,
-      arbitrary: fc.record({ kind: fc.constant('acquire' as const), mode, signal, timeout }),
+      arbitrary: fc.record({ kind: fc.constant('acquire' as const), mode, signal, timeout, key }),
     },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('try' as const), mode }) },
     {
