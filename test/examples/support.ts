@@ -10,14 +10,14 @@
  *     client = await connectStdio('my-test', [...livenessFlags(LIVENESS)], log);
  *   });
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import type { Stream } from 'node:stream';
+import type { ChildProcess } from 'node:child_process';
+import { PassThrough, type Stream } from 'node:stream';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { beforeEach, expect } from 'vitest';
-import { serverProcess } from '../../examples/mcp-server/spawn.js';
+import { serverProcess, spawnHttpServer } from '../../examples/mcp-server/spawn.js';
 
 export const TEST_TIMEOUT = 60_000;
 /** Keeps DuckDB busy for hours (no progress to report: only the side probes vouch for it). */
@@ -150,30 +150,14 @@ export interface HttpServer {
 
 /** Starts the server with `--http 0` and `flags`; resolves once it listens. */
 export async function startHttpServer(flags: string[], log: ServerLog): Promise<HttpServer> {
-  const params = serverProcess(['--http', '0', ...flags]);
-  const child = spawn(params.command, params.args, {
-    cwd: params.cwd,
-    env: params.env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
   const stdout: string[] = [];
-  child.stdout?.on('data', (chunk: Buffer) => stdout.push(chunk.toString()));
-  log.follow(child.stderr);
-  const url = await new Promise<URL>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`server did not start:\n${log.text()}`)),
-      30_000,
-    );
-    child.stderr?.on('data', () => {
-      const match = /listening on (http:\/\/127\.0\.0\.1:\d+\/mcp)/.exec(log.text());
-      if (match) {
-        clearTimeout(timer);
-        resolve(new URL(match[1]!));
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
-  });
+  const stderr = new PassThrough();
+  log.follow(stderr);
+  const { url, child, exited } = await spawnHttpServer(
+    flags,
+    (chunk) => stderr.write(chunk),
+    (chunk) => stdout.push(chunk),
+  );
   const clients: Client[] = [];
   return {
     url,
