@@ -10,7 +10,17 @@
  * - it expired while idle: the client's next call runs in a new session, and its result starts
  *   with a note saying the old state is gone.
  */
-import type { EngineGuard, OpContext, OpOptions, Session, SessionStatus } from 'engine-guard';
+import {
+  type EngineGuard,
+  type OpContext,
+  type OpOptions,
+  type Session,
+  SessionClosedError,
+  type SessionStatus,
+} from 'engine-guard';
+
+/** Longest label shown in `status` and logs: the client picks its name, and may pick a long one. */
+const MAX_LABEL = 100;
 
 /** What a failed call did to the client's session state, for the tool error to say. */
 export type SessionNews =
@@ -56,10 +66,8 @@ export class ClientSession<H> {
     options: OpOptions,
   ): { result: Promise<T>; expired: SessionStatus | undefined } {
     if (this.#closed) {
-      return {
-        result: Promise.reject(new Error('This MCP session is closed.')),
-        expired: undefined,
-      };
+      const closed = new SessionClosedError(this.#session?.id ?? 0, undefined, 'closed');
+      return { result: Promise.reject(closed), expired: undefined };
     }
     let expired: SessionStatus | undefined;
     let session = this.#session;
@@ -69,7 +77,8 @@ export class ClientSession<H> {
       session = undefined;
     }
     if (session === undefined) {
-      session = this.#guard.session({ label: this.#label(), idleTimeout: this.#idleTimeout });
+      const label = this.#label().slice(0, MAX_LABEL);
+      session = this.#guard.session({ label, idleTimeout: this.#idleTimeout });
       this.#session = session;
     }
     const result = kind === 'read' ? session.read(fn, options) : session.write(fn, options);

@@ -335,7 +335,13 @@ export function createMcpServer<H>(app: App<H>): McpServer {
       instructions:
         `SQL access to ${engine.description} through engine-guard. Use list_tables and ` +
         'describe_table to explore, query for read-only SQL (one statement), execute for ' +
-        'DDL/DML, and status for a health check that never waits on the engine.',
+        'DDL/DML, and status for a health check that never waits on the engine.' +
+        (settings.maxSessions === 0
+          ? ''
+          : ' Your calls run in a session of your own, one at a time in the order sent: ' +
+            'temporary tables and settings you create last across your calls and are seen by ' +
+            'no other client, until you disconnect or stay idle for ' +
+            `${Math.round(settings.sessionIdleTimeout / 1000)} s.`),
     },
   );
 
@@ -350,7 +356,7 @@ export function createMcpServer<H>(app: App<H>): McpServer {
             : `${name} (MCP session ${mcpSession.slice(0, 8)})`;
         });
   if (client !== undefined) {
-    // The MCP session is over (client gone, DELETE, idle HTTP session closed, shutdown): its
+    // The MCP session is over (client gone, stdio closed, HTTP DELETE, shutdown): its
     // engine session goes with it, freeing its slot and dropping its state.
     server.server.onclose = () => {
       client.close().catch((error: unknown) => log.debug('session close failed', { error }));

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   callTool,
   connectStdio,
+  ENDLESS_QUERY,
   endSession,
   expectOwnTempTable,
   type HttpServer,
@@ -111,6 +112,43 @@ describe('example server on DuckDB: one engine session per MCP client', () => {
         (await okTool<QueryResult>(alice, 'query', { sql: 'select count(*) as n from scratch' }))
           .rows,
       ).toEqual([{ n: 2 }]);
+    },
+    TEST_TIMEOUT,
+  );
+  it(
+    'a client that ends its MCP session while its query runs frees its engine session at once',
+    async () => {
+      const carol = await server.connect('carol');
+      const long = callTool(carol, 'query', { sql: ENDLESS_QUERY }).catch(
+        (error: unknown) => error,
+      );
+      let carolId: number | null = null;
+      const deadline = performance.now() + 15_000;
+      while (carolId === null && performance.now() < deadline) {
+        const { guard, sessions } = await status(bob);
+        const running = guard.running.find((op) => op.label?.includes('range(1000000000000)'));
+        if (running !== undefined) {
+          carolId = sessions.list.find((row) => row.label?.includes('carol'))?.id ?? null;
+        } else {
+          await sleep(50);
+        }
+      }
+      expect(carolId).not.toBeNull();
+      await endSession(carol);
+      // The MCP session's end aborts its call (the engine interrupts the query), then the
+      // engine session closes.
+      await waitForSessions(bob, (s) => !s.list.some((row) => row.id === carolId));
+      let { guard } = await status(bob);
+      while (
+        guard.running.some((op) => op.label?.includes('range(1000000000000)')) &&
+        performance.now() < deadline + 10_000
+      ) {
+        await sleep(50);
+        ({ guard } = await status(bob));
+      }
+      expect(guard.running.some((op) => op.label?.includes('range(1000000000000)'))).toBe(false);
+      expect(guard.counters.stalls).toBe(1); // the demo_wedge's, no other
+      await long;
     },
     TEST_TIMEOUT,
   );
