@@ -1,21 +1,25 @@
 /**
  * `npm run demo`: the whole story in a terminal, in well under a minute, with nothing to install.
  *
- * It starts the example MCP server (embedded DuckDB with its sample data) as a subprocess,
- * connects to it with the MCP SDK client, and shows side by side:
- *   1. a long analytics query with live progress notifications,
+ * It starts the example MCP server (embedded DuckDB with its sample data) as a subprocess on
+ * Streamable HTTP, connects two agents to it with the MCP SDK client (each its own MCP session,
+ * hence its own engine session), and shows side by side:
+ *   1. agent A's long analytics query with live progress notifications,
  *   2. `status` answering at once meanwhile,
- *   3. a call whose engine connection goes silent (a demo-only injected fault), convicted by the
- *      guard's liveness watchdog and its connection replaced, while the long query carries on,
- *   4. normal service again.
+ *   3. agent B's call whose engine connection goes silent (a demo-only injected fault), convicted
+ *      by the guard's liveness watchdog and its connection replaced, while the long query carries
+ *      on; B is told that its session's state went with the connection,
+ *   4. the long query finishing,
+ *   5. sessions: B's temporary table, seen by all of B's reads and by none of A's,
+ *   6. normal service again.
  *
  * Exits 0 when done, 1 if anything went wrong (and then prints the server's log).
  */
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { longAnalyticsQuery } from './mcp-server/sample-data.js';
-import { serverProcess } from './mcp-server/spawn.js';
+import { type HttpServerProcess, spawnHttpServer } from './mcp-server/spawn.js';
 
 const LIVENESS = { interval: 500, timeout: 500, failures: 2 };
 const DEADLINE_MS = 55_000;
@@ -41,25 +45,27 @@ const section = (title: string): void => console.log(`\n${bold(title)}`);
 // Server
 
 const serverLog: string[] = [];
-const transport = new StdioClientTransport({
-  ...serverProcess([
-    '--demo-faults',
-    '--liveness-interval',
-    String(LIVENESS.interval),
-    '--liveness-timeout',
-    String(LIVENESS.timeout),
-    '--liveness-failures',
-    String(LIVENESS.failures),
-    '--progress-interval',
-    '1000',
-  ]),
-  stderr: 'pipe',
-});
-transport.stderr?.on('data', (chunk: Buffer) => {
-  serverLog.push(...chunk.toString().split('\n').filter(Boolean));
-  if (serverLog.length > 200) serverLog.splice(0, serverLog.length - 200);
-});
-const client = new Client({ name: 'engine-guard-demo', version: '0.1.0' });
+const SERVER_FLAGS = [
+  '--demo-faults',
+  '--liveness-interval',
+  String(LIVENESS.interval),
+  '--liveness-timeout',
+  String(LIVENESS.timeout),
+  '--liveness-failures',
+  String(LIVENESS.failures),
+  '--progress-interval',
+  '1000',
+];
+let server: HttpServerProcess | undefined;
+const agents: Client[] = [];
+
+/** A new MCP client: its own MCP session on the server, hence its own engine session. */
+async function connectAgent(name: string, url: URL): Promise<Client> {
+  const client = new Client({ name, version: '0.1.0' });
+  await client.connect(new StreamableHTTPClientTransport(url));
+  agents.push(client);
+  return client;
+}
 
 interface StatusView {
   engine: { version: string | null; tables: number | null; views: number | null };
@@ -70,6 +76,7 @@ interface StatusView {
     running: { id: number; label: string | null; ageMs: number; probeFailures: number }[];
     counters: Record<string, number>;
   };
+  sessions: { yours: number | null; list: { id: number; label: string | null; ops: number }[] };
 }
 
 function textOf(result: CallToolResult): string {
@@ -79,6 +86,7 @@ function textOf(result: CallToolResult): string {
 }
 
 async function call(
+  client: Client,
   name: string,
   args: Record<string, unknown> = {},
   onProgress?: (message: string) => void,
@@ -92,9 +100,9 @@ async function call(
   )) as CallToolResult;
 }
 
-async function status(): Promise<{ view: StatusView; ms: number }> {
+async function status(client: Client): Promise<{ view: StatusView; ms: number }> {
   const started = performance.now();
-  const result = await call('status');
+  const result = await call(client, 'status');
   const ms = performance.now() - started;
   if (result.isError) throw new Error(`status failed: ${textOf(result)}`);
   return { view: result.structuredContent as unknown as StatusView, ms };
@@ -131,15 +139,20 @@ async function main(): Promise<void> {
     ),
   );
 
-  say('Starting the example MCP server (DuckDB with generated sample data)...');
-  await client.connect(transport);
-  const { tools } = await client.listTools();
-  say(`Connected over stdio. Tools: ${tools.map((t) => t.name).join(', ')}`);
+  say('Starting the example MCP server (DuckDB with generated sample data) on HTTP...');
+  server = await spawnHttpServer(SERVER_FLAGS, (chunk) => {
+    serverLog.push(...chunk.split('\n').filter(Boolean));
+    if (serverLog.length > 200) serverLog.splice(0, serverLog.length - 200);
+  });
+  const a = await connectAgent('agent A', server.url);
+  const b = await connectAgent('agent B', server.url);
+  const { tools } = await a.listTools();
+  say(`Agents A and B connected to ${server.url}. Tools: ${tools.map((t) => t.name).join(', ')}`);
   // The first status may come before the facts are cached; give them a moment.
-  let first = await status();
+  let first = await status(a);
   for (let i = 0; i < 20 && first.view.engine.tables === null; i++) {
     await new Promise((r) => setTimeout(r, 100));
-    first = await status();
+    first = await status(a);
   }
   say(
     `${cyan('status')} answered in ${first.ms.toFixed(0)} ms: DuckDB ${first.view.engine.version}, ` +
@@ -149,7 +162,7 @@ async function main(): Promise<void> {
   // The long query takes seconds on a small machine; on a fast one it gets more work (fewer
   // buckets), so that it still outlasts the wedged call. Timed on a tenth of its work.
   const timing = performance.now();
-  const sample = await call('query', { sql: longAnalyticsQuery(50, 0.1) });
+  const sample = await call(a, 'query', { sql: longAnalyticsQuery(50, 0.1) });
   if (sample.isError) throw new Error(`the sample query failed: ${textOf(sample)}`);
   const tenthMs = performance.now() - timing;
   const buckets = tenthMs < 100 ? 10 : tenthMs < 200 ? 25 : 50;
@@ -161,38 +174,41 @@ async function main(): Promise<void> {
 
   section(`1. Agent A starts a long analytics query (~${pairs} order pairs), with progress`);
   const longStarted = performance.now();
-  const longQuery = call('query', { sql: longAnalyticsQuery(buckets) }, (message) =>
+  const longQuery = call(a, 'query', { sql: longAnalyticsQuery(buckets) }, (message) =>
     say(dim(`   agent A progress: ${message}`)),
   );
 
   await new Promise((r) => setTimeout(r, 700));
   section('2. Meanwhile, status answers at once (it never waits on the engine)');
-  const s1 = await status();
+  const s1 = await status(b);
   say(statusLine(s1.view, s1.ms));
 
   section('3. Agent B makes a call whose connection goes silent (injected fault)');
   say('agent B: demo_wedge (the call never answers; neither do liveness probes of its connection)');
   const wedgeStarted = performance.now();
   let wedgeDone = false;
-  const wedge = call('demo_wedge').finally(() => {
+  const wedge = call(b, 'demo_wedge').finally(() => {
     wedgeDone = true;
   });
   while (!wedgeDone) {
     await Promise.race([wedge, new Promise((r) => setTimeout(r, 450))]);
     if (wedgeDone) break;
-    const s = await status();
+    const s = await status(a);
     say(statusLine(s.view, s.ms));
   }
   const wedged = await wedge;
   const wedgeMs = performance.now() - wedgeStarted;
   if (!wedged.isError) throw new Error(`demo_wedge unexpectedly succeeded: ${textOf(wedged)}`);
+  if (!textOf(wedged).includes("session's state is LOST")) {
+    throw new Error(`agent B was not told that its session was lost: ${textOf(wedged)}`);
+  }
   say(`agent B got a tool error after ${(wedgeMs / 1000).toFixed(1)} s:`);
-  console.log(red(`      "${textOf(wedged)}"`));
-  const s2 = await status();
+  for (const line of textOf(wedged).split('\n')) console.log(red(`      "${line}"`));
+  const s2 = await status(a);
   say(statusLine(s2.view, s2.ms));
   say(
     '   → the watchdog convicted the silent call and retired its connection (a new one opens ' +
-      "on demand); agent A's query was untouched.",
+      "on demand); B's session state went with it, and B was told; agent A's query was untouched.",
   );
 
   section("4. Agent A's long query finishes normally (long is fine: it was never silent)");
@@ -207,22 +223,44 @@ async function main(): Promise<void> {
     );
   }
 
-  section('5. Normal service');
-  const normal = await call('query', {
+  section('5. Sessions: each agent has a connection of its own, and its state with it');
+  const created = await call(b, 'execute', {
+    sql: 'CREATE TEMP TABLE shortlist AS SELECT id, name FROM products ORDER BY price DESC LIMIT 5',
+  });
+  if (created.isError) throw new Error(`execute failed: ${textOf(created)}`);
+  say('agent B: execute "CREATE TEMP TABLE shortlist AS ... LIMIT 5" (in a fresh session)');
+  const count = 'SELECT count(*) AS n FROM shortlist';
+  const reads = await Promise.all([1, 2, 3].map(() => call(b, 'query', { sql: count })));
+  const counts = reads.map((r) =>
+    r.isError ? textOf(r) : (r.structuredContent as { rows: { n: number }[] }).rows[0]?.n,
+  );
+  if (counts.some((n) => n !== 5)) throw new Error(`agent B's reads saw ${counts.join(', ')}`);
+  say(`agent B: 3 concurrent "${count}": ${counts.join(', ')} (every read on B's connection)`);
+  const other = await call(a, 'query', { sql: count });
+  if (!other.isError) throw new Error(`agent A saw B's temporary table: ${textOf(other)}`);
+  say(`agent A: "${count}" → ${red(textOf(other).split('\n')[0] ?? '')}`);
+  const s3 = await status(a);
+  say(
+    `${cyan('status')} sessions: ` +
+      s3.view.sessions.list.map((row) => `#${row.id} ${row.label} (${row.ops} ops)`).join(', '),
+  );
+
+  section('6. Normal service');
+  const normal = await call(a, 'query', {
     sql: 'SELECT region, round(sum(amount), 2) AS revenue FROM sales GROUP BY region ORDER BY revenue DESC LIMIT 3',
   });
   if (normal.isError) throw new Error(`query failed: ${textOf(normal)}`);
   const top = (normal.structuredContent as { rows: { region: string; revenue: unknown }[] }).rows;
   say(`query: top regions by revenue: ${top.map((r) => `${r.region} ${r.revenue}`).join(', ')}`);
-  const s3 = await status();
-  say(statusLine(s3.view, s3.ms));
-  const c = s3.view.guard.counters;
+  const s4 = await status(a);
+  say(statusLine(s4.view, s4.ms));
+  const c = s4.view.guard.counters;
   if (c.stalls !== 1) throw new Error(`expected exactly one stall, status says ${c.stalls}`);
 
   console.log(
     `\n${green('Done')} in ${((performance.now() - t0) / 1000).toFixed(1)} s: the silent call was ` +
       'detected by liveness (not by a timeout) and its connection replaced, the long query ran ' +
-      'to the end, and status never waited.',
+      "to the end, status never waited, and each agent's temporary state stayed its own.",
   );
 }
 
@@ -241,6 +279,8 @@ try {
   console.error(red(`\nDemo failed: ${error instanceof Error ? error.message : String(error)}`));
   console.error(dim(`Server log (last lines):\n${serverLog.slice(-40).join('\n')}`));
 } finally {
-  await client.close().catch(() => {});
+  await Promise.all(agents.map((agent) => agent.close().catch(() => {})));
+  server?.child.kill('SIGTERM');
+  await server?.exited;
 }
 process.exit(code);

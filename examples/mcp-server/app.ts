@@ -10,6 +10,10 @@ import type { Logger } from './log.js';
 
 export interface AppSettings {
   pool: number;
+  /** Most client sessions holding a connection at once; 0: calls run stateless on the pool. */
+  maxSessions: number;
+  /** A client session with no call for this long is closed, ms. */
+  sessionIdleTimeout: number;
   liveness: { interval: number; timeout: number; failures: number };
   acquireTimeout: number;
   connectTimeout: number;
@@ -39,6 +43,7 @@ export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logg
   const base = engine.guardOptions({
     name: engine.kind,
     pool: settings.pool,
+    maxSessions: settings.maxSessions,
     liveness: settings.liveness,
     acquireTimeout: settings.acquireTimeout,
     connectTimeout: settings.connectTimeout,
@@ -68,6 +73,24 @@ export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logg
     log.debug('liveness probe failed', { op: op?.id, consecutive, error }),
   );
   guard.on('state', ({ from, to }) => log.info('guard state', { from, to }));
+  guard.on('sessionOpen', ({ session }) =>
+    log.info('session opened its connection', {
+      session: session.id,
+      label: session.label,
+      generation: session.generation,
+    }),
+  );
+  guard.on('sessionLost', ({ session, cause }) =>
+    log.warn('session lost its connection and the state it held', {
+      session: session.id,
+      label: session.label,
+      generation: session.generation,
+      cause: cause instanceof Error ? cause.message : undefined,
+    }),
+  );
+  guard.on('sessionClose', ({ session, reason }) =>
+    log.info('session closed', { session: session.id, label: session.label, reason }),
+  );
 
   const facts = guard.cache((handle, ctx) => engine.facts(handle, ctx), {
     maxAge: FACTS_MAX_AGE,

@@ -13,8 +13,12 @@ export interface CliOptions {
   http: number | undefined;
   /** Bearer token required on every HTTP request. */
   token: string | undefined;
-  /** Engine handles (connections) for concurrent reads; default per engine (see USAGE). */
+  /** Engine handles (connections) shared by calls outside a client session; default per engine (see USAGE). */
   pool: number | undefined;
+  /** Most client sessions holding a connection at once; 0: no sessions. Default per engine (see USAGE). */
+  maxSessions: number | undefined;
+  /** A client session with no call for this long is closed (its connection too), ms. */
+  sessionIdleTimeout: number;
   liveness: { interval: number; timeout: number; failures: number };
   /** Longest wait for a free engine handle before a tool call gives up, ms. */
   acquireTimeout: number;
@@ -38,6 +42,9 @@ export class UsageError extends Error {
 
 export const TOKEN_ENV = 'ENGINE_GUARD_MCP_TOKEN';
 
+/** Default of `--session-idle-timeout`: 5 minutes, a long pause of an agent at work. */
+export const DEFAULT_SESSION_IDLE_TIMEOUT = 300_000;
+
 export const USAGE = `engine-guard example MCP server
 
 Usage: npm run --silent mcp -- [flags]
@@ -45,8 +52,17 @@ Usage: npm run --silent mcp -- [flags]
 Engine (embedded DuckDB with a generated sample data set unless --pg is given):
   --pg <url>                   PostgreSQL or any PostgreSQL-wire server (e.g. HyperDB's hyperd),
                                e.g. postgresql://user@127.0.0.1:5432/db
-  --pool <n>                   engine handles (connections) for concurrent reads
+  --pool <n>                   engine handles (connections) shared by calls outside a client
+                               session: the status facts, and every call with --max-sessions 0
                                [default 3 for DuckDB (below libuv's 4 threads), 4 for --pg]
+
+Sessions (each MCP client gets a connection of its own; see README "Sessions"):
+  --max-sessions <n>           clients holding a connection at once; one more waits up to
+                               --acquire-timeout, then gets an error. 0: no sessions, every call
+                               runs on a shared connection and keeps no state between calls
+                               [default 3 for DuckDB (below libuv's 4 threads), 10 for --pg]
+  --session-idle-timeout <ms>  close a client's session after this long without a call
+                               (its temporary tables and settings go with it)  [default ${DEFAULT_SESSION_IDLE_TIMEOUT}]
 
 Liveness (a silent op is convicted after <failures> failed probes, one every <interval>):
   --liveness-interval <ms>     probe a running op after this long without progress [default ${DEFAULT_LIVENESS.interval}]
@@ -94,6 +110,8 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
         http: { type: 'string' },
         token: { type: 'string' },
         pool: { type: 'string' },
+        'max-sessions': { type: 'string' },
+        'session-idle-timeout': { type: 'string' },
         'liveness-interval': { type: 'string' },
         'liveness-timeout': { type: 'string' },
         'liveness-failures': { type: 'string' },
@@ -139,6 +157,16 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     http,
     token,
     pool: str('pool') === undefined ? undefined : integer('pool', str('pool'), 0, 1),
+    maxSessions:
+      str('max-sessions') === undefined
+        ? undefined
+        : integer('max-sessions', str('max-sessions'), 0, 0),
+    sessionIdleTimeout: integer(
+      'session-idle-timeout',
+      str('session-idle-timeout'),
+      DEFAULT_SESSION_IDLE_TIMEOUT,
+      1,
+    ),
     liveness: {
       interval: integer(
         'liveness-interval',

@@ -59,7 +59,9 @@ try {
 
 // DuckDB runs each call on a libuv thread (4 by default): keep one free for liveness probes.
 const pool = options.pool ?? (engine.kind === 'duckdb' ? 3 : 4);
-const app = createApp(engine, { ...options, pool }, log);
+// DuckDB: each session's running call takes a libuv thread too, so the same bound applies.
+const maxSessions = options.maxSessions ?? (engine.kind === 'duckdb' ? 3 : 10);
+const app = createApp(engine, { ...options, pool, maxSessions }, log);
 // Warm the status cache; an engine that is down now only makes `status` say so.
 app.facts.refresh().catch((error: unknown) => log.warn('engine facts not loaded yet', { error }));
 
@@ -106,6 +108,8 @@ const settings = {
   pid: process.pid,
   engine: engine.kind,
   pool,
+  maxSessions,
+  sessionIdleTimeout: options.sessionIdleTimeout,
   liveness: `${options.liveness.interval}/${options.liveness.timeout}/${options.liveness.failures}`,
   demoFaults: options.demoFaults || undefined,
 };

@@ -2,10 +2,14 @@
  * The MCP tools, on top of an {@link App} (one engine behind one `EngineGuard`).
  *
  * How the tools map to the library:
+ * - Each MCP client has its own engine session (`guard.session()`, see client-session.ts): its
+ *   tool calls run on its own connection, one at a time in call order, so what it creates
+ *   (temporary tables, `SET`s, prepared statements, advisory locks) is its own and the same in
+ *   every call. With `--max-sessions 0`, calls run stateless on the shared pool instead.
  * - `status`     → `guard.status()` + a `guard.cache()` snapshot: synchronous, no lock, no engine.
- * - `query`      → `guard.read()`: shared, on its own pooled handle; read-only by the engine.
- * - `execute`    → `guard.write()`: exclusive, one transaction.
- * - `list_tables`, `describe_table` → `guard.read()`.
+ * - `query`      → `session.read()`: beside other clients' reads; read-only by the engine.
+ * - `execute`    → `session.write()`: exclusive, one transaction.
+ * - `list_tables`, `describe_table` → `session.read()` (a client sees its temporary tables).
  * - MCP cancellation (`extra.signal`) → the op's `signal`: a queued call leaves the queue, a
  *   running one gets a server-side cancel.
  * - Progress: while a query runs, `notifications/progress` every `progressInterval` ms (when the
@@ -28,9 +32,12 @@ import type {
   EngineUnavailableError,
   LockTimeoutError,
   OpContext,
+  SessionLimitError,
+  SessionStatus,
 } from 'engine-guard';
 import { z } from 'zod';
 import type { App } from './app.js';
+import { ClientSession, type SessionNews } from './client-session.js';
 import { InputError, newProgress, type QueryProgress, type TableColumns } from './engine.js';
 
 export const SERVER_NAME = 'engine-guard-mcp';
@@ -98,6 +105,26 @@ const statusOutput = {
     lastError: z.object({ message: z.string(), ageMs: z.number() }).nullable(),
     counters: z.record(z.string(), z.number()),
   }),
+  /** The client sessions (one per MCP client that made a call), oldest first. */
+  sessions: z.object({
+    max: z.number(),
+    idleTimeoutMs: z.number(),
+    /** Id of the calling client's own session; null before its first call or without sessions. */
+    yours: z.number().nullable(),
+    list: z.array(
+      z.object({
+        id: z.number(),
+        label: z.string().nullable(),
+        state: z.enum(['new', 'open', 'lost', 'closed']),
+        ageMs: z.number(),
+        idleMs: z.number(),
+        ops: z.number(),
+        queued: z.number(),
+        running: z.boolean(),
+        losses: z.number(),
+      }),
+    ),
+  }),
   liveness: z.object({ interval: z.number(), timeout: z.number(), failures: z.number() }),
   uptimeMs: z.number(),
   answeredInMs: z.number(),
@@ -160,6 +187,18 @@ function ok(structured: Record<string, unknown>, summary: string): CallToolResul
 
 function toolError(message: string): CallToolResult {
   return { content: [{ type: 'text', text: message }], isError: true };
+}
+
+/** The text of a result's text blocks. */
+function textOf(result: CallToolResult): string {
+  return result.content.map((c) => (c.type === 'text' ? c.text : '')).join('\n');
+}
+
+/** `result` with `note` as its first text block (an error's message keeps one block). */
+function withNote(result: CallToolResult, note: string | undefined): CallToolResult {
+  if (note === undefined) return result;
+  if (result.isError) return toolError(`${note}\n${textOf(result)}`);
+  return { ...result, content: [{ type: 'text', text: note }, ...result.content] };
 }
 
 function messageOf(error: unknown): string {
@@ -245,6 +284,32 @@ function describeBlockers(blockers: readonly BlockingOp[]): string {
     .join(', ');
 }
 
+/** What a client is told when its session's state went away (see client-session.ts). */
+function sessionNote(news: SessionNews, idleTimeout: number): string {
+  if (news.kind === 'lost') {
+    return (
+      `Your session's state is LOST: its engine connection (generation ${news.generation}) is ` +
+      'gone, and with it your temporary tables, settings (SET), prepared statements and ' +
+      'advisory locks. Your next call runs in a fresh session: re-create what you need first.'
+    );
+  }
+  return (
+    `Your session expired after ${formatAge(idleTimeout)} without a call ` +
+    '(--session-idle-timeout): its temporary tables and settings are gone. Call again: the ' +
+    'next call opens a new session.'
+  );
+}
+
+/** Said before the result of the first call after the client's session expired while idle. */
+function expiredNote(expired: SessionStatus | undefined, idleTimeout: number): string | undefined {
+  if (expired === undefined) return undefined;
+  return (
+    `Note: your previous session (#${expired.id}) expired after ${formatAge(idleTimeout)} ` +
+    'without a call (--session-idle-timeout); its temporary tables and settings are gone. ' +
+    'This call ran in a new session.'
+  );
+}
+
 /** Keeps the longest prefix of `rows` whose JSON fits in `maxBytes`. */
 function fitRows(rows: Record<string, unknown>[], maxBytes: number): number {
   let total = 2; // []
@@ -257,19 +322,46 @@ function fitRows(rows: Record<string, unknown>[], maxBytes: number): number {
 
 // ---------------------------------------------------------------------------------------------
 
-/** An McpServer with the tools, on the shared app. One per session (HTTP) or one for stdio. */
+/**
+ * An McpServer with the tools, on the shared app. One per MCP session (HTTP) or one for stdio;
+ * each has its own engine session (unless `maxSessions` is 0), closed when the McpServer closes.
+ */
 export function createMcpServer<H>(app: App<H>): McpServer {
   const { guard, engine, facts, settings, log } = app;
-  const server = new McpServer(
+  const server: McpServer = new McpServer(
     { name: SERVER_NAME, version: SERVER_VERSION },
     {
       capabilities: { tools: {} },
       instructions:
         `SQL access to ${engine.description} through engine-guard. Use list_tables and ` +
         'describe_table to explore, query for read-only SQL (one statement), execute for ' +
-        'DDL/DML, and status for a health check that never waits on the engine.',
+        'DDL/DML, and status for a health check that never waits on the engine.' +
+        (settings.maxSessions === 0
+          ? ''
+          : ' Your calls run in a session of your own, one at a time in the order sent: ' +
+            'temporary tables and settings you create last across your calls and are seen by ' +
+            'no other client, until you disconnect or stay idle for ' +
+            `${Math.round(settings.sessionIdleTimeout / 1000)} s.`),
     },
   );
+
+  const client =
+    settings.maxSessions === 0
+      ? undefined
+      : new ClientSession(guard, settings.sessionIdleTimeout, () => {
+          const name = server.server.getClientVersion()?.name ?? 'client';
+          const mcpSession = server.server.transport?.sessionId;
+          return mcpSession === undefined
+            ? name
+            : `${name} (MCP session ${mcpSession.slice(0, 8)})`;
+        });
+  if (client !== undefined) {
+    // The MCP session is over (client gone, stdio closed, HTTP DELETE, shutdown): its
+    // engine session goes with it, freeing its slot and dropping its state.
+    server.server.onclose = () => {
+      client.close().catch((error: unknown) => log.debug('session close failed', { error }));
+    };
+  }
 
   /** Turns any failure of a guarded call into a tool error a person or an agent can act on. */
   const failure = (tool: string, error: unknown, extra: Extra): CallToolResult => {
@@ -319,6 +411,25 @@ export function createMcpServer<H>(app: App<H>): McpServer {
         return toolError('Engine busy: too many calls are waiting. Try again later.');
       case 'ERR_GUARD_CLOSED':
         return toolError('The server is shutting down.');
+      case 'ERR_SESSION_LIMIT': {
+        const limit = error as SessionLimitError;
+        return toolError(
+          `No free session: all ${limit.maxSessions} engine sessions of this server are held ` +
+            `by other clients (--max-sessions), and none was freed within ${limit.timeout} ms, ` +
+            `so ${tool} did not run. Try again later: a session is freed when its client ` +
+            `disconnects or after ${formatAge(settings.sessionIdleTimeout)} without a call ` +
+            '(--session-idle-timeout). The status tool lists the sessions.',
+        );
+      }
+      case 'ERR_SESSION_LOST':
+        // The note on the lost state follows (see `guarded`).
+        return toolError(`${tool} did not run.`);
+      case 'ERR_SESSION_CLOSED': {
+        const reason = (error as { reason?: unknown }).reason;
+        if (reason === 'guard-closed') return toolError('The server is shutting down.');
+        if (reason === 'idle') return toolError(`${tool} did not run.`);
+        return toolError('This MCP session is closed.');
+      }
       default:
         break;
     }
@@ -360,23 +471,39 @@ export function createMcpServer<H>(app: App<H>): McpServer {
     done: (value: T, elapsedMs: number) => CallToolResult;
   }
 
-  /** Runs a guarded op for a tool, mapping failures to tool errors and logging the outcome. */
+  /**
+   * Runs a guarded op for a tool (in the client's session, or stateless with `--max-sessions
+   * 0`), mapping failures to tool errors and logging the outcome.
+   */
   const guarded = async <T>(call: GuardedCall<T>): Promise<CallToolResult> => {
     const { tool, kind, extra, run, done } = call;
     const started = performance.now();
+    const options = { signal: extra.signal, label: call.label ?? tool };
+    let expired: SessionStatus | undefined;
     try {
-      const options = { signal: extra.signal, label: call.label ?? tool };
-      const value = await (kind === 'read' ? guard.read(run, options) : guard.write(run, options));
+      let value: T;
+      if (client === undefined) {
+        value = await (kind === 'read' ? guard.read(run, options) : guard.write(run, options));
+      } else {
+        const inSession = client.run(kind, run, options);
+        expired = inSession.expired;
+        value = await inSession.result;
+      }
       const elapsed = Math.round(performance.now() - started);
       log.debug(`${tool} ok`, { ms: elapsed });
-      return done(value, elapsed);
+      return withNote(done(value, elapsed), expiredNote(expired, settings.sessionIdleTimeout));
     } catch (error) {
-      const result = failure(tool, error, extra);
+      let result = failure(tool, error, extra);
+      const news = client?.afterFailure(error);
+      if (news !== undefined) {
+        result = toolError(`${textOf(result)}\n${sessionNote(news, settings.sessionIdleTimeout)}`);
+      }
       log.info(`${tool} failed`, {
         ms: Math.round(performance.now() - started),
         error: messageOf(error),
+        session: news?.kind,
       });
-      return result;
+      return withNote(result, expiredNote(expired, settings.sessionIdleTimeout));
     }
   };
 
@@ -453,6 +580,22 @@ export function createMcpServer<H>(app: App<H>): McpServer {
               : { message: s.lastError.message, ageMs: now - s.lastError.at },
           counters: { ...s.counters },
         },
+        sessions: {
+          max: settings.maxSessions,
+          idleTimeoutMs: settings.sessionIdleTimeout,
+          yours: client?.id ?? null,
+          list: s.sessions.map((session) => ({
+            id: session.id,
+            label: session.label ?? null,
+            state: session.state,
+            ageMs: Math.round(session.ageMs),
+            idleMs: Math.round(session.idleMs),
+            ops: session.ops,
+            queued: session.queued,
+            running: session.running,
+            losses: session.losses,
+          })),
+        },
         liveness: { ...settings.liveness },
         uptimeMs: now - app.startedAt,
         answeredInMs: Math.round((performance.now() - t0) * 1000) / 1000,
@@ -461,7 +604,8 @@ export function createMcpServer<H>(app: App<H>): McpServer {
       const summary =
         `${s.state}: ${s.handles.total} connection${s.handles.total === 1 ? '' : 's'} ` +
         `(${s.handles.busy} busy), ${s.running.length} running, ` +
-        `${s.queue.readers + s.queue.writers} queued, ${s.counters.stalls} stalls, ${facts1}; ` +
+        `${s.queue.readers + s.queue.writers} queued, ${s.counters.stalls} stalls, ` +
+        `${s.sessions.length} session${s.sessions.length === 1 ? '' : 's'}, ${facts1}; ` +
         `answered in ${structured.answeredInMs} ms.`;
       return ok(structured, summary);
     },

@@ -74,6 +74,17 @@ export interface SessionHost<E> {
   forget(session: GuardSession<E>): void;
 }
 
+/**
+ * A lock wait that ran out names the caller's `timeout`, not what was left of it when the call
+ * left the session's queue (a fraction of a millisecond less, even for a call that never queued).
+ */
+function callerTimeout(error: unknown, timeout: number | undefined): unknown {
+  if (!(error instanceof LockTimeoutError) || timeout === undefined || error.timeout === timeout) {
+    return error;
+  }
+  return new LockTimeoutError(timeout, error.lockName, { waitingFor: error.waitingFor });
+}
+
 /** One call waiting in a session's queue. */
 class SessionCall<E> implements QueueNode<SessionCall<E>> {
   prev: SessionCall<E> | null = null;
@@ -272,7 +283,7 @@ export class GuardSession<E> implements Session<E> {
       },
       (error: unknown) => {
         this.#ended();
-        call.reject(error);
+        call.reject(callerTimeout(error, call.settings.timeout));
       },
     );
   }

@@ -1,16 +1,19 @@
 /**
- * Issue 11 through the example server (DuckDB, stdio): while a long query runs, an `execute`
- * waits for it without holding back other queries, says in its progress notifications what it
+ * Issue 11 through the example server (DuckDB, three MCP clients over Streamable HTTP, each in
+ * its own session): while one client's long query runs, another client's `execute` waits for it
+ * without holding back a third client's queries, says in its progress notifications what it
  * waits for, and when its wait bound runs out its error names the query.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  connectStdio,
+  callTool,
   ENDLESS_QUERY,
+  type HttpServer,
   livenessFlags,
   serverLog,
+  startHttpServer,
   TEST_TIMEOUT,
   text,
   tools,
@@ -21,12 +24,17 @@ const ACQUIRE_TIMEOUT = 2_500;
 
 describe('example server: a write waiting behind a long query', () => {
   const log = serverLog();
-  let client: Client;
-  const { call, status, query } = tools(() => client);
+  let server: HttpServer;
+  /** Runs the long query. */
+  let analyst: Client;
+  /** Writes. */
+  let writer: Client;
+  /** Reads and watches status. */
+  let reader: Client;
+  const { status, query } = tools(() => reader);
 
   beforeAll(async () => {
-    client = await connectStdio(
-      'mcp-convoy-test',
+    server = await startHttpServer(
       [
         ...livenessFlags(LIVENESS),
         '--acquire-timeout',
@@ -36,19 +44,27 @@ describe('example server: a write waiting behind a long query', () => {
       ],
       log,
     );
+    [analyst, writer, reader] = await Promise.all([
+      server.connect('analyst'),
+      server.connect('writer'),
+      server.connect('reader'),
+    ]);
   }, TEST_TIMEOUT);
 
   afterAll(async () => {
-    await client?.close();
+    await server?.stop();
   }, TEST_TIMEOUT);
 
   it(
     'reports what it waits for, lets other queries pass, and names the query when it gives up',
     async () => {
       const controller = new AbortController();
-      const long = call('query', { sql: ENDLESS_QUERY }, { signal: controller.signal }).catch(
-        (error: unknown) => error,
-      );
+      const long = callTool(
+        analyst,
+        'query',
+        { sql: ENDLESS_QUERY },
+        { signal: controller.signal },
+      ).catch((error: unknown) => error);
       const deadline = performance.now() + 20_000;
       let longOp: { id: number; label: string | null } | undefined;
       while (longOp === undefined && performance.now() < deadline) {
@@ -58,7 +74,8 @@ describe('example server: a write waiting behind a long query', () => {
       expect(longOp).toBeDefined();
 
       const messages: string[] = [];
-      const execute = call(
+      const execute = callTool(
+        writer,
         'execute',
         { sql: 'create table convoy_probe(x int)' },
         { onprogress: (p) => messages.push(p.message ?? '') },

@@ -2,20 +2,19 @@
  * End-to-end: the example MCP server over Streamable HTTP (`--http 0 --token ...`), with two SDK
  * clients sharing its one engine, and the bearer-token and DNS-rebinding checks.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serverProcess } from '../../examples/mcp-server/spawn.js';
 import {
   callTool as call,
   ENDLESS_QUERY,
+  type HttpServer,
   livenessFlags,
   okTool as ok,
   type Status,
   serverLog,
+  startHttpServer,
   TEST_TIMEOUT,
 } from './support.js';
 
@@ -65,64 +64,28 @@ function post(
 }
 
 describe('example MCP server over Streamable HTTP', () => {
-  let child: ChildProcess;
+  let server: HttpServer;
   let url: URL;
-  let exited: Promise<number | null>;
   const log = serverLog();
-  const stdout: string[] = [];
-  const clients: Client[] = [];
 
   /** An SDK client; `token` null sends no Authorization header at all. */
-  async function connect(token: string | null = TOKEN): Promise<Client> {
-    const transport = new StreamableHTTPClientTransport(url, {
-      requestInit: token === null ? {} : { headers: { authorization: `Bearer ${token}` } },
-    });
-    const client = new Client({ name: `mcp-http-test-${clients.length}`, version: '0.0.0' });
-    await client.connect(transport);
-    clients.push(client);
-    return client;
+  function connect(token: string | null = TOKEN): Promise<Client> {
+    return server.connect(
+      'mcp-http-test',
+      token === null ? {} : { authorization: `Bearer ${token}` },
+    );
   }
 
   beforeAll(async () => {
-    const params = serverProcess([
-      '--http',
-      '0',
-      '--token',
-      TOKEN,
-      ...livenessFlags({ interval: 300, timeout: 2_000 }),
-    ]);
-    child = spawn(params.command, params.args, {
-      cwd: params.cwd,
-      env: params.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-    child.stdout?.on('data', (chunk: Buffer) => stdout.push(chunk.toString()));
-    log.follow(child.stderr);
-    url = await new Promise<URL>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`server did not start:\n${log.text()}`)),
-        30_000,
-      );
-      child.stderr?.on('data', () => {
-        const match = /listening on (http:\/\/127\.0\.0\.1:\d+\/mcp)/.exec(log.text());
-        if (match) {
-          clearTimeout(timer);
-          resolve(new URL(match[1]!));
-        }
-      });
-      child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
-    });
+    server = await startHttpServer(
+      ['--token', TOKEN, ...livenessFlags({ interval: 300, timeout: 2_000 })],
+      log,
+    );
+    url = server.url;
   }, TEST_TIMEOUT);
 
   afterAll(async () => {
-    await Promise.all(clients.map((c) => c.close().catch(() => {})));
-    if (child !== undefined && child.exitCode === null) {
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    await server?.stop();
   }, TEST_TIMEOUT);
 
   it(
@@ -216,11 +179,10 @@ describe('example MCP server over Streamable HTTP', () => {
   it(
     'shuts down cleanly on SIGTERM',
     async () => {
-      await Promise.all(clients.splice(0).map((c) => c.close()));
-      child.kill('SIGTERM');
-      expect(await exited).toBe(0);
+      await server.stop();
+      expect(await server.exited).toBe(0);
       expect(log.text()).toContain('shutting down');
-      expect(stdout.join('')).toBe(''); // logs go to stderr only
+      expect(server.stdout.join('')).toBe(''); // logs go to stderr only
     },
     TEST_TIMEOUT,
   );

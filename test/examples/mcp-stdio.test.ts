@@ -1,6 +1,8 @@
 /**
  * End-to-end: the example MCP server (embedded DuckDB) as a real subprocess over stdio, driven
- * by the SDK's Client and StdioClientTransport.
+ * by the SDK's Client and StdioClientTransport. Without client sessions (`--max-sessions 0`):
+ * the calls of its one client run concurrently on the shared pool, which is what these tests
+ * exercise (one client's calls in a session run one at a time: see mcp-sessions.test.ts).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -42,7 +44,15 @@ describe('example MCP server over stdio (DuckDB)', () => {
   beforeAll(async () => {
     client = await connectStdio(
       'mcp-stdio-test',
-      [...livenessFlags(LIVENESS), '--max-rows', String(MAX_ROWS), '--progress-interval', '100'],
+      [
+        ...livenessFlags(LIVENESS),
+        '--max-sessions',
+        '0',
+        '--max-rows',
+        String(MAX_ROWS),
+        '--progress-interval',
+        '100',
+      ],
       log,
     );
     // Facts are loaded in the background at start-up.
@@ -96,7 +106,7 @@ describe('example MCP server over stdio (DuckDB)', () => {
     const raw = await call('status', {});
     const firstLine = text(raw).split('\n')[0] ?? '';
     expect(firstLine).toMatch(
-      /^(ready|idle): \d+ connections? \(\d+ busy\), \d+ running, \d+ queued, \d+ stalls, 3 tables; answered in/,
+      /^(ready|idle): \d+ connections? \(\d+ busy\), \d+ running, \d+ queued, \d+ stalls, 0 sessions, 3 tables; answered in/,
     );
   });
 

@@ -10,12 +10,14 @@
  *     client = await connectStdio('my-test', [...livenessFlags(LIVENESS)], log);
  *   });
  */
-import type { Stream } from 'node:stream';
+import type { ChildProcess } from 'node:child_process';
+import { PassThrough, type Stream } from 'node:stream';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { beforeEach, expect } from 'vitest';
-import { serverProcess } from '../../examples/mcp-server/spawn.js';
+import { serverProcess, spawnHttpServer } from '../../examples/mcp-server/spawn.js';
 
 export const TEST_TIMEOUT = 60_000;
 /** Keeps DuckDB busy for hours (no progress to report: only the side probes vouch for it). */
@@ -131,6 +133,65 @@ export async function connectStdio(name: string, flags: string[], log: ServerLog
   return client;
 }
 
+/** The server started with `--http 0` as a subprocess (see {@link startHttpServer}). */
+export interface HttpServer {
+  /** `http://127.0.0.1:<port>/mcp` */
+  url: URL;
+  child: ChildProcess;
+  /** Settles with the exit code. */
+  exited: Promise<number | null>;
+  /** What the server wrote on stdout (nothing, ever: logs go to stderr). */
+  stdout: string[];
+  /** A new MCP client (its own MCP session), sending `headers` with every request. */
+  connect(name: string, headers?: Record<string, string>): Promise<Client>;
+  /** Closes the clients made by `connect`, then stops the server (SIGTERM, then SIGKILL). */
+  stop(): Promise<void>;
+}
+
+/** Starts the server with `--http 0` and `flags`; resolves once it listens. */
+export async function startHttpServer(flags: string[], log: ServerLog): Promise<HttpServer> {
+  const stdout: string[] = [];
+  const stderr = new PassThrough();
+  log.follow(stderr);
+  const { url, child, exited } = await spawnHttpServer(
+    flags,
+    (chunk) => stderr.write(chunk),
+    (chunk) => stdout.push(chunk),
+  );
+  const clients: Client[] = [];
+  return {
+    url,
+    child,
+    exited,
+    stdout,
+    async connect(name, headers = {}) {
+      const transport = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
+      const client = new Client({ name, version: '0.0.0' });
+      await client.connect(transport);
+      clients.push(client);
+      return client;
+    },
+    async stop() {
+      await Promise.all(clients.splice(0).map((c) => c.close().catch(() => {})));
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * Ends `client`'s MCP session on the server (HTTP `DELETE`), as a client that is done does,
+ * then closes it.
+ */
+export async function endSession(client: Client): Promise<void> {
+  const transport = client.transport;
+  if (transport instanceof StreamableHTTPClientTransport) await transport.terminateSession();
+  await client.close();
+}
+
 export interface CallOptions {
   signal?: AbortSignal;
   onprogress?: (p: { progress: number; message?: string }) => void;
@@ -175,6 +236,59 @@ export function tools(client: () => Client) {
   const query = (sql: string, extra: Record<string, unknown> = {}) =>
     ok<QueryResult>('query', { sql, ...extra });
   return { call, ok, status, query };
+}
+
+/** The sessions part of the status tool's result. */
+export interface SessionsView {
+  sessions: {
+    max: number;
+    idleTimeoutMs: number;
+    yours: number | null;
+    list: {
+      id: number;
+      label: string | null;
+      state: string;
+      ageMs: number;
+      idleMs: number;
+      ops: number;
+      losses: number;
+    }[];
+  };
+}
+
+/** The status tool's result, sessions included. */
+export function sessionStatus(client: Client): Promise<Status & SessionsView> {
+  return okTool<Status & SessionsView>(client, 'status');
+}
+
+/** `query` of `sql` by `client`, `times` calls at once. */
+export function burst(client: Client, sql: string, times = 8): Promise<CallToolResult[]> {
+  return Promise.all(Array.from({ length: times }, () => callTool(client, 'query', { sql })));
+}
+
+/**
+ * Issue 9's first measurement, reversed: after `owner` creates a temporary table `scratch` with
+ * 2 rows, 8 concurrent reads of `countSql` by `owner` all count 2, and 8 by `other` (at the same
+ * time) all fail with `notFound`.
+ */
+export async function expectOwnTempTable(
+  owner: Client,
+  other: Client,
+  countSql: string,
+  notFound: RegExp,
+): Promise<void> {
+  await okTool(owner, 'execute', {
+    sql: 'create temp table scratch(x int); insert into scratch values (1),(2)',
+  });
+  const [mine, theirs] = await Promise.all([burst(owner, countSql), burst(other, countSql)]);
+  for (const result of mine) {
+    expect(result.isError, text(result)).toBeFalsy();
+    expect((result.structuredContent as unknown as QueryResult).rows).toEqual([{ n: 2 }]);
+  }
+  for (const result of theirs) {
+    expect(result.isError).toBe(true);
+    expect(text(result)).toMatch(notFound);
+  }
 }
 
 /**
