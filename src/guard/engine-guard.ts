@@ -420,7 +420,9 @@ export class EngineGuard<E> implements AsyncDisposable {
         }
       },
       run: (session, kind, fn, settings, handle, restored) => {
-        if (this.#closed) return Promise.reject(new GuardClosedError(this.name));
+        if (this.#closed) {
+          return { result: Promise.reject(new GuardClosedError(this.name)), op: undefined };
+        }
         const op = new Op<E>(
           ++this.#nextId,
           kind,
@@ -433,7 +435,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         op.ownHandle = handle;
         op.restored = restored;
         op.onHandleLost = (lost, cause) => session.lose(lost, cause);
-        return this.#launch(op, fn, settings.timeout);
+        return { result: this.#launch(op, fn, settings.timeout), op };
       },
       retire: (handle, reason, cause) => this.#sessionPool?.retire(handle, reason, cause),
       emit: (type, event) => this.#events.emit(type, event),

@@ -52,7 +52,10 @@ export interface SessionHost<E> {
   ): Promise<Handle<E>>;
   /** False when the handle is known dead (the guard's `isAlive` hook). */
   isAlive(handle: Handle<E>): boolean;
-  /** Runs one op of the session on its handle, through the guard's lock. */
+  /**
+   * Runs one op of the session on its handle, through the guard's lock: its outcome, and the op
+   * (undefined when none was made), whose `whenReleased()` tells when it let go of the handle.
+   */
   run(
     session: GuardSession<E>,
     kind: OpKind,
@@ -60,7 +63,7 @@ export interface SessionHost<E> {
     settings: OpSettings,
     handle: Handle<E>,
     restored: boolean,
-  ): Promise<unknown>;
+  ): { result: Promise<unknown>; op: { whenReleased(): Promise<void> | undefined } | undefined };
   /** Takes a session's handle out of service for good. */
   retire(handle: Handle<E>, reason: 'session-end' | 'idle-check', cause: unknown): void;
   emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose'>(
@@ -116,6 +119,10 @@ export class GuardSession<E> implements Session<E> {
   #current: Promise<void> | undefined = undefined;
   /** State was lost and `restore` has not rebuilt it yet on the new handle. */
   #needsRestore = false;
+  /** The running call's op, once it has one: its caller may hear back before it let go of the handle. */
+  #op: { whenReleased(): Promise<void> | undefined } | undefined = undefined;
+  /** The running call's wait for a slot: `close()` ends it. */
+  #slotWait: AbortController | undefined = undefined;
   /** `reopen()` while an op ran: drop the handle once it ends. */
   #dropAfterCurrent = false;
   #idleTimer: Timer | undefined = undefined;
@@ -264,14 +271,23 @@ export class GuardSession<E> implements Session<E> {
         call.resolve(value);
       },
       (error: unknown) => {
-        this.#ended();
+        const released = this.#op?.whenReleased();
+        if (released === undefined) {
+          this.#ended();
+          call.reject(error);
+          return;
+        }
+        // Aborted: its caller hears back at once, but the engine still winds the op down on the
+        // session's handle, and the session's next op must not start there before it let go.
         call.reject(error);
+        return released.then(() => this.#ended());
       },
     );
   }
 
   #ended(): void {
     this.#current = undefined;
+    this.#op = undefined;
     this.#lastActive = performance.now();
     if (this.#dropAfterCurrent) {
       this.#dropAfterCurrent = false;
@@ -306,11 +322,21 @@ export class GuardSession<E> implements Session<E> {
     }
     if (handle === undefined) {
       const wasLost = this.#state === 'lost';
-      handle = await this.#host.acquire(
-        signal,
-        call.remaining(performance.now()),
-        call.settings.timeout,
-      );
+      // The caller's signal, or close(): either ends the wait for a slot.
+      const slotWait = new AbortController();
+      const follow = (): void => slotWait.abort(signal?.reason);
+      signal?.addEventListener('abort', follow, { once: true });
+      this.#slotWait = slotWait;
+      try {
+        handle = await this.#host.acquire(
+          slotWait.signal,
+          call.remaining(performance.now()),
+          call.settings.timeout,
+        );
+      } finally {
+        signal?.removeEventListener('abort', follow);
+        this.#slotWait = undefined;
+      }
       // Closed while it waited for a slot.
       if (this.state === 'closed') {
         this.#host.retire(handle, 'session-end', undefined);
@@ -321,6 +347,9 @@ export class GuardSession<E> implements Session<E> {
       this.#state = 'open';
       this.#needsRestore = wasLost && this.#restore !== undefined;
       this.#host.emit('sessionOpen', { session: this.status() });
+      // Its caller gave up in the turns between the grant and now: the slot stays the session's,
+      // but fn never starts for a caller that left.
+      if (signal?.aborted) throw signal.reason;
     }
     this.#ops++;
     const settings: OpSettings = {
@@ -329,16 +358,31 @@ export class GuardSession<E> implements Session<E> {
     };
     const restore = this.#needsRestore ? this.#restore : undefined;
     if (restore === undefined) {
-      return this.#host.run(this, call.kind, call.fn, settings, handle, false);
+      return this.#run(call.kind, call.fn, settings, handle, false);
     }
     const fn = call.fn;
     const restoring: SessionFn<E> = (engine, ctx) =>
       attempt(() => restore(engine, ctx)).then(() => {
         // Rebuilt: later ops need no restore, even if this one's fn fails.
         if (this.#handle === handle) this.#needsRestore = false;
+        // Aborted, convicted or closed while restore ran: its caller has left, and the handle
+        // may be on its way to destroy.
+        if (ctx.signal.aborted) throw ctx.signal.reason;
         return fn(engine, ctx);
       });
-    return this.#host.run(this, call.kind, restoring, settings, handle, true);
+    return this.#run(call.kind, restoring, settings, handle, true);
+  }
+
+  #run(
+    kind: OpKind,
+    fn: SessionFn<E>,
+    settings: OpSettings,
+    handle: Handle<E>,
+    restored: boolean,
+  ): Promise<unknown> {
+    const run = this.#host.run(this, kind, fn, settings, handle, restored);
+    this.#op = run.op;
+    return run.result;
   }
 
   #dropHandle(): void {
@@ -371,6 +415,9 @@ export class GuardSession<E> implements Session<E> {
     for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
       this.giveUp(call, error);
     }
+    // A first op still waiting for a slot would hold this close() for as long as others hold
+    // every slot (no bound by default).
+    this.#slotWait?.abort(error);
     const current = this.#current ?? Promise.resolve();
     this.#closing = current.then(() => {
       const handle = this.#handle;
