@@ -321,7 +321,6 @@ export class GuardSession<E> implements Session<E> {
       return this.#start(call);
     }
     if (handle === undefined) {
-      const wasLost = this.#state === 'lost';
       // The caller's signal, or close(): either ends the wait for a slot.
       const slotWait = new AbortController();
       const follow = (): void => slotWait.abort(signal?.reason);
@@ -342,6 +341,8 @@ export class GuardSession<E> implements Session<E> {
         this.#host.retire(handle, 'session-end', undefined);
         throw this.#closedError(this.#closedReason);
       }
+      // Read after the wait: a reopen() made meanwhile accepted the loss, so nothing to restore.
+      const wasLost = this.#state === 'lost';
       this.#handle = handle;
       this.#generation = handle.generation;
       this.#state = 'open';

@@ -187,6 +187,29 @@ describe('session review', () => {
     expect(conns.map((c) => c.destroyed)).toEqual([1]);
   });
 
+  it('reopen() while a lost session waits for a slot: the loss is accepted, restore does not run', async () => {
+    let fatal = true;
+    const restores: number[] = [];
+    const { guard } = guardWith({ isFatal: () => fatal });
+    const session = guard.session({ restore: (conn) => restores.push(conn.generation) });
+    await errorOf(
+      session.read(() => {
+        throw new Error('connection lost');
+      }),
+    );
+    fatal = false;
+    // Another session takes the only slot the loss freed.
+    const other = guard.session();
+    await other.read(() => 1);
+    const next = session.read((_conn, ctx) => ctx.restored);
+    await flush();
+    session.reopen();
+    await other.close();
+    await expect(next).resolves.toBe(false);
+    expect(restores).toEqual([]);
+    await guard.close();
+  });
+
   it('a sessionLost listener that reopens: the next op runs on a fresh handle, restore or not', async () => {
     let fatal = true;
     const restored: boolean[] = [];
