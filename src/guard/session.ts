@@ -208,6 +208,13 @@ export class GuardSession<E> implements Session<E> {
     if (this.#handle !== handle) return;
     this.#handle = undefined;
     if (this.#state !== 'open') return;
+    if (this.#dropAfterCurrent) {
+      // reopen() gave this state up already: the next op starts fresh, as asked.
+      this.#dropAfterCurrent = false;
+      this.#state = 'new';
+      this.#needsRestore = false;
+      return;
+    }
     this.#state = 'lost';
     this.#losses++;
     this.#host.emit('sessionLost', { session: this.status(), cause });
@@ -263,24 +270,35 @@ export class GuardSession<E> implements Session<E> {
     this.#unqueue(call);
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
+    // Running from before #start: with the handle held, fn starts in this very turn, and a
+    // reopen(), close() or status() it calls must find its op running.
+    let ended!: () => void;
+    this.#current = new Promise<void>((resolve) => {
+      ended = resolve;
+    });
     // The session's bookkeeping is done before its caller hears back: a caller that awaits the
     // op and then reads status() sees it ended.
-    this.#current = this.#start(call).then(
+    this.#start(call).then(
       (value) => {
         this.#ended();
         call.resolve(value);
+        ended();
       },
       (error: unknown) => {
         const released = this.#op?.whenReleased();
         if (released === undefined) {
           this.#ended();
           call.reject(error);
+          ended();
           return;
         }
         // Aborted: its caller hears back at once, but the engine still winds the op down on the
         // session's handle, and the session's next op must not start there before it let go.
         call.reject(error);
-        return released.then(() => this.#ended());
+        released.then(() => {
+          this.#ended();
+          ended();
+        });
       },
     );
   }

@@ -210,6 +210,45 @@ describe('session review', () => {
     await guard.close();
   });
 
+  it('reopen() while an op runs, then that op kills the handle: the next op starts fresh, as asked', async () => {
+    const { guard } = guardWith({ isFatal: (error) => (error as Error).message === 'gone' });
+    const session = guard.session();
+    const first = await session.read((conn) => conn);
+    const dying = session.read(async () => {
+      await sleep(1);
+      session.reopen();
+      await sleep(1);
+      throw new Error('gone');
+    });
+    expect(await errorOf(dying)).toMatchObject({ message: 'gone' });
+    const next = await session.read((conn) => conn);
+    expect(next).not.toBe(first);
+    await guard.close();
+  });
+
+  for (const call of ['reopen', 'close'] as const) {
+    it(`${call}() called synchronously from a session's fn waits for that op before dropping the handle`, async () => {
+      const { guard } = guardWith();
+      const session = guard.session();
+      const seen: { destroyedDuring: number; running: boolean }[] = [];
+      let pending: Promise<void> | undefined;
+      // The session holds its handle already: this op starts in the same turn as the call.
+      await session.read(() => 1);
+      const value = await session.read(async (conn) => {
+        if (call === 'reopen') session.reopen();
+        else pending = session.close();
+        const running = session.status().running;
+        await sleep(5);
+        seen.push({ destroyedDuring: conn.destroyed, running });
+        return conn;
+      });
+      await pending;
+      expect(seen).toEqual([{ destroyedDuring: 0, running: true }]);
+      await guard.close();
+      expect(value.destroyed).toBe(1);
+    });
+  }
+
   it('a sessionLost listener that reopens: the next op runs on a fresh handle, restore or not', async () => {
     let fatal = true;
     const restored: boolean[] = [];
