@@ -6,6 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import {
+  DeadlockError,
   EngineGuard,
   type EngineGuardOptions,
   SessionClosedError,
@@ -297,6 +298,28 @@ describe('session review', () => {
     expect(await errorOf(session.read(() => 1))).toBeInstanceOf(SessionClosedError);
     // Its slot is free again.
     await expect(guard.session().read(() => 'in', { timeout: 1_000 })).resolves.toBe('in');
+    await guard.close();
+  });
+
+  it('a bootstrap that calls the guard is refused at once instead of waiting for the handle it opens', async () => {
+    const inner: unknown[] = [];
+    let first = true;
+    const { guard } = guardWith({
+      maxSessions: 1,
+      reconnect: { initialDelay: 5, maxDelay: 10, jitter: 0 },
+      bootstrap: async () => {
+        if (!first) return;
+        first = false;
+        // It would wait for the handle being opened: a stateless read, and a session's read.
+        inner.push(await errorOf(guard.read(() => 1)));
+        inner.push(await errorOf(guard.session().read(() => 1)));
+        throw new Error('bootstrap could not read');
+      },
+    });
+    // The first attempt fails with the bootstrap; the retry runs it again and succeeds.
+    await expect(guard.read(() => 'served', { timeout: 2_000 })).resolves.toBe('served');
+    expect(inner).toHaveLength(2);
+    for (const error of inner) expect(error).toBeInstanceOf(DeadlockError);
     await guard.close();
   });
 
