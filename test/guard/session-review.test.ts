@@ -323,6 +323,47 @@ describe('session review', () => {
     await guard.close();
   });
 
+  it('a sessionLost listener that closes the guard: every promise settles, every handle is destroyed', async () => {
+    const { guard, conns } = guardWith({
+      pool: 2,
+      maxSessions: 2,
+      isFatal: (error) => (error as Error).message === 'gone',
+    });
+    let closing: Promise<void> | undefined;
+    guard.on('sessionLost', () => {
+      closing = guard.close();
+    });
+    const session = guard.session();
+    const other = guard.session();
+    await other.read(() => 1);
+    const stateless = guard.read(() => new Promise((resolve) => setTimeout(resolve, 20, 'late')));
+    const dying = errorOf(
+      session.read(() => {
+        throw new Error('gone');
+      }),
+    );
+    const queued = errorOf(session.read(() => 1));
+    expect(await dying).toMatchObject({ message: 'gone' });
+    expect(await queued).toBeInstanceOf(SessionClosedError);
+    expect(await errorOf(stateless)).toMatchObject({ code: 'ERR_GUARD_CLOSED' });
+    await closing;
+    expect(guard.status().sessions).toEqual([]);
+    for (const conn of conns) expect(conn.destroyed).toBe(1);
+  });
+
+  it('a reset that closes the guard and answers synchronously: its handle is destroyed by close()', async () => {
+    const closing: { guard?: EngineGuard<Conn>; done?: Promise<void> } = {};
+    const { guard, conns } = guardWith({
+      reset: () => {
+        closing.done = closing.guard?.close();
+      },
+    });
+    closing.guard = guard;
+    await guard.read(() => 1);
+    await closing.done;
+    expect(conns.map((c) => c.destroyed)).toEqual([1]);
+  });
+
   it('the slot comes back after every kind of session end', async () => {
     let fatal = false;
     const { guard, conns } = guardWith({ isFatal: () => fatal, isAlive: (c) => c.busy >= 0 });

@@ -46,7 +46,7 @@ interface Conn {
 
 type Body = 'gated' | 'sync-ok' | 'sync-throw' | 'bad-then';
 type ResetOutcome = 'sync-ok' | 'async-ok' | 'sync-throw' | 'async-reject' | 'bad-then';
-type RestoreOutcome = 'ok' | 'async-ok' | 'error' | 'fatal';
+type RestoreOutcome = 'ok' | 'async-ok' | 'error' | 'bad-then' | 'fatal';
 
 type Command =
   | { kind: 'stateless'; mode: 'read' | 'write'; body: Body; abortable: boolean }
@@ -387,6 +387,10 @@ class Run {
           this.exit(conn);
           model.restorePending = true;
           throw new Error('restore failed');
+        case 'bad-then':
+          this.exit(conn);
+          model.restorePending = true;
+          return throwingThen(new Error('restore then getter threw'));
         default:
           this.exit(conn);
           conn.dead = true;
@@ -589,10 +593,13 @@ const scenario: fc.Arbitrary<Scenario> = fc.record({
     ),
     { minLength: 1, maxLength: 8 },
   ),
-  restores: fc.array(fc.constantFrom<RestoreOutcome>('ok', 'async-ok', 'error', 'fatal'), {
-    minLength: 1,
-    maxLength: 6,
-  }),
+  restores: fc.array(
+    fc.constantFrom<RestoreOutcome>('ok', 'async-ok', 'error', 'bad-then', 'fatal'),
+    {
+      minLength: 1,
+      maxLength: 6,
+    },
+  ),
   honorsAbort: fc.array(fc.boolean(), { minLength: 1, maxLength: 6 }),
   // Long runs: a loss and its restore take a session, an op, a death and another op.
   commands: fc.array(command, { minLength: 8, maxLength: 40, size: 'max' }),
