@@ -9,6 +9,7 @@ import {
   DeadlockError,
   EngineGuard,
   type EngineGuardOptions,
+  EngineStalledError,
   SessionClosedError,
   SessionLostError,
 } from '../../src/index.js';
@@ -362,6 +363,39 @@ describe('session review', () => {
     await guard.read(() => 1);
     await closing.done;
     expect(conns.map((c) => c.destroyed)).toEqual([1]);
+  });
+
+  it('a session op convicted while its session closes: close() resolves, the slot is free, the handle destroyed once', async () => {
+    let hung: Conn | undefined;
+    const { guard, conns } = guardWith({
+      probe: (conn) => {
+        if (conn === hung) throw new Error('no answer');
+      },
+      liveness: { interval: 20, timeout: 20, failures: 2 },
+      destroyTimeout: 50,
+    });
+    const lost: unknown[] = [];
+    guard.on('sessionLost', (event) => lost.push(event));
+    const session = guard.session({ idleTimeout: 10 });
+    const running = errorOf(
+      session.read((conn) => {
+        hung = conn;
+        return new Promise(() => {});
+      }),
+    );
+    // Queued behind it, past the idle timeout: the session must not idle out from under it.
+    const queued = errorOf(session.read(() => 1));
+    await sleep(15);
+    expect(session.status().state).toBe('open');
+    const closed = session.close();
+    expect(await running).toBeInstanceOf(EngineStalledError);
+    expect(await queued).toBeInstanceOf(SessionClosedError);
+    await closed;
+    // Closing: its loss is no news to anyone.
+    expect(lost).toEqual([]);
+    await expect(guard.session().read(() => 'slot', { timeout: 1_000 })).resolves.toBe('slot');
+    await guard.close();
+    for (const conn of conns) expect(conn.destroyed).toBe(1);
   });
 
   it('the slot comes back after every kind of session end', async () => {
