@@ -227,6 +227,7 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   /**
    * Settles once the op has ended and no longer uses its handle; `undefined` when it has already.
    * Its caller may be answered earlier: a cancelled op winds down on its handle after that.
+   * One waiter (its session): a second call replaces the first.
    */
   whenReleased(): Promise<void> | undefined {
     if (this.released) return undefined;
