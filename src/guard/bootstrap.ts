@@ -7,19 +7,42 @@
  * - A failure fails the attempts that waited on it; the pool's reconnect backoff schedules the
  *   next attempt, which runs bootstrap again.
  * - Once it succeeded it never runs again, whatever happens to the handle it ran on.
+ * - It runs before any op can: an op it starts on its guard would wait for the very handle being
+ *   opened, so such calls are refused with a {@link DeadlockError} (see {@link BootstrapHold}).
  */
+import { DeadlockError } from '../errors.js';
+import { runHolding } from '../internal/context.js';
 import { attempt, untilAborted } from '../internal/promises.js';
 import type { EngineGuardOptions } from './types.js';
+
+/**
+ * What a running bootstrap holds in the async context, in its guard's name: the guard refuses
+ * the ops started there. Released once the bootstrap settled, so work it left behind is not.
+ */
+export class BootstrapHold {
+  released = false;
+
+  /** The error for an op started inside the bootstrap of `guardName`. */
+  deadlock(guardName: string | undefined): DeadlockError {
+    return new DeadlockError(
+      `Cannot run an op of ${guardName === undefined ? 'the engine guard' : `engine guard "${guardName}"`} inside its bootstrap hook: it would wait for the handle being opened; use the engine the hook is given`,
+      guardName,
+    );
+  }
+}
 
 type BootstrapHook<E> = NonNullable<EngineGuardOptions<E>['bootstrap']>;
 
 export class Bootstrap<E> {
   readonly #hook: BootstrapHook<E> | undefined;
+  /** The guard: the owner of the hold its bootstrap runs in. */
+  readonly #owner: object;
   #done = false;
   #inFlight: Promise<void> | undefined = undefined;
 
-  constructor(hook: BootstrapHook<E> | undefined) {
+  constructor(hook: BootstrapHook<E> | undefined, owner: object) {
     this.#hook = hook;
+    this.#owner = owner;
   }
 
   /** True once bootstrap succeeded (or when there is none). */
@@ -37,15 +60,18 @@ export class Bootstrap<E> {
     if (this.#inFlight !== undefined) return this.#inFlight;
     // Given up with the attempt that runs it (connect timeout, close): the attempts sharing it
     // fail with it rather than wait on a hook that may never settle.
+    const hold = new BootstrapHold();
     const run = untilAborted(
-      attempt(() => hook(engine, { signal, generation })),
+      attempt(() => runHolding(this.#owner, hold, hook, engine, { signal, generation })),
       signal,
     ).then(
       () => {
+        hold.released = true;
         this.#done = true;
         if (this.#inFlight === run) this.#inFlight = undefined;
       },
       (error: unknown) => {
+        hold.released = true;
         if (this.#inFlight === run) this.#inFlight = undefined;
         throw error;
       },

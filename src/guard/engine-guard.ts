@@ -23,7 +23,7 @@ import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool, RetireReason } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
-import { Bootstrap } from './bootstrap.js';
+import { Bootstrap, BootstrapHold } from './bootstrap.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
 import { TypedEvents } from './events.js';
 import { HandleReset } from './handle-reset.js';
@@ -144,7 +144,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     const poolEvents = this.#health.poolEvents();
     const shared: SharedPoolParts<E> = {
       generations: { value: 0 },
-      bootstrap: new Bootstrap(options.bootstrap),
+      bootstrap: new Bootstrap(options.bootstrap, this),
     };
     this.#pool = openPool(options, settings, settings.pool, shared, {
       ...poolEvents,
@@ -355,7 +355,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   ): Promise<Awaited<T>> {
     validateFunction(fn, 'fn');
     const settings = parseOpOptions(options, this.#opDefaults);
-    const outer = heldBy<Op<E>>(this);
+    const outer = heldBy<Op<E> | BootstrapHold>(this);
+    if (outer instanceof BootstrapHold) return Promise.reject(outer.deadlock(this.name));
     if (outer !== undefined) {
       const held = outer.state;
       // Cancelling still holds the handle: cleanup in the op's `catch` must not queue behind it.
@@ -398,7 +399,8 @@ export class EngineGuard<E> implements AsyncDisposable {
       name: this.name,
       opDefaults: this.#opDefaults,
       nested: (session, kind, fn, signal) => {
-        const outer = heldBy<Op<E>>(this);
+        const outer = heldBy<Op<E> | BootstrapHold>(this);
+        if (outer instanceof BootstrapHold) return Promise.reject(outer.deadlock(this.name));
         if (outer === undefined) return undefined;
         const held = outer.state;
         if (held.tag !== 'running' && held.tag !== 'cancelling') return undefined;
@@ -422,7 +424,11 @@ export class EngineGuard<E> implements AsyncDisposable {
       },
       run: (session, kind, fn, settings, handle, restored) => {
         if (this.#closed) {
-          return { done: Promise.reject(new GuardClosedError(this.name)), leave: noop };
+          return {
+            result: Promise.reject(new GuardClosedError(this.name)),
+            op: undefined,
+            leave: noop,
+          };
         }
         const op = new Op<E>(
           ++this.#nextId,
@@ -437,7 +443,8 @@ export class EngineGuard<E> implements AsyncDisposable {
         op.restored = restored;
         op.onHandleLost = (lost, cause) => session.lose(lost, cause);
         return {
-          done: this.#launch(op, fn, settings.timeout),
+          result: this.#launch(op, fn, settings.timeout),
+          op,
           leave: (reason) => this.#admission.leave(op, reason),
         };
       },

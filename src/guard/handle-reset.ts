@@ -51,6 +51,10 @@ export class HandleReset<E> {
   /** Resets in flight: each one's call (for abort) and its outcome (for close to wait on). */
   readonly #inFlight = new Map<ResetCall<E>, Promise<void>>();
   #closing = false;
+  /** Reset hooks running right now (a hook can start another op, hence a count). */
+  #inHook = 0;
+  /** Resolves the wait of a `close()` made from inside a running hook, once the hooks returned. */
+  #hooksReturned: (() => void) | undefined = undefined;
 
   constructor(
     hook: ResetHook<E>,
@@ -70,10 +74,35 @@ export class HandleReset<E> {
   run(handle: Handle<E>, op: Op<E>, ok: boolean, aliveAt: number): void {
     const call = new ResetCall<E>(op, ok);
     let result: unknown;
+    let threw = false;
+    this.#inHook++;
     try {
       result = this.#hook(handle.engine, call);
     } catch (error) {
-      this.#failed(handle, error, undefined);
+      threw = true;
+      result = error;
+    }
+    try {
+      this.#settle(handle, call, threw, result, aliveAt);
+    } finally {
+      // The handle's fate is sealed (released, retiring or watched): a close() made by the hook
+      // may stop waiting for it now.
+      if (--this.#inHook === 0 && this.#hooksReturned !== undefined) {
+        this.#hooksReturned();
+        this.#hooksReturned = undefined;
+      }
+    }
+  }
+
+  #settle(
+    handle: Handle<E>,
+    call: ResetCall<E>,
+    threw: boolean,
+    result: unknown,
+    aliveAt: number,
+  ): void {
+    if (threw) {
+      this.#failed(handle, result, undefined);
       return;
     }
     if (!isThenable(result)) {
@@ -81,6 +110,11 @@ export class HandleReset<E> {
       return;
     }
     const returned = Promise.resolve(result);
+    if (this.#closing) {
+      // The hook closed the guard itself: nothing will abort it now, so give the handle up.
+      this.#failed(handle, new GuardClosedError(this.#name), returned);
+      return;
+    }
     // The signal exists from here on: the timer and close() abort it.
     const signal = call.signal;
     const timer = setTimeout(
@@ -115,7 +149,16 @@ export class HandleReset<E> {
     const pending = [...this.#inFlight];
     const closed = new GuardClosedError(this.#name);
     for (const [call] of pending) call.controller?.abort(closed);
-    return Promise.all(pending.map(([, done]) => done)).then(() => undefined);
+    const waits = pending.map(([, done]) => done);
+    // Called from inside a reset hook: its handle is not in flight yet; wait until it is settled.
+    if (this.#inHook > 0) {
+      waits.push(
+        new Promise<void>((resolve) => {
+          this.#hooksReturned = resolve;
+        }),
+      );
+    }
+    return Promise.all(waits).then(() => undefined);
   }
 
   #failed(handle: Handle<E>, error: unknown, returned: Promise<unknown> | undefined): void {

@@ -179,6 +179,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   #controller: AbortController | undefined = undefined;
   #aborted = false;
   #reason: unknown = undefined;
+  /** Told once the op has ended (see {@link Op.whenReleased}). */
+  #onRelease: (() => void) | undefined = undefined;
 
   constructor(
     readonly id: number,
@@ -215,6 +217,23 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
     const from = this.#state.tag;
     if (!NEXT[from].includes(next.tag)) throw new IllegalTransitionError(from, next.tag, this.id);
     this.#state = next;
+    const onRelease = this.#onRelease;
+    if (onRelease !== undefined && this.released) {
+      this.#onRelease = undefined;
+      onRelease();
+    }
+  }
+
+  /**
+   * Settles once the op has ended and no longer uses its handle; `undefined` when it has already.
+   * Its caller may be answered earlier: a cancelled op winds down on its handle after that.
+   * One waiter (its session): a second call replaces the first.
+   */
+  whenReleased(): Promise<void> | undefined {
+    if (this.released) return undefined;
+    return new Promise<void>((resolve) => {
+      this.#onRelease = resolve;
+    });
   }
 
   /** The `ctx` handed to `fn` (and to nested calls that join this op). */

@@ -53,8 +53,9 @@ export interface SessionHost<E> {
   /** False when the handle is known dead (the guard's `isAlive` hook). */
   isAlive(handle: Handle<E>): boolean;
   /**
-   * Runs one op of the session on its handle, through the guard's lock. `leave` takes it out of
-   * the lock's queue if it has not started yet (no-op once it runs).
+   * Runs one op of the session on its handle, through the guard's lock: its outcome; the op
+   * (undefined when none was made), whose `whenReleased()` tells when it let go of the handle;
+   * and `leave`, which takes it out of the lock's queue if it has not started yet.
    */
   run(
     session: GuardSession<E>,
@@ -63,7 +64,11 @@ export interface SessionHost<E> {
     settings: OpSettings,
     handle: Handle<E>,
     restored: boolean,
-  ): { done: Promise<unknown>; leave(reason: unknown): void };
+  ): {
+    result: Promise<unknown>;
+    op: { whenReleased(): Promise<void> | undefined } | undefined;
+    leave(reason: unknown): void;
+  };
   /** Takes a session's handle out of service for good. */
   retire(handle: Handle<E>, reason: 'session-end' | 'idle-check', cause: unknown): void;
   emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose'>(
@@ -130,11 +135,13 @@ export class GuardSession<E> implements Session<E> {
   #current: Promise<void> | undefined = undefined;
   /** State was lost and `restore` has not rebuilt it yet on the new handle. */
   #needsRestore = false;
+  /** The running call's op, once it has one: its caller may hear back before it let go of the handle. */
+  #op: { whenReleased(): Promise<void> | undefined } | undefined = undefined;
+  /** The running call's wait for a slot: `close()` ends it. */
+  #slotWait: AbortController | undefined = undefined;
   /** `reopen()` while an op ran: drop the handle once it ends. */
   #dropAfterCurrent = false;
   #idleTimer: Timer | undefined = undefined;
-  /** Aborts the current call's wait for a slot (close() while it waits). */
-  #slotWait: AbortController | undefined = undefined;
   /** Takes the current call's op out of the lock queue (close() before it started). */
   #leaveQueue: ((reason: unknown) => void) | undefined = undefined;
   #closing: Promise<void> | undefined = undefined;
@@ -219,6 +226,13 @@ export class GuardSession<E> implements Session<E> {
     if (this.#handle !== handle) return;
     this.#handle = undefined;
     if (this.#state !== 'open') return;
+    if (this.#dropAfterCurrent) {
+      // reopen() gave this state up already: the next op starts fresh, as asked.
+      this.#dropAfterCurrent = false;
+      this.#state = 'new';
+      this.#needsRestore = false;
+      return;
+    }
     this.#state = 'lost';
     this.#losses++;
     this.#host.emit('sessionLost', { session: this.status(), cause });
@@ -274,22 +288,43 @@ export class GuardSession<E> implements Session<E> {
     this.#unqueue(call);
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
+    // Running from before #start: with the handle held, fn starts in this very turn, and a
+    // reopen(), close() or status() it calls must find its op running.
+    let ended!: () => void;
+    this.#current = new Promise<void>((resolve) => {
+      ended = resolve;
+    });
     // The session's bookkeeping is done before its caller hears back: a caller that awaits the
     // op and then reads status() sees it ended.
-    this.#current = this.#start(call).then(
+    this.#start(call).then(
       (value) => {
         this.#ended();
         call.resolve(value);
+        ended();
       },
       (error: unknown) => {
-        this.#ended();
+        const released = this.#op?.whenReleased();
+        if (released === undefined) {
+          this.#ended();
+          call.reject(callerTimeout(error, call.settings.timeout));
+          ended();
+          return;
+        }
+        // Aborted: its caller hears back at once, but the engine still winds the op down on the
+        // session's handle, and the session's next op must not start there before it let go.
         call.reject(callerTimeout(error, call.settings.timeout));
+        released.then(() => {
+          this.#ended();
+          ended();
+        });
       },
     );
   }
 
   #ended(): void {
     this.#current = undefined;
+    this.#op = undefined;
+    this.#leaveQueue = undefined;
     this.#lastActive = performance.now();
     if (this.#dropAfterCurrent) {
       this.#dropAfterCurrent = false;
@@ -323,17 +358,19 @@ export class GuardSession<E> implements Session<E> {
       return this.#start(call);
     }
     if (handle === undefined) {
-      const wasLost = this.#state === 'lost';
-      // close() must not wait behind a slot that may never free: it aborts this wait.
+      // The caller's signal, or close(): either ends the wait for a slot.
       const slotWait = new AbortController();
+      const follow = (): void => slotWait.abort(signal?.reason);
+      signal?.addEventListener('abort', follow, { once: true });
       this.#slotWait = slotWait;
       try {
         handle = await this.#host.acquire(
-          signal === undefined ? slotWait.signal : AbortSignal.any([signal, slotWait.signal]),
+          slotWait.signal,
           call.remaining(performance.now()),
           call.settings.timeout,
         );
       } finally {
+        signal?.removeEventListener('abort', follow);
         this.#slotWait = undefined;
       }
       // Closed while it waited for a slot.
@@ -341,11 +378,16 @@ export class GuardSession<E> implements Session<E> {
         this.#host.retire(handle, 'session-end', undefined);
         throw this.#closedError(this.#closedReason);
       }
+      // Read after the wait: a reopen() made meanwhile accepted the loss, so nothing to restore.
+      const wasLost = this.#state === 'lost';
       this.#handle = handle;
       this.#generation = handle.generation;
       this.#state = 'open';
       this.#needsRestore = wasLost && this.#restore !== undefined;
       this.#host.emit('sessionOpen', { session: this.status() });
+      // Its caller gave up in the turns between the grant and now: the slot stays the session's,
+      // but fn never starts for a caller that left.
+      if (signal?.aborted) throw signal.reason;
     }
     this.#ops++;
     const settings: OpSettings = {
@@ -353,31 +395,33 @@ export class GuardSession<E> implements Session<E> {
       timeout: call.remaining(performance.now()),
     };
     const restore = this.#needsRestore ? this.#restore : undefined;
-    if (restore === undefined) return this.#run(call.kind, call.fn, settings, handle, false);
+    if (restore === undefined) {
+      return this.#run(call.kind, call.fn, settings, handle, false);
+    }
     const fn = call.fn;
     const restoring: SessionFn<E> = (engine, ctx) =>
       attempt(() => restore(engine, ctx)).then(() => {
         // Rebuilt: later ops need no restore, even if this one's fn fails.
         if (this.#handle === handle) this.#needsRestore = false;
+        // Aborted, convicted or closed while restore ran: its caller has left, and the handle
+        // may be on its way to destroy.
+        if (ctx.signal.aborted) throw ctx.signal.reason;
         return fn(engine, ctx);
       });
     return this.#run(call.kind, restoring, settings, handle, true);
   }
 
-  async #run(
+  #run(
     kind: OpKind,
     fn: SessionFn<E>,
     settings: OpSettings,
     handle: Handle<E>,
     restored: boolean,
   ): Promise<unknown> {
-    const op = this.#host.run(this, kind, fn, settings, handle, restored);
-    this.#leaveQueue = op.leave;
-    try {
-      return await op.done;
-    } finally {
-      this.#leaveQueue = undefined;
-    }
+    const run = this.#host.run(this, kind, fn, settings, handle, restored);
+    this.#op = run.op;
+    this.#leaveQueue = run.leave;
+    return run.result;
   }
 
   #dropHandle(): void {

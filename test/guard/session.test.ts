@@ -386,11 +386,12 @@ describe('sessions', () => {
       const a = guard.session();
       const b = guard.session();
       const connA = await a.read((c) => c);
-      const running = b.read(() => new Promise(() => {}));
+      // Handled from the start: close() rejects it before the test awaits it.
+      const running = errorOf(b.read(() => new Promise(() => {})));
       await flush();
       await guard.close();
       expect(connA.destroyed).toBe(true);
-      expect(await errorOf(running)).toMatchObject({ code: 'ERR_GUARD_CLOSED' });
+      expect(await running).toMatchObject({ code: 'ERR_GUARD_CLOSED' });
       expect(await errorOf(a.read(() => 1))).toMatchObject({
         code: 'ERR_SESSION_CLOSED',
         reason: 'guard-closed',
