@@ -16,19 +16,38 @@ import { attempt, untilAborted } from '../internal/promises.js';
 import type { EngineGuardOptions } from './types.js';
 
 /**
- * What a running bootstrap holds in the async context, in its guard's name: the guard refuses
- * the ops started there. Released once the bootstrap settled, so work it left behind is not.
+ * What a running `bootstrap` or `setup` holds in the async context, in its guard's name: the
+ * guard refuses the ops started there (they would wait for the handle being opened). Released once
+ * the hook settled, so work it left behind is not.
  */
 export class BootstrapHold {
   released = false;
 
-  /** The error for an op started inside the bootstrap of `guardName`. */
+  constructor(readonly hook: 'bootstrap' | 'setup') {}
+
+  /** The error for an op started inside the hook of `guardName`. */
   deadlock(guardName: string | undefined): DeadlockError {
     return new DeadlockError(
-      `Cannot run an op of ${guardName === undefined ? 'the engine guard' : `engine guard "${guardName}"`} inside its bootstrap hook: it would wait for the handle being opened; use the engine the hook is given`,
+      `Cannot run an op of ${guardName === undefined ? 'the engine guard' : `engine guard "${guardName}"`} inside its ${this.hook} hook: it would wait for the handle being opened; use the engine the hook is given`,
       guardName,
     );
   }
+}
+
+/** Runs a connect-time hook holding a {@link BootstrapHold} in `owner`'s name. */
+export function runConnectHook<A extends unknown[], R>(
+  owner: object,
+  hookName: 'bootstrap' | 'setup',
+  hook: (...args: A) => R,
+  ...args: A
+): Promise<unknown> {
+  const hold = new BootstrapHold(hookName);
+  const run: Promise<unknown> = attempt(() => runHolding(owner, hold, hook, ...args));
+  const release = (): void => {
+    hold.released = true;
+  };
+  run.then(release, release);
+  return run;
 }
 
 type BootstrapHook<E> = NonNullable<EngineGuardOptions<E>['bootstrap']>;
@@ -60,18 +79,15 @@ export class Bootstrap<E> {
     if (this.#inFlight !== undefined) return this.#inFlight;
     // Given up with the attempt that runs it (connect timeout, close): the attempts sharing it
     // fail with it rather than wait on a hook that may never settle.
-    const hold = new BootstrapHold();
     const run = untilAborted(
-      attempt(() => runHolding(this.#owner, hold, hook, engine, { signal, generation })),
+      runConnectHook(this.#owner, 'bootstrap', hook, engine, { signal, generation }),
       signal,
     ).then(
       () => {
-        hold.released = true;
         this.#done = true;
         if (this.#inFlight === run) this.#inFlight = undefined;
       },
       (error: unknown) => {
-        hold.released = true;
         if (this.#inFlight === run) this.#inFlight = undefined;
         throw error;
       },

@@ -145,6 +145,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     const shared: SharedPoolParts<E> = {
       generations: { value: 0 },
       bootstrap: new Bootstrap(options.bootstrap, this),
+      owner: this,
     };
     this.#pool = openPool(options, settings, settings.pool, shared, {
       ...poolEvents,

@@ -4,7 +4,7 @@
  */
 import { attempt, bounded, noop, untilAborted } from '../internal/promises.js';
 import { type GenerationCounter, HandlePool, type PoolHooks } from '../pool/handle-pool.js';
-import type { Bootstrap } from './bootstrap.js';
+import { type Bootstrap, runConnectHook } from './bootstrap.js';
 import type { GuardSettings } from './options.js';
 import type { EngineGuardOptions } from './types.js';
 
@@ -15,6 +15,8 @@ export type PoolEvents<E> = Omit<PoolHooks<E>, 'open' | 'destroy' | 'isAlive' | 
 export interface SharedPoolParts<E> {
   generations: GenerationCounter;
   bootstrap: Bootstrap<E>;
+  /** The guard: ops it is asked for inside `setup` are refused (see `BootstrapHold`). */
+  owner: object;
 }
 
 /** A pool of the guard (the shared one, or the sessions'), wired to the user's hooks. */
@@ -49,7 +51,7 @@ export function openPool<E>(
           if (bootstrapped !== undefined) await untilAborted(bootstrapped, signal);
           if (setup !== undefined) {
             await untilAborted(
-              attempt(() => setup(engine, { signal, generation })),
+              runConnectHook(shared.owner, 'setup', setup, engine, { signal, generation }),
               signal,
             );
           }

@@ -455,3 +455,22 @@ describe('session review', () => {
     await sleep(0);
   });
 });
+
+describe('setup, like bootstrap, opens the handle an op would wait for', () => {
+  it('an op started inside setup is refused at once with DeadlockError', async () => {
+    const inner: unknown[] = [];
+    const guard: EngineGuard<{ generation: number }> = new EngineGuard({
+      create: ({ generation }) => ({ generation }),
+      setup: async () => {
+        if (inner.length > 0) return;
+        inner.push(await errorOf(guard.read(() => 1)));
+      },
+      connectTimeout: 60_000,
+    });
+    await expect(guard.read(() => 'served', { timeout: 2_000 })).resolves.toBe('served');
+    expect(inner).toHaveLength(1);
+    expect(inner[0]).toBeInstanceOf(DeadlockError);
+    expect((inner[0] as Error).message).toMatch(/setup hook/);
+    await guard.close();
+  });
+});
