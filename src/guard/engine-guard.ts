@@ -16,6 +16,7 @@ import { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
+import { ClusterLeases, validateCoordinator } from './cluster-lease.js';
 import { TypedEvents } from './events.js';
 import { GuardHealth } from './health.js';
 import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
@@ -94,6 +95,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #health: GuardHealth<E>;
   readonly #admission: Admission<E>;
   readonly #counters: GuardCounters;
+  /** Cluster leases of the ops that need one (see `coordinator`). */
+  readonly #cluster: ClusterLeases | undefined;
   #nextId = 0;
   #closed = false;
   #closing: Promise<void> | undefined = undefined;
@@ -103,6 +106,7 @@ export class EngineGuard<E> implements AsyncDisposable {
    */
   constructor(options: EngineGuardOptions<E>) {
     const settings = parseGuardOptions(options);
+    const coordinator = validateCoordinator(options.coordinator);
     this.name = settings.name;
     this.#options = options;
     this.#cancelTimeout = settings.cancelTimeout;
@@ -139,6 +143,10 @@ export class EngineGuard<E> implements AsyncDisposable {
       this.name,
       (op, fn, lease, handle, now) => this.#run(op, fn, lease, handle, now),
     );
+    this.#cluster =
+      coordinator === undefined
+        ? undefined
+        : new ClusterLeases(coordinator, (op, error) => this.#onCallerAbort(op, error));
     const probe = options.probe;
     this.#watchdog =
       settings.liveness === undefined || probe === undefined
@@ -231,7 +239,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         forHandle: this.#pool.waiting,
       },
       [],
-      undefined,
+      this.#cluster?.status(),
     );
   }
 
@@ -322,7 +330,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   #start(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
-    this.#admission.admit(op, fn, timeout);
+    this.#admission.admit(op, this.#cluster?.wrap(op, fn, timeout) ?? fn, timeout);
     return op.promise;
   }
 
@@ -414,11 +422,10 @@ export class EngineGuard<E> implements AsyncDisposable {
     }
   }
 
-  /** The caller's signal aborted while the op ran. */
-  #onCallerAbort(op: Op<E>): void {
+  /** The caller's signal aborted while the op ran (or its cluster lease was lost: `reason`). */
+  #onCallerAbort(op: Op<E>, reason: unknown = op.callerSignal?.reason): void {
     const state = op.state;
     if (state.tag !== 'running') return;
-    const reason = op.callerSignal?.reason;
     this.#counters.aborts++;
     this.#watchdog?.unwatch(op);
     // The op is cancelling before any user code runs: fn's abort listeners and the cancel hook
@@ -586,7 +593,11 @@ export class EngineGuard<E> implements AsyncDisposable {
       const idle = cancelled === undefined ? fnDone : Promise.all([fnDone, cancelled]);
       this.#pool.retire(state.handle, 'close', error, () => idle);
     }
-    await bounded(this.#pool.close(), this.#closeTimeout, noop);
+    await bounded(
+      Promise.all([this.#pool.close(), this.#cluster?.close()]),
+      this.#closeTimeout,
+      noop,
+    );
   }
 
   /** The running ops, for the watchdog; safe against the consumer unlinking the one it gets. */
