@@ -1,0 +1,757 @@
+/**
+ * `pgCoordinator`: a cluster lease for {@link EngineGuard} on PostgreSQL session advisory locks,
+ * renewed by the guard's liveness and fenced by a sequence. See docs/design.md, "Beyond one
+ * process", for the safety argument.
+ *
+ * - One dedicated, unpooled lock connection per coordinator (TCP keepalives on, server-side
+ *   keepalives, `tcp_user_timeout` and `client_connection_check_interval` set for it).
+ * - The server ends that session by itself once it is silent for `leaseTimeout`
+ *   (`idle_session_timeout`), which frees its locks. The coordinator sends a renewal every
+ *   `renewInterval` while every lease it holds is alive (`isAlive`), and counts a lease lost
+ *   `leaseTimeout - renewInterval` after the last renewal it sent that was answered: before the
+ *   server's bound runs out. A lost lease discards the session.
+ * - Each grant takes `nextval` of the fence sequence after the lock: fences increase in grant
+ *   order. {@link pgCheckFence} refuses a write whose fence is older than one that wrote.
+ * - Aborting a wait cancels it on the server (`pg_cancel_backend` of the lock session, over a
+ *   side connection); a wait the cancel did not end discards the session.
+ * - Every query on the lock session goes through one chain, so a cancel never hits the query
+ *   after the one it was meant for.
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import type {
+  ClusterAcquireOptions,
+  ClusterLease,
+  Coordinator,
+  CoordinatorStatus,
+  Fence,
+} from '../coordination/coordinator.js';
+import { LeaseLostError, LockTimeoutError } from '../errors.js';
+import { validateBoolean, validateDuration } from '../internal/validate.js';
+import type { Lease, LockMode } from '../lock/lease.js';
+import { RWLock } from '../lock/rwlock.js';
+import {
+  closeClient,
+  connect,
+  destroySocket,
+  END_GRACE_MS,
+  noop,
+  type RawClient,
+} from './pg-client.js';
+import { fenceObjects, setupSql, toFence, validateSchema } from './pg-fence.js';
+import { SideConnection } from './pg-side.js';
+import type { PgClientConfig } from './pg-types.js';
+
+/** Options of {@link pgCoordinator}. */
+export interface PgCoordinatorOptions {
+  /** What the lease is for: every process coordinating on the same thing uses the same key. */
+  key: string;
+  /** Schema of the fence sequence and table, created on first use. Default `engine_guard`. */
+  schema?: string | undefined;
+  /** Reads take a shared cluster lease too (no write anywhere runs while they do). Default false. */
+  coordinateReads?: boolean | undefined;
+  /**
+   * The server ends a lock session silent this long (`idle_session_timeout`), freeing its locks:
+   * a frozen or partitioned holder loses the lease within about this bound. Default 5,000 ms;
+   * at least 1,000.
+   */
+  leaseTimeout?: number | undefined;
+  /** How often the lease is renewed while its op is alive, ms. Default 1,000; at most `leaseTimeout / 3`. */
+  renewInterval?: number | undefined;
+  /** Bound of opening the lock session, ms. Default 10,000. */
+  connectTimeout?: number | undefined;
+}
+
+/** Why a {@link PgCoordinatorError} was thrown. */
+export type PgCoordinatorErrorReason = 'pooler' | 'server-version' | 'closed' | 'session';
+
+/**
+ * The coordinator cannot work here (`pooler`: the connection goes through a transaction-mode
+ * pooler; `server-version`: PostgreSQL older than 14), was closed (`closed`), or its lock
+ * session failed while an acquire waited (`session`).
+ */
+export class PgCoordinatorError extends Error {
+  override readonly name = 'PgCoordinatorError';
+  /** Stable code: `ERR_PG_COORDINATOR`. */
+  readonly code = 'ERR_PG_COORDINATOR';
+  readonly reason: PgCoordinatorErrorReason;
+  constructor(reason: PgCoordinatorErrorReason, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.reason = reason;
+  }
+}
+
+/** Settings after validation and defaults. */
+interface Settings {
+  readonly key: string;
+  readonly schema: string;
+  readonly coordinateReads: boolean;
+  readonly leaseTimeout: number;
+  readonly renewInterval: number;
+  readonly connectTimeout: number;
+  /** Counted from the send of the last answered renewal: the holder's own, earlier, deadline. */
+  readonly lossAfter: number;
+}
+
+const OPTION_KEYS = new Set([
+  'key',
+  'schema',
+  'coordinateReads',
+  'leaseTimeout',
+  'renewInterval',
+  'connectTimeout',
+]);
+
+function parseOptions(options: PgCoordinatorOptions): Settings {
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError('The "options" argument must be an object with a "key" string');
+  }
+  for (const name of Object.keys(options)) {
+    if (!OPTION_KEYS.has(name)) throw new TypeError(`Unknown pgCoordinator option "${name}"`);
+  }
+  if (typeof options.key !== 'string' || options.key.length === 0) {
+    throw new TypeError('The "key" option must be a non-empty string');
+  }
+  const leaseTimeout = validateDuration(options.leaseTimeout, 'leaseTimeout') ?? 5_000;
+  if (leaseTimeout < 1_000 || !Number.isInteger(leaseTimeout)) {
+    throw new RangeError(
+      `The "leaseTimeout" option must be an integer number of ms >= 1000, got ${leaseTimeout}`,
+    );
+  }
+  const renewInterval = validateDuration(options.renewInterval, 'renewInterval') ?? 1_000;
+  if (renewInterval <= 0 || renewInterval > leaseTimeout / 3) {
+    throw new RangeError(
+      `The "renewInterval" option must be > 0 and at most leaseTimeout / 3 (${leaseTimeout / 3}), got ${renewInterval}`,
+    );
+  }
+  const connectTimeout = validateDuration(options.connectTimeout, 'connectTimeout') ?? 10_000;
+  return {
+    key: options.key,
+    schema: validateSchema(options.schema, 'schema'),
+    coordinateReads: validateBoolean(options.coordinateReads, 'coordinateReads') ?? false,
+    leaseTimeout,
+    renewInterval,
+    connectTimeout,
+    lossAfter: leaseTimeout - renewInterval,
+  };
+}
+
+/** The advisory lock key of `key`: 64 bits of its SHA-256, as a signed bigint (text). */
+export function lockKey(key: string): string {
+  const digest = createHash('sha256').update(`engine-guard:${key}`).digest();
+  return digest.readBigInt64BE(0).toString();
+}
+
+/** The lock session: one connection and the chain every query on it goes through. */
+interface Session {
+  readonly client: RawClient;
+  readonly pid: number;
+  /** Settles when the last queued step is done with the connection. */
+  tail: Promise<void>;
+  /** Steps queued or running on it. */
+  busy: number;
+  /** Set once the session is unusable. */
+  gone: Error | undefined;
+}
+
+/** A held lease, as the coordinator tracks it. */
+interface Held {
+  readonly mode: LockMode;
+  readonly fence: Fence;
+  readonly controller: AbortController;
+  readonly isAlive: () => boolean;
+  readonly label: string | undefined;
+  readonly local: Lease;
+  readonly session: Session;
+  readonly since: number;
+  /** Send time of the last answered renewal (or of the fence query). */
+  anchor: number;
+  timer: NodeJS.Timeout | undefined;
+  done: boolean;
+}
+
+interface Waiting {
+  readonly mode: LockMode;
+  readonly since: number;
+  readonly label: string | undefined;
+}
+
+const VERSION_14 = 140_000;
+
+/**
+ * A {@link Coordinator} on PostgreSQL session advisory locks (see the module documentation).
+ * Use one per guard.
+ */
+export class PgCoordinator implements Coordinator {
+  readonly coordinatesReads: boolean;
+  /** The cluster key. */
+  readonly key: string;
+  /** Schema of the fence sequence and table. */
+  readonly schema: string;
+  /** The bounds in force, ms (see {@link PgCoordinatorOptions}). */
+  readonly bounds: { leaseTimeout: number; renewInterval: number; lossAfter: number };
+  readonly #settings: Settings;
+  readonly #config: PgClientConfig;
+  readonly #lockKey: string;
+  /** Keeps this process's own leases apart (a session may hold shared and exclusive at once). */
+  readonly #local = new RWLock({ name: 'pgCoordinator' });
+  readonly #side: SideConnection;
+  readonly #held = new Set<Held>();
+  readonly #waiting = new Set<Waiting>();
+  readonly #closing = new AbortController();
+  #session: Promise<Session> | undefined = undefined;
+  #current: Session | undefined = undefined;
+  #connecting = false;
+  #setupDone = false;
+  #lastError: { message: string; at: number } | undefined = undefined;
+  #renewer: NodeJS.Timeout | undefined = undefined;
+  #closed: Promise<void> | undefined = undefined;
+
+  constructor(config: PgClientConfig, options: PgCoordinatorOptions) {
+    if (config === null || typeof config !== 'object') {
+      throw new TypeError('The "config" argument must be a pg.ClientConfig object');
+    }
+    this.#settings = parseOptions(options);
+    this.key = this.#settings.key;
+    this.schema = this.#settings.schema;
+    this.coordinatesReads = this.#settings.coordinateReads;
+    const { leaseTimeout, renewInterval, lossAfter } = this.#settings;
+    this.bounds = { leaseTimeout, renewInterval, lossAfter };
+    this.#config = {
+      ...config,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: renewInterval,
+      application_name: 'engine-guard coordinator',
+    };
+    this.#side = new SideConnection(config);
+    this.#lockKey = lockKey(this.key);
+  }
+
+  /**
+   * Waits for the cluster lease in `mode`. Rejects with the signal's reason on abort (the wait
+   * is cancelled on the server), `LockTimeoutError` after `timeout`, {@link PgCoordinatorError}
+   * when the server cannot host it or the lock session fails, or the connection's error.
+   */
+  async acquire(mode: LockMode, options: ClusterAcquireOptions): Promise<ClusterLease> {
+    if (mode !== 'read' && mode !== 'write') {
+      throw new TypeError(`The "mode" argument must be 'read' or 'write', got ${String(mode)}`);
+    }
+    if (options === null || typeof options !== 'object' || typeof options.isAlive !== 'function') {
+      throw new TypeError('The "options.isAlive" option must be a function');
+    }
+    const timeout = validateDuration(options.timeout, 'timeout');
+    if (this.#closed !== undefined) throw this.#closedError();
+    const waiting: Waiting = { mode, since: performance.now(), label: options.label };
+    const bound = boundSignal(
+      [options.signal, this.#closing.signal],
+      timeout,
+      () => new LockTimeoutError(timeout ?? 0, `cluster lock "${this.key}"`),
+    );
+    this.#waiting.add(waiting);
+    try {
+      const local =
+        mode === 'read'
+          ? await this.#local.acquireRead({ signal: bound.signal })
+          : await this.#local.acquireWrite({ signal: bound.signal });
+      try {
+        const session = await this.#open(bound.signal);
+        await this.#lock(session, mode, bound.signal);
+        return this.#grant(session, mode, local, options);
+      } catch (error) {
+        local.release();
+        throw error;
+      }
+    } finally {
+      bound.dispose();
+      this.#waiting.delete(waiting);
+    }
+  }
+
+  /** Never waits: the cached state of the lock session and leases. */
+  status(): CoordinatorStatus {
+    const now = performance.now();
+    let held: CoordinatorStatus['held'];
+    for (const lease of this.#held) {
+      held = {
+        mode: lease.mode,
+        fence: lease.fence,
+        heldMs: now - lease.since,
+        sinceRenewMs: now - lease.anchor,
+        label: lease.label,
+      };
+      break;
+    }
+    const waiting = [...this.#waiting].map((w) => ({
+      mode: w.mode,
+      waitingMs: now - w.since,
+      label: w.label,
+    }));
+    let connection: CoordinatorStatus['connection'];
+    if (this.#closed !== undefined) connection = 'closed';
+    else if (this.#connecting) connection = 'connecting';
+    else if (this.#current !== undefined && this.#current.gone === undefined)
+      connection = 'connected';
+    else if (this.#lastError !== undefined) connection = 'down';
+    else connection = 'idle';
+    return { kind: 'pg', key: this.key, held, waiting, connection, lastError: this.#lastError };
+  }
+
+  /** Releases what is held, rejects waiters, closes the lock session. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
+    this.#closing.abort(this.#closedError());
+    clearInterval(this.#renewer);
+    const releases = [...this.#held].map((lease) => this.#release(lease));
+    await Promise.all(releases);
+    const session = await this.#session?.catch(() => undefined);
+    if (session !== undefined) {
+      await session.tail;
+      await closeClient(session.client, END_GRACE_MS);
+    }
+    this.#side.close();
+  }
+
+  #closedError(): PgCoordinatorError {
+    return new PgCoordinatorError('closed', `pgCoordinator "${this.key}" is closed`);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The lock session.
+
+  #open(signal: AbortSignal): Promise<Session> {
+    const current = this.#session;
+    if (current !== undefined && this.#current?.gone === undefined) {
+      return raceAbort(current, signal);
+    }
+    const opening = this.#connect();
+    this.#session = opening;
+    opening.catch((error: unknown) => {
+      if (this.#session === opening) this.#session = undefined;
+      this.#noteError(error);
+    });
+    return raceAbort(opening, signal);
+  }
+
+  async #connect(): Promise<Session> {
+    this.#connecting = true;
+    try {
+      const timeout = this.#settings.connectTimeout;
+      const bound = boundSignal(
+        [this.#closing.signal],
+        timeout,
+        () => new Error(`Opening the lock session timed out after ${timeout} ms`),
+      );
+      try {
+        const client = await connect(this.#config, bound.signal, true);
+        try {
+          return await raceAbort(this.#prepare(client), bound.signal);
+        } catch (error) {
+          destroySocket(client);
+          throw error;
+        }
+      } finally {
+        bound.dispose();
+      }
+    } finally {
+      this.#connecting = false;
+    }
+  }
+
+  /** Checks the server, pins the session's settings, creates the fence objects once. */
+  async #prepare(client: RawClient): Promise<Session> {
+    const token = `${process.pid}-${Math.random().toString(36).slice(2)}`;
+    const first = await client.query(
+      `SELECT current_setting('server_version_num')::int AS version, pg_backend_pid() AS pid,
+              set_config('engine_guard.lock_session', $1, false) AS token`,
+      [token],
+    );
+    const row = first.rows[0] as { version: number; pid: number } | undefined;
+    if (row === undefined || row.version < VERSION_14) {
+      throw new PgCoordinatorError(
+        'server-version',
+        `pgCoordinator needs PostgreSQL 14 or later (idle_session_timeout ends a silent lock session); the server is version ${String(row?.version)}`,
+      );
+    }
+    const { leaseTimeout, renewInterval } = this.#settings;
+    const keepIdle = Math.max(1, Math.floor(renewInterval / 1000));
+    // Two statements: a transaction-mode pooler may hand the second to another backend.
+    const second = await client.query(
+      `SELECT pg_backend_pid() AS pid, current_setting('engine_guard.lock_session', true) AS token,
+              set_config('idle_session_timeout', $1, false),
+              set_config('idle_in_transaction_session_timeout', $1, false),
+              set_config('tcp_user_timeout', $1, false),
+              set_config('tcp_keepalives_idle', $2, false),
+              set_config('tcp_keepalives_interval', $2, false),
+              set_config('tcp_keepalives_count', '3', false),
+              set_config('client_connection_check_interval', $3, false),
+              set_config('statement_timeout', '0', false),
+              set_config('lock_timeout', '0', false)`,
+      [String(leaseTimeout), String(keepIdle), String(renewInterval)],
+    );
+    const again = second.rows[0] as { pid: number; token: string | null } | undefined;
+    if (again?.pid !== row.pid || again.token !== token) {
+      throw new PgCoordinatorError(
+        'pooler',
+        'pgCoordinator needs a direct session: its session settings did not survive to the next statement, as behind a transaction-mode pooler (PgBouncer pool_mode=transaction), where session advisory locks do not hold. Connect it to the server, or to a session-mode pool',
+      );
+    }
+    if (!this.#setupDone) {
+      await client.query(setupSql(this.schema));
+      this.#setupDone = true;
+    }
+    const session: Session = {
+      client,
+      pid: row.pid,
+      tail: Promise.resolve(),
+      busy: 0,
+      gone: undefined,
+    };
+    const onGone = (error: Error): void => this.#lost(session, error);
+    client.on('error', onGone);
+    client.on('end', () => onGone(new Error('The lock session ended')));
+    this.#current = session;
+    this.#startRenewing();
+    return session;
+  }
+
+  /** Runs `step` on the session once every earlier step is done with it. */
+  #step<T>(session: Session, step: (client: RawClient) => Promise<T>): Promise<T> {
+    session.busy++;
+    const run = session.tail.then(() => {
+      if (session.gone !== undefined) throw session.gone;
+      return step(session.client);
+    });
+    session.tail = run.then(noop, noop).then(() => {
+      session.busy--;
+    });
+    return run;
+  }
+
+  /**
+   * Takes the advisory lock. On abort, rejects at once; the step goes on: it cancels the wait
+   * on the server, gives back a lock granted meanwhile, and discards a session whose wait the
+   * cancel did not end.
+   */
+  #lock(session: Session, mode: LockMode, signal: AbortSignal): Promise<void> {
+    const fn = mode === 'write' ? 'pg_advisory_lock' : 'pg_advisory_lock_shared';
+    return new Promise<void>((resolve, reject) => {
+      let aborted = false;
+      const onAbort = (): void => {
+        aborted = true;
+        reject(signal.reason);
+      };
+      if (signal.aborted) {
+        onAbort();
+        return;
+      }
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#step(session, async (client) => {
+        if (aborted) return;
+        const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
+        const granted = await new Promise<boolean>((settle) => {
+          wait.then(
+            () => settle(true),
+            (error: unknown) => {
+              if (!aborted) reject(error);
+              settle(false);
+            },
+          );
+          signal.addEventListener('abort', () => settle(false), { once: true });
+        });
+        signal.removeEventListener('abort', onAbort);
+        if (granted && !aborted) {
+          resolve();
+          return;
+        }
+        if (!aborted) return;
+        await this.#cancelWait(session, client, wait, mode);
+      }).catch((error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      });
+    });
+  }
+
+  async #cancelWait(
+    session: Session,
+    client: RawClient,
+    wait: Promise<unknown>,
+    mode: LockMode,
+  ): Promise<void> {
+    const bound = this.#settings.renewInterval * 2;
+    const outcome = wait.then(
+      () => 'granted' as const,
+      () => 'ended' as const,
+    );
+    const first = await Promise.race([outcome, Promise.resolve('waiting' as const)]);
+    if (first === 'waiting') {
+      await this.#side
+        .query(AbortSignal.timeout(bound), 'SELECT pg_cancel_backend($1)', [session.pid], true)
+        .catch(noop);
+    }
+    const settled = await Promise.race([outcome, delay(bound).then(() => 'stuck' as const)]);
+    if (settled === 'granted') {
+      await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
+    } else if (settled === 'stuck') {
+      this.#lost(
+        session,
+        new Error('A cancelled lock wait did not end; the lock session was discarded'),
+      );
+    }
+  }
+
+  #grant(
+    session: Session,
+    mode: LockMode,
+    local: Lease,
+    options: ClusterAcquireOptions,
+  ): Promise<ClusterLease> {
+    const { sequence } = fenceObjects(this.schema);
+    // The renewal clock starts at this query's send, after the grant (the wait may be long).
+    const sentAt = performance.now();
+    return this.#step(session, (client) =>
+      client.query(`SELECT nextval('${sequence}')::text AS fence`),
+    ).then(
+      (result) => {
+        const held: Held = {
+          mode,
+          fence: toFence((result.rows[0] as { fence: string }).fence),
+          controller: new AbortController(),
+          isAlive: options.isAlive,
+          label: options.label,
+          local,
+          session,
+          since: performance.now(),
+          anchor: sentAt,
+          timer: undefined,
+          done: false,
+        };
+        this.#held.add(held);
+        this.#arm(held);
+        if (options.signal?.aborted || this.#closing.signal.aborted) {
+          void this.#release(held);
+          throw options.signal?.aborted ? options.signal.reason : this.#closedError();
+        }
+        return {
+          mode,
+          fence: held.fence,
+          signal: held.controller.signal,
+          release: () => this.#release(held),
+        };
+      },
+      (error: unknown) => {
+        void this.#unlockQuietly(session, mode);
+        throw error;
+      },
+    );
+  }
+
+  #unlockQuietly(session: Session, mode: LockMode): Promise<void> {
+    return this.#step(session, (client) =>
+      client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]),
+    ).then(noop, noop);
+  }
+
+  /** The holder's own deadline: before the server's, counted from the last answered send. */
+  #arm(held: Held): void {
+    clearTimeout(held.timer);
+    const left = held.anchor + this.#settings.lossAfter - performance.now();
+    held.timer = setTimeout(
+      () => {
+        this.#lost(
+          held.session,
+          new Error(
+            `No renewal of the lock session was answered for ${this.#settings.lossAfter} ms (the server ends it after ${this.#settings.leaseTimeout} ms)`,
+          ),
+        );
+      },
+      Math.max(0, left),
+    );
+    held.timer.unref();
+  }
+
+  async #release(held: Held): Promise<void> {
+    if (held.done) return;
+    held.done = true;
+    clearTimeout(held.timer);
+    this.#held.delete(held);
+    held.local.release();
+    if (held.session.gone !== undefined) return;
+    await this.#unlockQuietly(held.session, held.mode);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Renewals and losses.
+
+  #startRenewing(): void {
+    if (this.#renewer !== undefined) return;
+    this.#renewer = setInterval(() => this.#renew(), this.#settings.renewInterval);
+    this.#renewer.unref();
+  }
+
+  #renew(): void {
+    const session = this.#current;
+    // A step in flight (a wait, a grant) keeps the session busy, hence not idle, by itself.
+    if (session === undefined || session.gone !== undefined || session.busy > 0) return;
+    const leases = [...this.#held].filter((h) => h.session === session);
+    // Renewals stop once an op is not alive: the server then ends the session by itself.
+    for (const lease of leases) {
+      let alive = false;
+      try {
+        alive = lease.isAlive() === true;
+      } catch {
+        alive = false;
+      }
+      if (!alive) return;
+    }
+    const sentAt = performance.now();
+    this.#step(session, (client) => client.query('SELECT pg_backend_pid() AS pid')).then(
+      (result) => {
+        const pid = (result.rows[0] as { pid: number } | undefined)?.pid;
+        if (pid !== session.pid) {
+          this.#lost(
+            session,
+            new PgCoordinatorError(
+              'pooler',
+              `The lock session moved from backend ${session.pid} to ${String(pid)}: a pooler sits between; session locks cannot hold there`,
+            ),
+          );
+          return;
+        }
+        for (const lease of leases) {
+          if (lease.done || sentAt <= lease.anchor) continue;
+          lease.anchor = sentAt;
+          this.#arm(lease);
+        }
+      },
+      (error: unknown) => this.#lost(session, error as Error),
+    );
+  }
+
+  /** The session is gone or no longer trusted: every lease on it is lost. */
+  #lost(session: Session, error: Error): void {
+    if (session.gone !== undefined) return;
+    session.gone = error;
+    if (this.#closed === undefined) this.#noteError(error);
+    if (this.#current === session) {
+      this.#current = undefined;
+      this.#session = undefined;
+    }
+    // Cut at once: a server that still sees the socket must not keep the lock for a holder that
+    // gave it up (it ends the backend when the socket closes, or at its own bound).
+    destroySocket(session.client);
+    for (const held of [...this.#held]) {
+      if (held.session !== session) continue;
+      held.done = true;
+      clearTimeout(held.timer);
+      this.#held.delete(held);
+      held.local.release();
+      held.controller.abort(
+        new LeaseLostError({
+          mode: held.mode,
+          fence: held.fence,
+          message: `Cluster ${held.mode} lease "${this.key}" (fence ${String(held.fence)}) was lost: ${error.message}${held.mode === 'write' ? '; the write is indeterminate' : ''}`,
+          cause: error,
+        }),
+      );
+    }
+  }
+
+  #noteError(error: unknown): void {
+    this.#lastError = {
+      message: error instanceof Error ? error.message : String(error),
+      at: Date.now(),
+    };
+  }
+}
+
+function unlockFn(mode: LockMode): string {
+  return mode === 'write' ? 'pg_advisory_unlock' : 'pg_advisory_unlock_shared';
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** `promise`, or the signal's reason once it aborts (the promise's outcome is still handled). */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(noop);
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/** One signal aborting with the first of `signals`, or with `onTimeout()` after `timeout`. */
+function boundSignal(
+  signals: readonly (AbortSignal | undefined)[],
+  timeout: number | undefined,
+  onTimeout: () => Error,
+): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const cleanups: (() => void)[] = [];
+  for (const signal of signals) {
+    if (signal === undefined) continue;
+    if (signal.aborted) {
+      controller.abort(signal.reason);
+      break;
+    }
+    const onAbort = (): void => controller.abort(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    cleanups.push(() => signal.removeEventListener('abort', onAbort));
+  }
+  if (timeout !== undefined && !controller.signal.aborted) {
+    const timer = setTimeout(() => controller.abort(onTimeout()), timeout);
+    cleanups.push(() => clearTimeout(timer));
+  }
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      for (const cleanup of cleanups) cleanup();
+    },
+  };
+}
+
+/**
+ * A cluster coordinator on PostgreSQL for an {@link EngineGuard}'s `coordinator` option.
+ *
+ * ```ts
+ * const coordinator = pgCoordinator(cfg, { key: 'warehouse-1' });
+ * const guard = new EngineGuard({ ...pgGuardOptions({ config: cfg }), coordinator });
+ * await guard.write(async (pg, ctx) => {
+ *   await pgQuery(pg, ctx, 'BEGIN');
+ *   await pgCheckFence(pg, ctx, coordinator);
+ *   ...
+ *   await pgQuery(pg, ctx, 'COMMIT');
+ * });
+ * ```
+ * With the defaults, a frozen or partitioned holder loses the lease within `leaseTimeout`
+ * (5 s) of its last renewal, plus one round trip; a holder that died (its socket closed) as soon
+ * as the server sees the close (well under 1 s on a live network).
+ * @param config The `pg.ClientConfig` of a direct connection (not a transaction-mode pooler).
+ * @throws TypeError | RangeError when an option is invalid or unknown, naming it.
+ */
+export function pgCoordinator(
+  config: PgClientConfig,
+  options: PgCoordinatorOptions,
+): PgCoordinator {
+  return new PgCoordinator(config, options);
+}
