@@ -370,13 +370,7 @@ export class PgCoordinator implements Coordinator {
               set_config('engine_guard.lock_session', $1, false) AS token`,
       [token],
     );
-    const row = first.rows[0] as { version: number; pid: number } | undefined;
-    if (row === undefined || row.version < VERSION_14) {
-      throw new PgCoordinatorError(
-        'server-version',
-        `pgCoordinator needs PostgreSQL 14 or later (idle_session_timeout ends a silent lock session); the server is version ${String(row?.version)}`,
-      );
-    }
+    const row = checkServerVersion(first.rows[0] as { version: number; pid: number } | undefined);
     const { leaseTimeout, renewInterval } = this.#settings;
     const keepIdle = Math.max(1, Math.floor(renewInterval / 1000));
     // Two statements: a transaction-mode pooler may hand the second to another backend.
@@ -393,13 +387,7 @@ export class PgCoordinator implements Coordinator {
               set_config('lock_timeout', '0', false)`,
       [String(leaseTimeout), String(keepIdle), String(renewInterval)],
     );
-    const again = second.rows[0] as { pid: number; token: string | null } | undefined;
-    if (again?.pid !== row.pid || again.token !== token) {
-      throw new PgCoordinatorError(
-        'pooler',
-        'pgCoordinator needs a direct session: its session settings did not survive to the next statement, as behind a transaction-mode pooler (PgBouncer pool_mode=transaction), where session advisory locks do not hold. Connect it to the server, or to a session-mode pool',
-      );
-    }
+    checkSessionPinned(row, second.rows[0] as SessionCheck | undefined, token);
     if (!this.#setupDone) {
       await client.query(setupSql(this.schema));
       this.#setupDone = true;
@@ -667,6 +655,49 @@ export class PgCoordinator implements Coordinator {
       message: error instanceof Error ? error.message : String(error),
       at: Date.now(),
     };
+  }
+}
+
+/** What the first statement of a lock session reads. */
+export interface ServerCheck {
+  version: number;
+  pid: number;
+}
+
+/** What the second statement reads back of the first one's session. */
+export interface SessionCheck {
+  pid: number;
+  token: string | null;
+}
+
+/**
+ * @throws PgCoordinatorError (`server-version`) for a server older than PostgreSQL 14, which
+ *   has no `idle_session_timeout` to end a silent lock session.
+ */
+export function checkServerVersion(row: ServerCheck | undefined): ServerCheck {
+  if (row === undefined || !(row.version >= VERSION_14)) {
+    throw new PgCoordinatorError(
+      'server-version',
+      `pgCoordinator needs PostgreSQL 14 or later (idle_session_timeout ends a silent lock session); the server is version ${String(row?.version)}`,
+    );
+  }
+  return row;
+}
+
+/**
+ * @throws PgCoordinatorError (`pooler`) when the second statement ran on another backend, or
+ *   without the first one's session setting: a transaction-mode pooler sits between.
+ */
+export function checkSessionPinned(
+  first: ServerCheck,
+  second: SessionCheck | undefined,
+  token: string,
+): void {
+  if (second?.pid !== first.pid || second.token !== token) {
+    throw new PgCoordinatorError(
+      'pooler',
+      'pgCoordinator needs a direct session: its session settings did not survive to the next statement, as behind a transaction-mode pooler (PgBouncer pool_mode=transaction), where session advisory locks do not hold. Connect it to the server, or to a session-mode pool',
+    );
   }
 }
 

@@ -79,6 +79,12 @@ export function spawnChild(job: Record<string, unknown>): Child {
     next: (event, timeoutMs = 30_000) =>
       new Promise<Message>((resolve, reject) => {
         const check = (): boolean => {
+          const failed = messages.find((m) => m.event === 'error');
+          if (failed !== undefined && event !== 'error') {
+            cleanup();
+            reject(new Error(`child ${String(job.name)} failed: ${JSON.stringify(failed)}`));
+            return true;
+          }
           const found = messages.find((m) => m.event === event);
           if (found === undefined) return false;
           cleanup();
