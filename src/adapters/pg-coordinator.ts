@@ -38,6 +38,7 @@ import {
   END_GRACE_MS,
   noop,
   type RawClient,
+  raceSignal,
 } from './pg-client.js';
 import { fenceObjects, setupSql, toFence, validateSchema } from './pg-fence.js';
 import { SideConnection } from './pg-side.js';
@@ -246,7 +247,7 @@ export class PgCoordinator implements Coordinator {
     const bound = boundSignal(
       [options.signal, this.#closing.signal],
       timeout,
-      () => new LockTimeoutError(timeout ?? 0, `cluster lock "${this.key}"`),
+      () => new LockTimeoutError(timeout ?? 0, `cluster:${this.key}`),
     );
     this.#waiting.add(waiting);
     try {
@@ -326,7 +327,7 @@ export class PgCoordinator implements Coordinator {
   #open(signal: AbortSignal): Promise<Session> {
     const current = this.#session;
     if (current !== undefined && this.#current?.gone === undefined) {
-      return raceAbort(current, signal);
+      return raceSignal(current, signal);
     }
     const opening = this.#connect();
     this.#session = opening;
@@ -334,7 +335,7 @@ export class PgCoordinator implements Coordinator {
       if (this.#session === opening) this.#session = undefined;
       this.#noteError(error);
     });
-    return raceAbort(opening, signal);
+    return raceSignal(opening, signal);
   }
 
   async #connect(): Promise<Session> {
@@ -349,7 +350,7 @@ export class PgCoordinator implements Coordinator {
       try {
         const client = await connect(this.#config, bound.signal, true);
         try {
-          return await raceAbort(this.#prepare(client), bound.signal);
+          return await raceSignal(this.#prepare(client), bound.signal);
         } catch (error) {
           destroySocket(client);
           throw error;
@@ -707,28 +708,6 @@ function unlockFn(mode: LockMode): string {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-/** `promise`, or the signal's reason once it aborts (the promise's outcome is still handled). */
-function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(noop);
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
 }
 
 /** One signal aborting with the first of `signals`, or with `onTimeout()` after `timeout`. */

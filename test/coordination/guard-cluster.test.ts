@@ -5,8 +5,24 @@
 import { describe, expect, it } from 'vitest';
 import { EngineStalledError, LeaseLostError, LockTimeoutError } from '../../src/index.js';
 import { FakeEngineFactory } from '../../src/testing/index.js';
-import { errorOf, fakeGuard, waitFor } from '../support/guard.js';
+import { errorOf, type FakeGuard, fakeGuard, waitFor } from '../support/guard.js';
 import { FakeCoordinator } from './fake-coordinator.js';
+
+/** A write whose caller can abort, left waiting for its cluster lease. */
+async function abortableWaitingWrite(guard: FakeGuard, coordinator: FakeCoordinator) {
+  const controller = new AbortController();
+  let ran = false;
+  const write = errorOf(
+    guard.write(
+      () => {
+        ran = true;
+      },
+      { signal: controller.signal },
+    ),
+  );
+  await waitFor(() => coordinator.pending.length === 1, 2_000, 'the cluster wait');
+  return { controller, write, ran: () => ran };
+}
 
 describe('guard with a coordinator', () => {
   it('a write takes a write lease before fn runs, sees its fence and releases it when it ends', async () => {
@@ -197,23 +213,13 @@ describe('guard with a coordinator', () => {
     const coordinator = new FakeCoordinator({ autoGrant: false });
     const guard = fakeGuard(new FakeEngineFactory(), { coordinator });
     try {
-      const controller = new AbortController();
-      let ran = false;
-      const write = errorOf(
-        guard.write(
-          () => {
-            ran = true;
-          },
-          { signal: controller.signal },
-        ),
-      );
-      await waitFor(() => coordinator.pending.length === 1, 2_000, 'the cluster wait');
+      const { controller, write, ran } = await abortableWaitingWrite(guard, coordinator);
       expect(guard.status().cluster?.waiting).toHaveLength(1);
       const reason = new Error('gave up');
       controller.abort(reason);
       expect(await write).toBe(reason);
       expect(coordinator.pending).toHaveLength(0);
-      expect(ran).toBe(false);
+      expect(ran()).toBe(false);
       // The guard is free again: the next write is granted and runs.
       coordinator.autoGrant = true;
       await expect(guard.write(() => 'ok')).resolves.toBe('ok');
@@ -243,23 +249,13 @@ describe('guard with a coordinator', () => {
     const coordinator = new FakeCoordinator({ autoGrant: false });
     const guard = fakeGuard(new FakeEngineFactory(), { coordinator });
     try {
-      const controller = new AbortController();
-      let ran = false;
-      const write = errorOf(
-        guard.write(
-          () => {
-            ran = true;
-          },
-          { signal: controller.signal },
-        ),
-      );
-      await waitFor(() => coordinator.pending.length === 1, 2_000, 'the cluster wait');
+      const { controller, write, ran } = await abortableWaitingWrite(guard, coordinator);
       // Grant and abort in the same turn: the grant wins the race inside the coordinator.
       coordinator.grant();
       controller.abort(new Error('late'));
       expect(await write).toMatchObject({ message: 'late' });
       await waitFor(() => coordinator.grants[0]?.released === true, 2_000, 'the release');
-      expect(ran).toBe(false);
+      expect(ran()).toBe(false);
     } finally {
       await guard.close();
     }
