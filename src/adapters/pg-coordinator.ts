@@ -348,7 +348,7 @@ export class PgCoordinator implements Coordinator {
         () => new Error(`Opening the lock session timed out after ${timeout} ms`),
       );
       try {
-        const client = await connect(this.#config, bound.signal, true);
+        const client = await connect(this.#config, bound.signal);
         try {
           return await raceSignal(this.#prepare(client), bound.signal);
         } catch (error) {
@@ -441,57 +441,48 @@ export class PgCoordinator implements Coordinator {
       signal.addEventListener('abort', onAbort, { once: true });
       this.#step(session, async (client) => {
         if (aborted) return;
+        // How the wait ended, set in the same turn it does (a race of promises would lag).
+        let ended: 'granted' | 'failed' | undefined;
         const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
-        const granted = await new Promise<boolean>((settle) => {
-          wait.then(
-            () => settle(true),
-            (error: unknown) => {
-              if (!aborted) reject(error);
-              settle(false);
-            },
-          );
-          signal.addEventListener('abort', () => settle(false), { once: true });
+        const done = wait.then(
+          () => {
+            ended = 'granted';
+          },
+          (error: unknown) => {
+            ended = 'failed';
+            if (!aborted) reject(error);
+          },
+        );
+        await new Promise<void>((settle) => {
+          done.then(settle, settle);
+          signal.addEventListener('abort', () => settle(), { once: true });
         });
         signal.removeEventListener('abort', onAbort);
-        if (granted && !aborted) {
-          resolve();
+        if (!aborted) {
+          if (ended === 'granted') resolve();
           return;
         }
-        if (!aborted) return;
-        await this.#cancelWait(session, client, wait, mode);
+        if (ended === undefined) {
+          // Still waiting on the server: cancel it there, then see how it ended.
+          const bound = this.#settings.renewInterval * 2;
+          await this.#side
+            .query(AbortSignal.timeout(bound), 'SELECT pg_cancel_backend($1)', [session.pid], true)
+            .catch(noop);
+          await Promise.race([done, delay(bound)]);
+        }
+        if (ended === 'granted') {
+          await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
+        } else if (ended === undefined) {
+          this.#lost(
+            session,
+            new Error('A cancelled lock wait did not end; the lock session was discarded'),
+          );
+        }
       }).catch((error: unknown) => {
         signal.removeEventListener('abort', onAbort);
         reject(error);
       });
     });
-  }
-
-  async #cancelWait(
-    session: Session,
-    client: RawClient,
-    wait: Promise<unknown>,
-    mode: LockMode,
-  ): Promise<void> {
-    const bound = this.#settings.renewInterval * 2;
-    const outcome = wait.then(
-      () => 'granted' as const,
-      () => 'ended' as const,
-    );
-    const first = await Promise.race([outcome, Promise.resolve('waiting' as const)]);
-    if (first === 'waiting') {
-      await this.#side
-        .query(AbortSignal.timeout(bound), 'SELECT pg_cancel_backend($1)', [session.pid], true)
-        .catch(noop);
-    }
-    const settled = await Promise.race([outcome, delay(bound).then(() => 'stuck' as const)]);
-    if (settled === 'granted') {
-      await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
-    } else if (settled === 'stuck') {
-      this.#lost(
-        session,
-        new Error('A cancelled lock wait did not end; the lock session was discarded'),
-      );
-    }
   }
 
   #grant(

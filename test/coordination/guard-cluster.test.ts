@@ -278,9 +278,9 @@ describe('guard with a coordinator', () => {
     const guard = fakeGuard(new FakeEngineFactory(), { coordinator });
     let started = false;
     const write = errorOf(
-      guard.write((e) => {
+      guard.write((e, ctx) => {
         started = true;
-        return e.call('w', { duration: 60_000 });
+        return e.call('w', { signal: ctx.signal, duration: 60_000 });
       }),
     );
     await waitFor(() => started, 2_000, 'the write');

@@ -125,7 +125,7 @@ export function spawnChild(job: Record<string, unknown>): Child {
   };
 }
 
-/** Fresh coord_log and coord_counter (the tests of this folder run one at a time). */
+/** Fresh coord_log and coord_counter (only processes.test.ts uses them; its tests run one at a time). */
 export async function freshTables(): Promise<void> {
   await adminQuery(`
     DROP TABLE IF EXISTS coord_log, coord_counter;

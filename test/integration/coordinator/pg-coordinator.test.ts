@@ -13,7 +13,7 @@ import {
 } from '../../../src/adapters/pg.js';
 import { EngineGuard, LeaseLostError, LockTimeoutError } from '../../../src/index.js';
 import { clientConfig } from '../../support/pg.js';
-import { advisoryLocks, freshTables, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
+import { advisoryLocks, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
 
 const open: { close(): Promise<void> }[] = [];
 afterEach(async () => {
@@ -152,7 +152,6 @@ describe('pgCoordinator', () => {
   }, 20_000);
 
   it('pgCheckFence refuses a write whose fence is older than one that wrote', async () => {
-    await freshTables();
     const key = uniqueKey();
     const c = coordinator(key);
     const guard = new EngineGuard({
