@@ -88,34 +88,41 @@ export class ClusterLeases {
     };
   }
 
-  /** Ties the lease to the op: its fence, its release at the op's end, its loss. */
+  /** Ties the lease to the op: its release at the op's end, its fence, its loss. */
   #hold(op: Op<never>, lease: ClusterLease): void {
-    op.fence = lease.fence;
-    const onLoss = (): void => {
-      if (op.state.tag !== 'running') return;
-      const reason: unknown = lease.signal.reason;
-      const error =
-        reason instanceof LeaseLostError
-          ? reason
-          : new LeaseLostError({ mode: lease.mode, fence: lease.fence, cause: reason });
-      this.#onLost(op, error);
-    };
+    let onLoss: (() => void) | undefined;
     const release = (): void => {
-      lease.signal.removeEventListener('abort', onLoss);
+      try {
+        if (onLoss !== undefined) lease.signal.removeEventListener('abort', onLoss);
+      } catch {
+        // a coordinator's broken signal must not keep the lease
+      }
       // Called now, so the next holder can start before our caller hears back. It never rejects
       // by contract; a coordinator that breaks it must not crash us.
       attempt(() => lease.release()).catch(noop);
     };
+    // First of all: whatever the lease's getters do below, it is given back when the op ends.
     if (op.released) {
       release();
       return;
     }
     op.onEnded = release;
-    if (lease.signal.aborted) {
+    const { mode, fence, signal } = lease;
+    op.fence = fence;
+    onLoss = (): void => {
+      if (op.state.tag !== 'running') return;
+      const reason: unknown = signal.reason;
+      const error =
+        reason instanceof LeaseLostError
+          ? reason
+          : new LeaseLostError({ mode, fence, cause: reason });
+      this.#onLost(op, error);
+    };
+    if (signal.aborted) {
       onLoss();
       return;
     }
-    lease.signal.addEventListener('abort', onLoss, { once: true });
+    signal.addEventListener('abort', onLoss, { once: true });
   }
 
   /** The coordinator's cached view. Never waits; a throwing coordinator shows as undefined. */

@@ -302,3 +302,65 @@ describe('guard with a coordinator', () => {
     await guard.close();
   });
 });
+
+describe('guard with a hostile coordinator', () => {
+  it('a lease whose getters throw is still given back, and the write fails with the throw', async () => {
+    const coordinator = new FakeCoordinator();
+    let released = 0;
+    const boom = new Error('fence getter');
+    coordinator.acquire = async () => ({
+      mode: 'write' as const,
+      get fence(): number {
+        throw boom;
+      },
+      signal: new AbortController().signal,
+      release: async () => {
+        released++;
+      },
+    });
+    const guard = fakeGuard(new FakeEngineFactory(), { coordinator });
+    try {
+      let ran = false;
+      const error = await errorOf(
+        guard.write(() => {
+          ran = true;
+        }),
+      );
+      expect(error).toBe(boom);
+      expect(ran).toBe(false);
+      expect(released).toBe(1);
+    } finally {
+      await guard.close();
+    }
+  });
+
+  it('release() that throws or rejects, status() and close() that throw: the guard carries on', async () => {
+    const coordinator = new FakeCoordinator();
+    const acquire = coordinator.acquire.bind(coordinator);
+    let calls = 0;
+    coordinator.acquire = async (mode, options) => {
+      const lease = await acquire(mode, options);
+      return {
+        ...lease,
+        signal: lease.signal,
+        release: () => {
+          calls++;
+          if (calls === 1) throw new Error('sync release throw');
+          return Promise.reject(new Error('async release rejection'));
+        },
+      };
+    };
+    coordinator.status = () => {
+      throw new Error('status');
+    };
+    coordinator.close = () => {
+      throw new Error('close');
+    };
+    const guard = fakeGuard(new FakeEngineFactory(), { coordinator });
+    await expect(guard.write(() => 1)).resolves.toBe(1);
+    await expect(guard.write(() => 2)).resolves.toBe(2);
+    expect(calls).toBe(2);
+    expect(guard.status().cluster).toBeUndefined();
+    await expect(guard.close()).resolves.toBeUndefined();
+  });
+});
