@@ -2,6 +2,8 @@
  * pgCoordinator in one process against the test cluster: grants, fences, waits and aborts, a
  * live long write, the status, and bad options.
  */
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type PgCoordinator,
@@ -12,7 +14,8 @@ import {
   pgQuery,
 } from '../../../src/adapters/pg.js';
 import { EngineGuard, LeaseLostError, LockTimeoutError } from '../../../src/index.js';
-import { clientConfig } from '../../support/pg.js';
+import { FaultProxy } from '../../../src/testing/index.js';
+import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
 import { advisoryLocks, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
 
 const open: { close(): Promise<void> }[] = [];
@@ -212,6 +215,56 @@ describe('pgCoordinator', () => {
     expect(a.status().connection).toBe('closed');
     expect(await advisoryLocks(key, true)).toBe(0);
     await expect(a.acquire('write', alive)).rejects.toMatchObject({ reason: 'closed' });
+  });
+
+  it('a lock session that ends (backend terminated) loses the lease at once; the next acquire reconnects', async () => {
+    const key = uniqueKey();
+    const c = coordinator(key);
+    const lease = await c.acquire('write', alive);
+    const holder = await adminQuery<{ pid: number }>(
+      "SELECT pid FROM pg_stat_activity WHERE application_name = 'engine-guard coordinator' AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
+    );
+    const pids = holder.rows.map((r) => r.pid);
+    expect(pids.length).toBeGreaterThanOrEqual(1);
+    const lost = new Promise<unknown>((resolve) =>
+      lease.signal.addEventListener('abort', () => resolve(lease.signal.reason), { once: true }),
+    );
+    for (const pid of pids) await terminateBackend(pid);
+    expect(await lost).toMatchObject({ name: 'LeaseLostError', fence: lease.fence });
+    expect(c.status()).toMatchObject({ connection: 'down', held: undefined });
+    await lease.release();
+    await lease.release();
+    const next = await c.acquire('write', { ...alive, timeout: 5_000 });
+    expect(BigInt(next.fence)).toBeGreaterThan(BigInt(lease.fence));
+    expect(c.status().connection).toBe('connected');
+    await next.release();
+  });
+
+  it('close() while the lock session is being opened rejects the acquire and leaves nothing held', async () => {
+    const key = uniqueKey();
+    // A slow route, so that the connect is still going on when close() comes.
+    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
+    try {
+      proxy.latency(300);
+      const c = pgCoordinator(clientConfig({ port: proxy.port }), { key, schema: SCHEMA });
+      const acquiring = c.acquire('write', alive).catch((error: unknown) => error);
+      await until(() => c.status().connection === 'connecting', 2_000, 'the connect to start');
+      await c.close();
+      expect(await acquiring).toMatchObject({ name: 'PgCoordinatorError', reason: 'closed' });
+      expect(c.status()).toMatchObject({ connection: 'closed', waiting: [] });
+      await sleep(1_000);
+      expect(await advisoryLocks(key, true)).toBe(0);
+      expect(await advisoryLocks(key, false)).toBe(0);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('close() in the same turn as acquire() rejects it', async () => {
+    const c = coordinator(uniqueKey());
+    const acquiring = c.acquire('write', alive).catch((error: unknown) => error);
+    await c.close();
+    expect(await acquiring).toMatchObject({ reason: 'closed' });
   });
 
   it('refuses bad options at the call, naming them', () => {
