@@ -70,12 +70,14 @@ export type PgCoordinatorErrorReason = 'pooler' | 'server-version' | 'closed' | 
 /**
  * The coordinator cannot work here (`pooler`: the connection goes through a transaction-mode
  * pooler; `server-version`: PostgreSQL older than 14), was closed (`closed`), or its lock
- * session failed while an acquire waited (`session`).
+ * session could not be opened or failed while an acquire waited (`session`; `cause` is the
+ * connection's error).
  */
 export class PgCoordinatorError extends Error {
   override readonly name = 'PgCoordinatorError';
   /** Stable code: `ERR_PG_COORDINATOR`. */
   readonly code = 'ERR_PG_COORDINATOR';
+  /** Why it was thrown (see {@link PgCoordinatorErrorReason}). */
   readonly reason: PgCoordinatorErrorReason;
   constructor(reason: PgCoordinatorErrorReason, message: string, options?: ErrorOptions) {
     super(message, options);
@@ -185,6 +187,7 @@ const VERSION_14 = 140_000;
  * Use one per guard.
  */
 export class PgCoordinator implements Coordinator {
+  /** Whether reads take a shared cluster lease too (option `coordinateReads`). */
   readonly coordinatesReads: boolean;
   /** The cluster key. */
   readonly key: string;
@@ -261,7 +264,7 @@ export class PgCoordinator implements Coordinator {
         return this.#grant(session, mode, local, options);
       } catch (error) {
         local.release();
-        throw error;
+        throw this.#failure(error, bound.signal);
       }
     } finally {
       bound.dispose();
@@ -315,6 +318,19 @@ export class PgCoordinator implements Coordinator {
       await closeClient(session.client, END_GRACE_MS);
     }
     this.#side.close();
+  }
+
+  /** What an acquire that failed rejects with: an abort's or timeout's reason as is, else a `session` error. */
+  #failure(error: unknown, signal: AbortSignal): unknown {
+    if ((signal.aborted && error === signal.reason) || error instanceof PgCoordinatorError) {
+      return error;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    return new PgCoordinatorError(
+      'session',
+      `The lock session of pgCoordinator "${this.key}" failed: ${message}`,
+      { cause: error },
+    );
   }
 
   #closedError(): PgCoordinatorError {

@@ -2,11 +2,11 @@
  * pgCoordinator in one process against the test cluster: grants, fences, waits and aborts, a
  * live long write, the status, and bad options.
  */
-
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type PgCoordinator,
+  PgCoordinatorError,
   PgFenceRefusedError,
   pgCheckFence,
   pgCoordinator,
@@ -258,6 +258,19 @@ describe('pgCoordinator', () => {
     } finally {
       await proxy.close();
     }
+  });
+
+  it('an acquire whose lock session cannot be opened rejects with a session error naming the cause', async () => {
+    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
+    const port = proxy.port;
+    await proxy.close();
+    const c = pgCoordinator(clientConfig({ port }), { key: uniqueKey(), schema: SCHEMA });
+    open.push(c);
+    const error = await c.acquire('write', alive).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PgCoordinatorError);
+    expect(error).toMatchObject({ code: 'ERR_PG_COORDINATOR', reason: 'session' });
+    expect((error as Error).cause).toMatchObject({ code: 'ECONNREFUSED' });
+    expect(c.status()).toMatchObject({ connection: 'down', held: undefined });
   });
 
   it('close() in the same turn as acquire() rejects it', async () => {
