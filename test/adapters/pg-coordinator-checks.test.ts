@@ -4,7 +4,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { PgCoordinatorError } from '../../src/adapters/pg.js';
-import { checkServerVersion, checkSessionPinned } from '../../src/adapters/pg-coordinator.js';
+import {
+  checkServerVersion,
+  checkSessionPinned,
+} from '../../src/adapters/pg-coordinator-settings.js';
 
 describe('pgCoordinator server checks', () => {
   it('refuses a server older than PostgreSQL 14, naming the version', () => {

@@ -5,7 +5,7 @@
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { onTestFinished } from 'vitest';
-import { lockKey } from '../../../src/adapters/pg-coordinator.js';
+import { lockKey } from '../../../src/adapters/pg-coordinator-settings.js';
 import { adminQuery, pgConfig } from '../../support/pg.js';
 
 export const SCHEMA = 'engine_guard_test';
