@@ -170,13 +170,18 @@ export function lockWaiters(key: string): Promise<number> {
 
 /** Sessions holding (`granted`) or waiting for the advisory lock of `key`. */
 export async function advisoryLocks(key: string, granted: boolean): Promise<number> {
+  return (await lockPids(key, granted)).length;
+}
+
+/** Backend pids holding (`granted`) or waiting for the advisory lock of `key`. */
+export async function lockPids(key: string, granted: boolean): Promise<number[]> {
   const big = BigInt.asUintN(64, BigInt(lockKey(key)));
-  const { rows } = await adminQuery<{ n: number }>(
-    `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted = $3
+  const { rows } = await adminQuery<{ pid: number }>(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $3
        AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1`,
     [String(big >> 32n), String(big & 0xffffffffn), granted],
   );
-  return rows[0]!.n;
+  return rows.map((r) => r.pid);
 }
 
 /** Polls `cond` every 20 ms; throws naming `what` after `timeoutMs`. */

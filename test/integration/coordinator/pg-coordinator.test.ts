@@ -15,8 +15,8 @@ import {
 } from '../../../src/adapters/pg.js';
 import { EngineGuard, LeaseLostError, LockTimeoutError } from '../../../src/index.js';
 import { FaultProxy } from '../../../src/testing/index.js';
-import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
-import { advisoryLocks, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
+import { clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
+import { advisoryLocks, lockPids, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
 
 const open: { close(): Promise<void> }[] = [];
 afterEach(async () => {
@@ -221,11 +221,9 @@ describe('pgCoordinator', () => {
     const key = uniqueKey();
     const c = coordinator(key);
     const lease = await c.acquire('write', alive);
-    const holder = await adminQuery<{ pid: number }>(
-      "SELECT pid FROM pg_stat_activity WHERE application_name = 'engine-guard coordinator' AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
-    );
-    const pids = holder.rows.map((r) => r.pid);
-    expect(pids.length).toBeGreaterThanOrEqual(1);
+    // Only this key's holder: other test files run coordinators at the same time.
+    const pids = await lockPids(key, true);
+    expect(pids).toHaveLength(1);
     const lost = new Promise<unknown>((resolve) =>
       lease.signal.addEventListener('abort', () => resolve(lease.signal.reason), { once: true }),
     );
