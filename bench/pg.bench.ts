@@ -115,7 +115,7 @@ function adapterLivenessInterval(config: pg.ClientConfig): number {
 }
 
 /** Starts a throwaway cluster, runs `body` against it, and always stops it. */
-async function withCluster<T>(body: (config: pg.ClientConfig) => Promise<T>): Promise<T> {
+export async function withCluster<T>(body: (config: pg.ClientConfig) => Promise<T>): Promise<T> {
   const cluster: PgCluster = await startPgCluster();
   try {
     const { host, port, user, database } = cluster;

@@ -51,7 +51,15 @@ import {
 import type { PgClientConfig, PgHandle } from './pg-types.js';
 
 export { pgQuery } from './pg-client.js';
+export {
+  PgCoordinator,
+  PgCoordinatorError,
+  type PgCoordinatorErrorReason,
+  type PgCoordinatorOptions,
+  pgCoordinator,
+} from './pg-coordinator.js';
 export { isFatalPgError } from './pg-fatal.js';
+export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
 export {
   type PgStatement,
   PgTransactionEndedError,

@@ -25,6 +25,7 @@ import type { Handle, HandlePool, RetireReason } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
 import { Bootstrap, BootstrapHold } from './bootstrap.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
+import { ClusterLeases, validateCoordinator } from './cluster-lease.js';
 import { TypedEvents } from './events.js';
 import { HandleReset } from './handle-reset.js';
 import { GuardHealth } from './health.js';
@@ -118,6 +119,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #health: GuardHealth<E>;
   readonly #admission: Admission<E>;
   readonly #counters: GuardCounters;
+  /** Cluster leases of the ops that need one (see `coordinator`). */
+  readonly #cluster: ClusterLeases<E> | undefined;
   #nextId = 0;
   #closed = false;
   #closing: Promise<void> | undefined = undefined;
@@ -127,6 +130,7 @@ export class EngineGuard<E> implements AsyncDisposable {
    */
   constructor(options: EngineGuardOptions<E>) {
     const settings = parseGuardOptions(options);
+    const coordinator = validateCoordinator(options.coordinator);
     this.name = settings.name;
     this.#options = options;
     this.#cancelTimeout = settings.cancelTimeout;
@@ -187,6 +191,10 @@ export class EngineGuard<E> implements AsyncDisposable {
       this.name,
       (op, fn, lease, handle, now) => this.#run(op, fn, lease, handle, now),
     );
+    this.#cluster =
+      coordinator === undefined
+        ? undefined
+        : new ClusterLeases(coordinator, (op, error) => this.#onCallerAbort(op, error));
     const probe = options.probe;
     this.#watchdog =
       settings.liveness === undefined || probe === undefined
@@ -316,7 +324,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         forHandle: this.#pool.waiting,
       },
       this.#sessionStatuses(),
-      undefined,
+      this.#cluster?.status(),
     );
   }
 
@@ -518,7 +526,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   #start(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
-    this.#admission.admit(op, fn, timeout);
+    this.#admission.admit(op, this.#cluster?.wrap(op, fn, timeout) ?? fn, timeout);
     return op.promise;
   }
 
@@ -611,11 +619,10 @@ export class EngineGuard<E> implements AsyncDisposable {
     }
   }
 
-  /** The caller's signal aborted while the op ran. */
-  #onCallerAbort(op: Op<E>): void {
+  /** The caller's signal aborted while the op ran (or its cluster lease was lost: `reason`). */
+  #onCallerAbort(op: Op<E>, reason: unknown = op.callerSignal?.reason): void {
     const state = op.state;
     if (state.tag !== 'running') return;
-    const reason = op.callerSignal?.reason;
     this.#counters.aborts++;
     this.#watchdog?.unwatch(op);
     // The op is cancelling before any user code runs: fn's abort listeners and the cancel hook
@@ -798,8 +805,8 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (this.#reset !== undefined) this.#pool.trackDestroy(this.#reset.close());
     const closing: Promise<unknown> =
       sessionPool === undefined
-        ? this.#pool.close()
-        : Promise.all([this.#pool.close(), sessionPool.close()]);
+        ? Promise.all([this.#pool.close(), this.#cluster?.close()])
+        : Promise.all([this.#pool.close(), sessionPool.close(), this.#cluster?.close()]);
     await bounded(closing, this.#closeTimeout, noop);
   }
 

@@ -170,6 +170,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   fence: Fence | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */
   onFnSettled: (() => void) | undefined = undefined;
+  /** Called once when the op reaches a terminal state (it gives back its cluster lease). */
+  onEnded: (() => void) | undefined = undefined;
   /** The caller's promise and its settlers (set by the executor, synchronously). */
   resolve!: (value: unknown) => void;
   reject!: (reason: unknown) => void;
@@ -217,6 +219,11 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
     const from = this.#state.tag;
     if (!NEXT[from].includes(next.tag)) throw new IllegalTransitionError(from, next.tag, this.id);
     this.#state = next;
+    if (NEXT[next.tag].length === 0 && this.onEnded !== undefined) {
+      const ended = this.onEnded;
+      this.onEnded = undefined;
+      ended();
+    }
     const onRelease = this.#onRelease;
     if (onRelease !== undefined && this.released) {
       this.#onRelease = undefined;

@@ -20,6 +20,7 @@ import {
 import type { WatchdogSettings } from '../liveness/watchdog.js';
 import type { RWLockOptions } from '../lock/rwlock.js';
 import { type BackoffPolicy, resolveBackoff } from '../pool/backoff.js';
+import { validateCoordinator } from './cluster-lease.js';
 import type { EngineGuardOptions, OpOptions } from './types.js';
 
 /** Liveness defaults: a silent op is convicted within 3 × 5 s + 3 s = 18 s. */
@@ -146,22 +147,6 @@ export function parseGuardOptions<E>(options: EngineGuardOptions<E>): GuardSetti
       maxReaders: pool + maxSessions,
     },
   };
-}
-
-function validateCoordinator(coordinator: unknown): void {
-  if (coordinator === undefined) return;
-  const c = coordinator as Partial<Record<'acquire' | 'status' | 'close', unknown>> | null;
-  if (
-    c === null ||
-    typeof c !== 'object' ||
-    typeof c.acquire !== 'function' ||
-    typeof c.status !== 'function' ||
-    typeof c.close !== 'function'
-  ) {
-    throw new TypeError(
-      'The "coordinator" option must be a Coordinator (an object with acquire, status and close methods)',
-    );
-  }
 }
 
 function parseLiveness<E>(options: EngineGuardOptions<E>): WatchdogSettings | undefined {

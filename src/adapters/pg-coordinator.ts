@@ -1,0 +1,642 @@
+/**
+ * `pgCoordinator`: a cluster lease for {@link EngineGuard} on PostgreSQL session advisory locks,
+ * renewed by the guard's liveness and fenced by a sequence. See docs/design.md, "Beyond one
+ * process", for the safety argument.
+ *
+ * - One dedicated, unpooled lock connection per coordinator (TCP keepalives on, server-side
+ *   keepalives, `tcp_user_timeout` and `client_connection_check_interval` set for it).
+ * - The server ends that session by itself once it is silent for `leaseTimeout`
+ *   (`idle_session_timeout`), which frees its locks. The coordinator sends a renewal every
+ *   `renewInterval` while every lease it holds is alive (`isAlive`), and counts a lease lost
+ *   `leaseTimeout - renewInterval` after the last renewal it sent that was answered: before the
+ *   server's bound runs out. A lost lease discards the session.
+ * - Each grant takes `nextval` of the fence sequence after the lock: fences increase in grant
+ *   order. {@link pgCheckFence} refuses a write whose fence is older than one that wrote.
+ * - Aborting a wait cancels it on the server (`pg_cancel_backend` of the lock session, over a
+ *   side connection); a wait the cancel did not end discards the session.
+ * - Every query on the lock session goes through one chain, so a cancel never hits the query
+ *   after the one it was meant for.
+ *
+ * @module
+ */
+import type {
+  ClusterAcquireOptions,
+  ClusterLease,
+  Coordinator,
+  CoordinatorStatus,
+  Fence,
+} from '../coordination/coordinator.js';
+import { LeaseLostError, LockTimeoutError } from '../errors.js';
+import { validateDuration } from '../internal/validate.js';
+import type { Lease, LockMode } from '../lock/lease.js';
+import { RWLock } from '../lock/rwlock.js';
+import {
+  closeClient,
+  connect,
+  destroySocket,
+  END_GRACE_MS,
+  noop,
+  type RawClient,
+  raceSignal,
+} from './pg-client.js';
+import {
+  checkServerVersion,
+  checkSessionPinned,
+  lockKey,
+  PgCoordinatorError,
+  type PgCoordinatorOptions,
+  parseOptions,
+  type SessionCheck,
+  type Settings,
+} from './pg-coordinator-settings.js';
+import { fenceObjects, setupSql, toFence } from './pg-fence.js';
+import { SideConnection } from './pg-side.js';
+import type { PgClientConfig } from './pg-types.js';
+
+/** The lock session: one connection and the chain every query on it goes through. */
+interface Session {
+  readonly client: RawClient;
+  readonly pid: number;
+  /** Settles when the last queued step is done with the connection. */
+  tail: Promise<void>;
+  /** Steps queued or running on it. */
+  busy: number;
+  /** Set once the session is unusable. */
+  gone: Error | undefined;
+}
+
+/** A held lease, as the coordinator tracks it. */
+interface Held {
+  readonly mode: LockMode;
+  readonly fence: Fence;
+  readonly controller: AbortController;
+  readonly isAlive: () => boolean;
+  readonly label: string | undefined;
+  readonly local: Lease;
+  readonly session: Session;
+  readonly since: number;
+  /** Send time of the last answered renewal (or of the fence query). */
+  anchor: number;
+  timer: NodeJS.Timeout | undefined;
+  done: boolean;
+}
+
+interface Waiting {
+  readonly mode: LockMode;
+  readonly since: number;
+  readonly label: string | undefined;
+}
+
+/**
+ * A {@link Coordinator} on PostgreSQL session advisory locks (see the module documentation).
+ * Use one per guard.
+ */
+export class PgCoordinator implements Coordinator {
+  /** Whether reads take a shared cluster lease too (option `coordinateReads`). */
+  readonly coordinatesReads: boolean;
+  /** The cluster key. */
+  readonly key: string;
+  /** Schema of the fence sequence and table. */
+  readonly schema: string;
+  /** The bounds in force, ms (see {@link PgCoordinatorOptions}). */
+  readonly bounds: { leaseTimeout: number; renewInterval: number; lossAfter: number };
+  readonly #settings: Settings;
+  readonly #config: PgClientConfig;
+  readonly #lockKey: string;
+  /** Keeps this process's own leases apart (a session may hold shared and exclusive at once). */
+  readonly #local = new RWLock({ name: 'pgCoordinator' });
+  readonly #side: SideConnection;
+  readonly #held = new Set<Held>();
+  readonly #waiting = new Set<Waiting>();
+  readonly #closing = new AbortController();
+  #session: Promise<Session> | undefined = undefined;
+  #current: Session | undefined = undefined;
+  #connecting = false;
+  #setupDone = false;
+  #lastError: { message: string; at: number } | undefined = undefined;
+  #renewer: NodeJS.Timeout | undefined = undefined;
+  #closed: Promise<void> | undefined = undefined;
+
+  constructor(config: PgClientConfig, options: PgCoordinatorOptions) {
+    if (config === null || typeof config !== 'object') {
+      throw new TypeError('The "config" argument must be a pg.ClientConfig object');
+    }
+    this.#settings = parseOptions(options);
+    this.key = this.#settings.key;
+    this.schema = this.#settings.schema;
+    this.coordinatesReads = this.#settings.coordinateReads;
+    const { leaseTimeout, renewInterval, lossAfter } = this.#settings;
+    this.bounds = { leaseTimeout, renewInterval, lossAfter };
+    this.#config = {
+      ...config,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: renewInterval,
+      application_name: 'engine-guard coordinator',
+    };
+    this.#side = new SideConnection(config);
+    this.#lockKey = lockKey(this.key);
+  }
+
+  /**
+   * Waits for the cluster lease in `mode`. Rejects with the signal's reason on abort (the wait
+   * is cancelled on the server), `LockTimeoutError` after `timeout`, {@link PgCoordinatorError}
+   * when the server cannot host it or the lock session fails, or the connection's error.
+   */
+  async acquire(mode: LockMode, options: ClusterAcquireOptions): Promise<ClusterLease> {
+    if (mode !== 'read' && mode !== 'write') {
+      throw new TypeError(`The "mode" argument must be 'read' or 'write', got ${String(mode)}`);
+    }
+    if (options === null || typeof options !== 'object' || typeof options.isAlive !== 'function') {
+      throw new TypeError('The "options.isAlive" option must be a function');
+    }
+    const timeout = validateDuration(options.timeout, 'timeout');
+    if (this.#closed !== undefined) throw this.#closedError();
+    const waiting: Waiting = { mode, since: performance.now(), label: options.label };
+    const bound = boundSignal(
+      [options.signal, this.#closing.signal],
+      timeout,
+      () => new LockTimeoutError(timeout ?? 0, `cluster:${this.key}`),
+    );
+    this.#waiting.add(waiting);
+    try {
+      const local =
+        mode === 'read'
+          ? await this.#local.acquireRead({ signal: bound.signal })
+          : await this.#local.acquireWrite({ signal: bound.signal });
+      try {
+        const session = await this.#open(bound.signal);
+        await this.#lock(session, mode, bound.signal);
+        return this.#grant(session, mode, local, options);
+      } catch (error) {
+        local.release();
+        throw this.#failure(error, bound.signal);
+      }
+    } finally {
+      bound.dispose();
+      this.#waiting.delete(waiting);
+    }
+  }
+
+  /** Never waits: the cached state of the lock session and leases. */
+  status(): CoordinatorStatus {
+    const now = performance.now();
+    let held: CoordinatorStatus['held'];
+    for (const lease of this.#held) {
+      held = {
+        mode: lease.mode,
+        fence: lease.fence,
+        heldMs: now - lease.since,
+        sinceRenewMs: now - lease.anchor,
+        label: lease.label,
+      };
+      break;
+    }
+    const waiting = [...this.#waiting].map((w) => ({
+      mode: w.mode,
+      waitingMs: now - w.since,
+      label: w.label,
+    }));
+    let connection: CoordinatorStatus['connection'];
+    if (this.#closed !== undefined) connection = 'closed';
+    else if (this.#connecting) connection = 'connecting';
+    else if (this.#current !== undefined && this.#current.gone === undefined)
+      connection = 'connected';
+    else if (this.#lastError !== undefined) connection = 'down';
+    else connection = 'idle';
+    return { kind: 'pg', key: this.key, held, waiting, connection, lastError: this.#lastError };
+  }
+
+  /** Releases what is held, rejects waiters, closes the lock session. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
+    this.#closing.abort(this.#closedError());
+    clearInterval(this.#renewer);
+    const releases = [...this.#held].map((lease) => this.#release(lease));
+    await Promise.all(releases);
+    const session = await this.#session?.catch(() => undefined);
+    if (session !== undefined) {
+      await session.tail;
+      await closeClient(session.client, END_GRACE_MS);
+    }
+    this.#side.close();
+  }
+
+  /** What an acquire that failed rejects with: an abort's or timeout's reason as is, else a `session` error. */
+  #failure(error: unknown, signal: AbortSignal): unknown {
+    if ((signal.aborted && error === signal.reason) || error instanceof PgCoordinatorError) {
+      return error;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    return new PgCoordinatorError(
+      'session',
+      `The lock session of pgCoordinator "${this.key}" failed: ${message}`,
+      { cause: error },
+    );
+  }
+
+  #closedError(): PgCoordinatorError {
+    return new PgCoordinatorError('closed', `pgCoordinator "${this.key}" is closed`);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The lock session.
+
+  #open(signal: AbortSignal): Promise<Session> {
+    const current = this.#session;
+    if (current !== undefined && this.#current?.gone === undefined) {
+      return raceSignal(current, signal);
+    }
+    const opening = this.#connect();
+    this.#session = opening;
+    opening.catch((error: unknown) => {
+      if (this.#session === opening) this.#session = undefined;
+      this.#noteError(error);
+    });
+    return raceSignal(opening, signal);
+  }
+
+  async #connect(): Promise<Session> {
+    this.#connecting = true;
+    try {
+      const timeout = this.#settings.connectTimeout;
+      const bound = boundSignal(
+        [this.#closing.signal],
+        timeout,
+        () => new Error(`Opening the lock session timed out after ${timeout} ms`),
+      );
+      try {
+        const client = await connect(this.#config, bound.signal);
+        try {
+          return await raceSignal(this.#prepare(client), bound.signal);
+        } catch (error) {
+          destroySocket(client);
+          throw error;
+        }
+      } finally {
+        bound.dispose();
+      }
+    } finally {
+      this.#connecting = false;
+    }
+  }
+
+  /** Checks the server, pins the session's settings, creates the fence objects once. */
+  async #prepare(client: RawClient): Promise<Session> {
+    const token = `${process.pid}-${Math.random().toString(36).slice(2)}`;
+    const first = await client.query(
+      `SELECT current_setting('server_version_num')::int AS version, pg_backend_pid() AS pid,
+              set_config('engine_guard.lock_session', $1, false) AS token`,
+      [token],
+    );
+    const row = checkServerVersion(first.rows[0] as { version: number; pid: number } | undefined);
+    const { leaseTimeout, renewInterval } = this.#settings;
+    const keepIdle = Math.max(1, Math.floor(renewInterval / 1000));
+    // Two statements: a transaction-mode pooler may hand the second to another backend.
+    const second = await client.query(
+      `SELECT pg_backend_pid() AS pid, current_setting('engine_guard.lock_session', true) AS token,
+              set_config('idle_session_timeout', $1, false),
+              set_config('idle_in_transaction_session_timeout', $1, false),
+              set_config('tcp_user_timeout', $1, false),
+              set_config('tcp_keepalives_idle', $2, false),
+              set_config('tcp_keepalives_interval', $2, false),
+              set_config('tcp_keepalives_count', '3', false),
+              set_config('client_connection_check_interval', $3, false),
+              set_config('statement_timeout', '0', false),
+              set_config('lock_timeout', '0', false)`,
+      [String(leaseTimeout), String(keepIdle), String(renewInterval)],
+    );
+    checkSessionPinned(row, second.rows[0] as SessionCheck | undefined, token);
+    if (!this.#setupDone) {
+      await client.query(setupSql(this.schema));
+      this.#setupDone = true;
+    }
+    const session: Session = {
+      client,
+      pid: row.pid,
+      tail: Promise.resolve(),
+      busy: 0,
+      gone: undefined,
+    };
+    const onGone = (error: Error): void => this.#lost(session, error);
+    client.on('error', onGone);
+    client.on('end', () => onGone(new Error('The lock session ended')));
+    this.#current = session;
+    this.#startRenewing();
+    return session;
+  }
+
+  /** Runs `step` on the session once every earlier step is done with it. */
+  #step<T>(session: Session, step: (client: RawClient) => Promise<T>): Promise<T> {
+    session.busy++;
+    const run = session.tail.then(() => {
+      if (session.gone !== undefined) throw session.gone;
+      return step(session.client);
+    });
+    session.tail = run.then(noop, noop).then(() => {
+      session.busy--;
+    });
+    return run;
+  }
+
+  /**
+   * Takes the advisory lock. On abort, rejects at once; the step goes on: it cancels the wait
+   * on the server, gives back a lock granted meanwhile, and discards a session whose wait the
+   * cancel did not end.
+   */
+  #lock(session: Session, mode: LockMode, signal: AbortSignal): Promise<void> {
+    const fn = mode === 'write' ? 'pg_advisory_lock' : 'pg_advisory_lock_shared';
+    return new Promise<void>((resolve, reject) => {
+      let aborted = false;
+      const onAbort = (): void => {
+        aborted = true;
+        reject(signal.reason);
+      };
+      if (signal.aborted) {
+        onAbort();
+        return;
+      }
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#step(session, async (client) => {
+        if (aborted) return;
+        // How the wait ended, set in the same turn it does (a race of promises would lag).
+        let ended: 'granted' | 'failed' | undefined;
+        const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
+        const done = wait.then(
+          () => {
+            ended = 'granted';
+          },
+          (error: unknown) => {
+            ended = 'failed';
+            if (!aborted) reject(error);
+          },
+        );
+        await new Promise<void>((settle) => {
+          done.then(settle, settle);
+          signal.addEventListener('abort', () => settle(), { once: true });
+        });
+        signal.removeEventListener('abort', onAbort);
+        if (!aborted) {
+          if (ended === 'granted') resolve();
+          return;
+        }
+        if (ended === undefined) {
+          // Still waiting on the server: cancel it there, then see how it ended.
+          const bound = this.#settings.renewInterval * 2;
+          await this.#side
+            .query(AbortSignal.timeout(bound), 'SELECT pg_cancel_backend($1)', [session.pid], true)
+            .catch(noop);
+          await Promise.race([done, delay(bound)]);
+        }
+        if (ended === 'granted') {
+          await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
+        } else if (ended === undefined) {
+          this.#lost(
+            session,
+            new Error('A cancelled lock wait did not end; the lock session was discarded'),
+          );
+        }
+      }).catch((error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      });
+    });
+  }
+
+  #grant(
+    session: Session,
+    mode: LockMode,
+    local: Lease,
+    options: ClusterAcquireOptions,
+  ): Promise<ClusterLease> {
+    const { sequence } = fenceObjects(this.schema);
+    // The renewal clock starts at this query's send, after the grant (the wait may be long).
+    const sentAt = performance.now();
+    return this.#step(session, (client) =>
+      client.query(`SELECT nextval('${sequence}')::text AS fence`),
+    ).then(
+      (result) => {
+        const held: Held = {
+          mode,
+          fence: toFence((result.rows[0] as { fence: string }).fence),
+          controller: new AbortController(),
+          isAlive: options.isAlive,
+          label: options.label,
+          local,
+          session,
+          since: performance.now(),
+          anchor: sentAt,
+          timer: undefined,
+          done: false,
+        };
+        this.#held.add(held);
+        this.#arm(held);
+        if (options.signal?.aborted || this.#closing.signal.aborted) {
+          void this.#release(held);
+          throw options.signal?.aborted ? options.signal.reason : this.#closedError();
+        }
+        return {
+          mode,
+          fence: held.fence,
+          signal: held.controller.signal,
+          release: () => this.#release(held),
+        };
+      },
+      (error: unknown) => {
+        void this.#unlockQuietly(session, mode);
+        throw error;
+      },
+    );
+  }
+
+  #unlockQuietly(session: Session, mode: LockMode): Promise<void> {
+    return this.#step(session, (client) =>
+      client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]),
+    ).then(noop, noop);
+  }
+
+  /** The holder's own deadline: before the server's, counted from the last answered send. */
+  #arm(held: Held): void {
+    clearTimeout(held.timer);
+    const left = held.anchor + this.#settings.lossAfter - performance.now();
+    held.timer = setTimeout(
+      () => {
+        this.#lost(
+          held.session,
+          new Error(
+            `No renewal of the lock session was answered for ${this.#settings.lossAfter} ms (the server ends it after ${this.#settings.leaseTimeout} ms)`,
+          ),
+        );
+      },
+      Math.max(0, left),
+    );
+    held.timer.unref();
+  }
+
+  async #release(held: Held): Promise<void> {
+    if (held.done) return;
+    held.done = true;
+    clearTimeout(held.timer);
+    this.#held.delete(held);
+    held.local.release();
+    if (held.session.gone !== undefined) return;
+    await this.#unlockQuietly(held.session, held.mode);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Renewals and losses.
+
+  #startRenewing(): void {
+    if (this.#renewer !== undefined) return;
+    this.#renewer = setInterval(() => this.#renew(), this.#settings.renewInterval);
+    this.#renewer.unref();
+  }
+
+  #renew(): void {
+    const session = this.#current;
+    // A step in flight (a wait, a grant) keeps the session busy, hence not idle, by itself.
+    if (session === undefined || session.gone !== undefined || session.busy > 0) return;
+    const leases = [...this.#held].filter((h) => h.session === session);
+    // Renewals stop once an op is not alive: the server then ends the session by itself.
+    for (const lease of leases) {
+      let alive = false;
+      try {
+        alive = lease.isAlive() === true;
+      } catch {
+        alive = false;
+      }
+      if (!alive) return;
+    }
+    const sentAt = performance.now();
+    this.#step(session, (client) => client.query('SELECT pg_backend_pid() AS pid')).then(
+      (result) => {
+        const pid = (result.rows[0] as { pid: number } | undefined)?.pid;
+        if (pid !== session.pid) {
+          this.#lost(
+            session,
+            new PgCoordinatorError(
+              'pooler',
+              `The lock session moved from backend ${session.pid} to ${String(pid)}: a pooler sits between; session locks cannot hold there`,
+            ),
+          );
+          return;
+        }
+        for (const lease of leases) {
+          if (lease.done || sentAt <= lease.anchor) continue;
+          lease.anchor = sentAt;
+          this.#arm(lease);
+        }
+      },
+      (error: unknown) => this.#lost(session, error as Error),
+    );
+  }
+
+  /** The session is gone or no longer trusted: every lease on it is lost. */
+  #lost(session: Session, error: Error): void {
+    if (session.gone !== undefined) return;
+    session.gone = error;
+    if (this.#closed === undefined) this.#noteError(error);
+    if (this.#current === session) {
+      this.#current = undefined;
+      this.#session = undefined;
+    }
+    // Cut at once: a server that still sees the socket must not keep the lock for a holder that
+    // gave it up (it ends the backend when the socket closes, or at its own bound).
+    destroySocket(session.client);
+    for (const held of [...this.#held]) {
+      if (held.session !== session) continue;
+      held.done = true;
+      clearTimeout(held.timer);
+      this.#held.delete(held);
+      held.local.release();
+      held.controller.abort(
+        new LeaseLostError({
+          mode: held.mode,
+          fence: held.fence,
+          message: `Cluster ${held.mode} lease "${this.key}" (fence ${String(held.fence)}) was lost: ${error.message}${held.mode === 'write' ? '; the write is indeterminate' : ''}`,
+          cause: error,
+        }),
+      );
+    }
+  }
+
+  #noteError(error: unknown): void {
+    this.#lastError = {
+      message: error instanceof Error ? error.message : String(error),
+      at: Date.now(),
+    };
+  }
+}
+
+function unlockFn(mode: LockMode): string {
+  return mode === 'write' ? 'pg_advisory_unlock' : 'pg_advisory_unlock_shared';
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** One signal aborting with the first of `signals`, or with `onTimeout()` after `timeout`. */
+function boundSignal(
+  signals: readonly (AbortSignal | undefined)[],
+  timeout: number | undefined,
+  onTimeout: () => Error,
+): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const cleanups: (() => void)[] = [];
+  for (const signal of signals) {
+    if (signal === undefined) continue;
+    if (signal.aborted) {
+      controller.abort(signal.reason);
+      break;
+    }
+    const onAbort = (): void => controller.abort(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    cleanups.push(() => signal.removeEventListener('abort', onAbort));
+  }
+  if (timeout !== undefined && !controller.signal.aborted) {
+    const timer = setTimeout(() => controller.abort(onTimeout()), timeout);
+    cleanups.push(() => clearTimeout(timer));
+  }
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      for (const cleanup of cleanups) cleanup();
+    },
+  };
+}
+
+/**
+ * A cluster coordinator on PostgreSQL for an {@link EngineGuard}'s `coordinator` option.
+ *
+ * ```ts
+ * const coordinator = pgCoordinator(cfg, { key: 'warehouse-1' });
+ * const guard = new EngineGuard({ ...pgGuardOptions({ config: cfg }), coordinator });
+ * await guard.write(async (pg, ctx) => {
+ *   await pgQuery(pg, ctx, 'BEGIN');
+ *   await pgCheckFence(pg, ctx, coordinator);
+ *   ...
+ *   await pgQuery(pg, ctx, 'COMMIT');
+ * });
+ * ```
+ * With the defaults, a frozen or partitioned holder loses the lease within `leaseTimeout`
+ * (5 s) of its last renewal, plus one round trip; a holder that died (its socket closed) as soon
+ * as the server sees the close (well under 1 s on a live network).
+ * @param config The `pg.ClientConfig` of a direct connection (not a transaction-mode pooler).
+ * @throws TypeError | RangeError when an option is invalid or unknown, naming it.
+ */
+export function pgCoordinator(
+  config: PgClientConfig,
+  options: PgCoordinatorOptions,
+): PgCoordinator {
+  return new PgCoordinator(config, options);
+}
+
+export {
+  PgCoordinatorError,
+  type PgCoordinatorErrorReason,
+  type PgCoordinatorOptions,
+} from './pg-coordinator-settings.js';
