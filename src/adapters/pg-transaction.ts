@@ -1,6 +1,7 @@
 /** engine-guard/pg's read-only helper and all-or-nothing helper. */
-import { inFlight, pgQuery } from './pg-client.js';
+import { pgQuery } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
+import { cleanSince, rollbackReadOnly } from './pg-reset.js';
 import { splitStatements } from './pg-split.js';
 import type { PgHandle, PgQueryResult, PgRow } from './pg-types.js';
 
@@ -24,10 +25,14 @@ export class PgTransactionEndedError extends Error {
   }
 }
 
-/** Ends the transaction whatever happened; a dead connection is the guard's business. */
-async function rollback(handle: PgHandle): Promise<void> {
+/**
+ * Ends the transaction whatever happened; a dead connection is the guard's business. With
+ * `cleanAt` (the handle was known clean at BEGIN), the same round trip finds out whether the
+ * transaction left session state behind, so `pgReset` can skip its own.
+ */
+async function rollback(handle: PgHandle, cleanAt?: number): Promise<void> {
   try {
-    await inFlight(handle.client, handle.client.query('ROLLBACK'));
+    await rollbackReadOnly(handle, cleanAt);
   } catch {
     // The connection failed: the op's own error says so and `isFatal` retires the handle.
   }
@@ -40,8 +45,10 @@ async function rollback(handle: PgHandle): Promise<void> {
  * statement"), so the statement cannot leave the read-only transaction either.
  *
  * What it does not undo: session state that outlives a transaction. `SELECT
- * pg_advisory_lock(1)` keeps the lock held, and so on. Give the guard a `reset` hook (sessions)
- * when untrusted SQL runs through it.
+ * pg_advisory_lock(1)` keeps the lock held, `PREPARE` keeps its statement. The guard's `reset`
+ * ({@link pgReset}, the default of `pgGuardOptions`) clears them before the next caller. On a
+ * handle that was clean when it began, the ROLLBACK's round trip also asks whether any such
+ * state is left; when none is, `pgReset` has nothing to do and skips its round trip.
  */
 export async function pgReadOnly<R extends object = PgRow>(
   handle: PgHandle,
@@ -50,13 +57,14 @@ export async function pgReadOnly<R extends object = PgRow>(
   values?: unknown[],
 ): Promise<PgQueryResult<R>> {
   ctx.signal.throwIfAborted();
+  const cleanAt = cleanSince(handle.client);
   // BEGIN inside the try: whatever happens next, the ROLLBACK is queued behind it, so the
   // handle never goes back to the pool inside a transaction.
   try {
     await pgQuery(handle, ctx, 'BEGIN READ ONLY');
     return await pgQuery<R>(handle, ctx, { text, values: values ?? [], queryMode: 'extended' });
   } finally {
-    await rollback(handle);
+    await rollback(handle, cleanAt);
   }
 }
 
