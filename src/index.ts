@@ -41,6 +41,7 @@ export type {
   ReconnectOptions,
   ResetContext,
   RunningOpStatus,
+  Session,
   SessionOptions,
   SessionState,
   SessionStatus,

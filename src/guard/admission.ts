@@ -56,7 +56,7 @@ export class Admission<E> {
     const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
     const now = performance.now();
     if (lease !== null) {
-      const handle = this.#pool.tryAcquire(now);
+      const handle = op.ownHandle ?? this.#pool.tryAcquire(now);
       if (handle !== null) {
         this.#run(op, fn, lease, handle, now);
         return;
@@ -94,7 +94,7 @@ export class Admission<E> {
       return;
     }
     const now = performance.now();
-    const handle = this.#pool.tryAcquire(now);
+    const handle = op.ownHandle ?? this.#pool.tryAcquire(now);
     if (handle !== null) {
       this.#run(op, fn, lease, handle, now);
       return;

@@ -4,16 +4,24 @@ import {
   EngineStalledError,
   GuardClosedError,
   LockTimeoutError,
+  SessionLimitError,
 } from '../errors.js';
 import { heldBy, runHolding } from '../internal/context.js';
 import { attempt, bounded, isThenable, noop } from '../internal/promises.js';
 import { SignalFanout } from '../internal/signal-fanout.js';
-import { validateFunction } from '../internal/validate.js';
+import {
+  validateDuration,
+  validateFunction,
+  validateOptionalFunction,
+  validateOptionalString,
+  validateOptionsObject,
+  validateUnknownKeys,
+} from '../internal/validate.js';
 import { WaiterQueue } from '../internal/waiter-queue.js';
 import { Watchdog } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
-import type { Handle, HandlePool } from '../pool/handle-pool.js';
+import type { Handle, HandlePool, RetireReason } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
 import { Bootstrap } from './bootstrap.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
@@ -23,6 +31,7 @@ import { GuardHealth } from './health.js';
 import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
 import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
 import { openPool, type SharedPoolParts } from './pool-hooks.js';
+import { GuardSession, type SessionHost } from './session.js';
 import type {
   EngineGuardOptions,
   GuardCounters,
@@ -31,8 +40,12 @@ import type {
   OpContext,
   OpKind,
   OpOptions,
+  Session,
+  SessionOptions,
   Subscription,
 } from './types.js';
+
+const SESSION_KEYS = ['label', 'idleTimeout', 'restore'];
 
 export { DEFAULT_LIVENESS } from './options.js';
 
@@ -80,6 +93,13 @@ export class EngineGuard<E> implements AsyncDisposable {
   readonly #options: EngineGuardOptions<E>;
   readonly #lock: RWLock;
   readonly #pool: HandlePool<E>;
+  /** Handles reserved for sessions; undefined with `maxSessions: 0`. */
+  readonly #sessionPool: HandlePool<E> | undefined;
+  readonly #maxSessions: number;
+  /** Open sessions, oldest first. */
+  readonly #sessions = new Set<GuardSession<E>>();
+  readonly #sessionHost: SessionHost<E>;
+  #nextSessionId = 0;
   /** Undefined without a `reset` hook. */
   readonly #reset: HandleReset<E> | undefined;
   readonly #watchdog: Watchdog<Op<E>> | undefined;
@@ -139,6 +159,12 @@ export class EngineGuard<E> implements AsyncDisposable {
       },
     });
     this.#health.watchPool(this.#pool);
+    this.#maxSessions = settings.maxSessions;
+    this.#sessionPool =
+      settings.maxSessions === 0
+        ? undefined
+        : openPool(options, settings, settings.maxSessions, shared, poolEvents);
+    this.#sessionHost = this.#makeSessionHost();
     this.#reset =
       options.reset === undefined
         ? undefined
@@ -219,6 +245,43 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   /**
+   * A session: a handle of the caller's own, kept across its ops, so its temporary tables,
+   * `SET`s and prepared statements stay with it and reach no other caller (see {@link Session}).
+   * Its handle is taken by its first op from the `maxSessions` slots, and given back by
+   * `close()`, `await using`, or its `idleTimeout`.
+   *
+   * @example
+   * ```ts
+   * await using session = guard.session({ label: 'client 7', idleTimeout: 600_000 });
+   * await session.write((conn) => conn.query('create temp table scratch(x int)'));
+   * await session.read((conn) => conn.query('select count(*) from scratch'));
+   * ```
+   * @throws RangeError when the guard has no session slots (`maxSessions` is 0).
+   * @throws GuardClosedError when the guard is closed.
+   * @throws TypeError | RangeError on invalid or unknown options.
+   */
+  session(options: SessionOptions<E> = {}): Session<E> {
+    validateOptionsObject(options);
+    validateUnknownKeys(options, SESSION_KEYS, '');
+    const label = validateOptionalString(options.label, 'label');
+    const idleTimeout = validateDuration(options.idleTimeout, 'idleTimeout');
+    validateOptionalFunction(options.restore, 'restore');
+    if (this.#maxSessions === 0) {
+      throw new RangeError(
+        `${this.#describe()} has no session slots: set its "maxSessions" option to the number of sessions that may hold a handle at once`,
+      );
+    }
+    if (this.#closed) throw new GuardClosedError(this.name);
+    const session = new GuardSession<E>(++this.#nextSessionId, this.#sessionHost, {
+      label,
+      idleTimeout,
+      restore: options.restore,
+    });
+    this.#sessions.add(session);
+    return session;
+  }
+
+  /**
    * A value loaded from the engine under a read and served from memory: `get()` never waits,
    * and refreshes in the background once the value is older than `maxAge`
    * (stale-while-revalidate). For status-style calls (table count, engine version).
@@ -251,7 +314,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         writers: lock.queuedWriters,
         forHandle: this.#pool.waiting,
       },
-      [],
+      this.#sessionStatuses(),
       undefined,
     );
   }
@@ -310,13 +373,116 @@ export class EngineGuard<E> implements AsyncDisposable {
       return Promise.reject(this.#pool.unavailableError());
     }
     const op = new Op<E>(++this.#nextId, kind, settings.label, signal, settings.waitForReady);
+    return this.#launch(op, fn, settings.timeout) as Promise<Awaited<T>>;
+  }
+
+  #launch(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
     if (opTracing.hasSubscribers) {
-      const trace: OpTraceContext = { guard: this.name, id: op.id, kind, label: op.label };
-      return opTracing.tracePromise(() => this.#start(op, fn, settings.timeout), trace) as Promise<
-        Awaited<T>
-      >;
+      const trace: OpTraceContext = { guard: this.name, id: op.id, kind: op.kind, label: op.label };
+      return opTracing.tracePromise(() => this.#start(op, fn, timeout), trace);
     }
-    return this.#start(op, fn, settings.timeout) as Promise<Awaited<T>>;
+    return this.#start(op, fn, timeout);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sessions.
+
+  #sessionStatuses(): GuardStatus['sessions'] {
+    if (this.#sessions.size === 0) return [];
+    return Array.from(this.#sessions, (session) => session.status());
+  }
+
+  #makeSessionHost(): SessionHost<E> {
+    return {
+      name: this.name,
+      opDefaults: this.#opDefaults,
+      nested: (session, kind, fn, signal) => {
+        const outer = heldBy<Op<E>>(this);
+        if (outer === undefined) return undefined;
+        const held = outer.state;
+        if (held.tag !== 'running' && held.tag !== 'cancelling') return undefined;
+        if (outer.sessionId === session.id) return this.#join(outer, held.handle, kind, fn, signal);
+        return Promise.reject(
+          new DeadlockError(
+            `Cannot run an op of session ${session.id} inside op ${outer.id} of ${this.#describe()}: it would wait for the lease that op holds`,
+            this.name,
+          ),
+        );
+      },
+      acquire: (signal, timeout, reported) => this.#acquireSessionHandle(signal, timeout, reported),
+      isAlive: (handle) => {
+        const isAlive = this.#options.isAlive;
+        if (isAlive === undefined) return true;
+        try {
+          return isAlive(handle.engine) !== false;
+        } catch {
+          return false;
+        }
+      },
+      run: (session, kind, fn, settings, handle, restored) => {
+        if (this.#closed) {
+          return { done: Promise.reject(new GuardClosedError(this.name)), leave: noop };
+        }
+        const op = new Op<E>(
+          ++this.#nextId,
+          kind,
+          settings.label,
+          settings.signal,
+          settings.waitForReady,
+        );
+        op.key = session;
+        op.sessionId = session.id;
+        op.ownHandle = handle;
+        op.restored = restored;
+        op.onHandleLost = (lost, cause) => session.lose(lost, cause);
+        return {
+          done: this.#launch(op, fn, settings.timeout),
+          leave: (reason) => this.#admission.leave(op, reason),
+        };
+      },
+      retire: (handle, reason, cause) => this.#sessionPool?.retire(handle, reason, cause),
+      emit: (type, event) => this.#events.emit(type, event),
+      forget: (session) => {
+        this.#sessions.delete(session);
+      },
+    };
+  }
+
+  async #acquireSessionHandle(
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+    reportedTimeout: number | undefined,
+  ): Promise<Handle<E>> {
+    const pool = this.#sessionPool;
+    if (pool === undefined || this.#closed) throw new GuardClosedError(this.name);
+    try {
+      return await pool.acquire(signal, timeout, reportedTimeout, this.#opDefaults.waitForReady);
+    } catch (error) {
+      // Every slot held by another session (not a slow connect): say so.
+      if (error instanceof LockTimeoutError && pool.busyCount >= this.#maxSessions) {
+        throw new SessionLimitError(this.#maxSessions, error.timeout, this.name);
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Takes `handle` out of service: a shared one from the pool; a session's from the session
+   * slots, and its session learns that its state is gone.
+   */
+  #retire(
+    op: Op<E>,
+    handle: Handle<E>,
+    reason: Exclude<RetireReason, 'session-end'>,
+    cause: unknown,
+    beforeDestroy?: () => Promise<unknown>,
+  ): void {
+    if (op.ownHandle === undefined) {
+      this.#pool.retire(handle, reason, cause, beforeDestroy);
+      return;
+    }
+    this.#sessionPool?.retire(handle, reason, cause, beforeDestroy);
+    op.onHandleLost?.(handle, cause);
   }
 
   #join<T>(
@@ -428,7 +594,8 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (!this.#pool.isDown) return;
     for (let op = this.#queued.head; op !== null; ) {
       const next: Op<E> | null = op.next;
-      if (op.state.tag === 'waiting' && !op.waitForReady) {
+      // A session's op has its handle already: the shared pool's outage is not its concern.
+      if (op.state.tag === 'waiting' && !op.waitForReady && op.ownHandle === undefined) {
         this.#admission.leave(op, this.#pool.unavailableError());
       }
       op = next;
@@ -505,7 +672,8 @@ export class EngineGuard<E> implements AsyncDisposable {
     state.lease.revoke(reason);
     const cancelled = state.cancel;
     // The handle is destroyed only once a late cancel returned (bounded by destroyTimeout).
-    this.#pool.retire(
+    this.#retire(
+      op,
       state.handle,
       'abandoned',
       reason,
@@ -521,7 +689,9 @@ export class EngineGuard<E> implements AsyncDisposable {
 
   #returnHandle(op: Op<E>, handle: Handle<E>, ok: boolean, value: unknown): void {
     if (!ok && this.#isFatal(op, value)) {
-      this.#pool.retire(handle, 'fatal', value);
+      this.#retire(op, handle, 'fatal', value);
+    } else if (op.ownHandle !== undefined) {
+      // A session's handle stays with its session, state and all.
     } else if (this.#reset !== undefined) {
       this.#reset.run(handle, op, ok, op.lastBeat);
     } else {
@@ -575,7 +745,7 @@ export class EngineGuard<E> implements AsyncDisposable {
             this.#counters.cancels++;
             return this.#sendCancel(() => cancel(state.handle.engine, { op: info, reason: error }));
           };
-    this.#pool.retire(state.handle, 'stall', error, cancelFirst);
+    this.#retire(op, state.handle, 'stall', error, cancelFirst);
     this.#events.emit('stall', { op: info, error, probeFailures: op.probeFailures });
     // The caller has its answer while fn is still running: the guard stops waiting for it.
     if (!op.fnSettled) this.#events.emit('abandon', { op: info, reason: error });
@@ -587,6 +757,12 @@ export class EngineGuard<E> implements AsyncDisposable {
     this.#health.close();
     const error = new GuardClosedError(this.name);
     this.#watchdog?.stop();
+    const sessionPool = this.#sessionPool;
+    for (const session of [...this.#sessions]) {
+      // Its close retires its handle once its op settled: close() waits for that destroy too.
+      const closed = session.closeFor('guard-closed');
+      sessionPool?.trackDestroy(closed);
+    }
     for (let op = this.#queued.head; op !== null; op = this.#queued.head) {
       this.#admission.leave(op, error);
     }
@@ -607,11 +783,15 @@ export class EngineGuard<E> implements AsyncDisposable {
       // Destroy only after fn and any cancel in flight are done with the engine (bounded).
       const cancelled = state.tag === 'cancelling' ? state.cancel : undefined;
       const idle = cancelled === undefined ? fnDone : Promise.all([fnDone, cancelled]);
-      this.#pool.retire(state.handle, 'close', error, () => idle);
+      this.#retire(op, state.handle, 'close', error, () => idle);
     }
     // Handles being reset are given up with the rest; close() waits for their destroy too.
     if (this.#reset !== undefined) this.#pool.trackDestroy(this.#reset.close());
-    await bounded(this.#pool.close(), this.#closeTimeout, noop);
+    const closing: Promise<unknown> =
+      sessionPool === undefined
+        ? this.#pool.close()
+        : Promise.all([this.#pool.close(), sessionPool.close()]);
+    await bounded(closing, this.#closeTimeout, noop);
   }
 
   /** The running ops, for the watchdog; safe against the consumer unlinking the one it gets. */

@@ -160,6 +160,10 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   key: unknown = undefined;
   /** The session it runs in, if any. */
   sessionId: number | undefined = undefined;
+  /** Its session's handle: the op runs on it instead of a shared one. */
+  ownHandle: Handle<E> | undefined = undefined;
+  /** Told when the op's handle dies (its session loses its state). */
+  onHandleLost: ((handle: Handle<E>, cause: unknown) => void) | undefined = undefined;
   /** True when `restore` rebuilt its session's state just before it (see `ctx.restored`). */
   restored = false;
   /** Fencing token of its cluster lease, while it holds one. */

@@ -84,6 +84,53 @@ export interface SessionOptions<E> {
  */
 export type SessionState = 'new' | 'open' | 'lost' | 'closed';
 
+/**
+ * A caller's own engine handle, kept across its ops: its temporary tables, `SET`s and prepared
+ * statements stay with it and are seen by no one else. Made by `guard.session()`.
+ *
+ * Invariants:
+ * - The session's handle is opened lazily by its first op, never shared with another caller and
+ *   never reset between its ops.
+ * - Its ops run one at a time, in call order, on that handle. A session read runs beside other
+ *   reads; a session write is exclusive guard-wide like every write.
+ * - Losing the handle is never silent: the session becomes `lost` and its next op rejects with
+ *   `SessionLostError`, unless `restore` rebuilds the state first.
+ * - `close()` (or `await using`) destroys the handle and frees the session's slot.
+ */
+export interface Session<E> extends AsyncDisposable {
+  /** Unique id of the session within its guard. */
+  readonly id: number;
+  readonly label: string | undefined;
+  /**
+   * Runs `fn` as a read on the session's handle, after the session's earlier ops. Rejects like
+   * `guard.read`, and with `SessionLostError`, `SessionLimitError` (first op, no slot freed within
+   * `timeout`) or `SessionClosedError`.
+   */
+  read<T>(
+    fn: (engine: E, ctx: OpContext) => T | PromiseLike<T>,
+    options?: OpOptions,
+  ): Promise<Awaited<T>>;
+  /** Runs `fn` as a write (exclusive guard-wide) on the session's handle. See `read`. */
+  write<T>(
+    fn: (engine: E, ctx: OpContext) => T | PromiseLike<T>,
+    options?: OpOptions,
+  ): Promise<Awaited<T>>;
+  /** Synchronous snapshot; never waits. */
+  status(): SessionStatus;
+  /**
+   * Accepts the loss of the session's state: a `lost` session continues on a fresh handle with
+   * its next op. On an open session, drops its handle (after the op running now, if any), so the
+   * next op starts from a clean handle.
+   * @throws SessionClosedError when the session is closed.
+   */
+  reopen(): void;
+  /**
+   * Closes the session: ops not started yet reject with `SessionClosedError`, the op running now
+   * (if any) finishes, then the handle is destroyed and its slot freed. Idempotent.
+   */
+  close(): Promise<void>;
+}
+
 /** Synchronous snapshot of one session. */
 export interface SessionStatus {
   id: number;
