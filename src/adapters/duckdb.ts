@@ -182,6 +182,9 @@ function resetRunner(conn: DuckDBConnection, signal: AbortSignal): ResetRunner {
  *   with `SET GLOBAL` where the connection may have its own value (`TimeZone`) gets its own
  *   value back on this connection; the instance-wide one stays as the op left it.
  *
+ * A connection with no baseline (made by other options than `duckdbGuardOptions`') has its
+ * temporary objects, prepared statements and variables dropped and its settings left alone.
+ *
  * Costs two calls when the op left nothing (a ROLLBACK attempt and one catalog query), plus one
  * per object or setting to restore (and two more catalog reads when settings changed). Not undone: `ATTACH`/`DETACH`, extensions loaded and
  * secrets created (DuckDB keeps those per instance, not per connection), and anything written

@@ -19,6 +19,11 @@ interface SessionState {
   cleanAt: number;
   /** Statements re-applying the settings `setup` made (see {@link pgCaptureBaseline}); '' for none. */
   baseline: string;
+  /**
+   * Whether `pgReadOnly` asks, in its ROLLBACK round trip, if it left anything: only worth its
+   * cost when the guard's reset is {@link pgReset}, which can then be skipped.
+   */
+  readonly checkReadOnly: boolean;
 }
 
 const sessions = new WeakMap<PgClient, SessionState>();
@@ -48,29 +53,39 @@ const BASELINE_SQL =
   "SELECT name, pg_catalog.current_setting(name) AS value FROM pg_catalog.pg_settings WHERE source = 'session'" +
   " UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'";
 
-/** Starts tracking `client`'s session state; it counts as clean from here on. */
-export function trackSession(client: RawClient): void {
-  const state: SessionState = { ready: 0, cleanAt: 0, baseline: '' };
+/**
+ * Starts tracking `client`'s session state; it counts as clean from here on. `checkReadOnly`:
+ * see {@link SessionState}.
+ */
+export function trackSession(client: RawClient, checkReadOnly: boolean): void {
+  const state: SessionState = { ready: 0, cleanAt: 0, baseline: '', checkReadOnly };
   sessions.set(client, state);
   client.connection?.on?.('readyForQuery', () => {
     state.ready++;
   });
 }
 
-/** True when `client` is tracked and no query ran on it since it was last known clean. */
+/**
+ * True when `client` is tracked and no query ran on it since it was last known clean. A query
+ * still on its way (sent by an op that returned without waiting for it) has not been counted
+ * yet: the client is not known clean while one is.
+ */
 export function isClean(client: PgClient): boolean {
-  return cleanSince(client) !== undefined;
+  const state = sessions.get(client);
+  return (
+    state !== undefined &&
+    state.cleanAt === state.ready &&
+    (client as RawClient).readyForQuery !== false
+  );
 }
 
 /**
- * When `client` is known clean now: its ReadyForQuery count, to hand to {@link rollbackReadOnly}.
- * A query still on its way (sent by an op that returned without waiting for it) has not been
- * counted yet: the client is not known clean while one is.
+ * When `client` is known clean now and `pgReadOnly` should check what it leaves: its
+ * ReadyForQuery count, to hand to {@link rollbackReadOnly}.
  */
 export function cleanSince(client: PgClient): number | undefined {
   const state = sessions.get(client);
-  if (state === undefined || state.cleanAt !== state.ready) return undefined;
-  return (client as RawClient).readyForQuery === false ? undefined : state.ready;
+  return state?.checkReadOnly === true && isClean(client) ? state.ready : undefined;
 }
 
 /** Records that `client` is clean now (after the adapter's own harmless query, say). */
@@ -162,7 +177,9 @@ function drained(client: RawClient, signal: AbortSignal): Promise<void> {
  *
  * All of it is one round trip. It is skipped (and returns synchronously) when the handle is
  * known clean: nothing ran on it since the last reset, or only a {@link pgReadOnly} whose
- * ROLLBACK round trip showed it left no advisory lock or prepared statement behind.
+ * ROLLBACK round trip showed it left no advisory lock or prepared statement behind. `pgReadOnly`
+ * asks that only on handles of a guard whose `reset` is `pgReset` itself (a reset of your own
+ * that calls `pgReset` still gets the settings of `setup` back, without that skip).
  *
  * Not undone (neither does `DISCARD ALL`): libraries loaded with `LOAD`, state kept by
  * extensions or procedural languages (PL/Python's `GD`), `pg` client settings (type parsers,

@@ -198,7 +198,7 @@ export function pgGuardOptions(
         const pid = rows[0]?.pid;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
         handles++;
-        trackSession(client);
+        trackSession(client, options.reset === pgReset);
         // Busy-handle probes need the side connection: open it now, not on a slow link's
         // first probe (where connecting could take most of the probe's timeout).
         if (options.probe === ownProbe) side.warm();

@@ -77,6 +77,9 @@ async function snapshot(conn: DuckDBConnection) {
 
 const LEAVE_EVERYTHING = [
   'CREATE TEMP TABLE scratch AS SELECT 1 AS x',
+  // Names that need quoting, a dot and a quote inside.
+  'CREATE TEMP TABLE "odd ""name"".x" (y int)',
+  'SET VARIABLE "it\'s" = [1, 2]',
   'CREATE TEMP VIEW v AS SELECT * FROM scratch',
   'CREATE TEMP MACRO plus1(x) AS x + 1',
   'CREATE TEMP MACRO rows3() AS TABLE SELECT * FROM range(3)',

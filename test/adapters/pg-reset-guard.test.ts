@@ -6,7 +6,7 @@
  * is one that can fail.
  */
 import { EngineGuard, type GuardEvents, type OpContext } from 'engine-guard';
-import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly, pgReset } from 'engine-guard/pg';
+import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly } from 'engine-guard/pg';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { adminQuery, clientConfig, terminateBackend } from '../support/pg.js';
 import { type PgOptions, scratchTable, settle, waitFor } from '../support/pg-faults-kit.js';
@@ -178,21 +178,36 @@ describe('stateless ops with the default reset, pool 4 (issue 9 reversed)', () =
 
 describe('the default reset through the guard', () => {
   it('skips after pgReadOnly reads that left nothing, runs after those that did', async () => {
-    const calls: string[] = [];
+    // Every query sent on the handle, recorded from its setup on.
+    const sent: string[] = [];
     const guard = guardOf({
       pool: 1,
-      reset: (pg, ctx) => {
-        const result = pgReset(pg, ctx);
-        calls.push(result === undefined ? 'skipped' : 'ran');
-        return result;
+      setup: (pg) => {
+        const client = pg.client as unknown as { query: (text: unknown) => Promise<unknown> };
+        const query = client.query.bind(client);
+        client.query = (text) => {
+          sent.push(typeof text === 'string' ? text : '(config)');
+          return query(text);
+        };
       },
     });
-    for (let i = 0; i < 5; i++) await guard.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1'));
-    await guard.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT pg_advisory_lock(9044)'));
-    await guard.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1'));
-    await guard.read((pg, ctx) => pgQuery(pg, ctx, 'SELECT 1'));
-    await resetsDone(guard);
-    expect(calls).toEqual([...Array(5).fill('skipped'), 'ran', 'skipped', 'ran']);
+    const resetAfter = async (fn: (pg: PgHandle, ctx: OpContext) => Promise<unknown>) => {
+      await guard.read(fn);
+      await resetsDone(guard);
+      const discards = sent.filter((sql) => /DISCARD/.test(sql)).length;
+      sent.length = 0;
+      return discards === 1 ? 'ran' : discards === 0 ? 'skipped' : `${discards} resets`;
+    };
+    const outcomes: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      outcomes.push(await resetAfter((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1')));
+    }
+    outcomes.push(
+      await resetAfter((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT pg_advisory_lock(9044)')),
+      await resetAfter((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1')),
+      await resetAfter((pg, ctx) => pgQuery(pg, ctx, 'SELECT 1')),
+    );
+    expect(outcomes).toEqual([...Array(5).fill('skipped'), 'ran', 'skipped', 'ran']);
     expect(await advisoryHolders(9044)).toBe(0);
   });
 

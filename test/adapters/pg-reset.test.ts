@@ -290,6 +290,29 @@ describe('pgReset skips its round trip only when the op provably left nothing', 
     expect(await reset(handle)).toBe('ran');
   });
 
+  it("pgReadOnly asks what it left only when the guard's reset is pgReset itself", async () => {
+    const rollbacks = async (overrides: Partial<PgOptions>): Promise<string[]> => {
+      const { handle } = await openHandle(overrides);
+      const sent: string[] = [];
+      const client = raw(handle);
+      const query = client.query.bind(client) as (text: unknown) => Promise<unknown>;
+      // Records the SQL text of each query the helper sends.
+      (handle.client as unknown as { query: (text: unknown) => Promise<unknown> }).query = (
+        text,
+      ) => {
+        if (typeof text === 'string') sent.push(text);
+        return query(text);
+      };
+      await pgReadOnly(handle, ctx(), 'SELECT 1');
+      return sent.filter((sql) => sql.startsWith('ROLLBACK'));
+    };
+    const checked = await rollbacks({});
+    expect(checked).toHaveLength(1);
+    expect(checked[0]).toMatch(/^ROLLBACK; SELECT .*pg_locks/);
+    expect(await rollbacks({ reset: undefined })).toEqual(['ROLLBACK']);
+    expect(await rollbacks({ reset: (h, c) => pgReset(h, c) })).toEqual(['ROLLBACK']);
+  });
+
   it('never skips on a handle the adapter did not create', async () => {
     const client = await connectClient();
     onTestFinished(() => closeClient(client));
