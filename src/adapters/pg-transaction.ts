@@ -27,8 +27,8 @@ export class PgTransactionEndedError extends Error {
 
 /**
  * Ends the transaction whatever happened; a dead connection is the guard's business. With
- * `cleanAt` (the handle was known clean at BEGIN), the same round trip finds out whether the
- * transaction left session state behind, so `pgReset` can skip its own.
+ * `cleanAt` (the handle was known clean at BEGIN), the same round trip drops the session state
+ * the transaction may have left, so `pgReset` can skip its own.
  */
 async function rollback(handle: PgHandle, cleanAt?: number): Promise<void> {
   try {
@@ -45,19 +45,22 @@ async function rollback(handle: PgHandle, cleanAt?: number): Promise<void> {
  * statement"), so the statement cannot leave the read-only transaction either.
  *
  * What it does not undo: session state that outlives a transaction. `SELECT
- * pg_advisory_lock(1)` keeps the lock held, `PREPARE` keeps its statement. The guard's `reset`
- * ({@link pgReset}, the default of `pgGuardOptions`) clears them before the next caller. On a
- * handle that was clean when it began, the ROLLBACK's round trip also asks whether any such
- * state is left; when none is, `pgReset` has nothing to do and skips its round trip.
+ * pg_advisory_lock(1)` keeps the lock held, `PREPARE` keeps its statement, within a session.
+ * Outside a session (no `ctx.sessionId`), on a handle of a guard whose `reset` is `pgReset` and
+ * that was clean when it began, the ROLLBACK's round trip also drops them (`DEALLOCATE ALL`,
+ * `pg_advisory_unlock_all()`), which leaves the handle clean: `pgReset` then skips its round
+ * trip. Otherwise the guard's `reset` clears them before the next caller.
  */
 export async function pgReadOnly<R extends object = PgRow>(
   handle: PgHandle,
-  ctx: { signal: AbortSignal; heartbeat(): void },
+  ctx: { signal: AbortSignal; heartbeat(): void; readonly sessionId?: number | undefined },
   text: string,
   values?: unknown[],
 ): Promise<PgQueryResult<R>> {
   ctx.signal.throwIfAborted();
-  const cleanAt = cleanSince(handle.client);
+  // A session keeps its locks and statements: only a shared handle is cleaned on the way.
+  const inSession = ctx.sessionId !== undefined;
+  const cleanAt = inSession ? undefined : cleanSince(handle.client);
   // BEGIN inside the try: whatever happens next, the ROLLBACK is queued behind it, so the
   // handle never goes back to the pool inside a transaction.
   try {

@@ -207,8 +207,20 @@ describe('the default reset through the guard', () => {
       await resetAfter((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1')),
       await resetAfter((pg, ctx) => pgQuery(pg, ctx, 'SELECT 1')),
     );
-    expect(outcomes).toEqual([...Array(5).fill('skipped'), 'ran', 'skipped', 'ran']);
+    // The lock taken in pgReadOnly is released by its own ROLLBACK round trip.
+    expect(outcomes).toEqual([...Array(7).fill('skipped'), 'ran']);
     expect(await advisoryHolders(9044)).toBe(0);
+  });
+
+  it('a session is never reset: the lock its pgReadOnly took stays its own', async () => {
+    const guard = guardOf({ pool: 1, maxSessions: 1 });
+    const session = guard.session({ label: 'holder' });
+    await session.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT pg_advisory_lock(9045)'));
+    await guard.read((pg, ctx) => pgQuery(pg, ctx, 'SELECT 1'));
+    await resetsDone(guard);
+    expect(await advisoryHolders(9045)).toBe(1);
+    await session.close();
+    await waitFor(async () => (await advisoryHolders(9045)) === 0, 5_000, 'the session to let go');
   });
 
   it('a reset that fails (the server killed the backend) retires the handle; the next op gets a fresh one', async () => {
