@@ -182,6 +182,14 @@ export async function resetConnection(
     signal.throwIfAborted();
     await run(sql);
   }
+  // Under `lock_configuration` no SET or RESET runs (nor could an op's): settings stay as they are.
+  if (
+    state.some(
+      (row) => row.kind === 'setting' && row.n === 'lock_configuration' && row.v === 'true',
+    )
+  ) {
+    return;
+  }
   // A USE among them changed `schema` and `search_path`: read the settings again.
   const changed = changedSettings(
     statements.some((sql) => sql.startsWith('USE '))

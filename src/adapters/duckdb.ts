@@ -182,6 +182,9 @@ function resetRunner(conn: DuckDBConnection, signal: AbortSignal): ResetRunner {
  *   with `SET GLOBAL` where the connection may have its own value (`TimeZone`) gets its own
  *   value back on this connection; the instance-wide one stays as the op left it.
  *
+ * With `lock_configuration` on, SET and RESET are refused (to the op as to the reset): settings
+ * are left as they are.
+ *
  * A connection with no baseline (made by other options than `duckdbGuardOptions`') has its
  * temporary objects, prepared statements and variables dropped and its settings left alone.
  *

@@ -155,6 +155,22 @@ describe('duckdbReset', () => {
     expect(await snapshot(conn)).toEqual(before);
   });
 
+  it('under lock_configuration, drops temporary objects and leaves settings alone', async () => {
+    const locked = await DuckDBInstance.create(':memory:', { lock_configuration: 'true' });
+    onTestFinished(() => locked.closeSync());
+    // As the example server does: its own setup around the adapter's, with PRAGMAs after it.
+    const base = duckdbGuardOptions(locked);
+    const signal = AbortSignal.timeout(10_000);
+    const conn = await base.create({ signal, generation: 1 });
+    onTestFinished(() => base.destroy?.(conn, { reason: 'test' }));
+    await base.setup?.(conn, { signal, generation: 1 });
+    await conn.run('PRAGMA enable_progress_bar');
+    await conn.run('CREATE TEMP TABLE scratch (x int)');
+    await duckdbReset(conn, resetCtx());
+    expect(await value(conn, 'SELECT count(*)::int FROM duckdb_tables() WHERE temporary')).toBe(0);
+    expect(await value(conn, "SELECT current_setting('enable_progress_bar')")).toBe(true);
+  });
+
   it('rejects with the signal reason when its signal aborts', async () => {
     const conn = await openConn();
     await conn.run('CREATE TEMP TABLE scratch (x int)');
