@@ -5,10 +5,11 @@
  * lands on. Each case also runs with `reset: undefined`, where the state does leak: the check
  * is one that can fail.
  */
-import { EngineGuard, type GuardEvents, type OpContext } from 'engine-guard';
+import { EngineGuard, type GuardEvents, HookTimeoutError, type OpContext } from 'engine-guard';
 import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly } from 'engine-guard/pg';
+import { FaultProxy } from 'engine-guard/testing';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { adminQuery, clientConfig, terminateBackend } from '../support/pg.js';
+import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../support/pg.js';
 import { type PgOptions, scratchTable, settle, waitFor } from '../support/pg-faults-kit.js';
 
 const POOL = 4;
@@ -221,6 +222,41 @@ describe('the default reset through the guard', () => {
     expect(await advisoryHolders(9045)).toBe(1);
     await session.close();
     await waitFor(async () => (await advisoryHolders(9045)) === 0, 5_000, 'the session to let go');
+  });
+
+  it('a reset lost on a half-open link is bounded by resetTimeout and retires the handle', async () => {
+    const { host, port } = pgConfig();
+    const proxy = await FaultProxy.start({ target: { host, port } });
+    onTestFinished(() => proxy.close());
+    const guard = new EngineGuard(
+      pgGuardOptions(
+        { config: clientConfig({ host: proxy.host, port: proxy.port }) },
+        { pool: 1, resetTimeout: 500, reconnect: { initialDelay: 20, maxDelay: 200 } },
+      ),
+    );
+    onTestFinished(() => guard.close());
+    const resetErrors: GuardEvents['resetError'][] = [];
+    guard.on('resetError', (event) => resetErrors.push(event));
+    const started = performance.now();
+    const first = await guard.read(async (pg, ctx) => {
+      await pgQuery(pg, ctx, 'SET search_path TO nowhere');
+      // The link dies between the op and its reset.
+      proxy.blackhole();
+      return ctx.generation;
+    });
+    await waitFor(() => resetErrors.length > 0, 5_000, 'the reset to time out');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(500 - 50);
+    expect(resetErrors[0]).toMatchObject({ generation: first });
+    expect(resetErrors[0]?.error).toBeInstanceOf(HookTimeoutError);
+    proxy.heal();
+    const next = await guard.read(async (pg, ctx) => ({
+      generation: ctx.generation,
+      searchPath: (
+        await pgQuery<{ v: string }>(pg, ctx, "SELECT current_setting('search_path') AS v")
+      ).rows[0]?.v,
+    }));
+    expect(next.generation).toBeGreaterThan(first);
+    expect(next.searchPath).not.toContain('nowhere');
   });
 
   it('a reset that fails (the server killed the backend) retires the handle; the next op gets a fresh one', async () => {
