@@ -15,7 +15,7 @@ import type { PgClient, PgHandle } from './pg-types.js';
 interface SessionState {
   /** ReadyForQuery messages seen on the client so far. */
   ready: number;
-  /** `ready` when the client was last known clean; -1 when it never was. */
+  /** `ready` when the client was last known clean (0: when it connected). */
   cleanAt: number;
   /** Statements re-applying the settings `setup` made (see {@link pgCaptureBaseline}); '' for none. */
   baseline: string;
@@ -35,7 +35,7 @@ const sessions = new WeakMap<PgClient, SessionState>();
  */
 const DISCARD_ALL_SQL =
   'CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;' +
-  ' SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES';
+  ' SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES';
 
 /**
  * Ends `pgReadOnly`'s transaction on a handle that was clean when it began, and undoes in the
