@@ -6,7 +6,7 @@
  */
 import { Mutex } from 'async-mutex';
 import pg from 'pg';
-import { type PgHandle, pgGuardOptions, pgQuery } from '../src/adapters/pg.js';
+import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly } from '../src/adapters/pg.js';
 import { DEFAULT_LIVENESS, EngineGuard, type OpContext } from '../src/index.js';
 import { type PgCluster, startPgCluster } from '../test/support/pg-cluster.js';
 import {
@@ -40,15 +40,25 @@ interface PgContender {
   open(config: pg.ClientConfig): Promise<Client>;
 }
 
-/** The guard built from engine-guard/pg, each query run on a handle by `run`. */
+/**
+ * The guard built from engine-guard/pg, each query run on a handle by `run`. The adapter's
+ * `reset` is off unless `reset` says otherwise: `pg.Pool` resets nothing either, and the cost of
+ * the reset has its own section.
+ */
 function guardWith(
   name: string,
   run: (handle: PgHandle, ctx: OpContext, sql: string) => Promise<unknown>,
+  reset: 'default' | 'off' = 'off',
 ): PgContender {
   return {
     name,
     async open(config) {
-      const guard = new EngineGuard(pgGuardOptions({ config }, { pool: POOL, name: 'bench-pg' }));
+      const guard = new EngineGuard(
+        pgGuardOptions(
+          { config },
+          { pool: POOL, name: 'bench-pg', ...(reset === 'off' ? { reset: undefined } : {}) },
+        ),
+      );
       return {
         query: (sql) => guard.read((handle, ctx) => run(handle, ctx, sql)),
         close: () => guard.close(),
@@ -58,7 +68,7 @@ function guardWith(
 }
 
 const guardContender = guardWith(
-  `EngineGuard \`read\` + \`pgQuery\` (pool ${POOL}, liveness on: adapter defaults)`,
+  `EngineGuard \`read\` + \`pgQuery\` (pool ${POOL}, liveness on: adapter defaults, reset off)`,
   (handle, ctx, sql) => pgQuery(handle, ctx, sql),
 );
 
@@ -152,6 +162,76 @@ const WARMUP_MS = 300;
 /** guard ÷ pg.Pool throughput wanted at every concurrency. */
 const THROUGHPUT_TARGET = 0.97;
 
+/**
+ * `THROUGHPUT_ROUNDS` closed-loop rounds of `SHORT_SQL` from `callers` callers on each client,
+ * after a warm-up, clients rotated each round: queries/s and Node CPU per query, per client.
+ */
+async function roundsOf(
+  clients: readonly Client[],
+  callers: number,
+): Promise<{ rate: number[][]; cpu: number[][] }> {
+  const ops = (i: number) => () => clients[i]!.query(SHORT_SQL);
+  for (const [i] of clients.entries()) await driveClosedLoop(ops(i), callers, WARMUP_MS);
+  const rate = clients.map(() => [] as number[]);
+  const cpu = clients.map(() => [] as number[]);
+  for (let round = 0; round < THROUGHPUT_ROUNDS; round++) {
+    const order = clients.map((_, i) => (i + round) % clients.length);
+    for (const i of order) {
+      const r = await driveClosedLoop(ops(i), callers, ROUND_MS);
+      rate[i]!.push(r.ops / (r.wallNs / 1e9));
+      cpu[i]!.push(r.cpuUs / r.ops);
+    }
+  }
+  return { rate, cpu };
+}
+
+/**
+ * On a throwaway cluster: the rounds of {@link roundsOf} at each of `concurrency`, one table row
+ * per contender (queries/s, spread, Node CPU, ratio to `pg.Pool`), and the checks `checksAt`
+ * makes of each concurrency's medians (`of(contender)`).
+ */
+function throughputTable(
+  contenders: readonly PgContender[],
+  concurrency: readonly number[],
+  checksAt: (callers: number, of: (c: PgContender) => number) => Check[],
+): Promise<{ table: string[][]; checks: Check[] }> {
+  return withCluster(async (config) => {
+    const clients = await openAll(contenders, config);
+    try {
+      const table: string[][] = [
+        [
+          'Callers',
+          'Contender',
+          'queries/s (median)',
+          'rounds min–max',
+          'Node CPU per query',
+          'vs pg.Pool',
+        ],
+      ];
+      const checks: Check[] = [];
+      for (const callers of concurrency) {
+        const { rate, cpu } = await roundsOf(clients, callers);
+        const medians = rate.map((xs) => median(xs));
+        const of = (c: PgContender) => medians[contenders.indexOf(c)]!;
+        contenders.forEach((c, i) => {
+          table.push([
+            fmtInt(callers),
+            c.name,
+            fmtInt(medians[i]!),
+            fmtSpread(rate[i]!),
+            fmtUs(median(cpu[i]!) * 1e3),
+            fmtRatio(medians[i]! / of(poolContender)),
+          ]);
+        });
+        checks.push(...checksAt(callers, of));
+      }
+      return { table, checks };
+    } finally {
+      await Promise.allSettled(clients.map((c) => c.close()));
+    }
+  });
+}
+
 const throughput: Section = {
   title: 'PostgreSQL: `select 1` through `guard.read` vs `pg.Pool`',
   description:
@@ -159,102 +239,155 @@ const throughput: Section = {
     '(closed loop: each awaits its query, then sends the next) through an EngineGuard built ' +
     `from engine-guard/pg (\`pgGuardOptions\`, \`pgQuery\`, pool ${POOL}) and through ` +
     `\`pg.Pool\` with \`max\` ${POOL}, plus two rows of the same guard that take the adapter's ` +
-    `per-query cost apart (see the notes). Each contender runs ${ROUND_MS} ms per round, ` +
+    "per-query cost apart (see the notes). The guard's `reset` is off here (`reset: undefined`), " +
+    'as `pg.Pool` resets nothing: its cost is measured in the next section. ' +
+    `Each contender runs ${ROUND_MS} ms per round, ` +
     `${THROUGHPUT_ROUNDS} rounds per concurrency after a ${WARMUP_MS} ms warm-up, contenders ` +
     'rotated each round; figure = median round. "Node CPU per query" = `process.cpuUsage()` ' +
     '(user + system) of the bench process over the round ÷ queries: the driver, the guard and ' +
     'GC, not the server.',
-  run: () =>
-    withCluster(async (config) => {
-      const contenders = [
-        guardContender,
-        listenerGuardContender,
-        bareGuardContender,
-        poolContender,
-      ];
-      const clients = await openAll(contenders, config);
-      try {
-        const table: string[][] = [
+  run: async () => {
+    const { table, checks } = await throughputTable(
+      [guardContender, listenerGuardContender, bareGuardContender, poolContender],
+      CONCURRENCY,
+      (callers, of) =>
+        (
           [
-            'Callers',
-            'Contender',
-            'queries/s (median)',
-            'rounds min–max',
-            'Node CPU per query',
-            'vs pg.Pool',
-          ],
-        ];
-        const checks: Check[] = [];
-        for (const callers of CONCURRENCY) {
-          const ops = (i: number) => () => clients[i]!.query(SHORT_SQL);
-          for (const [i] of contenders.entries()) {
-            await driveClosedLoop(ops(i), callers, WARMUP_MS);
-          }
-          const rate = contenders.map(() => [] as number[]);
-          const cpu = contenders.map(() => [] as number[]);
-          for (let round = 0; round < THROUGHPUT_ROUNDS; round++) {
-            const order = contenders.map((_, i) => (i + round) % contenders.length);
-            for (const i of order) {
-              const r = await driveClosedLoop(ops(i), callers, ROUND_MS);
-              rate[i]!.push(r.ops / (r.wallNs / 1e9));
-              cpu[i]!.push(r.cpuUs / r.ops);
-            }
-          }
-          const medians = rate.map((xs) => median(xs));
-          const poolRate = medians[contenders.indexOf(poolContender)]!;
-          contenders.forEach((c, i) => {
-            table.push([
-              fmtInt(callers),
-              c.name,
-              fmtInt(medians[i]!),
-              fmtSpread(rate[i]!),
-              fmtUs(median(cpu[i]!) * 1e3),
-              fmtRatio(medians[i]! / poolRate),
-            ]);
-          });
-          for (const [c, what] of [
             [guardContender, 'guard + pgQuery (engine-guard/pg)'],
             [bareGuardContender, 'guard alone (bare client.query)'],
-          ] as const) {
-            const ratio = medians[contenders.indexOf(c)]! / poolRate;
-            checks.push({
-              name: `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
-              target: `>= ${THROUGHPUT_TARGET}x`,
-              actual: fmtRatio(ratio),
-              pass: ratio >= THROUGHPUT_TARGET,
-            });
-          }
+          ] as const
+        ).map(([c, what]) => {
+          const ratio = of(c) / of(poolContender);
+          return {
+            name: `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
+            target: `>= ${THROUGHPUT_TARGET}x`,
+            actual: fmtRatio(ratio),
+            pass: ratio >= THROUGHPUT_TARGET,
+          };
+        }),
+    );
+    return {
+      table,
+      checks,
+      notes: [
+        '"vs pg.Pool" > 1 means more queries per second than `pg.Pool` at the same ' +
+          'concurrency. Both hold 4 connections; a query waits for a free one in either.',
+        "The guard's liveness watchdog is on as the adapter sets it (probe interval " +
+          `${fmtInt(adapterLivenessInterval({}))} ms): every query is watched, none is ` +
+          'probed (each ends long before).',
+        'The target is checked twice: on the adapter path (`pgQuery`), what users run, and ' +
+          'on the same guard running `handle.client.query` bare, which is what the guard ' +
+          "itself costs. The gap between those two rows is the adapter's per-query cost; the " +
+          'row in between shows how much of it is the one abort listener `pgQuery` adds to ' +
+          "each op's fresh `ctx.signal` (the rest is its `data` listener on the socket, for " +
+          'heartbeats).',
+        'Shortfall on the adapter path, explained by a CPU profile of this section ' +
+          '(`node --expose-gc --cpu-prof --import tsx bench/run.ts "guard.read` vs"`, top ' +
+          'self time): socket writes (`writeBuffer`) take about 40% of the samples for every ' +
+          "contender alike; what `pgQuery` adds is the op's `AbortSignal`, made when it reads " +
+          '`ctx.signal` (`createAbortSignal`, the largest frame of ours at about 2%), the ' +
+          'listener it adds and removes on it, the promise that races the query against it, ' +
+          'and the garbage they leave. `pg.Pool` offers no cancellation at all. A way for ' +
+          "an op to be told of its abort without an `AbortSignal` (backed by the guard's own " +
+          'op state) is the planned fix; the guard itself meets the target.',
+      ],
+    };
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// What the reset between callers costs
+// ---------------------------------------------------------------------------------------------
+
+const RESET_CONCURRENCY = [1, 4, 32] as const;
+/** pgReadOnly with the default reset (skipped) ÷ pgReadOnly with the reset off, wanted. */
+const SKIP_TARGET = 0.9;
+
+const onPgQuery = (handle: PgHandle, ctx: OpContext, sql: string) => pgQuery(handle, ctx, sql);
+const onReadOnly = (handle: PgHandle, ctx: OpContext, sql: string) => pgReadOnly(handle, ctx, sql);
+const resetPgQuery = guardWith(
+  '`guard.read` + `pgQuery`, default reset (`pgReset`: one round trip after each op)',
+  onPgQuery,
+  'default',
+);
+const noResetPgQuery = guardWith('`guard.read` + `pgQuery`, `reset: undefined`', onPgQuery);
+const resetReadOnly = guardWith(
+  '`guard.read` + `pgReadOnly`, default reset (skipped: the ROLLBACK round trip cleans)',
+  onReadOnly,
+  'default',
+);
+const noResetReadOnly = guardWith('`guard.read` + `pgReadOnly`, `reset: undefined`', onReadOnly);
+
+/** `pg.Pool` with a `DISCARD ALL` before each release, as PgBouncer's `server_reset_query` does. */
+const discardPoolContender: PgContender = {
+  name: `\`pg.Pool\` (max ${POOL}), query then \`DISCARD ALL\` before release`,
+  async open(config) {
+    const pool = new pg.Pool({ ...config, max: POOL });
+    return {
+      async query(sql) {
+        const client = await pool.connect();
+        try {
+          const result = await client.query(sql);
+          await client.query('DISCARD ALL');
+          return result;
+        } finally {
+          client.release();
         }
-        return {
-          table,
-          checks,
-          notes: [
-            '"vs pg.Pool" > 1 means more queries per second than `pg.Pool` at the same ' +
-              'concurrency. Both hold 4 connections; a query waits for a free one in either.',
-            "The guard's liveness watchdog is on as the adapter sets it (probe interval " +
-              `${fmtInt(adapterLivenessInterval(config))} ms): every query is watched, none is ` +
-              'probed (each ends long before).',
-            'The target is checked twice: on the adapter path (`pgQuery`), what users run, and ' +
-              'on the same guard running `handle.client.query` bare, which is what the guard ' +
-              "itself costs. The gap between those two rows is the adapter's per-query cost; the " +
-              'row in between shows how much of it is the one abort listener `pgQuery` adds to ' +
-              "each op's fresh `ctx.signal` (the rest is its `data` listener on the socket, for " +
-              'heartbeats).',
-            'Shortfall on the adapter path, explained by a CPU profile of this section ' +
-              '(`node --expose-gc --cpu-prof --import tsx bench/run.ts "guard.read` vs"`, top ' +
-              'self time): socket writes (`writeBuffer`) take about 40% of the samples for every ' +
-              "contender alike; what `pgQuery` adds is the op's `AbortSignal`, made when it reads " +
-              '`ctx.signal` (`createAbortSignal`, the largest frame of ours at about 2%), the ' +
-              'listener it adds and removes on it, the promise that races the query against it, ' +
-              'and the garbage they leave. `pg.Pool` offers no cancellation at all. A way for ' +
-              "an op to be told of its abort without an `AbortSignal` (backed by the guard's own " +
-              'op state) is the planned fix; the guard itself meets the target.',
-          ],
-        };
-      } finally {
-        await Promise.allSettled(clients.map((c) => c.close()));
-      }
-    }),
+      },
+      close: () => pool.end(),
+    };
+  },
+};
+
+const resetCost: Section = {
+  title: 'PostgreSQL: what the reset between callers costs',
+  description:
+    `\`${SHORT_SQL}\` from N concurrent callers (closed loop), as in the section above, through ` +
+    `guards built from engine-guard/pg (pool ${POOL}) with the adapter's default \`reset\` ` +
+    '(`pgReset`) and with `reset: undefined`, on `pgQuery` (the handle is dirty after each op: ' +
+    'the reset runs) and on `pgReadOnly` (three round trips: BEGIN READ ONLY, the statement, ' +
+    'ROLLBACK; with the reset on, the ROLLBACK round trip also drops advisory locks and prepared ' +
+    'statements, the only state a rolled-back read-only transaction leaves, and the reset is ' +
+    'skipped), next to `pg.Pool` ' +
+    'and to `pg.Pool` sending `DISCARD ALL` before each release. Same rounds and figures as above.',
+  run: async () => {
+    const { table, checks } = await throughputTable(
+      [
+        resetPgQuery,
+        noResetPgQuery,
+        resetReadOnly,
+        noResetReadOnly,
+        poolContender,
+        discardPoolContender,
+      ],
+      RESET_CONCURRENCY,
+      (callers, of) => {
+        const skip = of(resetReadOnly) / of(noResetReadOnly);
+        const always = of(resetPgQuery) / of(noResetPgQuery);
+        return [
+          {
+            name: `pgReadOnly: reset on (skipped) vs off, ${callers} caller${callers === 1 ? '' : 's'}`,
+            target: `>= ${SKIP_TARGET}x`,
+            actual: `${fmtRatio(skip)} (pgQuery: reset on vs off ${fmtRatio(always)})`,
+            pass: skip >= SKIP_TARGET,
+          },
+        ];
+      },
+    );
+    return {
+      table,
+      checks,
+      notes: [
+        'The reset after a `pgQuery` op is one more round trip on the handle, sent before ' +
+          'the handle serves anyone else (the caller already has its answer): with as many ' +
+          "callers as handles or fewer, each caller's next query waits for it.",
+        'The skip after `pgReadOnly` costs no round trip of its own: what it adds is ' +
+          '`DEALLOCATE ALL; SELECT pg_advisory_unlock_all()` in the ROLLBACK round trip. On ' +
+          'loopback a round trip is cheap, so the reset it saves is worth about as much as ' +
+          'what it adds; over a real network the saved round trip dominates.',
+      ],
+    };
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -370,4 +503,4 @@ const longQuery: Section = {
     }),
 };
 
-export const sections: Section[] = [throughput, longQuery];
+export const sections: Section[] = [throughput, resetCost, longQuery];

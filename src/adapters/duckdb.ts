@@ -36,6 +36,8 @@
  *   default 4): with `pool` long queries occupying every thread, a probe waits for a thread and
  *   times out. Keep `pool` below `UV_THREADPOOL_SIZE` (the adapter warns otherwise).
  * - `isFatal`: see {@link isFatalDuckDBError}.
+ * - `reset`: see {@link duckdbReset}. After each handle's `setup`, its state is recorded as the
+ *   baseline the reset returns it to.
  *
  * Heartbeats: {@link duckdbQuery} streams the result (`connection.stream` + `fetchChunk`) and
  * heartbeats before the call, when the stream opens and after every chunk (2,048 rows). DuckDB
@@ -47,7 +49,8 @@
  */
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { JSDuckDBValueConverter } from '@duckdb/node-api';
-import type { EngineGuardOptions } from '../index.js';
+import type { EngineGuardOptions, ResetContext } from '../index.js';
+import { captureBaseline, type ResetRunner, resetConnection } from './duckdb-reset.js';
 
 /** How often an aborted call's connection is interrupted again until the call settles, ms. */
 export const INTERRUPT_EVERY_MS = 25;
@@ -157,6 +160,43 @@ async function sideProbe(instance: DuckDBInstance, signal: AbortSignal): Promise
   }
 }
 
+/** The reset's statements, tracked like the op's (interrupted when `signal` aborts). */
+function resetRunner(conn: DuckDBConnection, signal: AbortSignal): ResetRunner {
+  return (sql) => tracked(conn, signal, () => conn.runAndReadAll(sql));
+}
+
+/**
+ * The `reset` hook of {@link duckdbGuardOptions} (its default): returns a shared connection to
+ * its state right after `setup`, before it serves another caller.
+ *
+ * - A transaction the op left open is rolled back.
+ * - Temporary tables, views, macros, sequences and types are dropped (DuckDB keeps them per
+ *   connection). Temporary objects `setup` made are dropped too: keep those in a session.
+ * - Prepared statements (`PREPARE`, per connection) made by the op are deallocated; the ones
+ *   `setup` made are prepared again if the op dropped or replaced them. The same for variables
+ *   (`SET VARIABLE`).
+ * - Settings (`SET`, `RESET`, `USE`) go back to their values after `setup`: each changed one is
+ *   `RESET`, and set to the baseline's value if that differs from its default. A setting that
+ *   only has an instance-wide value (`threads`, `memory_limit`...) is the instance's: an op
+ *   that changed it changed it for every connection until this reset puts it back. One changed
+ *   with `SET GLOBAL` where the connection may have its own value (`TimeZone`) gets its own
+ *   value back on this connection; the instance-wide one stays as the op left it.
+ *
+ * With `lock_configuration` on, SET and RESET are refused (to the op as to the reset): settings
+ * are left as they are.
+ *
+ * A connection with no baseline (made by other options than `duckdbGuardOptions`') has its
+ * temporary objects, prepared statements and variables dropped and its settings left alone.
+ *
+ * Costs two calls when the op left nothing (a ROLLBACK attempt and one catalog query), plus one
+ * per object or setting to restore (and two more catalog reads when settings changed). Not undone: `ATTACH`/`DETACH`, extensions loaded and
+ * secrets created (DuckDB keeps those per instance, not per connection), and anything written
+ * to non-temporary tables.
+ */
+export function duckdbReset(conn: DuckDBConnection, ctx: ResetContext): Promise<void> {
+  return resetConnection(conn, ctx.signal, resetRunner(conn, ctx.signal));
+}
+
 const FATAL_PATTERNS: readonly RegExp[] = [
   // The Node binding, for a call on a connection closed with closeSync()/disconnectSync().
   /connection disconnected/i,
@@ -211,7 +251,9 @@ let warnedPool = false;
  * setting can be replaced (keep `destroy` waiting for in-flight calls if you do); an override
  * that is `undefined` leaves the default in place.
  *
- * Defaults: `pool` 2, `name` `'duckdb'`, library liveness defaults.
+ * Defaults: `pool` 2, `name` `'duckdb'`, library liveness defaults, `reset`
+ * {@link duckdbReset} (`reset: undefined` turns it off). With a `reset`, `setup` (yours, or none) is
+ * followed by one catalog query that records the connection's baseline for the reset.
  *
  * @example
  * ```ts
@@ -251,10 +293,21 @@ export function duckdbGuardOptions(
       else await sideProbe(instance, signal);
     },
     isFatal: isFatalDuckDBError,
+    reset: duckdbReset,
   };
-  // An override that is `undefined` leaves the default in place (as in engine-guard/pg).
+  // An override that is `undefined` leaves the default in place (as in engine-guard/pg), except
+  // `reset: undefined`, which turns the reset off.
   for (const [key, value] of Object.entries(overrides)) {
     if (value !== undefined) (options as unknown as Record<string, unknown>)[key] = value;
+  }
+  if (Object.hasOwn(overrides, 'reset') && overrides.reset === undefined) delete options.reset;
+  const setup = options.setup;
+  // After bootstrap and setup: what they set (a GLOBAL setting too) is the baseline, not a leak.
+  if (options.reset !== undefined) {
+    options.setup = async (conn, ctx) => {
+      await setup?.(conn, ctx);
+      await captureBaseline(conn, resetRunner(conn, ctx.signal));
+    };
   }
   const pool = options.pool ?? 1;
   if (!warnedPool && options.liveness !== false && pool >= threadPoolSize()) {

@@ -21,7 +21,10 @@ export interface RawClient extends PgClient {
   unref?(): void;
   connection?: {
     stream?: NodeJS.ReadableStream & { destroy(): void };
-    on?(event: 'copyInResponse', listener: () => void): unknown;
+    on?(event: 'copyInResponse' | 'readyForQuery', listener: () => void): unknown;
+    /** `pg`'s cache of the named statements it parsed (or sent for parsing) on this connection. */
+    parsedStatements?: Record<string, string>;
+    submittedNamedStatements?: Record<string, string>;
     sync?(): void;
   };
   /** `pg`'s query in progress; `requiresPreparation()` is true for the extended protocol. */

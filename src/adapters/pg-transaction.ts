@@ -1,6 +1,7 @@
 /** engine-guard/pg's read-only helper and all-or-nothing helper. */
-import { inFlight, pgQuery } from './pg-client.js';
+import { pgQuery } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
+import { cleanSince, rollbackReadOnly } from './pg-reset.js';
 import { splitStatements } from './pg-split.js';
 import type { PgHandle, PgQueryResult, PgRow } from './pg-types.js';
 
@@ -24,10 +25,14 @@ export class PgTransactionEndedError extends Error {
   }
 }
 
-/** Ends the transaction whatever happened; a dead connection is the guard's business. */
-async function rollback(handle: PgHandle): Promise<void> {
+/**
+ * Ends the transaction whatever happened; a dead connection is the guard's business. With
+ * `cleanAt` (the handle was known clean at BEGIN), the same round trip drops the session state
+ * the transaction may have left, so `pgReset` can skip its own.
+ */
+async function rollback(handle: PgHandle, cleanAt?: number): Promise<void> {
   try {
-    await inFlight(handle.client, handle.client.query('ROLLBACK'));
+    await rollbackReadOnly(handle, cleanAt);
   } catch {
     // The connection failed: the op's own error says so and `isFatal` retires the handle.
   }
@@ -40,23 +45,29 @@ async function rollback(handle: PgHandle): Promise<void> {
  * statement"), so the statement cannot leave the read-only transaction either.
  *
  * What it does not undo: session state that outlives a transaction. `SELECT
- * pg_advisory_lock(1)` keeps the lock held, and so on. Give the guard a `reset` hook (sessions)
- * when untrusted SQL runs through it.
+ * pg_advisory_lock(1)` keeps the lock held, `PREPARE` keeps its statement, within a session.
+ * Outside a session (no `ctx.sessionId`), on a handle of a guard whose `reset` is `pgReset` and
+ * that was clean when it began, the ROLLBACK's round trip also drops them (`DEALLOCATE ALL`,
+ * `pg_advisory_unlock_all()`), which leaves the handle clean: `pgReset` then skips its round
+ * trip. Otherwise the guard's `reset` clears them before the next caller.
  */
 export async function pgReadOnly<R extends object = PgRow>(
   handle: PgHandle,
-  ctx: { signal: AbortSignal; heartbeat(): void },
+  ctx: { signal: AbortSignal; heartbeat(): void; readonly sessionId?: number | undefined },
   text: string,
   values?: unknown[],
 ): Promise<PgQueryResult<R>> {
   ctx.signal.throwIfAborted();
+  // A session keeps its locks and statements: only a shared handle is cleaned on the way.
+  const inSession = ctx.sessionId !== undefined;
+  const cleanAt = inSession ? undefined : cleanSince(handle.client);
   // BEGIN inside the try: whatever happens next, the ROLLBACK is queued behind it, so the
   // handle never goes back to the pool inside a transaction.
   try {
     await pgQuery(handle, ctx, 'BEGIN READ ONLY');
     return await pgQuery<R>(handle, ctx, { text, values: values ?? [], queryMode: 'extended' });
   } finally {
-    await rollback(handle);
+    await rollback(handle, cleanAt);
   }
 }
 

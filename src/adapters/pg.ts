@@ -23,6 +23,9 @@
  *   (between two queries of a transaction, say) and the probe passes.
  * - `cancel` runs `pg_cancel_backend(pid)` over the same side connection.
  * - `isFatal` is {@link isFatalPgError}: connection-level errors retire the handle.
+ * - `reset` is {@link pgReset}: after each stateless op, the handle is returned to a clean state
+ *   (what `DISCARD ALL` clears, then the settings `setup` made), skipped when the op provably
+ *   left nothing.
  *
  * Only this module loads `pg`; `engine-guard` and `engine-guard/duckdb` never do.
  *
@@ -42,6 +45,7 @@ import {
   raceSignal,
 } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
+import { isClean, markClean, pgCaptureBaseline, pgReset, trackSession } from './pg-reset.js';
 import {
   ACCEPT_CHECK_REUSE_MS,
   acceptsConnections,
@@ -60,6 +64,7 @@ export {
 } from './pg-coordinator.js';
 export { isFatalPgError } from './pg-fatal.js';
 export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
+export { pgReset } from './pg-reset.js';
 export {
   type PgStatement,
   PgTransactionEndedError,
@@ -119,10 +124,14 @@ const BACKEND_STATE_SQL =
 
 /**
  * Builds the {@link EngineGuardOptions} for PostgreSQL (and any PostgreSQL-wire engine):
- * `create`, `destroy`, `isAlive`, `probe`, `cancel`, `isFatal`, and the adapter's liveness
- * defaults ({@link PG_LIVENESS}). `overrides` go on top (pool, liveness, timeouts, or your own
- * hooks); an override that is `undefined` leaves the default in place, and a `liveness` object
- * is merged over the defaults.
+ * `create`, `destroy`, `isAlive`, `probe`, `cancel`, `isFatal`, `reset` ({@link pgReset}) and
+ * the adapter's liveness defaults ({@link PG_LIVENESS}). `overrides` go on top (pool, liveness,
+ * timeouts, or your own hooks); an override that is `undefined` leaves the default in place,
+ * except `reset: undefined`, which turns the reset off; a `liveness` object is merged over the
+ * defaults.
+ *
+ * A `setup` given here is followed, on each handle, by one query that records the settings it
+ * made, so that {@link pgReset} can put them back after `DISCARD ALL`.
  *
  * Each call keeps one side connection for the busy-handle probes and cancels of the handles it
  * creates (so give each guard its own call).
@@ -197,6 +206,7 @@ export function pgGuardOptions(
         const pid = rows[0]?.pid;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
         handles++;
+        trackSession(client, options.reset === pgReset);
         // Busy-handle probes need the side connection: open it now, not on a slow link's
         // first probe (where connecting could take most of the probe's timeout).
         if (options.probe === ownProbe) side.warm();
@@ -226,8 +236,10 @@ export function pgGuardOptions(
         });
       }
       if (op === undefined) {
-        // Idle: nothing else runs on the handle, ask it directly.
+        // Idle: nothing else runs on the handle, ask it directly. `SELECT 1` leaves no state.
+        const clean = isClean(handle.client);
         await raceSignal(inFlight(handle.client, handle.client.query('SELECT 1')), signal);
+        if (clean) markClean(handle.client);
         return;
       }
       // No query in flight: the op is working in the application (between two statements of a
@@ -284,6 +296,8 @@ export function pgGuardOptions(
     },
 
     isFatal: isFatalPgError,
+
+    reset: pgReset,
   };
 
   const ownProbe = options.probe;
@@ -294,6 +308,15 @@ export function pgGuardOptions(
       continue;
     }
     (options as unknown as Record<string, unknown>)[key] = value;
+  }
+  // Explicitly undefined: "no reset" (sessions-only guards, engines without DISCARD).
+  if (Object.hasOwn(overrides, 'reset') && overrides.reset === undefined) delete options.reset;
+  const setup = options.setup;
+  if (setup !== undefined) {
+    options.setup = async (handle, ctx) => {
+      await setup(handle, ctx);
+      await pgCaptureBaseline(handle, ctx.signal);
+    };
   }
   return options;
 }

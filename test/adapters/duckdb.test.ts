@@ -159,6 +159,8 @@ describe('DuckDB recipe under an EngineGuard', () => {
       // The first two overlapped in time.
       const [a, b] = windows.sort((x, y) => x[0] - y[0]);
       expect(b![0]).toBeLessThan(a![1]);
+      // The last op's handle is back once its reset (the adapter's default) has run.
+      await waitFor(() => guard.status().handles.busy === 0, 5_000, 'the last reset');
       expect(guard.status().handles).toMatchObject({ total: 2, busy: 0, idle: 2 });
     } finally {
       await guard.close();

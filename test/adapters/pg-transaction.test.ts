@@ -245,7 +245,11 @@ describe('pgTransaction, the holes found in review', () => {
   }, 30_000);
 
   it('pgReadOnly: COPY into a session TEMP table FROM STDIN (allowed read-only) fails instead of hanging', async () => {
-    const g = guard(clientConfig(), 1);
+    // The temporary table must outlive its op: without the reset, which would drop it.
+    const g = new EngineGuard(
+      pgGuardOptions({ config: clientConfig() }, { pool: 1, reset: undefined }),
+    );
+    onTestFinished(() => g.close());
     // A temporary table of the session, which a read-only transaction may write to.
     await g.write((pg, ctx) => pgTransaction(pg, ctx, ['CREATE TEMP TABLE copy_scratch (x int)']));
     const outcome = await within(

@@ -200,9 +200,14 @@ describe('PostgreSQL through a FaultProxy, part 2', () => {
       expect(elapsed).toBeLessThan(20_000);
 
       // The last aborted ops may still be winding down (their callers were answered at once;
-      // the guard holds the handle until the cancel call is done). Then nothing is left.
+      // the guard holds the handle until the cancel call is done, then while its reset runs).
+      // Then nothing is left.
       const quiet = performance.now() + 6_000;
-      while (guard.status().running.length > 0 && performance.now() < quiet) await sleep(10);
+      const windingDown = () => {
+        const { running, handles } = guard.status();
+        return running.length > 0 || handles.busy > 0;
+      };
+      while (windingDown() && performance.now() < quiet) await sleep(10);
       // Nothing leaked: no running op, no queue, no busy handle; the exclusive lock is free.
       const status = guard.status();
       expect(status.running).toEqual([]);

@@ -36,9 +36,16 @@ import {
 } from '../support/pg-faults-kit.js';
 
 /** A guard with one handle, used once, now idle behind a half-open (blackholed) link. */
+/** Resolves once every handle is back in the pool: the last op's reset (the adapter's default) ran. */
+function handlesIdle(guard: EngineGuard<PgHandle>): Promise<void> {
+  return waitFor(() => guard.status().handles.busy === 0, 5_000, 'the reset after the last op');
+}
+
 async function halfOpenIdle(overrides: Partial<PgOptions> = {}) {
   const { proxy, guard } = await kit().proxiedGuard(overrides);
   const first = await readOne(guard);
+  // The link dies while the handle is idle, not while its reset is on the wire.
+  await handlesIdle(guard);
   proxy.blackhole();
   return { proxy, guard, first };
 }
@@ -261,6 +268,8 @@ describe('PostgreSQL through a FaultProxy, part 1', () => {
       const { guard } = await k.proxiedGuard({ liveness: { ...LIVENESS, idleCheckAfter: false } });
       const { pid, generation } = await readOne(guard);
       expect(generation).toBe(1);
+      // Wedged while idle: once the reset after the read is done.
+      await handlesIdle(guard);
       k.suspend(pid);
       const sampler = sampleStatus(guard);
       const started = performance.now();
