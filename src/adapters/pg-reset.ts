@@ -192,12 +192,14 @@ function drained(client: RawClient, signal: AbortSignal): Promise<void> {
  */
 export function pgReset(handle: PgHandle, ctx: ResetContext): Promise<void> | undefined {
   if (isClean(handle.client)) return undefined;
-  return discardAll(handle, ctx.signal);
+  return discardAll(handle, ctx);
 }
 
-async function discardAll(handle: PgHandle, signal: AbortSignal): Promise<void> {
+async function discardAll(handle: PgHandle, ctx: ResetContext): Promise<void> {
   const client = handle.client as RawClient;
-  await drained(client, signal);
+  // ctx.signal is read only when there is something to wait for: the guard bounds the reset by
+  // itself, and an AbortSignal per op is a measurable share of a loopback round trip.
+  if (client.readyForQuery === false) await drained(client, ctx.signal);
   const state = sessions.get(client);
   const open = client.getTransactionStatus?.() !== 'I';
   const baseline = state?.baseline ?? '';
@@ -207,7 +209,7 @@ async function discardAll(handle: PgHandle, signal: AbortSignal): Promise<void> 
     !open && baseline === ''
       ? 'DISCARD ALL'
       : `${open ? 'ROLLBACK; ' : ''}${DISCARD_ALL_SQL}${baseline}`;
-  await raceSignal(inFlight(client, client.query(sql)), signal);
+  await inFlight(client, client.query(sql));
   forgetNamedStatements(client);
   markClean(client);
 }

@@ -11,7 +11,7 @@
  * - `close()` aborts the resets in flight and waits for their handles' destroy.
  */
 import { GuardClosedError, HookTimeoutError } from '../errors.js';
-import { isThenable } from '../internal/promises.js';
+import { isThenable, type Timer } from '../internal/promises.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import type { Op } from './op.js';
 import type { EngineGuardOptions, OpInfo, ResetContext } from './types.js';
@@ -41,6 +41,15 @@ class ResetCall<E> implements ResetContext {
   }
 }
 
+/** A reset whose hook returned a promise, until it settles or is given up. */
+class PendingReset<E> {
+  constructor(
+    readonly call: ResetCall<E>,
+    readonly handle: Handle<E>,
+    readonly deadline: number,
+  ) {}
+}
+
 /** See the module documentation. */
 export class HandleReset<E> {
   readonly #hook: ResetHook<E>;
@@ -48,8 +57,10 @@ export class HandleReset<E> {
   readonly #pool: HandlePool<E>;
   readonly #onError: (generation: number, error: unknown) => void;
   readonly #name: string | undefined;
-  /** Resets in flight: each one's call (for abort) and its outcome (for close to wait on). */
-  readonly #inFlight = new Map<ResetCall<E>, Promise<void>>();
+  /** Resets in flight. */
+  readonly #inFlight = new Set<PendingReset<E>>();
+  /** The one timer that bounds the resets in flight (see #armSweep). */
+  #sweep: Timer | undefined = undefined;
   #closing = false;
   /** Reset hooks running right now (a hook can start another op, hence a count). */
   #inHook = 0;
@@ -115,41 +126,62 @@ export class HandleReset<E> {
       this.#failed(handle, new GuardClosedError(this.#name), returned);
       return;
     }
-    // The signal exists from here on: the timer and close() abort it.
-    const signal = call.signal;
-    const timer = setTimeout(
-      () => call.controller?.abort(new HookTimeoutError('reset', this.#timeout)),
-      this.#timeout,
+    // No timer, controller or promise of its own: one sweep timer bounds every reset in flight,
+    // and the hook's signal exists only if the hook asked for it.
+    const pending = new PendingReset(call, handle, performance.now() + this.#timeout);
+    this.#inFlight.add(pending);
+    this.#armSweep();
+    returned.then(
+      () => this.#finish(pending, undefined, false),
+      (error: unknown) => this.#finish(pending, error, true),
     );
-    const done = new Promise<void>((resolve) => {
-      let settled = false;
-      const finish = (error: unknown, failed: boolean): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        signal.removeEventListener('abort', onAbort);
-        this.#inFlight.delete(call);
-        if (failed) this.#failed(handle, error, returned);
-        else this.#pool.release(handle, performance.now());
-        resolve();
-      };
-      const onAbort = (): void => finish(signal.reason, true);
-      signal.addEventListener('abort', onAbort, { once: true });
-      returned.then(
-        () => finish(undefined, false),
-        (error: unknown) => finish(error, true),
-      );
-    });
-    this.#inFlight.set(call, done);
+  }
+
+  /** Ends a reset in flight, once: the handle goes back, or is retired when `failed`. */
+  #finish(pending: PendingReset<E>, error: unknown, failed: boolean): void {
+    if (!this.#inFlight.delete(pending)) return;
+    if (failed) {
+      // Its signal (if the hook asked for one) tells the hook it was given up.
+      pending.call.controller?.abort(error);
+      // Not waiting for the hook: it settled already, or overran its bound (or the guard is
+      // closing), and the handle is destroyed under it either way.
+      this.#failed(pending.handle, error, undefined);
+    } else {
+      this.#pool.release(pending.handle, performance.now());
+    }
+    if (this.#inFlight.size === 0 && this.#sweep !== undefined) {
+      clearTimeout(this.#sweep);
+      this.#sweep = undefined;
+    }
+  }
+
+  /** Keeps one timer armed while resets are in flight, for the earliest deadline. */
+  #armSweep(): void {
+    if (this.#sweep !== undefined) return;
+    let earliest = Number.POSITIVE_INFINITY;
+    for (const pending of this.#inFlight) earliest = Math.min(earliest, pending.deadline);
+    if (earliest === Number.POSITIVE_INFINITY) return;
+    this.#sweep = setTimeout(
+      () => {
+        this.#sweep = undefined;
+        const now = performance.now();
+        for (const pending of [...this.#inFlight]) {
+          if (pending.deadline <= now) {
+            this.#finish(pending, new HookTimeoutError('reset', this.#timeout), true);
+          }
+        }
+        this.#armSweep();
+      },
+      Math.max(0, earliest - performance.now()),
+    );
   }
 
   /** Aborts every reset in flight; resolves once their handles were given up. */
   close(): Promise<void> {
     this.#closing = true;
-    const pending = [...this.#inFlight];
     const closed = new GuardClosedError(this.#name);
-    for (const [call] of pending) call.controller?.abort(closed);
-    const waits = pending.map(([, done]) => done);
+    const waits: Promise<void>[] = [];
+    for (const pending of [...this.#inFlight]) this.#finish(pending, closed, true);
     // Called from inside a reset hook: its handle is not in flight yet; wait until it is settled.
     if (this.#inHook > 0) {
       waits.push(
