@@ -1,5 +1,5 @@
 /**
- * Model-based property test of sessions, reset and stateless ops (SPEC §8).
+ * Model-based property test of sessions, reset and stateless ops with fair-share keys (SPEC §8).
  *
  * Random command sequences drive a guard (pool 1–3, maxSessions 1–3, a `reset` hook) over a fake
  * engine whose every call is held until a command settles it, so nothing depends on timing: no
@@ -49,7 +49,14 @@ type ResetOutcome = 'sync-ok' | 'async-ok' | 'sync-throw' | 'async-reject' | 'ba
 type RestoreOutcome = 'ok' | 'async-ok' | 'error' | 'bad-then' | 'fatal';
 
 type Command =
-  | { kind: 'stateless'; mode: 'read' | 'write'; body: Body; abortable: boolean }
+  | {
+      kind: 'stateless';
+      mode: 'read' | 'write';
+      body: Body;
+      abortable: boolean;
+      /** Fair-share key: none (the keyless group) or one of a few callers. */
+      key: string | undefined;
+    }
   | { kind: 'open'; restore: boolean }
   | {
       kind: 'sessionOp';
@@ -426,7 +433,7 @@ class Run {
       case 'stateless': {
         const { signal, controller } = this.options(command.abortable);
         const fn = this.fn(undefined, command.body, controller, false);
-        this.track(this.guard[command.mode](fn, { signal }));
+        this.track(this.guard[command.mode](fn, { signal, key: command.key }));
         return;
       }
       case 'open': {
@@ -548,6 +555,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
       mode: fc.constantFrom('read' as const, 'write' as const),
       body,
       abortable: fc.boolean(),
+      key: fc.constantFrom(undefined, 'a', 'b', 'c'),
     }),
   },
   {
