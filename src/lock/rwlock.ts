@@ -475,11 +475,15 @@ export class RWLock {
   #dequeue(waiter: Waiter, granted: boolean): void {
     this.#queue.remove(waiter, granted);
     if (this.#patience?.watched === waiter) this.#patience.end();
-    if (waiter.exit === undefined) return;
-    const { signal, timer } = waiter;
+    const exit = waiter.exit;
+    if (exit === undefined) return;
     waiter.exit = undefined;
-    if (signal !== undefined) this.#signals.remove(signal, waiter);
-    if (timer !== undefined) clearTimeout(timer);
+    if (exit instanceof AbortSignal) this.#signals.remove(exit, waiter);
+    else if (!(exit instanceof SignalAndTimer)) clearTimeout(exit);
+    else {
+      this.#signals.remove(exit.signal, waiter);
+      clearTimeout(exit.timer);
+    }
   }
 
   /**
@@ -487,6 +491,7 @@ export class RWLock {
    * released the lock): it gave up, so it is removed instead of granted.
    */
   #gaveUp(waiter: Waiter): boolean {
+    if (waiter.exit === undefined) return false;
     const signal = waiter.signal;
     if (signal === undefined || !signal.aborted) return false;
     this.#dequeue(waiter, false);
