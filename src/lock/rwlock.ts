@@ -408,9 +408,10 @@ export class RWLock {
     if (options !== undefined) validateUnknownKeys(options, ACQUIRE_KEYS, '');
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
+    const key = options?.key; // read once, at the call, like every option
     const held = this.#held();
     if (held !== undefined) return this.#join(held, mode, signal);
-    return this.#enqueue(mode, signal, timeout, options?.key);
+    return this.#enqueue(mode, signal, timeout, key);
   }
 
   #join(held: HeldLease, mode: LockMode, signal: AbortSignal | undefined): Promise<HeldLease> {
@@ -561,13 +562,14 @@ export class RWLock {
     if (options !== undefined) validateUnknownKeys(options, ACQUIRE_KEYS, '');
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
+    const key = options?.key; // read once, at the call, like every option
     const held = this.#held();
     if (held !== undefined) return this.#runJoined(held, mode, fn, signal);
     if (signal === undefined || !signal.aborted) {
       const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
       if (lease !== null) return this.#runHeld(lease, fn);
     }
-    return this.#enqueue(mode, signal, timeout, options?.key).then((lease) => {
+    return this.#enqueue(mode, signal, timeout, key).then((lease) => {
       // Granted, but the caller gave up before its turn came round: do not start fn.
       if (signal?.aborted) {
         lease.release();
