@@ -395,7 +395,9 @@ export class RWLock {
   #abortAll(waiters: Waiter[], reason: unknown): void {
     for (const waiter of waiters) {
       if (!waiter.queued) continue;
-      waiter.exit = waiter.timer; // the fan-out already forgot the signal
+      // The fan-out already forgot the signal: only a timer is left to clear.
+      const exit = waiter.exit;
+      waiter.exit = exit instanceof SignalAndTimer ? exit.timer : undefined;
       this.#dequeue(waiter, false);
       this.#publishCancel(waiter.mode, reason);
       waiter.reject(reason);
