@@ -66,15 +66,14 @@ export class FairQueue<W extends FairQueueMember<W>> {
   readonly #keyed = new Map<unknown, WaiterGroup<W>>();
   #last: W | null = null;
 
-  /** The group a reader with `key` joins (`undefined`: the keyless group). */
+  /**
+   * The group a reader with `key` joins (`undefined`: the keyless group). A new key's group is
+   * registered by {@link FairQueue.push} only, so a waiter that never gets queued (its setup
+   * threw) leaves nothing behind.
+   */
   groupOf(key: unknown): WaiterGroup<W> {
     if (key === undefined) return this.#keyless;
-    let group = this.#keyed.get(key);
-    if (group === undefined) {
-      group = new WaiterGroup<W>('read', key);
-      this.#keyed.set(key, group);
-    }
-    return group;
+    return this.#keyed.get(key) ?? new WaiterGroup<W>('read', key);
   }
 
   /** Queues `waiter` last, in its group; a group's first reader puts it at the back of a ring. */
@@ -89,7 +88,9 @@ export class FairQueue<W extends FairQueueMember<W>> {
     group.push(waiter);
     if (group === this.writers) return;
     this.readers++;
-    if (group.size === 1) this.#place(group, this.writers.head === null);
+    if (group.size > 1) return;
+    if (group !== this.#keyless) this.#keyed.set(group.key, group);
+    this.#place(group, this.writers.head === null);
   }
 
   /**

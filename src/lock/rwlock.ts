@@ -108,9 +108,12 @@ class Waiter implements FairQueueMember<Waiter> {
   queued = false;
   before: Waiter | null = null;
   after: Waiter | null = null;
-  /** The signal it waits with, if any (watched through the lock's fan-out). */
-  signal: AbortSignal | undefined = undefined;
-  timer: Timer | undefined = undefined;
+  /**
+   * How it may leave early: the signal it waits with (watched through the lock's fan-out), the
+   * timer of its timeout, or both. One slot rather than two, because every field is paid by every
+   * queued waiter, and most waiters have neither.
+   */
+  exit: AbortSignal | Timer | SignalAndTimer | undefined = undefined;
 
   constructor(
     /** Its key's readers, or the writers. */
@@ -126,6 +129,26 @@ class Waiter implements FairQueueMember<Waiter> {
   get mode(): LockMode {
     return this.group.mode;
   }
+
+  get signal(): AbortSignal | undefined {
+    const exit = this.exit;
+    if (exit instanceof AbortSignal) return exit;
+    return exit instanceof SignalAndTimer ? exit.signal : undefined;
+  }
+
+  get timer(): Timer | undefined {
+    const exit = this.exit;
+    if (exit === undefined || exit instanceof AbortSignal) return undefined;
+    return exit instanceof SignalAndTimer ? exit.timer : exit;
+  }
+}
+
+/** {@link Waiter.exit} of a waiter with both a signal and a timeout. */
+class SignalAndTimer {
+  constructor(
+    readonly signal: AbortSignal,
+    readonly timer: Timer,
+  ) {}
 }
 
 function validateFairness(value: unknown): Fairness {
@@ -218,7 +241,7 @@ export class RWLock {
   // without a method on the class that user code could call.
   readonly #returnHold: ReturnHold = (lease) => this.#release(lease);
   readonly #onTimeout = (waiter: Waiter, timeout: number): void => {
-    waiter.timer = undefined;
+    waiter.exit = waiter.signal; // fired: nothing to clear
     this.#cancel(waiter, new LockTimeoutError(timeout, this.name));
   };
 
@@ -372,7 +395,9 @@ export class RWLock {
   #abortAll(waiters: Waiter[], reason: unknown): void {
     for (const waiter of waiters) {
       if (!waiter.queued) continue;
-      waiter.signal = undefined; // the fan-out already forgot it
+      // The fan-out already forgot the signal: only a timer is left to clear.
+      const exit = waiter.exit;
+      waiter.exit = exit instanceof SignalAndTimer ? exit.timer : undefined;
       this.#dequeue(waiter, false);
       this.#publishCancel(waiter.mode, reason);
       waiter.reject(reason);
@@ -385,9 +410,10 @@ export class RWLock {
     if (options !== undefined) validateUnknownKeys(options, ACQUIRE_KEYS, '');
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
+    const key = options?.key; // read once, at the call, like every option
     const held = this.#held();
     if (held !== undefined) return this.#join(held, mode, signal);
-    return this.#enqueue(mode, signal, timeout, options?.key);
+    return this.#enqueue(mode, signal, timeout, key);
   }
 
   #join(held: HeldLease, mode: LockMode, signal: AbortSignal | undefined): Promise<HeldLease> {
@@ -433,12 +459,11 @@ export class RWLock {
     return new Promise<HeldLease>((resolve, reject) => {
       const group = mode === 'read' ? queue.groupOf(key) : queue.writers;
       const waiter = new Waiter(group, this.#seq++, resolve, reject);
-      if (signal !== undefined) {
-        waiter.signal = signal;
-        this.#signals.add(signal, waiter);
-      }
-      if (timeout !== undefined) {
-        waiter.timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
+      if (signal !== undefined) this.#signals.add(signal, waiter);
+      if (timeout === undefined) waiter.exit = signal;
+      else {
+        const timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
+        waiter.exit = signal === undefined ? timer : new SignalAndTimer(signal, timer);
       }
       queue.push(waiter);
       // A writer alone in the queue, held by reads only: its patience starts now. (With
@@ -453,13 +478,14 @@ export class RWLock {
   #dequeue(waiter: Waiter, granted: boolean): void {
     this.#queue.remove(waiter, granted);
     if (this.#patience?.watched === waiter) this.#patience.end();
-    if (waiter.signal !== undefined) {
-      this.#signals.remove(waiter.signal, waiter);
-      waiter.signal = undefined;
-    }
-    if (waiter.timer !== undefined) {
-      clearTimeout(waiter.timer);
-      waiter.timer = undefined;
+    const exit = waiter.exit;
+    if (exit === undefined) return;
+    waiter.exit = undefined;
+    if (exit instanceof AbortSignal) this.#signals.remove(exit, waiter);
+    else if (!(exit instanceof SignalAndTimer)) clearTimeout(exit);
+    else {
+      this.#signals.remove(exit.signal, waiter);
+      clearTimeout(exit.timer);
     }
   }
 
@@ -468,6 +494,7 @@ export class RWLock {
    * released the lock): it gave up, so it is removed instead of granted.
    */
   #gaveUp(waiter: Waiter): boolean {
+    if (waiter.exit === undefined) return false;
     const signal = waiter.signal;
     if (signal === undefined || !signal.aborted) return false;
     this.#dequeue(waiter, false);
@@ -537,13 +564,14 @@ export class RWLock {
     if (options !== undefined) validateUnknownKeys(options, ACQUIRE_KEYS, '');
     const signal = validateSignal(options?.signal);
     const timeout = validateDuration(options?.timeout, 'timeout');
+    const key = options?.key; // read once, at the call, like every option
     const held = this.#held();
     if (held !== undefined) return this.#runJoined(held, mode, fn, signal);
     if (signal === undefined || !signal.aborted) {
       const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
       if (lease !== null) return this.#runHeld(lease, fn);
     }
-    return this.#enqueue(mode, signal, timeout, options?.key).then((lease) => {
+    return this.#enqueue(mode, signal, timeout, key).then((lease) => {
       // Granted, but the caller gave up before its turn came round: do not start fn.
       if (signal?.aborted) {
         lease.release();

@@ -254,6 +254,32 @@ describe('RWLock fair share across keys', () => {
     expect(lock.state).toEqual(IDLE);
   });
 
+  it('reads key once, at the call, whether the lock is free or not', async () => {
+    const lock = new RWLock();
+    let reads = 0;
+    const counting = {
+      get key(): string {
+        reads++;
+        return 'k';
+      },
+    };
+    await lock.read(() => 1, counting); // free: granted at once
+    const holder = lock.tryAcquireWrite()!;
+    const queued = lock.read(() => 2, counting); // busy: queued
+    expect(reads).toBe(2);
+    holder.release();
+    await expect(queued).resolves.toBe(2);
+    expect(reads).toBe(2);
+    const throwing = {
+      get key(): never {
+        throw new Error('hostile getter');
+      },
+    };
+    expect(() => lock.read(() => 3, throwing)).toThrow('hostile getter');
+    expect(() => lock.acquireRead(throwing)).toThrow('hostile getter');
+    expect(lock.state).toEqual(IDLE);
+  });
+
   it('takes key as an acquire option of every entry point, and writers accept and ignore it', async () => {
     const lock = new RWLock();
     await expect(lock.read(() => 1, { key: 'k' })).resolves.toBe(1);
