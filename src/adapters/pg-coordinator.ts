@@ -362,6 +362,19 @@ export class PgCoordinator implements Coordinator {
       signal.addEventListener('abort', onAbort, { once: true });
       this.#step(session, async (client) => {
         if (aborted) return;
+        // A cancel (ours, or anyone's) that lands after the server granted the wait fails the
+        // query with the session lock held: give it back, or this session keeps it while it
+        // renews. Nothing else of this mode is held here while a wait runs, so this unlock
+        // cannot drop another lease's lock; when nothing was granted it is a no-op (a warning).
+        const unlockAfterFailedWait = (): Promise<void> =>
+          client
+            .query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey])
+            .then(noop, () =>
+              this.#lost(
+                session,
+                new Error('A failed lock wait could not be undone; the lock session was discarded'),
+              ),
+            );
         // How the wait ended, set in the same turn it does (a race of promises would lag).
         let ended: 'granted' | 'failed' | undefined;
         const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
@@ -381,6 +394,7 @@ export class PgCoordinator implements Coordinator {
         signal.removeEventListener('abort', onAbort);
         if (!aborted) {
           if (ended === 'granted') resolve();
+          else await unlockAfterFailedWait();
           return;
         }
         if (ended === undefined) {
@@ -393,6 +407,8 @@ export class PgCoordinator implements Coordinator {
         }
         if (ended === 'granted') {
           await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
+        } else if (ended === 'failed') {
+          await unlockAfterFailedWait();
         } else if (ended === undefined) {
           this.#lost(
             session,

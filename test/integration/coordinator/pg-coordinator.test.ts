@@ -2,6 +2,7 @@
  * pgCoordinator in one process against the test cluster: grants, fences, waits and aborts, a
  * live long write, the status, and bad options.
  */
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -97,6 +98,47 @@ describe('pgCoordinator', () => {
     // b's session still serves: once a lets go, b gets the lease.
     await held.release();
     const next = await b.acquire('write', { ...alive, timeout: 5_000 });
+    expect(BigInt(next.fence)).toBeGreaterThan(BigInt(held.fence));
+    await next.release();
+  });
+
+  it('a cancel that lands after the server granted the wait does not leave the lock held', async () => {
+    // The backend of b is stopped once the server granted it the lock, and resumed with our
+    // cancel pending: its lock query then fails "canceling statement" with the session lock held.
+    const key = uniqueKey();
+    const a = coordinator(key);
+    const b = coordinator(key);
+    const held = await a.acquire('write', alive);
+    const controller = new AbortController();
+    const waiting = b.acquire('write', { ...alive, signal: controller.signal });
+    waiting.catch(() => undefined);
+    await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+    const [pid] = await lockPids(key, false);
+    process.kill(pid!, 'SIGSTOP');
+    try {
+      await held.release();
+      await until(
+        async () => (await lockPids(key, true)).includes(pid!),
+        5_000,
+        'the server to grant b while its backend is stopped',
+      );
+      controller.abort(new Error('caller gave up'));
+      // SIGINT (bit 2) pending on the stopped backend: our pg_cancel_backend arrived.
+      await until(
+        () => {
+          const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+          const pending = /ShdPnd:\s*([0-9a-f]+)/.exec(status)?.[1] ?? '0';
+          return (BigInt(`0x${pending}`) & 2n) !== 0n;
+        },
+        5_000,
+        'the cancel to reach the stopped backend',
+      );
+    } finally {
+      process.kill(pid!, 'SIGCONT');
+    }
+    await expect(waiting).rejects.toThrow('caller gave up');
+    const c = coordinator(key);
+    const next = await c.acquire('write', { ...alive, timeout: 5_000 });
     expect(BigInt(next.fence)).toBeGreaterThan(BigInt(held.fence));
     await next.release();
   });
