@@ -89,7 +89,7 @@ interface Waiting {
 
 /**
  * A {@link Coordinator} on PostgreSQL session advisory locks (see the module documentation).
- * Use one per guard.
+ * Use one per guard (a guard refuses a coordinator another guard already uses).
  */
 export class PgCoordinator implements Coordinator {
   /** Whether reads take a shared cluster lease too (option `coordinateReads`). */
