@@ -63,6 +63,8 @@ interface Session {
   busy: number;
   /** Set once the session is unusable. */
   gone: Error | undefined;
+  /** Send time of the renewal in flight, if any. */
+  renewing: number | undefined;
 }
 
 /** A held lease, as the coordinator tracks it. */
@@ -320,6 +322,7 @@ export class PgCoordinator implements Coordinator {
       tail: Promise.resolve(),
       busy: 0,
       gone: undefined,
+      renewing: undefined,
     };
     const onGone = (error: Error): void => this.#lost(session, error);
     client.on('error', onGone);
@@ -513,8 +516,20 @@ export class PgCoordinator implements Coordinator {
 
   #renew(): void {
     const session = this.#current;
+    if (session === undefined || session.gone !== undefined) return;
+    const { lossAfter } = this.#settings;
+    // A renewal is sent only when nothing else is in flight, so one unanswered this long means
+    // the server is out of reach: drop the session, or the acquires queued behind it (with no
+    // lease held, no loss timer is armed) would wait for TCP to give up, many minutes.
+    if (session.renewing !== undefined && performance.now() - session.renewing > lossAfter) {
+      this.#lost(
+        session,
+        new Error(`A renewal of the lock session went unanswered for ${lossAfter} ms`),
+      );
+      return;
+    }
     // A step in flight (a wait, a grant) keeps the session busy, hence not idle, by itself.
-    if (session === undefined || session.gone !== undefined || session.busy > 0) return;
+    if (session.busy > 0) return;
     const leases = [...this.#held].filter((h) => h.session === session);
     // Renewals stop once an op is not alive: the server then ends the session by itself.
     for (const lease of leases) {
@@ -527,8 +542,10 @@ export class PgCoordinator implements Coordinator {
       if (!alive) return;
     }
     const sentAt = performance.now();
+    session.renewing = sentAt;
     this.#step(session, (client) => client.query('SELECT pg_backend_pid() AS pid')).then(
       (result) => {
+        session.renewing = undefined;
         const pid = (result.rows[0] as { pid: number } | undefined)?.pid;
         if (pid !== session.pid) {
           this.#lost(

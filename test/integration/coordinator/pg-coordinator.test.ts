@@ -280,6 +280,40 @@ describe('pgCoordinator', () => {
     await next.release();
   });
 
+  it('an idle lock session that stops answering is dropped: a waiting acquire rejects instead of hanging', async () => {
+    const key = uniqueKey();
+    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
+    try {
+      const c = pgCoordinator(clientConfig({ port: proxy.port }), {
+        key,
+        schema: SCHEMA,
+        leaseTimeout: 1_000,
+        renewInterval: 250,
+        connectTimeout: 1_000,
+      });
+      open.push(c);
+      await (await c.acquire('write', alive)).release();
+      expect(c.status().connection).toBe('connected');
+      // A partition: the renewal in flight is never answered, and the server's close is held.
+      proxy.blackhole();
+      await sleep(400);
+      const outcome = await Promise.race([
+        c.acquire('write', alive).then(
+          async (lease) => {
+            await lease.release();
+            return 'granted';
+          },
+          (error: unknown) => error,
+        ),
+        sleep(6_000).then(() => 'still waiting'),
+      ]);
+      expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
+      expect(c.status().connection).not.toBe('connected');
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('close() while the lock session is being opened rejects the acquire and leaves nothing held', async () => {
     const key = uniqueKey();
     // A slow route, so that the connect is still going on when close() comes.
