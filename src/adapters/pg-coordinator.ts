@@ -13,7 +13,9 @@
  * - Each grant takes `nextval` of the fence sequence after the lock: fences increase in grant
  *   order. {@link pgCheckFence} refuses a write whose fence is older than one that wrote.
  * - Aborting a wait cancels it on the server (`pg_cancel_backend` of the lock session, over a
- *   side connection); a wait the cancel did not end discards the session.
+ *   side connection); a wait the cancel did not end, or a cancel not confirmed (it may still land
+ *   on a later query), discards the session. A wait that failed is followed by an unlock: a
+ *   cancel can land after the grant.
  * - Every query on the lock session goes through one chain, so a cancel never hits the query
  *   after the one it was meant for.
  *
@@ -403,10 +405,24 @@ export class PgCoordinator implements Coordinator {
         if (ended === undefined) {
           // Still waiting on the server: cancel it there, then see how it ended.
           const bound = this.#settings.renewInterval * 2;
-          await this.#side
+          const confirmed = await this.#side
             .query(AbortSignal.timeout(bound), 'SELECT pg_cancel_backend($1)', [session.pid], true)
-            .catch(noop);
+            .then(
+              () => true,
+              () => false,
+            );
           await Promise.race([done, delay(bound)]);
+          if (!confirmed) {
+            // The cancel may still be on its way and land on whatever runs next on this
+            // backend (an unlock, another caller's wait): never send it anything again.
+            this.#lost(
+              session,
+              new Error(
+                'A lock wait was cancelled without confirmation; the lock session was discarded',
+              ),
+            );
+            return;
+          }
         }
         if (ended === 'granted') {
           await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   type PgCoordinator,
   PgCoordinatorError,
@@ -14,9 +14,10 @@ import {
   pgGuardOptions,
   pgQuery,
 } from '../../../src/adapters/pg.js';
+import { SideConnection } from '../../../src/adapters/pg-side.js';
 import { EngineGuard, LeaseLostError, LockTimeoutError } from '../../../src/index.js';
 import { FaultProxy } from '../../../src/testing/index.js';
-import { clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
+import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
 import { advisoryLocks, lockPids, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
 
 const open: { close(): Promise<void> }[] = [];
@@ -141,6 +142,45 @@ describe('pgCoordinator', () => {
     const next = await c.acquire('write', { ...alive, timeout: 5_000 });
     expect(BigInt(next.fence)).toBeGreaterThan(BigInt(held.fence));
     await next.release();
+  });
+
+  it('a cancel whose delivery is unconfirmed cannot hit a later wait on the same session', async () => {
+    // The side connection's pg_cancel_backend times out on our side but still runs on the
+    // server, late: simulated by answering "failed" at once and sending the cancel 1 s later.
+    const key = uniqueKey();
+    const a = coordinator(key);
+    const b = coordinator(key, { leaseTimeout: 3_000, renewInterval: 250 });
+    const late: Promise<unknown>[] = [];
+    const spy = vi.spyOn(SideConnection.prototype, 'query').mockImplementation(function (
+      this: SideConnection,
+      _signal,
+      text,
+      values,
+    ) {
+      late.push(sleep(1_000).then(() => adminQuery(text, values).catch(() => undefined)));
+      return Promise.reject(new Error('side query timed out'));
+    });
+    try {
+      const first = await a.acquire('write', alive);
+      const controller = new AbortController();
+      const waiting = b.acquire('write', { ...alive, signal: controller.signal });
+      waiting.catch(() => undefined);
+      await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+      controller.abort(new Error('caller gave up'));
+      await first.release();
+      await expect(waiting).rejects.toThrow('caller gave up');
+      // a takes the lock again, and b's next acquire waits on the server while the late cancel lands.
+      const second = await a.acquire('write', { ...alive, timeout: 5_000 });
+      const next = b.acquire('write', { ...alive, timeout: 10_000 });
+      next.catch(() => undefined);
+      await Promise.all(late);
+      await sleep(200);
+      await second.release();
+      const lease = await next;
+      await lease.release();
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('a timed-out acquire rejects with LockTimeoutError and leaves no waiter', async () => {
