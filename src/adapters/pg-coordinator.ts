@@ -454,6 +454,19 @@ export class PgCoordinator implements Coordinator {
       client.query(`SELECT nextval('${sequence}')::text AS fence`),
     ).then(
       (result) => {
+        // Answered past the holder's own deadline (a slow route, a stalled loop): the server may
+        // already have ended the session and granted the lock to another; never hand it out.
+        if (performance.now() - sentAt >= this.#settings.lossAfter) {
+          const late = new Error(
+            `The fence query of a grant was answered after the holder's deadline (${this.#settings.lossAfter} ms)`,
+          );
+          this.#lost(session, late);
+          throw new PgCoordinatorError(
+            'session',
+            `The lock session of pgCoordinator "${this.key}" failed: ${late.message}`,
+            { cause: late },
+          );
+        }
         const held: Held = {
           mode,
           fence: toFence((result.rows[0] as { fence: string }).fence),
@@ -497,18 +510,15 @@ export class PgCoordinator implements Coordinator {
   #arm(held: Held): void {
     clearTimeout(held.timer);
     const left = held.anchor + this.#settings.lossAfter - performance.now();
-    held.timer = setTimeout(
-      () => {
-        this.#lost(
-          held.session,
-          new Error(
-            `No renewal of the lock session was answered for ${this.#settings.lossAfter} ms (the server ends it after ${this.#settings.leaseTimeout} ms)`,
-          ),
-        );
-      },
-      Math.max(0, left),
-    );
+    held.timer = setTimeout(() => this.#lost(held.session, this.#overdue()), Math.max(0, left));
     held.timer.unref();
+  }
+
+  #overdue(): Error {
+    const { lossAfter, leaseTimeout } = this.#settings;
+    return new Error(
+      `No renewal of the lock session was answered for ${lossAfter} ms (the server ends it after ${leaseTimeout} ms)`,
+    );
   }
 
   async #release(held: Held): Promise<void> {

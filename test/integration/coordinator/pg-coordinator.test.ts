@@ -354,6 +354,38 @@ describe('pgCoordinator', () => {
     }
   });
 
+  it('a grant whose fence answer comes back after the holder deadline is not handed out', async () => {
+    // T = 3 s, R = 1 s: the holder's deadline is 2 s after the fence query's send. A one-way
+    // delay of 1.25 s makes that answer arrive 2.5 s after the send, while the server (idle
+    // between grant and fence query for 2.5 s < T) still keeps the session.
+    const key = uniqueKey();
+    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
+    try {
+      const a = coordinator(key);
+      const b = pgCoordinator(clientConfig({ port: proxy.port }), {
+        key,
+        schema: SCHEMA,
+        leaseTimeout: 3_000,
+        renewInterval: 1_000,
+      });
+      open.push(b);
+      const first = await a.acquire('write', alive);
+      const waiting = b.acquire('write', { ...alive, timeout: 20_000 }).then(
+        (lease) => ({ signalAbortedAtGrant: lease.signal.aborted, lease }),
+        (error: unknown) => error,
+      );
+      await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+      proxy.latency(1_250);
+      await first.release();
+      const outcome = await waiting;
+      if ('lease' in (outcome as object))
+        await (outcome as { lease: { release(): Promise<void> } }).lease.release();
+      expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('close() while the lock session is being opened rejects the acquire and leaves nothing held', async () => {
     const key = uniqueKey();
     // A slow route, so that the connect is still going on when close() comes.
