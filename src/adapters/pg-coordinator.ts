@@ -13,7 +13,9 @@
  * - Each grant takes `nextval` of the fence sequence after the lock: fences increase in grant
  *   order. {@link pgCheckFence} refuses a write whose fence is older than one that wrote.
  * - Aborting a wait cancels it on the server (`pg_cancel_backend` of the lock session, over a
- *   side connection); a wait the cancel did not end discards the session.
+ *   side connection); a wait the cancel did not end, or a cancel not confirmed (it may still land
+ *   on a later query), discards the session. A wait that failed is followed by an unlock: a
+ *   cancel can land after the grant.
  * - Every query on the lock session goes through one chain, so a cancel never hits the query
  *   after the one it was meant for.
  *
@@ -63,6 +65,8 @@ interface Session {
   busy: number;
   /** Set once the session is unusable. */
   gone: Error | undefined;
+  /** Send time of the renewal in flight, if any. */
+  renewing: number | undefined;
 }
 
 /** A held lease, as the coordinator tracks it. */
@@ -89,7 +93,7 @@ interface Waiting {
 
 /**
  * A {@link Coordinator} on PostgreSQL session advisory locks (see the module documentation).
- * Use one per guard.
+ * Use one per guard (a guard refuses a coordinator another guard already uses).
  */
 export class PgCoordinator implements Coordinator {
   /** Whether reads take a shared cluster lease too (option `coordinateReads`). */
@@ -320,6 +324,7 @@ export class PgCoordinator implements Coordinator {
       tail: Promise.resolve(),
       busy: 0,
       gone: undefined,
+      renewing: undefined,
     };
     const onGone = (error: Error): void => this.#lost(session, error);
     client.on('error', onGone);
@@ -362,6 +367,19 @@ export class PgCoordinator implements Coordinator {
       signal.addEventListener('abort', onAbort, { once: true });
       this.#step(session, async (client) => {
         if (aborted) return;
+        // A cancel (ours, or anyone's) that lands after the server granted the wait fails the
+        // query with the session lock held: give it back, or this session keeps it while it
+        // renews. Nothing else of this mode is held here while a wait runs, so this unlock
+        // cannot drop another lease's lock; when nothing was granted it is a no-op (a warning).
+        const unlockAfterFailedWait = (): Promise<void> =>
+          client
+            .query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey])
+            .then(noop, () =>
+              this.#lost(
+                session,
+                new Error('A failed lock wait could not be undone; the lock session was discarded'),
+              ),
+            );
         // How the wait ended, set in the same turn it does (a race of promises would lag).
         let ended: 'granted' | 'failed' | undefined;
         const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
@@ -381,18 +399,35 @@ export class PgCoordinator implements Coordinator {
         signal.removeEventListener('abort', onAbort);
         if (!aborted) {
           if (ended === 'granted') resolve();
+          else await unlockAfterFailedWait();
           return;
         }
         if (ended === undefined) {
           // Still waiting on the server: cancel it there, then see how it ended.
           const bound = this.#settings.renewInterval * 2;
-          await this.#side
+          const confirmed = await this.#side
             .query(AbortSignal.timeout(bound), 'SELECT pg_cancel_backend($1)', [session.pid], true)
-            .catch(noop);
+            .then(
+              () => true,
+              () => false,
+            );
           await Promise.race([done, delay(bound)]);
+          if (!confirmed) {
+            // The cancel may still be on its way and land on whatever runs next on this
+            // backend (an unlock, another caller's wait): never send it anything again.
+            this.#lost(
+              session,
+              new Error(
+                'A lock wait was cancelled without confirmation; the lock session was discarded',
+              ),
+            );
+            return;
+          }
         }
         if (ended === 'granted') {
           await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
+        } else if (ended === 'failed') {
+          await unlockAfterFailedWait();
         } else if (ended === undefined) {
           this.#lost(
             session,
@@ -419,6 +454,19 @@ export class PgCoordinator implements Coordinator {
       client.query(`SELECT nextval('${sequence}')::text AS fence`),
     ).then(
       (result) => {
+        // Answered past the holder's own deadline (a slow route, a stalled loop): the server may
+        // already have ended the session and granted the lock to another; never hand it out.
+        if (performance.now() - sentAt >= this.#settings.lossAfter) {
+          const late = new Error(
+            `The fence query of a grant was answered after the holder's deadline (${this.#settings.lossAfter} ms)`,
+          );
+          this.#lost(session, late);
+          throw new PgCoordinatorError(
+            'session',
+            `The lock session of pgCoordinator "${this.key}" failed: ${late.message}`,
+            { cause: late },
+          );
+        }
         const held: Held = {
           mode,
           fence: toFence((result.rows[0] as { fence: string }).fence),
@@ -462,18 +510,15 @@ export class PgCoordinator implements Coordinator {
   #arm(held: Held): void {
     clearTimeout(held.timer);
     const left = held.anchor + this.#settings.lossAfter - performance.now();
-    held.timer = setTimeout(
-      () => {
-        this.#lost(
-          held.session,
-          new Error(
-            `No renewal of the lock session was answered for ${this.#settings.lossAfter} ms (the server ends it after ${this.#settings.leaseTimeout} ms)`,
-          ),
-        );
-      },
-      Math.max(0, left),
-    );
+    held.timer = setTimeout(() => this.#lost(held.session, this.#overdue()), Math.max(0, left));
     held.timer.unref();
+  }
+
+  #overdue(): Error {
+    const { lossAfter, leaseTimeout } = this.#settings;
+    return new Error(
+      `No renewal of the lock session was answered for ${lossAfter} ms (the server ends it after ${leaseTimeout} ms)`,
+    );
   }
 
   async #release(held: Held): Promise<void> {
@@ -497,8 +542,20 @@ export class PgCoordinator implements Coordinator {
 
   #renew(): void {
     const session = this.#current;
+    if (session === undefined || session.gone !== undefined) return;
+    const { lossAfter } = this.#settings;
+    // A renewal is sent only when nothing else is in flight, so one unanswered this long means
+    // the server is out of reach: drop the session, or the acquires queued behind it (with no
+    // lease held, no loss timer is armed) would wait for TCP to give up, many minutes.
+    if (session.renewing !== undefined && performance.now() - session.renewing > lossAfter) {
+      this.#lost(
+        session,
+        new Error(`A renewal of the lock session went unanswered for ${lossAfter} ms`),
+      );
+      return;
+    }
     // A step in flight (a wait, a grant) keeps the session busy, hence not idle, by itself.
-    if (session === undefined || session.gone !== undefined || session.busy > 0) return;
+    if (session.busy > 0) return;
     const leases = [...this.#held].filter((h) => h.session === session);
     // Renewals stop once an op is not alive: the server then ends the session by itself.
     for (const lease of leases) {
@@ -511,8 +568,10 @@ export class PgCoordinator implements Coordinator {
       if (!alive) return;
     }
     const sentAt = performance.now();
+    session.renewing = sentAt;
     this.#step(session, (client) => client.query('SELECT pg_backend_pid() AS pid')).then(
       (result) => {
+        session.renewing = undefined;
         const pid = (result.rows[0] as { pid: number } | undefined)?.pid;
         if (pid !== session.pid) {
           this.#lost(

@@ -47,6 +47,26 @@ export function validateCoordinator(value: unknown): Coordinator | undefined {
   return candidate as Coordinator;
 }
 
+// Coordinators taken by a guard: one guard's close() closes its coordinator, which would end the
+// coordination of any other guard sharing it, and their local locks would not see each other.
+const claimed = new WeakSet<Coordinator>();
+
+/**
+ * {@link validateCoordinator}, then claims it for the guard being built.
+ * @throws TypeError when it is not a coordinator, or another guard already uses it.
+ */
+export function claimCoordinator(value: unknown): Coordinator | undefined {
+  const coordinator = validateCoordinator(value);
+  if (coordinator === undefined) return undefined;
+  if (claimed.has(coordinator)) {
+    throw new TypeError(
+      'The "coordinator" option is already used by another EngineGuard: give each guard its own coordinator',
+    );
+  }
+  claimed.add(coordinator);
+  return coordinator;
+}
+
 /** See the module documentation. */
 export class ClusterLeases<E> {
   readonly #coordinator: Coordinator;

@@ -25,7 +25,7 @@ import type { Handle, HandlePool, RetireReason } from '../pool/handle-pool.js';
 import { Admission, type OpFn } from './admission.js';
 import { Bootstrap, BootstrapHold } from './bootstrap.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
-import { ClusterLeases, validateCoordinator } from './cluster-lease.js';
+import { ClusterLeases, claimCoordinator } from './cluster-lease.js';
 import { TypedEvents } from './events.js';
 import { HandleReset } from './handle-reset.js';
 import { GuardHealth } from './health.js';
@@ -130,7 +130,7 @@ export class EngineGuard<E> implements AsyncDisposable {
    */
   constructor(options: EngineGuardOptions<E>) {
     const settings = parseGuardOptions(options);
-    const coordinator = validateCoordinator(options.coordinator);
+    const coordinator = claimCoordinator(options.coordinator);
     this.name = settings.name;
     this.#options = options;
     this.#cancelTimeout = settings.cancelTimeout;

@@ -296,6 +296,20 @@ describe('guard with a coordinator', () => {
     );
   });
 
+  it("refuses a coordinator another guard already uses: its close() would end the other guard's coordination", async () => {
+    const coordinator = new FakeCoordinator();
+    const first = fakeGuard(new FakeEngineFactory(), { coordinator });
+    expect(() => fakeGuard(new FakeEngineFactory(), { coordinator })).toThrow(
+      expect.objectContaining({
+        name: 'TypeError',
+        message: expect.stringMatching(/"coordinator"/),
+      }),
+    );
+    await first.write(() => undefined);
+    expect(coordinator.grants[0]?.released).toBe(true);
+    await first.close();
+  });
+
   it('status().cluster is undefined without a coordinator', async () => {
     const guard = fakeGuard(new FakeEngineFactory());
     expect(guard.status().cluster).toBeUndefined();

@@ -2,8 +2,9 @@
  * pgCoordinator in one process against the test cluster: grants, fences, waits and aborts, a
  * live long write, the status, and bad options.
  */
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   type PgCoordinator,
   PgCoordinatorError,
@@ -13,9 +14,10 @@ import {
   pgGuardOptions,
   pgQuery,
 } from '../../../src/adapters/pg.js';
+import { SideConnection } from '../../../src/adapters/pg-side.js';
 import { EngineGuard, LeaseLostError, LockTimeoutError } from '../../../src/index.js';
 import { FaultProxy } from '../../../src/testing/index.js';
-import { clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
+import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
 import { advisoryLocks, lockPids, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
 
 const open: { close(): Promise<void> }[] = [];
@@ -99,6 +101,86 @@ describe('pgCoordinator', () => {
     const next = await b.acquire('write', { ...alive, timeout: 5_000 });
     expect(BigInt(next.fence)).toBeGreaterThan(BigInt(held.fence));
     await next.release();
+  });
+
+  it('a cancel that lands after the server granted the wait does not leave the lock held', async () => {
+    // The backend of b is stopped once the server granted it the lock, and resumed with our
+    // cancel pending: its lock query then fails "canceling statement" with the session lock held.
+    const key = uniqueKey();
+    const a = coordinator(key);
+    const b = coordinator(key);
+    const held = await a.acquire('write', alive);
+    const controller = new AbortController();
+    const waiting = b.acquire('write', { ...alive, signal: controller.signal });
+    waiting.catch(() => undefined);
+    await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+    const [pid] = await lockPids(key, false);
+    process.kill(pid!, 'SIGSTOP');
+    try {
+      await held.release();
+      await until(
+        async () => (await lockPids(key, true)).includes(pid!),
+        5_000,
+        'the server to grant b while its backend is stopped',
+      );
+      controller.abort(new Error('caller gave up'));
+      // SIGINT (bit 2) pending on the stopped backend: our pg_cancel_backend arrived.
+      await until(
+        () => {
+          const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+          const pending = /ShdPnd:\s*([0-9a-f]+)/.exec(status)?.[1] ?? '0';
+          return (BigInt(`0x${pending}`) & 2n) !== 0n;
+        },
+        5_000,
+        'the cancel to reach the stopped backend',
+      );
+    } finally {
+      process.kill(pid!, 'SIGCONT');
+    }
+    await expect(waiting).rejects.toThrow('caller gave up');
+    const c = coordinator(key);
+    const next = await c.acquire('write', { ...alive, timeout: 5_000 });
+    expect(BigInt(next.fence)).toBeGreaterThan(BigInt(held.fence));
+    await next.release();
+  });
+
+  it('a cancel whose delivery is unconfirmed cannot hit a later wait on the same session', async () => {
+    // The side connection's pg_cancel_backend times out on our side but still runs on the
+    // server, late: simulated by answering "failed" at once and sending the cancel 1 s later.
+    const key = uniqueKey();
+    const a = coordinator(key);
+    const b = coordinator(key, { leaseTimeout: 3_000, renewInterval: 250 });
+    const late: Promise<unknown>[] = [];
+    const spy = vi.spyOn(SideConnection.prototype, 'query').mockImplementation(function (
+      this: SideConnection,
+      _signal,
+      text,
+      values,
+    ) {
+      late.push(sleep(1_000).then(() => adminQuery(text, values).catch(() => undefined)));
+      return Promise.reject(new Error('side query timed out'));
+    });
+    try {
+      const first = await a.acquire('write', alive);
+      const controller = new AbortController();
+      const waiting = b.acquire('write', { ...alive, signal: controller.signal });
+      waiting.catch(() => undefined);
+      await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+      controller.abort(new Error('caller gave up'));
+      await first.release();
+      await expect(waiting).rejects.toThrow('caller gave up');
+      // a takes the lock again, and b's next acquire waits on the server while the late cancel lands.
+      const second = await a.acquire('write', { ...alive, timeout: 5_000 });
+      const next = b.acquire('write', { ...alive, timeout: 10_000 });
+      next.catch(() => undefined);
+      await Promise.all(late);
+      await sleep(200);
+      await second.release();
+      const lease = await next;
+      await lease.release();
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('a timed-out acquire rejects with LockTimeoutError and leaves no waiter', async () => {
@@ -236,6 +318,72 @@ describe('pgCoordinator', () => {
     expect(BigInt(next.fence)).toBeGreaterThan(BigInt(lease.fence));
     expect(c.status().connection).toBe('connected');
     await next.release();
+  });
+
+  it('an idle lock session that stops answering is dropped: a waiting acquire rejects instead of hanging', async () => {
+    const key = uniqueKey();
+    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
+    try {
+      const c = pgCoordinator(clientConfig({ port: proxy.port }), {
+        key,
+        schema: SCHEMA,
+        leaseTimeout: 1_000,
+        renewInterval: 250,
+        connectTimeout: 1_000,
+      });
+      open.push(c);
+      await (await c.acquire('write', alive)).release();
+      expect(c.status().connection).toBe('connected');
+      // A partition: the renewal in flight is never answered, and the server's close is held.
+      proxy.blackhole();
+      await sleep(400);
+      const outcome = await Promise.race([
+        c.acquire('write', alive).then(
+          async (lease) => {
+            await lease.release();
+            return 'granted';
+          },
+          (error: unknown) => error,
+        ),
+        sleep(6_000).then(() => 'still waiting'),
+      ]);
+      expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
+      expect(c.status().connection).not.toBe('connected');
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('a grant whose fence answer comes back after the holder deadline is not handed out', async () => {
+    // T = 3 s, R = 1 s: the holder's deadline is 2 s after the fence query's send. A one-way
+    // delay of 1.25 s makes that answer arrive 2.5 s after the send, while the server (idle
+    // between grant and fence query for 2.5 s < T) still keeps the session.
+    const key = uniqueKey();
+    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
+    try {
+      const a = coordinator(key);
+      const b = pgCoordinator(clientConfig({ port: proxy.port }), {
+        key,
+        schema: SCHEMA,
+        leaseTimeout: 3_000,
+        renewInterval: 1_000,
+      });
+      open.push(b);
+      const first = await a.acquire('write', alive);
+      const waiting = b.acquire('write', { ...alive, timeout: 20_000 }).then(
+        (lease) => ({ signalAbortedAtGrant: lease.signal.aborted, lease }),
+        (error: unknown) => error,
+      );
+      await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+      proxy.latency(1_250);
+      await first.release();
+      const outcome = await waiting;
+      if ('lease' in (outcome as object))
+        await (outcome as { lease: { release(): Promise<void> } }).lease.release();
+      expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('close() while the lock session is being opened rejects the acquire and leaves nothing held', async () => {
