@@ -535,7 +535,8 @@ export class PgCoordinator implements Coordinator {
   // Renewals and losses.
 
   #startRenewing(): void {
-    if (this.#renewer !== undefined) return;
+    // A session that finished connecting in the turn close() was called must not restart it.
+    if (this.#renewer !== undefined || this.#closed !== undefined) return;
     this.#renewer = setInterval(() => this.#renew(), this.#settings.renewInterval);
     this.#renewer.unref();
   }
