@@ -341,7 +341,11 @@ class Run {
         } else if (!restoring && !model.restoredOps.has(ctx.id)) {
           this.fail(`session ${model.id} continued without restore on a new handle`);
         }
-      } else if (restoring && (previous !== undefined || !this.heldBefore(model, conn))) {
+      } else if (
+        restoring &&
+        (previous !== undefined || !this.heldBefore(model, conn)) &&
+        !this.diedUnseen(model, conn)
+      ) {
         // (A session whose first handle died before any op ran on it restores too: the guard
         // does not know that nothing ran there, and errs toward telling.)
         this.fail(`session ${model.id} restored on a handle that needed none`);
@@ -361,6 +365,24 @@ class Run {
       if (generation !== 0 && generation !== conn.generation) return true;
     }
     return false;
+  }
+
+  /**
+   * The handle the session took last before `conn` died with no reopen() since it was taken,
+   * while no fn ran on it (an op aborted before it started): the session lost it, so restore is
+   * due, though no call of this model ever saw that handle.
+   */
+  diedUnseen(model: SessionModel, conn: Conn): boolean {
+    let last = 0;
+    for (const generation of model.takenAt.keys()) {
+      if (generation < conn.generation && generation > last) last = generation;
+    }
+    const taken = this.conns.find((c) => c.generation === last);
+    return (
+      taken?.dead === true &&
+      taken !== model.conn &&
+      this.takenAt(model, taken) === this.takenAt(model, conn)
+    );
   }
 
   /** The reopen() calls made before the session took the handle of `generation`. */
