@@ -191,7 +191,7 @@ export class GuardSession<E> implements Session<E> {
   }
 
   reopen(): void {
-    if (this.#state === 'closed') throw this.#closedError('closed');
+    if (this.#state === 'closed') throw this.#closedError(this.#closedReason);
     if (this.#state === 'lost') {
       this.#state = 'new';
       this.#needsRestore = false;
