@@ -122,11 +122,10 @@ export class ClusterLeases<E> {
       attempt(() => lease.release()).catch(noop);
     };
     // First of all: whatever the lease's getters do below, it is given back when the op ends.
-    if (op.released) {
+    if (!op.onEnd(release)) {
       release();
       return;
     }
-    op.onEnded = release;
     const { mode, fence, signal } = lease;
     op.fence = fence;
     onLoss = (): void => {

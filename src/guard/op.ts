@@ -170,8 +170,6 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   fence: Fence | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */
   onFnSettled: (() => void) | undefined = undefined;
-  /** Called once when the op reaches a terminal state (it gives back its cluster lease). */
-  onEnded: (() => void) | undefined = undefined;
   /** The caller's promise and its settlers (set by the executor, synchronously). */
   resolve!: (value: unknown) => void;
   reject!: (reason: unknown) => void;
@@ -181,8 +179,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   #controller: AbortController | undefined = undefined;
   #aborted = false;
   #reason: unknown = undefined;
-  /** Told once the op has ended (see {@link Op.whenReleased}). */
-  #onRelease: (() => void) | undefined = undefined;
+  /** Told once the op has ended (see {@link Op.onEnd}). */
+  #endListeners: (() => void)[] | undefined = undefined;
 
   constructor(
     readonly id: number,
@@ -219,28 +217,22 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
     const from = this.#state.tag;
     if (!NEXT[from].includes(next.tag)) throw new IllegalTransitionError(from, next.tag, this.id);
     this.#state = next;
-    if (NEXT[next.tag].length === 0 && this.onEnded !== undefined) {
-      const ended = this.onEnded;
-      this.onEnded = undefined;
-      ended();
-    }
-    const onRelease = this.#onRelease;
-    if (onRelease !== undefined && this.released) {
-      this.#onRelease = undefined;
-      onRelease();
+    const listeners = this.#endListeners;
+    if (listeners !== undefined && NEXT[next.tag].length === 0) {
+      this.#endListeners = undefined;
+      for (const listener of listeners) listener();
     }
   }
 
   /**
-   * Settles once the op has ended and no longer uses its handle; `undefined` when it has already.
-   * Its caller may be answered earlier: a cancelled op winds down on its handle after that.
-   * One waiter (its session): a second call replaces the first.
+   * Calls `listener` once, in the move to a terminal state: the op no longer uses its handle (its
+   * caller may have been answered earlier: a cancelled op winds down on its handle after that).
+   * Returns false, without keeping it, when the op has ended already.
    */
-  whenReleased(): Promise<void> | undefined {
-    if (this.released) return undefined;
-    return new Promise<void>((resolve) => {
-      this.#onRelease = resolve;
-    });
+  onEnd(listener: () => void): boolean {
+    if (this.released) return false;
+    (this.#endListeners ??= []).push(listener);
+    return true;
   }
 
   /** The `ctx` handed to `fn` (and to nested calls that join this op). */

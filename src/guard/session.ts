@@ -54,7 +54,7 @@ export interface SessionHost<E> {
   isAlive(handle: Handle<E>): boolean;
   /**
    * Runs one op of the session on its handle, through the guard's lock: its outcome; the op
-   * (undefined when none was made), whose `whenReleased()` tells when it let go of the handle;
+   * (undefined when none was made), whose `onEnd()` tells when it let go of the handle;
    * and `leave`, which takes it out of the lock's queue if it has not started yet.
    */
   run(
@@ -66,7 +66,7 @@ export interface SessionHost<E> {
     restored: boolean,
   ): {
     result: Promise<unknown>;
-    op: { whenReleased(): Promise<void> | undefined } | undefined;
+    op: { onEnd(listener: () => void): boolean } | undefined;
     leave(reason: unknown): void;
   };
   /** Takes a session's handle out of service for good. */
@@ -136,7 +136,7 @@ export class GuardSession<E> implements Session<E> {
   /** State was lost and `restore` has not rebuilt it yet on the new handle. */
   #needsRestore = false;
   /** The running call's op, once it has one: its caller may hear back before it let go of the handle. */
-  #op: { whenReleased(): Promise<void> | undefined } | undefined = undefined;
+  #op: { onEnd(listener: () => void): boolean } | undefined = undefined;
   /** The running call's wait for a slot: `close()` ends it. */
   #slotWait: AbortController | undefined = undefined;
   /** `reopen()` while an op ran: drop the handle once it ends. */
@@ -303,20 +303,16 @@ export class GuardSession<E> implements Session<E> {
         ended();
       },
       (error: unknown) => {
-        const released = this.#op?.whenReleased();
-        if (released === undefined) {
+        const finish = (): void => {
           this.#ended();
-          call.reject(callerTimeout(error, call.settings.timeout));
           ended();
-          return;
-        }
+        };
         // Aborted: its caller hears back at once, but the engine still winds the op down on the
         // session's handle, and the session's next op must not start there before it let go.
+        // Deferred to a later turn: the guard finishes its own bookkeeping of the op first.
+        const waiting = this.#op?.onEnd(() => queueMicrotask(finish)) === true;
         call.reject(callerTimeout(error, call.settings.timeout));
-        released.then(() => {
-          this.#ended();
-          ended();
-        });
+        if (!waiting) finish();
       },
     );
   }
