@@ -21,14 +21,28 @@ import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../../supp
 import { advisoryLocks, lockPids, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
 
 const open: { close(): Promise<void> }[] = [];
+const proxies: FaultProxy[] = [];
 afterEach(async () => {
+  // Proxies first: whatever still hangs on a blackholed or slowed link fails at once.
+  await Promise.all(proxies.splice(0).map((proxy) => proxy.close()));
   await Promise.all(open.splice(0).map((c) => c.close()));
 });
 
-function coordinator(key: string, extra: Record<string, unknown> = {}): PgCoordinator {
-  const c = pgCoordinator(clientConfig(), { key, schema: SCHEMA, ...extra });
+function coordinator(
+  key: string,
+  extra: Record<string, unknown> = {},
+  config = clientConfig(),
+): PgCoordinator {
+  const c = pgCoordinator(config, { key, schema: SCHEMA, ...extra });
   open.push(c);
   return c;
+}
+
+/** A FaultProxy to the test cluster, closed after the test (before the coordinators). */
+async function proxy(): Promise<FaultProxy> {
+  const started = await FaultProxy.start({ target: { port: pgConfig().port } });
+  proxies.push(started);
+  return started;
 }
 
 const alive = { isAlive: () => true };
@@ -321,37 +335,29 @@ describe('pgCoordinator', () => {
   });
 
   it('an idle lock session that stops answering is dropped: a waiting acquire rejects instead of hanging', async () => {
-    const key = uniqueKey();
-    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
-    try {
-      const c = pgCoordinator(clientConfig({ port: proxy.port }), {
-        key,
-        schema: SCHEMA,
-        leaseTimeout: 1_000,
-        renewInterval: 250,
-        connectTimeout: 1_000,
-      });
-      open.push(c);
-      await (await c.acquire('write', alive)).release();
-      expect(c.status().connection).toBe('connected');
-      // A partition: the renewal in flight is never answered, and the server's close is held.
-      proxy.blackhole();
-      await sleep(400);
-      const outcome = await Promise.race([
-        c.acquire('write', alive).then(
-          async (lease) => {
-            await lease.release();
-            return 'granted';
-          },
-          (error: unknown) => error,
-        ),
-        sleep(6_000).then(() => 'still waiting'),
-      ]);
-      expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
-      expect(c.status().connection).not.toBe('connected');
-    } finally {
-      await proxy.close();
-    }
+    const link = await proxy();
+    const c = coordinator(
+      uniqueKey(),
+      { leaseTimeout: 1_000, renewInterval: 250, connectTimeout: 1_000 },
+      clientConfig({ port: link.port }),
+    );
+    await (await c.acquire('write', alive)).release();
+    expect(c.status().connection).toBe('connected');
+    // A partition: the renewal in flight is never answered, and the server's close is held.
+    link.blackhole();
+    await sleep(400);
+    const outcome = await Promise.race([
+      c.acquire('write', alive).then(
+        async (lease) => {
+          await lease.release();
+          return 'granted';
+        },
+        (error: unknown) => error,
+      ),
+      sleep(6_000).then(() => 'still waiting'),
+    ]);
+    expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
+    expect(c.status().connection).not.toBe('connected');
   });
 
   it('a grant whose fence answer comes back after the holder deadline is not handed out', async () => {
@@ -359,51 +365,41 @@ describe('pgCoordinator', () => {
     // delay of 1.25 s makes that answer arrive 2.5 s after the send, while the server (idle
     // between grant and fence query for 2.5 s < T) still keeps the session.
     const key = uniqueKey();
-    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
-    try {
-      const a = coordinator(key);
-      const b = pgCoordinator(clientConfig({ port: proxy.port }), {
-        key,
-        schema: SCHEMA,
-        leaseTimeout: 3_000,
-        renewInterval: 1_000,
-      });
-      open.push(b);
-      const first = await a.acquire('write', alive);
-      const waiting = b.acquire('write', { ...alive, timeout: 20_000 }).then(
-        (lease) => ({ signalAbortedAtGrant: lease.signal.aborted, lease }),
-        (error: unknown) => error,
-      );
-      await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
-      proxy.latency(1_250);
-      await first.release();
-      const outcome = await waiting;
-      if ('lease' in (outcome as object))
-        await (outcome as { lease: { release(): Promise<void> } }).lease.release();
-      expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
-    } finally {
-      await proxy.close();
-    }
+    const link = await proxy();
+    const a = coordinator(key);
+    const b = coordinator(
+      key,
+      { leaseTimeout: 3_000, renewInterval: 1_000 },
+      clientConfig({ port: link.port }),
+    );
+    const first = await a.acquire('write', alive);
+    const waiting = b.acquire('write', { ...alive, timeout: 20_000 }).then(
+      (lease) => ({ signalAbortedAtGrant: lease.signal.aborted, lease }),
+      (error: unknown) => error,
+    );
+    await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+    link.latency(1_250);
+    await first.release();
+    const outcome = await waiting;
+    if ('lease' in (outcome as object))
+      await (outcome as { lease: { release(): Promise<void> } }).lease.release();
+    expect(outcome).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
   });
 
   it('close() while the lock session is being opened rejects the acquire and leaves nothing held', async () => {
     const key = uniqueKey();
     // A slow route, so that the connect is still going on when close() comes.
-    const proxy = await FaultProxy.start({ target: { port: pgConfig().port } });
-    try {
-      proxy.latency(300);
-      const c = pgCoordinator(clientConfig({ port: proxy.port }), { key, schema: SCHEMA });
-      const acquiring = c.acquire('write', alive).catch((error: unknown) => error);
-      await until(() => c.status().connection === 'connecting', 2_000, 'the connect to start');
-      await c.close();
-      expect(await acquiring).toMatchObject({ name: 'PgCoordinatorError', reason: 'closed' });
-      expect(c.status()).toMatchObject({ connection: 'closed', waiting: [] });
-      await sleep(1_000);
-      expect(await advisoryLocks(key, true)).toBe(0);
-      expect(await advisoryLocks(key, false)).toBe(0);
-    } finally {
-      await proxy.close();
-    }
+    const link = await proxy();
+    link.latency(300);
+    const c = coordinator(key, {}, clientConfig({ port: link.port }));
+    const acquiring = c.acquire('write', alive).catch((error: unknown) => error);
+    await until(() => c.status().connection === 'connecting', 2_000, 'the connect to start');
+    await c.close();
+    expect(await acquiring).toMatchObject({ name: 'PgCoordinatorError', reason: 'closed' });
+    expect(c.status()).toMatchObject({ connection: 'closed', waiting: [] });
+    await sleep(1_000);
+    expect(await advisoryLocks(key, true)).toBe(0);
+    expect(await advisoryLocks(key, false)).toBe(0);
   });
 
   it('an acquire whose lock session cannot be opened rejects with a session error naming the cause', async () => {
