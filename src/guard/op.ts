@@ -231,7 +231,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
    */
   onEnd(listener: () => void): boolean {
     if (this.released) return false;
-    (this.#endListeners ??= []).push(listener);
+    if (this.#endListeners === undefined) this.#endListeners = [listener];
+    else this.#endListeners.push(listener);
     return true;
   }
 
