@@ -419,7 +419,10 @@ export class HandlePool<E> {
     if (reason !== 'close' && reason !== 'session-end') this.#hooks.onRetire(handle, reason, cause);
     // The last open handle gone after failed connects: the engine is down now, and the waiters
     // get the answer new callers get, not a wait for the next retry.
-    if (this.isDown) this.#failFast();
+    if (this.isDown) {
+      this.#failFast();
+      this.#keepTrying();
+    }
     // The slot is free: a waiter may need a fresh handle now.
     this.#pump();
   }
@@ -552,6 +555,17 @@ export class HandlePool<E> {
       if (!waiter.waitForReady) this[kGiveUp](waiter, this.unavailableError());
       waiter = next;
     }
+  }
+
+  /**
+   * Down, with nothing in service and no attempt planned (the last retry found a handle still in
+   * service and stopped): plan one, or new callers would fail fast for ever.
+   */
+  #keepTrying(): void {
+    if (this.#closed || this.#retryTimer !== undefined || this.#inService() > 0) return;
+    const delay = backoffDelay(this.settings.backoff, this.#failures);
+    this.#nextAttemptAt = Date.now() + delay;
+    this.#scheduleRetry(delay);
   }
 
   #scheduleRetry(delay: number): void {
