@@ -22,6 +22,7 @@ export type EngineGuardErrorCode =
   | 'ERR_SESSION_LOST'
   | 'ERR_SESSION_LIMIT'
   | 'ERR_SESSION_CLOSED'
+  | 'ERR_SESSION_STATE_DISCARDED'
   | 'ERR_LEASE_LOST';
 
 /**
@@ -378,6 +379,70 @@ export class SessionClosedError extends EngineGuardError {
   }
 }
 
+/** Why {@link SessionStateDiscardedError} discarded a session's state. */
+export type StateDiscardReason = 'no-slot' | 'split' | 'unknown';
+
+/**
+ * A session op left connection state on its handle (a temporary table, a `SET`...) that the
+ * session could not keep, so the state was discarded (the handle was reset, or replaced) and
+ * the op's caller gets this error instead of its result. Never a later "relation does not
+ * exist". What the op committed stays committed: only connection state is discarded.
+ *
+ * `reason`:
+ * - `'no-slot'`: pinning needs one of the guard's `maxSessions` slots and all were taken;
+ * - `'split'`: the session already holds state on another handle (a concurrent op of the same
+ *   session left it there first), and one session's state must live on one handle;
+ * - `'unknown'`: the `state` check failed (see `cause`: the link failed, or the engine cannot keep
+ *   connection state, as behind a transaction-mode pooler), so the state could not be trusted.
+ */
+export class SessionStateDiscardedError extends EngineGuardError {
+  override readonly name = 'SessionStateDiscardedError';
+  readonly code = 'ERR_SESSION_STATE_DISCARDED';
+  /** Id of the session within its guard. */
+  readonly sessionId: number;
+  /** The session's label, when it has one. */
+  readonly label: string | undefined;
+  /** What was discarded, as the `state` hook reported it; `undefined` when the check failed. */
+  readonly discarded: readonly { readonly kind: string; readonly name: string }[] | undefined;
+  /** Why it could not be kept. */
+  readonly reason: StateDiscardReason;
+  /** Name of the guard, when it has one. */
+  readonly guardName: string | undefined;
+
+  constructor(info: {
+    sessionId: number;
+    label?: string | undefined;
+    discarded: readonly { readonly kind: string; readonly name: string }[] | undefined;
+    reason: StateDiscardReason;
+    maxSessions?: number | undefined;
+    guardName?: string | undefined;
+    cause?: unknown;
+  }) {
+    const what = info.label
+      ? `Session ${info.sessionId} "${info.label}"`
+      : `Session ${info.sessionId}`;
+    const state =
+      info.discarded === undefined
+        ? 'whatever connection state this call left'
+        : info.discarded.map((entry) => `${entry.kind} ${entry.name}`).join(', ');
+    const why =
+      info.reason === 'no-slot'
+        ? `every session slot is taken (maxSessions ${info.maxSessions ?? '?'}): close idle sessions or raise maxSessions`
+        : info.reason === 'split'
+          ? 'the session already holds state on another connection (left by a call that ran at the same time): run calls that make state one at a time'
+          : `its state could not be checked${info.cause instanceof Error ? `: ${info.cause.message}` : ''}`;
+    super(
+      `${what}: discarded ${state}, because ${why}. What the call committed stays committed.`,
+      info.cause === undefined ? undefined : { cause: info.cause },
+    );
+    this.sessionId = info.sessionId;
+    this.label = info.label;
+    this.discarded = info.discarded;
+    this.reason = info.reason;
+    this.guardName = info.guardName;
+  }
+}
+
 /**
  * The cluster lease of an op (see `Coordinator`) was lost while the op ran: the coordinator could
  * no longer prove it held it (its lock session ended, or renewals stopped). The op's `ctx.signal`
@@ -426,6 +491,7 @@ for (const [cls, code] of [
   [SessionLostError, 'ERR_SESSION_LOST'],
   [SessionLimitError, 'ERR_SESSION_LIMIT'],
   [SessionClosedError, 'ERR_SESSION_CLOSED'],
+  [SessionStateDiscardedError, 'ERR_SESSION_STATE_DISCARDED'],
   [LeaseLostError, 'ERR_LEASE_LOST'],
 ] as const) {
   classCodes.set(cls, code);

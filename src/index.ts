@@ -32,6 +32,7 @@ export type {
   GuardEvents,
   GuardState,
   GuardStatus,
+  HeldState,
   LivenessOptions,
   OpContext,
   OpInfo,
@@ -43,8 +44,10 @@ export type {
   RunningOpStatus,
   Session,
   SessionOptions,
+  SessionPin,
   SessionState,
   SessionStatus,
+  StateContext,
   Subscription,
 } from './guard/types.js';
 export type { Lease, LockMode } from './lock/lease.js';

@@ -56,6 +56,7 @@ const GUARD_KEYS: readonly (keyof EngineGuardOptions<unknown>)[] = [
   'bootstrap',
   'reset',
   'resetTimeout',
+  'state',
   'maxSessions',
   'coordinator',
 ];
@@ -106,6 +107,7 @@ export function parseGuardOptions<E>(options: EngineGuardOptions<E>): GuardSetti
   validateOptionalFunction(options.isAlive, 'isAlive');
   validateOptionalFunction(options.bootstrap, 'bootstrap');
   validateOptionalFunction(options.reset, 'reset');
+  validateOptionalFunction(options.state, 'state');
   validateCoordinator(options.coordinator);
   const maxSessions = validateInteger(options.maxSessions, 'maxSessions', 0) ?? 0;
   const name = validateOptionalString(options.name, 'name');

@@ -61,6 +61,41 @@ export interface ResetContext {
   readonly ok: boolean;
 }
 
+/**
+ * One piece of connection state a handle holds for a session (see the guard's `state` hook):
+ * what pins the session to that handle.
+ */
+export interface HeldState {
+  /**
+   * What it is, in the engine's words: `'temp table'`, `'setting'`, `'prepared statement'`,
+   * `'advisory lock'`, `'listen'`, `'cursor'`, `'role'`...
+   */
+  readonly kind: string;
+  /** Which one: the table, the setting, the channel... */
+  readonly name: string;
+}
+
+/** What the `state` hook learns about the session op that just used the handle. */
+export interface StateContext {
+  /** Aborts when `resetTimeout` passes or the guard closes. */
+  readonly signal: AbortSignal;
+  /** The op that used the handle. */
+  readonly op: OpInfo;
+  /** Whether the op's function succeeded. */
+  readonly ok: boolean;
+  /** Id of the session the op ran in. */
+  readonly sessionId: number;
+}
+
+/**
+ * When a session takes a handle of its own:
+ * - `'on-state'`: only while it holds connection state, as the guard's `state` hook reports it
+ *   after each of its ops; until then (and again once the state is gone) its ops run on shared
+ *   handles like stateless ops, side by side.
+ * - `'always'`: from its first op until it closes; its ops run one at a time.
+ */
+export type SessionPin = 'on-state' | 'always';
+
 /** Options of `guard.session()`. */
 export interface SessionOptions<E> {
   /** Shown in `status()`, events and errors. */
@@ -73,6 +108,11 @@ export interface SessionOptions<E> {
    * (`ctx.restored` is true). Without it, the next op rejects with `SessionLostError`.
    */
   restore?: ((engine: E, ctx: OpContext) => unknown) | undefined;
+  /**
+   * When the session takes a handle of its own (see {@link SessionPin}). Default `'on-state'`
+   * when the guard has a `state` hook, else `'always'`.
+   */
+  pin?: SessionPin | undefined;
 }
 
 /**
@@ -238,7 +278,26 @@ export interface EngineGuardOptions<E> {
    * fails or times out retires the handle. Never runs on a session's handle.
    */
   reset?: ((engine: E, ctx: ResetContext) => Promise<void> | void) | undefined;
-  /** Bound of one `reset`, ms. Default 5,000. */
+  /**
+   * Reports the connection state a session op left on its handle (temporary tables, `SET`s,
+   * prepared statements, locks...): `[]` or `undefined` when it left none. Runs after each op of
+   * a session that pins on state (see {@link SessionPin}), instead of `reset`: a clean handle
+   * goes back to the pool as it is; state found pins the session to the handle, and a pinned
+   * session whose handle is clean again lets it go. An answer given synchronously (the adapter
+   * knows the op left nothing) costs no round trip. Throwing (or rejecting) means "unknown": the
+   * state is discarded and the op's caller is told so. Bounded by `resetTimeout`.
+   */
+  state?:
+    | ((
+        engine: E,
+        ctx: StateContext,
+      ) =>
+        | readonly HeldState[]
+        | undefined
+        | void
+        | PromiseLike<readonly HeldState[] | undefined | void>)
+    | undefined;
+  /** Bound of one `reset` or `state` check, ms. Default 5,000. */
   resetTimeout?: number | undefined;
   /**
    * Most sessions holding a handle at once (handles reserved for sessions, beside `pool`).
