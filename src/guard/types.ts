@@ -291,11 +291,7 @@ export interface EngineGuardOptions<E> {
     | ((
         engine: E,
         ctx: StateContext,
-      ) =>
-        | readonly HeldState[]
-        | undefined
-        | void
-        | PromiseLike<readonly HeldState[] | undefined | void>)
+      ) => readonly HeldState[] | undefined | PromiseLike<readonly HeldState[] | undefined>)
     | undefined;
   /** Bound of one `reset` or `state` check, ms. Default 5,000. */
   resetTimeout?: number | undefined;
