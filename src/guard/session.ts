@@ -19,6 +19,7 @@ import type { Handle } from '../pool/handle-pool.js';
 import { type OpSettings, parseOpOptions } from './options.js';
 import type {
   GuardEvents,
+  HeldState,
   OpContext,
   OpKind,
   OpOptions,
@@ -29,6 +30,8 @@ import type {
 } from './types.js';
 
 type SessionFn<E> = (engine: E, ctx: OpContext) => unknown;
+
+const NO_STATE: readonly HeldState[] = Object.freeze([]);
 
 /** What a session needs from its guard. */
 export interface SessionHost<E> {
@@ -187,6 +190,9 @@ export class GuardSession<E> implements Session<E> {
       ageMs: now - this.#createdAt,
       idleMs: this.#current === undefined ? now - this.#lastActive : 0,
       losses: this.#losses,
+      pin: 'always',
+      pinned: this.#handle !== undefined,
+      heldState: NO_STATE,
     };
   }
 

@@ -190,6 +190,18 @@ export interface SessionStatus {
   idleMs: number;
   /** Times its handle was lost so far. */
   losses: number;
+  /** When it takes a handle of its own (see {@link SessionPin}). */
+  pin: SessionPin;
+  /**
+   * True while it holds a handle of its own (a `maxSessions` slot): always once a `pin: 'always'`
+   * session has one; while its handle holds state for a `pin: 'on-state'` session.
+   */
+  pinned: boolean;
+  /**
+   * The state that holds the pin, as the `state` hook last reported it (empty when unpinned, and
+   * for `pin: 'always'`). Frozen.
+   */
+  heldState: readonly HeldState[];
 }
 
 /** Liveness watchdog settings. All durations in milliseconds. */
@@ -480,6 +492,13 @@ export interface GuardEvents {
   sessionOpen: { session: SessionStatus };
   /** A session's handle died; the state it held is gone. */
   sessionLost: { session: SessionStatus; cause: unknown };
+  /**
+   * A `pin: 'on-state'` session's op left state on its handle: the session keeps that handle
+   * (a `maxSessions` slot) and runs its ops on it, one at a time, until the state is gone.
+   */
+  sessionPin: { session: SessionStatus; state: readonly HeldState[] };
+  /** A pinned `pin: 'on-state'` session's handle is clean again: it went back to the pool. */
+  sessionUnpin: { session: SessionStatus };
   /** A session closed (`close()`, idle timeout, or the guard closing). */
   sessionClose: { session: SessionStatus; reason: 'closed' | 'idle' | 'guard-closed' };
   /** A `reset` failed or timed out; the handle was retired. */
