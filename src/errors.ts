@@ -73,13 +73,16 @@ export interface BlockingOp {
   readonly label: string | undefined;
   /** How long it had been running, ms. */
   readonly ageMs: number;
+  /** The session it runs in, when it is a session's op. */
+  readonly sessionId?: number | undefined;
 }
 
 function describeBlockers(blockers: readonly BlockingOp[]): string {
   if (blockers.length === 0) return '';
   const shown = blockers.slice(0, 3).map((b) => {
     const name = b.label === undefined ? '' : ` "${b.label}"`;
-    return `${b.kind} #${b.id}${name} (running ${formatAge(b.ageMs)})`;
+    const session = b.sessionId === undefined ? '' : ` of session ${b.sessionId}`;
+    return `${b.kind} #${b.id}${name}${session} (running ${formatAge(b.ageMs)})`;
   });
   const more = blockers.length > 3 ? ` and ${blockers.length - 3} more` : '';
   return `; it was waiting for ${shown.join(', ')}${more}`;
@@ -275,11 +278,11 @@ export class HookTimeoutError extends EngineGuardError {
   override readonly name = 'HookTimeoutError';
   readonly code = 'ERR_HOOK_TIMEOUT';
   /** Which hook timed out. */
-  readonly hook: 'connect' | 'destroy' | 'cancel' | 'reset';
+  readonly hook: 'connect' | 'destroy' | 'cancel' | 'reset' | 'state';
   /** The bound, ms. */
   readonly timeout: number;
 
-  constructor(hook: 'connect' | 'destroy' | 'cancel' | 'reset', timeout: number) {
+  constructor(hook: 'connect' | 'destroy' | 'cancel' | 'reset' | 'state', timeout: number) {
     super(`The ${hook} hook did not finish within ${timeout} ms`);
     this.hook = hook;
     this.timeout = timeout;

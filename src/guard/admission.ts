@@ -52,8 +52,15 @@ export class Admission<E> {
 
   /** Gives `op` its lease and handle, now or once free, then starts it (see `run`). */
   admit(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): void {
-    // Fast path: lock free and a handle idle: nothing to wait on.
-    const lease = op.kind === 'read' ? this.#lock.tryAcquireRead() : this.#lock.tryAcquireWrite();
+    // Fast path: lock free and a handle idle: nothing to wait on. A read on a session's own
+    // handle needs no shared handle, so the lock's reader cap (the shared handles) is not its.
+    const own = op.ownHandle !== undefined;
+    const lease =
+      op.kind === 'write'
+        ? this.#lock.tryAcquireWrite()
+        : own
+          ? this.#lock.tryAcquireReadUncapped()
+          : this.#lock.tryAcquireRead();
     const now = performance.now();
     if (lease !== null) {
       const handle = op.ownHandle ?? this.#pool.tryAcquire(now);
@@ -73,9 +80,11 @@ export class Admission<E> {
     // exits answer the caller themselves, and a lease granted to an op that left is given back.
     // The lock takes turns by key among queued reads (writes ignore it).
     const waiting =
-      op.kind === 'read'
-        ? this.#lock.acquireRead({ signal: op.callerSignal, timeout, key: op.key })
-        : this.#lock.acquireWrite({ signal: op.callerSignal, timeout });
+      op.kind === 'write'
+        ? this.#lock.acquireWrite({ signal: op.callerSignal, timeout })
+        : own
+          ? this.#lock.acquireReadUncapped(op.callerSignal, timeout)
+          : this.#lock.acquireRead({ signal: op.callerSignal, timeout, key: op.key });
     waiting.then(
       (granted) => this.#onLease(op, fn, granted, timeout),
       (error: unknown) => this.leave(op, error),

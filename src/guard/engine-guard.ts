@@ -33,6 +33,7 @@ import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
 import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
 import { openPool, type SharedPoolParts } from './pool-hooks.js';
 import { GuardSession, type SessionHost } from './session.js';
+import { StateCheck } from './state-check.js';
 import type {
   EngineGuardOptions,
   GuardCounters,
@@ -41,12 +42,14 @@ import type {
   OpContext,
   OpKind,
   OpOptions,
+  QueuedOpStatus,
   Session,
   SessionOptions,
+  SessionPin,
   Subscription,
 } from './types.js';
 
-const SESSION_KEYS = ['label', 'idleTimeout', 'restore'];
+const SESSION_KEYS = ['label', 'idleTimeout', 'restore', 'pin'];
 
 export { DEFAULT_LIVENESS } from './options.js';
 
@@ -103,6 +106,8 @@ export class EngineGuard<E> implements AsyncDisposable {
   #nextSessionId = 0;
   /** Undefined without a `reset` hook. */
   readonly #reset: HandleReset<E> | undefined;
+  /** Undefined without a `state` hook: sessions then pin always. */
+  readonly #stateCheck: StateCheck<E> | undefined;
   readonly #watchdog: Watchdog<Op<E>> | undefined;
   readonly #events: TypedEvents<GuardEvents>;
   /** One listener per caller signal, however many running ops share it (see SignalFanout). */
@@ -183,6 +188,10 @@ export class EngineGuard<E> implements AsyncDisposable {
             },
             this.name,
           );
+    this.#stateCheck =
+      options.state === undefined
+        ? undefined
+        : new StateCheck(options.state, settings.resetTimeout);
     this.#admission = new Admission(
       this.#lock,
       this.#pool,
@@ -254,10 +263,15 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   /**
-   * A session: a handle of the caller's own, kept across its ops, so its temporary tables,
-   * `SET`s and prepared statements stay with it and reach no other caller (see {@link Session}).
-   * Its handle is taken by its first op from the `maxSessions` slots, and given back by
-   * `close()`, `await using`, or its `idleTimeout`.
+   * A session: one caller's ops, with its connection state (temporary tables, `SET`s, prepared
+   * statements) kept on a handle of its own and seen by no other caller (see {@link Session}).
+   *
+   * With `pin: 'on-state'` (the default when the guard has a `state` hook) the session holds a
+   * handle only while it holds state: its ops run on shared handles, side by side, until one
+   * leaves state; the session then keeps that handle (a `maxSessions` slot) and runs its ops on
+   * it one at a time, until the state is gone. With `pin: 'always'` its first op takes a handle
+   * from the `maxSessions` slots and keeps it. Either way `close()`, `await using` or its
+   * `idleTimeout` gives it back.
    *
    * @example
    * ```ts
@@ -265,7 +279,9 @@ export class EngineGuard<E> implements AsyncDisposable {
    * await session.write((conn) => conn.query('create temp table scratch(x int)'));
    * await session.read((conn) => conn.query('select count(*) from scratch'));
    * ```
-   * @throws RangeError when the guard has no session slots (`maxSessions` is 0).
+   * @throws RangeError when `pin` is `'always'` (the default without a `state` hook) and the
+   * guard has no session slots (`maxSessions` is 0), or `pin` is `'on-state'` and the guard has
+   * no `state` hook.
    * @throws GuardClosedError when the guard is closed.
    * @throws TypeError | RangeError on invalid or unknown options.
    */
@@ -275,19 +291,34 @@ export class EngineGuard<E> implements AsyncDisposable {
     const label = validateOptionalString(options.label, 'label');
     const idleTimeout = validateDuration(options.idleTimeout, 'idleTimeout');
     validateOptionalFunction(options.restore, 'restore');
-    if (this.#maxSessions === 0) {
+    const pin = this.#sessionPin(options.pin);
+    if (pin === 'always' && this.#maxSessions === 0) {
       throw new RangeError(
         `${this.#describe()} has no session slots: set its "maxSessions" option to the number of sessions that may hold a handle at once`,
       );
     }
     if (this.#closed) throw new GuardClosedError(this.name);
-    const session = new GuardSession<E>(++this.#nextSessionId, this.#sessionHost, {
-      label,
-      idleTimeout,
-      restore: options.restore,
-    });
+    const session = new GuardSession<E>(
+      ++this.#nextSessionId,
+      this.#sessionHost,
+      { label, idleTimeout, restore: options.restore },
+      pin,
+    );
     this.#sessions.add(session);
     return session;
+  }
+
+  #sessionPin(pin: unknown): SessionPin {
+    if (pin === undefined) return this.#stateCheck === undefined ? 'always' : 'on-state';
+    if (pin !== 'always' && pin !== 'on-state') {
+      throw new TypeError(`The "pin" option must be 'on-state' or 'always' (got ${String(pin)})`);
+    }
+    if (pin === 'on-state' && this.#stateCheck === undefined) {
+      throw new RangeError(
+        `${this.#describe()} has no "state" hook, so a session cannot pin on state: give the guard a state hook (the adapters' guard options include one), or use pin: 'always'`,
+      );
+    }
+    return pin;
   }
 
   /**
@@ -325,6 +356,10 @@ export class EngineGuard<E> implements AsyncDisposable {
       },
       this.#sessionStatuses(),
       this.#cluster?.status(),
+      this.#sessionPool === undefined
+        ? 0
+        : this.#sessionPool.busyCount + this.#sessionPool.idleCount,
+      this.#sessionQueued(),
     );
   }
 
@@ -403,10 +438,23 @@ export class EngineGuard<E> implements AsyncDisposable {
     return Array.from(this.#sessions, (session) => session.status());
   }
 
+  /** Calls waiting in their sessions' own queues (see `status().queued`). */
+  #sessionQueued(): QueuedOpStatus[] {
+    if (this.#sessions.size === 0) return [];
+    const now = performance.now();
+    const queued: QueuedOpStatus[] = [];
+    for (const session of this.#sessions) {
+      for (const call of session.queuedCalls(now)) queued.push({ ...call, sessionId: session.id });
+    }
+    return queued;
+  }
+
   #makeSessionHost(): SessionHost<E> {
     return {
       name: this.name,
       opDefaults: this.#opDefaults,
+      maxSessions: this.#maxSessions,
+      nextOpId: () => ++this.#nextId,
       nested: (session, kind, fn, signal) => {
         const outer = heldBy<Op<E> | BootstrapHold>(this);
         if (outer instanceof BootstrapHold) return Promise.reject(outer.deadlock(this.name));
@@ -431,7 +479,7 @@ export class EngineGuard<E> implements AsyncDisposable {
           return false;
         }
       },
-      run: (session, kind, fn, settings, handle, restored) => {
+      run: (session, call, fn, settings, handle, restored, afterCheck) => {
         if (this.#closed) {
           return {
             result: Promise.reject(new GuardClosedError(this.name)),
@@ -440,23 +488,48 @@ export class EngineGuard<E> implements AsyncDisposable {
           };
         }
         const op = new Op<E>(
-          ++this.#nextId,
-          kind,
+          call.id,
+          call.kind,
           settings.label,
           settings.signal,
           settings.waitForReady,
         );
         op.key = session;
         op.sessionId = session.id;
-        op.ownHandle = handle;
         op.restored = restored;
-        op.onHandleLost = (lost, cause) => session.lose(lost, cause);
+        op.afterCheck = afterCheck;
+        if (handle !== undefined) {
+          op.ownHandle = handle;
+          op.onHandleLost = (lost, cause) => session.lose(lost, cause);
+        }
         return {
           result: this.#launch(op, fn, settings.timeout),
           op,
           leave: (reason) => this.#admission.leave(op, reason),
         };
       },
+      pin: (handle) => {
+        const slots = this.#sessionPool;
+        if (slots === undefined || this.#closed || !slots.tryAdopt(handle)) return false;
+        this.#pool.detach(handle);
+        return true;
+      },
+      unpin: (handle) => {
+        const slots = this.#sessionPool;
+        if (slots === undefined) return;
+        if (this.#pool.tryAdopt(handle)) {
+          slots.detach(handle);
+          this.#pool.release(handle);
+        } else {
+          // The pool opened another handle meanwhile and is full: this one is not needed.
+          slots.retire(handle, 'session-end', undefined);
+        }
+      },
+      discard: (handle, op, ok) => {
+        if (this.#reset !== undefined) this.#reset.run(handle, op, ok, op.lastBeat);
+        else this.#pool.retire(handle, 'session-end', undefined);
+      },
+      release: (handle, aliveAt) => this.#pool.release(handle, aliveAt),
       retire: (handle, reason, cause) => this.#sessionPool?.retire(handle, reason, cause),
       emit: (type, event) => this.#events.emit(type, event),
       forget: (session) => {
@@ -583,16 +656,10 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (state.tag === 'running') {
       this.#endRun(op);
       op.to(DONE);
-      this.#returnHandle(op, state.handle, ok, value);
+      const checking = this.#returnHandle(op, state.handle, ok, value, true);
       state.lease.release();
-      if (ok) {
-        this.#counters.succeeded++;
-        op.resolve(value);
-      } else {
-        this.#counters.failed++;
-        this.#health.recordError(value);
-        op.reject(value);
-      }
+      // A session op whose state is being checked: its caller hears back after the check.
+      if (!checking) this.#answer(op, ok, value);
       return;
     }
     if (state.tag === 'cancelling') {
@@ -676,7 +743,7 @@ export class EngineGuard<E> implements AsyncDisposable {
     clearTimeout(state.grace);
     this.#endRun(op);
     op.to(DONE);
-    this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value);
+    this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value, false);
     state.lease.release();
   }
 
@@ -703,9 +770,40 @@ export class EngineGuard<E> implements AsyncDisposable {
     return bounded(attempt(call), this.#cancelTimeout, noop);
   }
 
-  #returnHandle(op: Op<E>, handle: Handle<E>, ok: boolean, value: unknown): void {
+  #answer(op: Op<E>, ok: boolean, value: unknown): void {
+    if (ok) {
+      this.#counters.succeeded++;
+      op.resolve(value);
+    } else {
+      this.#counters.failed++;
+      this.#health.recordError(value);
+      op.reject(value);
+    }
+  }
+
+  /**
+   * Where the op's handle goes now that the op let go of it. True when it is being checked for
+   * session state (a `pin: 'on-state'` session's op): then, if `answer`, the check answers the
+   * op's caller.
+   */
+  #returnHandle(
+    op: Op<E>,
+    handle: Handle<E>,
+    ok: boolean,
+    value: unknown,
+    answer: boolean,
+  ): boolean {
+    const afterCheck = op.afterCheck;
     if (!ok && this.#isFatal(op, value)) {
       this.#retire(op, handle, 'fatal', value);
+    } else if (afterCheck !== undefined && this.#stateCheck !== undefined) {
+      this.#stateCheck.run(handle.engine, op, ok, op.sessionId ?? 0, (found) => {
+        const refused = afterCheck(op, handle, found, ok);
+        if (!answer) return;
+        if (refused === undefined) this.#answer(op, ok, value);
+        else this.#answer(op, false, refused);
+      });
+      return true;
     } else if (op.ownHandle !== undefined) {
       // A session's handle stays with its session, state and all.
     } else if (this.#reset !== undefined) {
@@ -714,6 +812,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       // Its last sign of life: saves a clock read per op, and errs toward checking early.
       this.#pool.release(handle, op.lastBeat);
     }
+    return false;
   }
 
   #isFatal(op: Op<E>, error: unknown): boolean {
@@ -801,6 +900,8 @@ export class EngineGuard<E> implements AsyncDisposable {
       const idle = cancelled === undefined ? fnDone : Promise.all([fnDone, cancelled]);
       this.#retire(op, state.handle, 'close', error, () => idle);
     }
+    // Checks in flight are given up: their handles are discarded (reset or destroyed) below.
+    this.#stateCheck?.close(this.name);
     // Handles being reset are given up with the rest; close() waits for their destroy too.
     if (this.#reset !== undefined) this.#pool.trackDestroy(this.#reset.close());
     const closing: Promise<unknown> =

@@ -11,8 +11,9 @@
  * - `close()` aborts the resets in flight and waits for their handles' destroy.
  */
 import { GuardClosedError, HookTimeoutError } from '../errors.js';
-import { isThenable, type Timer } from '../internal/promises.js';
+import { isThenable } from '../internal/promises.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
+import { DeadlineSweep } from './deadline-sweep.js';
 import type { Op } from './op.js';
 import type { EngineGuardOptions, OpInfo, ResetContext } from './types.js';
 
@@ -57,10 +58,10 @@ export class HandleReset<E> {
   readonly #pool: HandlePool<E>;
   readonly #onError: (generation: number, error: unknown) => void;
   readonly #name: string | undefined;
-  /** Resets in flight. */
-  readonly #inFlight = new Set<PendingReset<E>>();
-  /** The one timer that bounds the resets in flight (see #armSweep). */
-  #sweep: Timer | undefined = undefined;
+  /** Resets in flight, bounded by one timer. */
+  readonly #inFlight = new DeadlineSweep<PendingReset<E>>((pending) =>
+    this.#finish(pending, new HookTimeoutError('reset', this.#timeout), true),
+  );
   #closing = false;
   /** Reset hooks running right now (a hook can start another op, hence a count). */
   #inHook = 0;
@@ -130,7 +131,6 @@ export class HandleReset<E> {
     // and the hook's signal exists only if the hook asked for it.
     const pending = new PendingReset(call, handle, performance.now() + this.#timeout);
     this.#inFlight.add(pending);
-    this.#armSweep();
     returned.then(
       () => this.#finish(pending, undefined, false),
       (error: unknown) => this.#finish(pending, error, true),
@@ -149,31 +149,6 @@ export class HandleReset<E> {
     } else {
       this.#pool.release(pending.handle, performance.now());
     }
-    if (this.#inFlight.size === 0 && this.#sweep !== undefined) {
-      clearTimeout(this.#sweep);
-      this.#sweep = undefined;
-    }
-  }
-
-  /** Keeps one timer armed while resets are in flight, for the earliest deadline. */
-  #armSweep(): void {
-    if (this.#sweep !== undefined) return;
-    let earliest = Number.POSITIVE_INFINITY;
-    for (const pending of this.#inFlight) earliest = Math.min(earliest, pending.deadline);
-    if (earliest === Number.POSITIVE_INFINITY) return;
-    this.#sweep = setTimeout(
-      () => {
-        this.#sweep = undefined;
-        const now = performance.now();
-        for (const pending of [...this.#inFlight]) {
-          if (pending.deadline <= now) {
-            this.#finish(pending, new HookTimeoutError('reset', this.#timeout), true);
-          }
-        }
-        this.#armSweep();
-      },
-      Math.max(0, earliest - performance.now()),
-    );
   }
 
   /** Aborts every reset in flight; resolves once their handles were given up. */
@@ -181,7 +156,7 @@ export class HandleReset<E> {
     this.#closing = true;
     const closed = new GuardClosedError(this.#name);
     const waits: Promise<void>[] = [];
-    for (const pending of [...this.#inFlight]) this.#finish(pending, closed, true);
+    for (const pending of this.#inFlight.items()) this.#finish(pending, closed, true);
     // Called from inside a reset hook: its handle is not in flight yet; wait until it is settled.
     if (this.#inHook > 0) {
       waits.push(

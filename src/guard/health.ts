@@ -174,6 +174,8 @@ export class GuardHealth<E> {
     queue: GuardStatus['queue'],
     sessions: GuardStatus['sessions'],
     cluster: GuardStatus['cluster'],
+    sessionHandles: number,
+    sessionQueued: readonly QueuedOpStatus[],
   ): GuardStatus {
     const now = performance.now();
     const running: RunningOpStatus[] = [];
@@ -187,6 +189,7 @@ export class GuardHealth<E> {
         sinceHeartbeatMs: now - (op.lastBeat || op.startedAt),
         probeFailures: op.probeFailures,
         phase: op.state.tag === 'cancelling' ? 'cancelling' : 'running',
+        sessionId: op.sessionId,
       });
     }
     const queued: QueuedOpStatus[] = [];
@@ -201,8 +204,14 @@ export class GuardHealth<E> {
           label: op.label,
           waitingMs: now - op.enqueuedAt,
           waitingFor: op.state.tag === 'leased' ? NO_BLOCKERS : op.kind === 'write' ? all : writes,
+          sessionId: op.sessionId,
         });
       }
+    }
+    // Calls waiting in their sessions' own queues, behind their sessions' running ops.
+    if (sessionQueued.length > 0) {
+      queued.push(...sessionQueued);
+      queued.sort((a, b) => b.waitingMs - a.waitingMs);
     }
     const pool = this.#pool;
     return {
@@ -215,6 +224,7 @@ export class GuardHealth<E> {
         idle: pool.idleCount,
         connecting: pool.connecting,
         retiring: pool.retiring,
+        sessions: sessionHandles,
       },
       running,
       queued,

@@ -30,7 +30,7 @@ import type { QueueNode } from '../internal/waiter-queue.js';
 import type { WatchedSubject } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import type { Handle } from '../pool/handle-pool.js';
-import type { OpContext, OpInfo, OpKind } from './types.js';
+import type { OpContext, OpInfo, OpKind, StateAnswer } from './types.js';
 
 interface Waiting {
   readonly tag: 'waiting';
@@ -162,6 +162,14 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   sessionId: number | undefined = undefined;
   /** Its session's handle: the op runs on it instead of a shared one. */
   ownHandle: Handle<E> | undefined = undefined;
+  /**
+   * Set for the ops of a session that pins on state: told, after the `state` check that follows
+   * the op, what the op left on its handle; returns the error its caller gets instead of its
+   * result, or `undefined`. The guard answers the caller only then.
+   */
+  afterCheck:
+    | ((op: Op<E>, handle: Handle<E>, answer: StateAnswer, ok: boolean) => unknown)
+    | undefined = undefined;
   /** Told when the op's handle dies (its session loses its state). */
   onHandleLost: ((handle: Handle<E>, cause: unknown) => void) | undefined = undefined;
   /** True when `restore` rebuilt its session's state just before it (see `ctx.restored`). */

@@ -144,9 +144,10 @@ export function parseGuardOptions<E>(options: EngineGuardOptions<E>): GuardSetti
       ...(maxQueue === undefined ? {} : { maxQueue }),
       ...(options.fairness === undefined ? {} : { fairness: options.fairness }),
       ...(options.bypassAfter === undefined ? {} : { bypassAfter: options.bypassAfter }),
-      // One read lease per handle, shared or a session's: a granted reader has a handle to run
-      // on, unless sessions hold fewer leases than they have handles.
-      maxReaders: pool + maxSessions,
+      // One read lease per shared handle: a granted stateless reader has a handle to run on. A
+      // read on a session's own handle takes an uncapped lease (it brings its handle), so it never
+      // waits behind stateless reads that wait for a shared one.
+      maxReaders: pool,
     },
   };
 }

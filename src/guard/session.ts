@@ -1,21 +1,44 @@
 /**
- * Sessions: a caller's own engine handle, kept across its ops (see `Session` in types.ts for the
- * invariants users rely on).
+ * Sessions: one caller's ops, and the engine handle that keeps its connection state (see
+ * `Session` in types.ts for the invariants users rely on).
  *
- * Order of service: a session's calls queue here in call order and start one at a time; each
- * then waits for its lease on the guard's lock like any op (its key is the session, so sessions
- * are served round-robin with other callers' reads). Its handle is taken from the guard's session
- * slots by the first op and kept until the session closes, its idle timeout passes, the handle
- * dies, or `reopen()` drops it.
+ * A session runs each call in one of two ways:
+ * - **floating**: the call starts at once as an op of its own on a shared handle, beside the
+ *   session's other calls and everyone's, under the session's fair-share key. This is how an
+ *   unpinned `pin: 'on-state'` session runs: it holds no handle and no slot between ops.
+ * - **serial**: calls queue here in call order and start one at a time, on the session's own
+ *   handle. This is how a `pin: 'always'` session runs, and a `pin: 'on-state'` one while it is
+ *   pinned, lost, or restoring its state.
  *
- * This module owns the session's queue and state; the guard owns the lock, the slots and the op
- * (through {@link SessionHost}).
+ * Pinning (`pin: 'on-state'`): after each op the guard's `state` check tells what the op left
+ * on its handle, and {@link GuardSession.afterCheck} decides where the handle goes:
+ * - a floating op left nothing: the handle goes back to the pool as it is;
+ * - it left state: the session keeps that handle (a `maxSessions` slot) and is pinned. Its calls
+ *   that have not started yet are taken back from the guard's queue and run serially on the
+ *   pinned handle, so every op that starts after one that left state ended runs where the
+ *   state is;
+ * - it left state the session cannot keep (no free slot; or the session is pinned to, or lost,
+ *   another handle): the guard resets the handle and that call rejects with
+ *   `SessionStateDiscardedError`, naming what was discarded;
+ * - an op on the pinned handle left it clean: the session unpins, the handle goes back to the
+ *   pool, and the session's queued calls float again.
+ *
+ * This module owns the session's queue and state; the guard owns the lock, the pools, the check
+ * and the op (through {@link SessionHost}).
  */
-import { LockTimeoutError, SessionClosedError, SessionLostError } from '../errors.js';
+import {
+  type BlockingOp,
+  LockTimeoutError,
+  SessionClosedError,
+  SessionLostError,
+  SessionStateDiscardedError,
+  type StateDiscardReason,
+} from '../errors.js';
 import { attempt, noop, type Timer } from '../internal/promises.js';
 import { validateFunction } from '../internal/validate.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import type { Handle } from '../pool/handle-pool.js';
+import type { Op } from './op.js';
 import { type OpSettings, parseOpOptions } from './options.js';
 import type {
   GuardEvents,
@@ -25,18 +48,52 @@ import type {
   OpOptions,
   Session,
   SessionOptions,
+  SessionPin,
   SessionState,
   SessionStatus,
+  StateAnswer,
 } from './types.js';
 
 type SessionFn<E> = (engine: E, ctx: OpContext) => unknown;
 
 const NO_STATE: readonly HeldState[] = Object.freeze([]);
+const NO_BLOCKERS: readonly BlockingOp[] = Object.freeze([]);
+
+/**
+ * What a floating op's caller gets when the op is taken back from the guard's queue because its
+ * session pinned meanwhile: never seen by users (the call runs again, serially).
+ */
+const REQUEUED = Symbol('requeued');
+
+/**
+ * Decides, after the `state` check of one of the session's ops, where the handle goes; returns
+ * the error its caller gets instead of its result, or `undefined`.
+ */
+export type AfterCheck<E> = (
+  op: Op<E>,
+  handle: Handle<E>,
+  answer: StateAnswer,
+  ok: boolean,
+) => unknown;
+
+/** One op the guard runs for the session. */
+export interface SessionRun<E> {
+  /** The op's outcome, for its caller (after its state check, when it has one). */
+  result: Promise<unknown>;
+  /** The op (undefined when none was made: the guard is closed). */
+  op: Op<E> | undefined;
+  /** Takes it out of the lock's queue if it has not started yet; its `result` rejects with `reason`. */
+  leave(reason: unknown): void;
+}
 
 /** What a session needs from its guard. */
 export interface SessionHost<E> {
   readonly name: string | undefined;
   readonly opDefaults: OpSettings;
+  /** The guard's `maxSessions` (for messages). */
+  readonly maxSessions: number;
+  /** A fresh op id (a call gets its id when it is made, and its op keeps it). */
+  nextOpId(): number;
   /**
    * A call made inside a running op of this guard: joined when that op is one of `session`'s,
    * refused otherwise. `undefined` when the call is not nested.
@@ -56,25 +113,30 @@ export interface SessionHost<E> {
   /** False when the handle is known dead (the guard's `isAlive` hook). */
   isAlive(handle: Handle<E>): boolean;
   /**
-   * Runs one op of the session on its handle, through the guard's lock: its outcome; the op
-   * (undefined when none was made), whose `onEnd()` tells when it let go of the handle;
-   * and `leave`, which takes it out of the lock's queue if it has not started yet.
+   * Runs one op of the session through the guard's lock: on `handle` (the session's own), or on
+   * a shared handle when `handle` is undefined (floating). `afterCheck`, when given, is called
+   * with the `state` check's answer once the op let go of its handle.
    */
   run(
     session: GuardSession<E>,
-    kind: OpKind,
+    call: { readonly id: number; readonly kind: OpKind; readonly label: string | undefined },
     fn: SessionFn<E>,
     settings: OpSettings,
-    handle: Handle<E>,
+    handle: Handle<E> | undefined,
     restored: boolean,
-  ): {
-    result: Promise<unknown>;
-    op: { onEnd(listener: () => void): boolean } | undefined;
-    leave(reason: unknown): void;
-  };
+    afterCheck: AfterCheck<E> | undefined,
+  ): SessionRun<E>;
+  /** Moves a busy shared handle into a session slot; false when every slot is taken. */
+  pin(handle: Handle<E>): boolean;
+  /** Moves a session slot's handle, clean, back to the shared pool (or destroys it). */
+  unpin(handle: Handle<E>): void;
+  /** A shared handle holding state nobody may keep: reset it (or retire it) after `op`. */
+  discard(handle: Handle<E>, op: Op<E>, ok: boolean): void;
+  /** Gives a clean shared handle back to the pool. */
+  release(handle: Handle<E>, aliveAt: number): void;
   /** Takes a session's handle out of service for good. */
   retire(handle: Handle<E>, reason: 'session-end' | 'idle-check', cause: unknown): void;
-  emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose'>(
+  emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose' | 'sessionPin' | 'sessionUnpin'>(
     type: K,
     event: GuardEvents[K],
   ): void;
@@ -93,14 +155,20 @@ function callerTimeout(error: unknown, timeout: number | undefined): unknown {
   return new LockTimeoutError(timeout, error.lockName, { waitingFor: error.waitingFor });
 }
 
-/** One call waiting in a session's queue. */
+/** One call of a session, from the caller's call to its answer. */
 class SessionCall<E> implements QueueNode<SessionCall<E>> {
   prev: SessionCall<E> | null = null;
   next: SessionCall<E> | null = null;
+  /** In the session's serial queue. */
   queued = false;
   timer: Timer | undefined = undefined;
-  readonly enqueuedAt = performance.now();
+  /** Its op, once it has one. */
+  op: Op<E> | undefined = undefined;
+  /** Takes its floating op out of the guard's queue. */
+  leave: ((reason: unknown) => void) | undefined = undefined;
+  enqueuedAt = performance.now();
   constructor(
+    readonly id: number,
     readonly session: GuardSession<E>,
     readonly kind: OpKind,
     readonly fn: SessionFn<E>,
@@ -108,6 +176,9 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
     readonly resolve: (value: unknown) => void,
     readonly reject: (reason: unknown) => void,
   ) {}
+  get label(): string | undefined {
+    return this.settings.label;
+  }
   /** Its caller's signal aborted while it waited in the session's queue. */
   handleEvent(): void {
     this.session.giveUp(this, this.settings.signal?.reason);
@@ -123,39 +194,48 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
 export class GuardSession<E> implements Session<E> {
   readonly id: number;
   readonly label: string | undefined;
+  readonly pin: SessionPin;
   readonly #host: SessionHost<E>;
   readonly #idleTimeout: number | undefined;
   readonly #restore: SessionOptions<E>['restore'];
+  /** Calls waiting to run serially, in call order. */
   readonly #queue = new WaiterQueue<SessionCall<E>>();
+  /** Floating calls not answered yet, in call order. */
+  readonly #floating = new Set<SessionCall<E>>();
   readonly #createdAt = performance.now();
-  #state: SessionState = 'new';
+  #state: SessionState;
+  /** The session's own handle: always's from its first op, on-state's while pinned. */
   #handle: Handle<E> | undefined = undefined;
+  /** What holds the pin, as last reported (on-state only). */
+  #held: readonly HeldState[] = NO_STATE;
   #generation = 0;
   #ops = 0;
   #losses = 0;
   #lastActive = this.#createdAt;
-  /** The call running now (slot, lock wait or op), settled when it ends. */
+  /** The serial call running now (slot, lock wait or op), settled when it ends. */
   #current: Promise<void> | undefined = undefined;
   /** State was lost and `restore` has not rebuilt it yet on the new handle. */
   #needsRestore = false;
-  /** The running call's op, once it has one: its caller may hear back before it let go of the handle. */
-  #op: { onEnd(listener: () => void): boolean } | undefined = undefined;
-  /** The running call's wait for a slot: `close()` ends it. */
+  /** The running serial call's op, once it has one: its caller may hear back before it let go of the handle. */
+  #op: Op<E> | undefined = undefined;
+  /** The running serial call's wait for a slot: `close()` ends it. */
   #slotWait: AbortController | undefined = undefined;
   /** `reopen()` while an op ran: drop the handle once it ends. */
   #dropAfterCurrent = false;
   #idleTimer: Timer | undefined = undefined;
-  /** Takes the current call's op out of the lock queue (close() before it started). */
+  /** Takes the current serial call's op out of the lock queue (close() before it started). */
   #leaveQueue: ((reason: unknown) => void) | undefined = undefined;
   #closing: Promise<void> | undefined = undefined;
   #closedReason: 'closed' | 'idle' | 'guard-closed' = 'closed';
 
-  constructor(id: number, host: SessionHost<E>, options: SessionOptions<E>) {
+  constructor(id: number, host: SessionHost<E>, options: SessionOptions<E>, pin: SessionPin) {
     this.id = id;
     this.#host = host;
     this.label = options.label;
+    this.pin = pin;
     this.#idleTimeout = options.idleTimeout;
     this.#restore = options.restore;
+    this.#state = this.#fresh();
     this.#armIdle();
   }
 
@@ -179,28 +259,63 @@ export class GuardSession<E> implements Session<E> {
 
   status(): SessionStatus {
     const now = performance.now();
+    let running = this.#current !== undefined;
+    let queued = this.#queue.size;
+    for (const call of this.#floating) {
+      if (call.op !== undefined && isStarted(call.op)) running = true;
+      else queued++;
+    }
+    const busy = running || this.#floating.size > 0;
     return {
       id: this.id,
       label: this.label,
       state: this.#state,
       generation: this.#generation,
       ops: this.#ops,
-      queued: this.#queue.size,
-      running: this.#current !== undefined,
+      queued,
+      running,
       ageMs: now - this.#createdAt,
-      idleMs: this.#current === undefined ? now - this.#lastActive : 0,
+      idleMs: busy ? 0 : now - this.#lastActive,
       losses: this.#losses,
-      pin: 'always',
+      pin: this.pin,
       pinned: this.#handle !== undefined,
-      heldState: NO_STATE,
+      heldState: this.#held,
     };
+  }
+
+  /**
+   * The session's calls waiting in its serial queue, for the guard's `status().queued`: each
+   * waits for the session's running op.
+   */
+  queuedCalls(now: number): {
+    id: number;
+    kind: OpKind;
+    label: string | undefined;
+    waitingMs: number;
+    waitingFor: readonly BlockingOp[];
+  }[] {
+    if (this.#queue.size === 0) return [];
+    const waitingFor = this.#blockers(now);
+    const calls = [];
+    for (let call = this.#queue.head; call !== null; call = call.next) {
+      calls.push({
+        id: call.id,
+        kind: call.kind,
+        label: call.label,
+        waitingMs: now - call.enqueuedAt,
+        waitingFor,
+      });
+    }
+    return calls;
   }
 
   reopen(): void {
     if (this.#state === 'closed') throw this.#closedError(this.#closedReason);
     if (this.#state === 'lost') {
-      this.#state = 'new';
+      this.#state = this.#fresh();
       this.#needsRestore = false;
+      // Calls queued behind the loss may float now.
+      if (this.#current === undefined) this.#next();
       return;
     }
     if (this.#handle === undefined) return;
@@ -209,6 +324,7 @@ export class GuardSession<E> implements Session<E> {
       return;
     }
     this.#dropHandle();
+    this.#next();
   }
 
   close(): Promise<void> {
@@ -231,11 +347,12 @@ export class GuardSession<E> implements Session<E> {
   lose(handle: Handle<E>, cause: unknown): void {
     if (this.#handle !== handle) return;
     this.#handle = undefined;
+    this.#held = NO_STATE;
     if (this.#state !== 'open') return;
     if (this.#dropAfterCurrent) {
       // reopen() gave this state up already: the next op starts fresh, as asked.
       this.#dropAfterCurrent = false;
-      this.#state = 'new';
+      this.#state = this.#fresh();
       this.#needsRestore = false;
       return;
     }
@@ -249,6 +366,7 @@ export class GuardSession<E> implements Session<E> {
     if (!call.queued) return;
     this.#unqueue(call);
     call.reject(reason);
+    this.#armIdle();
   }
 
   #call(kind: OpKind, fn: SessionFn<E>, options: OpOptions | undefined): Promise<unknown> {
@@ -260,20 +378,64 @@ export class GuardSession<E> implements Session<E> {
     const signal = settings.signal;
     if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise<unknown>((resolve, reject) => {
-      const call = new SessionCall(this, kind, fn, settings, resolve, reject);
-      this.#queue.push(call);
-      if (this.#current !== undefined) {
-        // Waits for the session's earlier calls; its own signal and timeout bound that too.
-        signal?.addEventListener('abort', call, { once: true });
-        if (settings.timeout !== undefined) {
-          call.timer = setTimeout(
-            () => this.giveUp(call, new LockTimeoutError(settings.timeout ?? 0, this.#host.name)),
-            settings.timeout,
-          );
-        }
+      const id = this.#host.nextOpId();
+      const call = new SessionCall(id, this, kind, fn, settings, resolve, reject);
+      this.#stopIdle();
+      if (this.#floats() && this.#queue.size === 0) {
+        this.#float(call);
+        return;
       }
+      this.#enqueue(call);
       this.#next();
     });
+  }
+
+  /** True when calls may float now: on-state, not pinned, not lost, no serial call running. */
+  #floats(): boolean {
+    return (
+      this.pin === 'on-state' &&
+      this.#handle === undefined &&
+      this.#state === 'open' &&
+      this.#current === undefined
+    );
+  }
+
+  /**
+   * Queues `call` to run serially (at the head when it was called before everything queued);
+   * its own signal and timeout bound its wait.
+   */
+  #enqueue(call: SessionCall<E>, first = false): void {
+    if (first) this.#queue.unshift(call);
+    else this.#queue.push(call);
+    const signal = call.settings.signal;
+    signal?.addEventListener('abort', call, { once: true });
+    const left = call.remaining(performance.now());
+    if (left !== undefined) {
+      call.timer = setTimeout(() => {
+        call.timer = undefined;
+        this.giveUp(
+          call,
+          new LockTimeoutError(call.settings.timeout ?? 0, this.#host.name, {
+            waitingFor: this.#blockers(performance.now()),
+          }),
+        );
+      }, left);
+    }
+  }
+
+  /** What a call in the serial queue waits for: the session's running op, once it runs. */
+  #blockers(now: number): readonly BlockingOp[] {
+    const op = this.#op;
+    if (op === undefined || !isStarted(op)) return NO_BLOCKERS;
+    return Object.freeze([
+      Object.freeze({
+        id: op.id,
+        kind: op.kind,
+        label: op.label,
+        ageMs: now - op.startedAt,
+        sessionId: this.id,
+      }),
+    ]);
   }
 
   #unqueue(call: SessionCall<E>): void {
@@ -283,17 +445,24 @@ export class GuardSession<E> implements Session<E> {
     call.timer = undefined;
   }
 
-  /** Starts the next queued call, if none runs. */
+  /** Starts what may start now: every queued call when they may float, else the next one. */
   #next(): void {
-    if (this.#current !== undefined) return;
+    if (this.#current !== undefined || this.#state === 'closed') return;
+    if (this.#floats()) {
+      for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
+        this.#unqueue(call);
+        this.#float(call);
+      }
+      this.#armIdle();
+      return;
+    }
     const call = this.#queue.head;
     if (call === null) {
       this.#armIdle();
       return;
     }
     this.#unqueue(call);
-    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
+    this.#stopIdle();
     // Running from before #start: with the handle held, fn starts in this very turn, and a
     // reopen(), close() or status() it calls must find its op running.
     let ended!: () => void;
@@ -332,8 +501,119 @@ export class GuardSession<E> implements Session<E> {
       this.#dropAfterCurrent = false;
       if (this.#state === 'open') this.#dropHandle();
     }
-    if (this.#state === 'closed') return;
     this.#next();
+  }
+
+  /** Runs `call` at once as an op of its own on a shared handle (see the module documentation). */
+  #float(call: SessionCall<E>): void {
+    this.#floating.add(call);
+    this.#ops++;
+    const settings: OpSettings = { ...call.settings, timeout: call.remaining(performance.now()) };
+    const run = this.#host.run(
+      this,
+      call,
+      call.fn,
+      settings,
+      undefined,
+      false,
+      this.#checkOf(false),
+    );
+    call.op = run.op;
+    call.leave = run.leave;
+    run.result.then(
+      (value) => {
+        this.#floatEnded(call);
+        call.resolve(value);
+      },
+      (error: unknown) => {
+        // Taken back to run serially on the pinned handle: it is not over.
+        if (error === REQUEUED) return;
+        this.#floatEnded(call);
+        call.reject(callerTimeout(error, call.settings.timeout));
+      },
+    );
+  }
+
+  #floatEnded(call: SessionCall<E>): void {
+    this.#floating.delete(call);
+    this.#lastActive = performance.now();
+    this.#armIdle();
+  }
+
+  /**
+   * Pinned now: the floating calls that have not started yet run serially on the pinned handle,
+   * in call order, ahead of anything queued since.
+   */
+  #requeueFloating(): void {
+    const waiting = [...this.#floating].filter(
+      (call) => call.op === undefined || !isStarted(call.op),
+    );
+    for (const call of waiting.reverse()) {
+      this.#floating.delete(call);
+      call.op = undefined;
+      call.leave?.(REQUEUED);
+      call.leave = undefined;
+      this.#ops--;
+      this.#enqueue(call, true);
+    }
+    this.#next();
+  }
+
+  /**
+   * After the `state` check of one of the session's ops: where its handle goes (see the module
+   * documentation). Returns the error its caller gets instead of its result, or `undefined`.
+   */
+  afterCheck(
+    op: Op<E>,
+    handle: Handle<E>,
+    answer: StateAnswer,
+    ok: boolean,
+    restoring: boolean,
+  ): unknown {
+    const held = answer.held;
+    if (handle === this.#handle) {
+      // On the pinned handle. Unknown: the state may still be there, so the pin stays.
+      if (held === undefined) return undefined;
+      if (held.length > 0) {
+        this.#held = held;
+        return undefined;
+      }
+      this.#handle = undefined;
+      this.#held = NO_STATE;
+      this.#host.unpin(handle);
+      this.#host.emit('sessionUnpin', { session: this.status() });
+      return undefined;
+    }
+    // On a shared handle: a floating op, or a restore.
+    if (held !== undefined && held.length === 0) {
+      this.#host.release(handle, performance.now());
+      if (restoring) this.#restored();
+      return undefined;
+    }
+    let reason: StateDiscardReason | 'closed' | undefined;
+    if (this.#state === 'closed') reason = 'closed';
+    else if (held === undefined) reason = 'unknown';
+    else if (this.#handle !== undefined || (this.#state === 'lost' && !restoring)) reason = 'split';
+    if (held !== undefined && reason === undefined && this.#host.pin(handle)) {
+      this.#handle = handle;
+      this.#held = held;
+      this.#generation = handle.generation;
+      if (restoring) this.#restored();
+      this.#host.emit('sessionPin', { session: this.status(), state: held });
+      this.#requeueFloating();
+      return undefined;
+    }
+    this.#host.discard(handle, op, ok);
+    if (reason === 'closed') return undefined;
+    return new SessionStateDiscardedError({
+      sessionId: this.id,
+      label: this.label,
+      discarded: held,
+      reason: reason ?? 'no-slot',
+      maxSessions: this.#host.maxSessions,
+      guardName: this.#host.name,
+      cause: answer.error,
+    });
   }
 
   async #start(call: SessionCall<E>): Promise<unknown> {
@@ -358,6 +638,11 @@ export class GuardSession<E> implements Session<E> {
       this.#host.retire(handle, 'idle-check', cause);
       this.lose(handle, cause);
       return this.#start(call);
+    }
+    if (handle === undefined && this.pin === 'on-state' && this.#restore !== undefined) {
+      // Lost, with its state to rebuild: restore and the call run on a shared handle, and the
+      // check pins the session to it (or says why it cannot).
+      return this.#restoreFloating(call, this.#restore);
     }
     if (handle === undefined) {
       // The caller's signal, or close(): either ends the wait for a slot.
@@ -392,35 +677,82 @@ export class GuardSession<E> implements Session<E> {
       if (signal?.aborted) throw signal.reason;
     }
     this.#ops++;
-    const settings: OpSettings = {
-      ...call.settings,
-      timeout: call.remaining(performance.now()),
-    };
+    const settings = this.#settingsNow(call);
+    const check = this.pin === 'on-state' ? this.#checkOf(false) : undefined;
     const restore = this.#needsRestore ? this.#restore : undefined;
     if (restore === undefined) {
-      return this.#run(call.kind, call.fn, settings, handle, false);
+      return this.#run(call, call.fn, settings, handle, false, check);
     }
+    const ownHandle = handle;
+    const restoring = this.#restoring(call, restore, () => {
+      if (this.#handle === ownHandle) this.#needsRestore = false;
+    });
+    return this.#run(call, restoring, settings, handle, true, check);
+  }
+
+  /** A lost on-state session's call: restore, then the call, on a shared handle. */
+  #restoreFloating(
+    call: SessionCall<E>,
+    restore: NonNullable<SessionOptions<E>['restore']>,
+  ): Promise<unknown> {
+    this.#ops++;
+    let rebuilt = false;
+    const restoring = this.#restoring(call, restore, () => {
+      rebuilt = true;
+    });
+    const check: AfterCheck<E> = (op, handle, answer, ok) => {
+      if (rebuilt) return this.afterCheck(op, handle, answer, ok, true);
+      // restore failed: what it made is not the session's state. Its caller gets restore's
+      // error, and the session stays lost.
+      this.#host.discard(handle, op, ok);
+      return undefined;
+    };
+    return this.#run(call, restoring, this.#settingsNow(call), undefined, true, check);
+  }
+
+  /** The state was rebuilt: the session is whole again. */
+  #restored(): void {
+    if (this.#state !== 'lost') return;
+    this.#state = 'open';
+    this.#needsRestore = false;
+  }
+
+  #checkOf(restoring: boolean): AfterCheck<E> {
+    return (op, handle, answer, ok) => this.afterCheck(op, handle, answer, ok, restoring);
+  }
+
+  #settingsNow(call: SessionCall<E>): OpSettings {
+    return { ...call.settings, timeout: call.remaining(performance.now()) };
+  }
+
+  /** `restore`, then the call's fn, as one op's fn; `rebuilt` runs once restore succeeded. */
+  #restoring(
+    call: SessionCall<E>,
+    restore: NonNullable<SessionOptions<E>['restore']>,
+    rebuilt: () => void,
+  ): SessionFn<E> {
     const fn = call.fn;
-    const restoring: SessionFn<E> = (engine, ctx) =>
+    return (engine, ctx) =>
       attempt(() => restore(engine, ctx)).then(() => {
         // Rebuilt: later ops need no restore, even if this one's fn fails.
-        if (this.#handle === handle) this.#needsRestore = false;
+        rebuilt();
         // Aborted, convicted or closed while restore ran: its caller has left, and the handle
         // may be on its way to destroy.
         if (ctx.signal.aborted) throw ctx.signal.reason;
         return fn(engine, ctx);
       });
-    return this.#run(call.kind, restoring, settings, handle, true);
   }
 
   #run(
-    kind: OpKind,
+    call: SessionCall<E>,
     fn: SessionFn<E>,
     settings: OpSettings,
-    handle: Handle<E>,
+    handle: Handle<E> | undefined,
     restored: boolean,
+    check: AfterCheck<E> | undefined,
   ): Promise<unknown> {
-    const run = this.#host.run(this, kind, fn, settings, handle, restored);
+    const run = this.#host.run(this, call, fn, settings, handle, restored, check);
+    call.op = run.op;
     this.#op = run.op;
     this.#leaveQueue = run.leave;
     return run.result;
@@ -428,19 +760,36 @@ export class GuardSession<E> implements Session<E> {
 
   #dropHandle(): void {
     const handle = this.#handle;
+    const pinned = this.pin === 'on-state' && handle !== undefined;
     this.#handle = undefined;
-    this.#state = 'new';
+    this.#held = NO_STATE;
+    this.#state = this.#fresh();
     this.#needsRestore = false;
     if (handle !== undefined) this.#host.retire(handle, 'session-end', undefined);
+    if (pinned) this.#host.emit('sessionUnpin', { session: this.status() });
   }
 
+  /** The state of a session with no handle yet: `always` takes one with its first op. */
+  #fresh(): SessionState {
+    return this.pin === 'always' ? 'new' : 'open';
+  }
+
+  #stopIdle(): void {
+    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+  }
+
+  /** Arms the idle timeout when nothing runs or waits. */
   #armIdle(): void {
     const idleTimeout = this.#idleTimeout;
     if (idleTimeout === undefined || this.#state === 'closed') return;
-    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    if (this.#current !== undefined || this.#queue.size > 0 || this.#floating.size > 0) return;
+    this.#stopIdle();
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = undefined;
-      if (this.#current === undefined && this.#queue.size === 0) this.#close('idle').catch(noop);
+      if (this.#current === undefined && this.#queue.size === 0 && this.#floating.size === 0) {
+        this.#close('idle').catch(noop);
+      }
     }, idleTimeout);
     // An idle session must not keep the process alive.
     (this.#idleTimer as { unref?: () => void }).unref?.();
@@ -450,11 +799,14 @@ export class GuardSession<E> implements Session<E> {
     if (this.#closing !== undefined) return this.#closing;
     this.#state = 'closed';
     this.#closedReason = reason;
-    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
+    this.#stopIdle();
     const error = this.#closedError(reason);
     for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
       this.giveUp(call, error);
+    }
+    // Floating calls that have not started are not started at all; running ones finish.
+    for (const call of [...this.#floating]) {
+      if (call.op === undefined || !isStarted(call.op)) call.leave?.(error);
     }
     // The current call, if it has not started its op yet, is not started at all.
     this.#slotWait?.abort(error);
@@ -463,6 +815,7 @@ export class GuardSession<E> implements Session<E> {
     this.#closing = current.then(() => {
       const handle = this.#handle;
       this.#handle = undefined;
+      this.#held = NO_STATE;
       if (handle !== undefined) this.#host.retire(handle, 'session-end', undefined);
       this.#host.forget(this);
       this.#host.emit('sessionClose', { session: this.status(), reason });
@@ -473,4 +826,10 @@ export class GuardSession<E> implements Session<E> {
   #closedError(reason: 'closed' | 'idle' | 'guard-closed'): SessionClosedError {
     return new SessionClosedError(this.id, this.label, reason);
   }
+}
+
+/** The op holds its lease and handle (or held them): it is past waiting. */
+function isStarted<E>(op: Op<E>): boolean {
+  const tag = op.state.tag;
+  return tag !== 'waiting' && tag !== 'leased' && tag !== 'left';
 }

@@ -88,6 +88,14 @@ export interface StateContext {
 }
 
 /**
+ * What a `state` check found: the state held (empty: clean), or `undefined` with the reason it
+ * is unknown. Internal to the guard (not exported by the package).
+ */
+export type StateAnswer =
+  | { readonly held: readonly HeldState[]; readonly error?: undefined }
+  | { readonly held: undefined; readonly error: unknown };
+
+/**
  * When a session takes a handle of its own:
  * - `'on-state'`: only while it holds connection state, as the guard's `state` hook reports it
  *   after each of its ops; until then (and again once the state is gone) its ops run on shared
@@ -405,6 +413,8 @@ export interface RunningOpStatus {
   probeFailures: number;
   /** `cancelling` after its caller aborted, while the engine winds it down. */
   phase: 'running' | 'cancelling';
+  /** The session it runs in, or `undefined` for a stateless op. */
+  sessionId: number | undefined;
 }
 
 /** One queued op in `status()`: waiting for a lease or for a handle. */
@@ -416,10 +426,13 @@ export interface QueuedOpStatus {
   waitingMs: number;
   /**
    * The running ops it waits for, oldest first: every running op for a write; the running
-   * write for a read; empty when it holds its lease and waits for a handle. Shared between
-   * entries of one snapshot and frozen.
+   * write for a read; empty when it holds its lease and waits for a handle; its session's
+   * running op for a call queued behind it in its session (a pinned session runs its ops one at
+   * a time). Shared between entries of one snapshot and frozen.
    */
   waitingFor: readonly BlockingOp[];
+  /** The session it was called in, or `undefined` for a stateless op. */
+  sessionId: number | undefined;
 }
 
 /** Counters since the guard was made. */
@@ -446,8 +459,19 @@ export interface GuardStatus {
   state: GuardState;
   /** Highest handle generation opened so far (0 before the first). */
   generation: number;
-  /** `total` = `busy` + `idle` (open handles in service); `connecting` and `retiring` are apart. */
-  handles: { total: number; busy: number; idle: number; connecting: number; retiring: number };
+  /**
+   * Shared handles: `total` = `busy` + `idle` (open handles in service); `connecting` and
+   * `retiring` are apart. `sessions`: handles held by sessions (pinned, or `pin: 'always'`),
+   * beside the shared ones, at most `maxSessions`.
+   */
+  handles: {
+    total: number;
+    busy: number;
+    idle: number;
+    connecting: number;
+    retiring: number;
+    sessions: number;
+  };
   running: RunningOpStatus[];
   /** Queued ops, oldest first, with what each waits for. */
   queued: QueuedOpStatus[];

@@ -29,6 +29,17 @@ export class WaiterQueue<T extends QueueNode<T>> {
     this.size++;
   }
 
+  /** Links `node` at the head (a waiter that was ahead of everyone queued now). */
+  unshift(node: T): void {
+    node.prev = null;
+    node.next = this.head;
+    if (this.head === null) this.tail = node;
+    else this.head.prev = node;
+    this.head = node;
+    node.queued = true;
+    this.size++;
+  }
+
   /** Unlinks `node`; a node that is not queued is left alone. */
   remove(node: T): void {
     if (!node.queued) return;

@@ -16,7 +16,7 @@ import {
 const LOCK_KEYS = ['name', 'maxQueue', 'maxReaders', 'fairness', 'bypassAfter'];
 const ACQUIRE_KEYS = ['signal', 'timeout', 'key'];
 
-import { FairQueue, type FairQueueMember, type WaiterGroup } from './fair-queue.js';
+import { FairQueue, type FairQueueMember, WaiterGroup } from './fair-queue.js';
 import { HeldLease, type Lease, type LockMode, type ReturnHold } from './lease.js';
 import { WriterPatience } from './patience.js';
 
@@ -236,10 +236,19 @@ export class RWLock {
     this.#abortAll(waiters, reason),
   );
   #readers = 0;
+  /**
+   * Readers that bring their own resource (an engine guard's session reads, on the session's own
+   * handle): they wait for their phase, never for `maxReaders`, and do not count toward it. Kept
+   * apart from the fair queue, in arrival order.
+   */
+  readonly #uncapped = new WaiterGroup<Waiter>('read', undefined);
+  /** Of `#readers`, those granted uncapped. */
+  #uncappedHeld = 0;
   #writing = false;
   // Per lock, not per call: how leases give their hold back and how a waiter's timer fires,
   // without a method on the class that user code could call.
-  readonly #returnHold: ReturnHold = (lease) => this.#release(lease);
+  readonly #returnHold: ReturnHold = (lease) => this.#release(lease, false);
+  readonly #returnUncapped: ReturnHold = (lease) => this.#release(lease, true);
   readonly #onTimeout = (waiter: Waiter, timeout: number): void => {
     waiter.exit = waiter.signal; // fired: nothing to clear
     this.#cancel(waiter, new LockTimeoutError(timeout, this.name));
@@ -264,7 +273,7 @@ export class RWLock {
     return {
       readers: this.#readers,
       writing: this.#writing,
-      queuedReaders: this.#queue.readers,
+      queuedReaders: this.#queue.readers + this.#uncapped.size,
       queuedWriters: this.#queue.writers.size,
       bypassing: this.#patience?.bypassing === true,
     };
@@ -281,7 +290,7 @@ export class RWLock {
   #tryRead(): HeldLease | null {
     if (
       this.#writing ||
-      this.#readers >= this.#maxReaders ||
+      this.#readers - this.#uncappedHeld >= this.#maxReaders ||
       this.#queue.readers > 0 ||
       (this.#queue.writers.size > 0 && this.#patience?.bypassing !== true)
     ) {
@@ -289,6 +298,42 @@ export class RWLock {
     }
     this.#readers++;
     return this.#granted('read', undefined);
+  }
+
+  /**
+   * @internal
+   * A shared lease for a reader that brings its own resource (a session's own engine handle):
+   * it enters with the readers' phase whatever `maxReaders` says, and does not count toward it.
+   * `null` unless it would be granted at once had it queued. Never joins.
+   */
+  tryAcquireReadUncapped(): Lease | null {
+    return this.#tryReadUncapped();
+  }
+
+  #tryReadUncapped(): HeldLease | null {
+    if (
+      this.#writing ||
+      this.#uncapped.size > 0 ||
+      (this.#queue.writers.size > 0 && this.#patience?.bypassing !== true)
+    ) {
+      return null;
+    }
+    this.#readers++;
+    this.#uncappedHeld++;
+    return this.#granted('read', undefined, true);
+  }
+
+  /**
+   * @internal
+   * Waits for an uncapped shared lease (see {@link RWLock.tryAcquireReadUncapped}): only for
+   * writers that hold the lock or queued before it, never behind readers that wait for
+   * `maxReaders`.
+   */
+  acquireReadUncapped(
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+  ): Promise<Lease> {
+    return this.#enqueue('read', signal, timeout, undefined, true);
   }
 
   /** Takes the exclusive lease if the lock is free and nobody waits, else `null`. Never joins. */
@@ -353,13 +398,18 @@ export class RWLock {
   }
 
   /** A lease gave its hold back (release or revoke). */
-  #release(lease: HeldLease): void {
+  #release(lease: HeldLease, uncapped: boolean): void {
     const mode = lease.mode;
     if (mode === 'read') {
       this.#readers--;
+      if (uncapped) this.#uncappedHeld--;
       this.#patience?.readEnded(lease.epoch);
-      // Still shared by others and not at the reader cap: nobody queued can be admitted.
-      if (this.#readers > 0 && this.#readers + 1 < this.#maxReaders) {
+      // Still shared by others, and the reader cap did not hold anyone back (an uncapped read
+      // never counted toward it): nobody queued can be admitted.
+      if (
+        this.#readers > 0 &&
+        (uncapped || this.#readers - this.#uncappedHeld + 1 < this.#maxReaders)
+      ) {
         this.#publishRelease(mode);
         return;
       }
@@ -438,32 +488,45 @@ export class RWLock {
     signal: AbortSignal | undefined,
     timeout: number | undefined,
     key: unknown,
+    uncapped = false,
   ): Promise<HeldLease> {
     if (signal?.aborted) {
       this.#publishCancel(mode, signal.reason);
       return Promise.reject(signal.reason);
     }
-    const lease = mode === 'read' ? this.#tryRead() : this.#tryWrite();
+    const lease = uncapped
+      ? this.#tryReadUncapped()
+      : mode === 'read'
+        ? this.#tryRead()
+        : this.#tryWrite();
     if (lease !== null) return Promise.resolve(lease);
     if (timeout === 0) {
       const error = new LockTimeoutError(0, this.name);
       this.#publishCancel(mode, error);
       return Promise.reject(error);
     }
-    if (this.#queue.size >= this.#maxQueue) {
+    if (this.#queue.size + this.#uncapped.size >= this.#maxQueue) {
       const error = new QueueFullError(this.#maxQueue, this.name);
       this.#publishCancel(mode, error);
       return Promise.reject(error);
     }
     const queue = this.#queue;
     return new Promise<HeldLease>((resolve, reject) => {
-      const group = mode === 'read' ? queue.groupOf(key) : queue.writers;
+      const group = uncapped
+        ? this.#uncapped
+        : mode === 'read'
+          ? queue.groupOf(key)
+          : queue.writers;
       const waiter = new Waiter(group, this.#seq++, resolve, reject);
       if (signal !== undefined) this.#signals.add(signal, waiter);
       if (timeout === undefined) waiter.exit = signal;
       else {
         const timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
         waiter.exit = signal === undefined ? timer : new SignalAndTimer(signal, timer);
+      }
+      if (uncapped) {
+        this.#uncapped.push(waiter);
+        return;
       }
       queue.push(waiter);
       // A writer alone in the queue, held by reads only: its patience starts now. (With
@@ -476,7 +539,8 @@ export class RWLock {
 
   /** Unlinks a waiter that is `granted` or gave up, with its listener and timer. */
   #dequeue(waiter: Waiter, granted: boolean): void {
-    this.#queue.remove(waiter, granted);
+    if (waiter.group === this.#uncapped) this.#uncapped.remove(waiter);
+    else this.#queue.remove(waiter, granted);
     if (this.#patience?.watched === waiter) this.#patience.end();
     const exit = waiter.exit;
     if (exit === undefined) return;
@@ -504,6 +568,28 @@ export class RWLock {
 
   /** Grants waiters in order of service for as long as they are compatible with the holders. */
   #drain(): void {
+    // Uncapped readers first: one that queued before the first writer enters before it. Again
+    // after the others: a writer that gave up may have been all that held them back.
+    this.#drainUncapped();
+    this.#drainQueue();
+    this.#drainUncapped();
+  }
+
+  /** Grants the uncapped readers whose phase it is: no writer holds, none queued before them. */
+  #drainUncapped(): void {
+    for (let reader = this.#uncapped.head; reader !== null; reader = this.#uncapped.head) {
+      if (this.#gaveUp(reader)) continue;
+      if (this.#writing) return;
+      const writer = this.#queue.writers.head;
+      if (writer !== null && writer.seq < reader.seq && this.#patience?.bypassing !== true) return;
+      this.#dequeue(reader, true);
+      this.#readers++;
+      this.#uncappedHeld++;
+      reader.resolve(this.#granted('read', reader, true));
+    }
+  }
+
+  #drainQueue(): void {
     const queue = this.#queue;
     for (;;) {
       // A group in `front` means a reader heads the queue: the readers' phase. Else the first
@@ -530,7 +616,7 @@ export class RWLock {
         group = queue.behind.head;
         if (group === null) return;
       }
-      if (this.#readers >= this.#maxReaders) return;
+      if (this.#readers - this.#uncappedHeld >= this.#maxReaders) return;
       const reader = group.head as Waiter;
       if (this.#gaveUp(reader)) continue;
       this.#dequeue(reader, true);
@@ -540,7 +626,7 @@ export class RWLock {
   }
 
   /** A lease for a newcomer (`waiter` undefined) or a waiter granted now. */
-  #granted(mode: LockMode, waiter: Waiter | undefined): HeldLease {
+  #granted(mode: LockMode, waiter: Waiter | undefined, uncapped = false): HeldLease {
     if (lockChannels.acquire.hasSubscribers) {
       const since = waiter === undefined ? undefined : enqueuedAt.get(waiter);
       lockChannels.acquire.publish({
@@ -550,7 +636,11 @@ export class RWLock {
         waitedMs: since === undefined ? 0 : performance.now() - since,
       });
     }
-    return new HeldLease(this.#returnHold, mode, this.#patience?.epoch ?? 0);
+    return new HeldLease(
+      uncapped ? this.#returnUncapped : this.#returnHold,
+      mode,
+      this.#patience?.epoch ?? 0,
+    );
   }
 
   #run<T>(

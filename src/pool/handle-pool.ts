@@ -380,6 +380,30 @@ export class HandlePool<E> {
     this.#offer(handle, aliveAt);
   }
 
+  /**
+   * Takes `handle`, busy and opened by another pool of the same guard, into this pool's service,
+   * still busy, if a slot is free. A session that pins a shared handle moves it into the
+   * sessions' pool this way, and an unpinned one moves it back. False when the pool is full or
+   * closed: the caller keeps the handle where it was.
+   */
+  tryAdopt(handle: Handle<E>): boolean {
+    if (this.#closed || handle.state !== 'busy' || this.#inService() >= this.settings.size) {
+      return false;
+    }
+    this.#busy++;
+    return true;
+  }
+
+  /**
+   * `handle`, busy, leaves this pool's service without being destroyed: another pool adopted
+   * it (see {@link HandlePool.tryAdopt}). Its slot is free at once, for a waiter too.
+   */
+  detach(handle: Handle<E>): void {
+    if (handle.state !== 'busy') return;
+    this.#busy--;
+    this.#pump();
+  }
+
   #offer(handle: Handle<E>, aliveAt: number = performance.now()): void {
     if (this.#closed) {
       this.#destroy(handle, new GuardClosedError(this.settings.name));
