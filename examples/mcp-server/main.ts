@@ -8,13 +8,15 @@
  * Shuts down cleanly, closing the guard, within SHUTDOWN_BOUND_MS: on SIGINT, SIGTERM, (stdio)
  * when stdin closes, and when the process that started it exits. The last one matters for
  * `npm run mcp`: npm passes a SIGTERM to the shell it started, the shell dies without passing
- * it on, and the server would be left running (and listening) on its own.
+ * it on, and a SIGKILL of npm leaves the shell waiting: either way the server would be left
+ * running (and listening) on its own (see lifeline.ts).
  */
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { createApp } from './app.js';
 import { type CliOptions, parseCli, USAGE, UsageError } from './cli.js';
 import type { Engine } from './engine.js';
 import { startHttp } from './http.js';
+import { watchStarters } from './lifeline.js';
 import { createLogger } from './log.js';
 import { createMcpServer } from './server.js';
 
@@ -97,12 +99,9 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-// The parent exited (we were re-parented): nobody is left to stop us, so stop.
-const parentPid = process.ppid;
-const parentWatch = setInterval(() => {
-  if (process.ppid !== parentPid) void shutdown('parent process exited');
-}, 500);
-parentWatch.unref();
+// The process that started us exited (npm, through the shell it runs scripts in): nobody is
+// left to stop us, so stop.
+watchStarters((why) => void shutdown(why));
 
 const settings = {
   pid: process.pid,
