@@ -30,6 +30,11 @@ export interface App<H> {
   readonly settings: AppSettings;
   readonly log: Logger;
   readonly faults: DemoFaults<H> | undefined;
+  /**
+   * The engine adapter reports the state a call leaves (its guard options have a `state` hook):
+   * client sessions hold a connection only while they keep state (see client-session.ts).
+   */
+  readonly pinsOnState: boolean;
   readonly startedAt: number;
   /** Closes the guard (aborting running ops, destroying handles), then the engine. Idempotent. */
   close(): Promise<void>;
@@ -80,6 +85,19 @@ export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logg
       generation: session.generation,
     }),
   );
+  guard.on('sessionPin', ({ session, state }) =>
+    log.info('session keeps state: its calls run on its own connection', {
+      session: session.id,
+      label: session.label,
+      state: state.map((entry) => `${entry.kind} ${entry.name}`).join(', '),
+    }),
+  );
+  guard.on('sessionUnpin', ({ session }) =>
+    log.info('session state gone: its calls run side by side again', {
+      session: session.id,
+      label: session.label,
+    }),
+  );
   guard.on('sessionLost', ({ session, cause }) =>
     log.warn('session lost its connection and the state it held', {
       session: session.id,
@@ -105,6 +123,7 @@ export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logg
     settings,
     log,
     faults,
+    pinsOnState: base.state !== undefined,
     startedAt: Date.now(),
     close() {
       closing ??= (async () => {

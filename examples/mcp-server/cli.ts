@@ -15,7 +15,10 @@ export interface CliOptions {
   token: string | undefined;
   /** Engine handles (connections) shared by calls outside a client session; default per engine (see USAGE). */
   pool: number | undefined;
-  /** Most client sessions holding a connection at once; 0: no sessions. Default per engine (see USAGE). */
+  /**
+   * Most client sessions keeping connection state (a connection of their own) at once; 0: no
+   * client keeps state between calls. Default per engine (see USAGE).
+   */
   maxSessions: number | undefined;
   /** A client session with no call for this long is closed (its connection too), ms. */
   sessionIdleTimeout: number;
@@ -52,14 +55,16 @@ Usage: npm run --silent mcp -- [flags]
 Engine (embedded DuckDB with a generated sample data set unless --pg is given):
   --pg <url>                   PostgreSQL or any PostgreSQL-wire server (e.g. HyperDB's hyperd),
                                e.g. postgresql://user@127.0.0.1:5432/db
-  --pool <n>                   engine handles (connections) shared by calls outside a client
-                               session: the status facts, and every call with --max-sessions 0
+  --pool <n>                   engine handles (connections) shared by every call that keeps no
+                               connection state
                                [default 3 for DuckDB (below libuv's 4 threads), 4 for --pg]
 
-Sessions (each MCP client gets a connection of its own; see README "Sessions"):
-  --max-sessions <n>           clients holding a connection at once; one more waits up to
-                               --acquire-timeout, then gets an error. 0: no sessions, every call
-                               runs on a shared connection and keeps no state between calls
+Sessions (each MCP client has one; see README "Sessions"): a client's calls run side by side on
+shared connections until one leaves connection state (a temporary table, a SET...); the client
+then keeps that connection, and its calls run there one at a time, until it drops the state.
+  --max-sessions <n>           clients keeping state (a connection of their own) at once,
+                               beside --pool; a call that leaves state when all are taken is
+                               told its state was discarded. 0: no client keeps state
                                [default 3 for DuckDB (below libuv's 4 threads), 10 for --pg]
   --session-idle-timeout <ms>  close a client's session after this long without a call
                                (its temporary tables and settings go with it)  [default ${DEFAULT_SESSION_IDLE_TIMEOUT}]
@@ -74,7 +79,9 @@ Liveness (a silent op is convicted after <failures> failed probes, one every <in
 Results:
   --max-rows <n>               default and largest row count of one query         [default 1000]
   --max-result-bytes <n>       largest serialized query result                    [default 1000000]
-  --progress-interval <ms>     progress notification period while a query runs    [default 250]
+  --progress-interval <ms>     progress notification period while a call waits or runs,
+                               at most 5000 (clients reset their request timeout on progress:
+                               see README "Long calls")                            [default 250]
 
 Transport (stdio unless --http is given):
   --http <port>                serve Streamable HTTP on http://127.0.0.1:<port>/mcp (0: any free port)
@@ -85,7 +92,13 @@ Transport (stdio unless --http is given):
   -h, --help                   show this help
 `;
 
-function integer(name: string, raw: string | undefined, fallback: number, min: number): number {
+function integer(
+  name: string,
+  raw: string | undefined,
+  fallback: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw.trim())) {
     throw new UsageError(`--${name} must be a whole number, got "${raw}"`);
@@ -94,6 +107,7 @@ function integer(name: string, raw: string | undefined, fallback: number, min: n
   if (!Number.isSafeInteger(value) || value < min) {
     throw new UsageError(`--${name} must be at least ${min}, got ${raw}`);
   }
+  if (value > max) throw new UsageError(`--${name} must be at most ${max}, got ${raw}`);
   return value;
 }
 
@@ -186,7 +200,9 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     connectTimeout: integer('connect-timeout', str('connect-timeout'), 10_000, 1),
     maxRows: integer('max-rows', str('max-rows'), 1000, 1),
     maxResultBytes: integer('max-result-bytes', str('max-result-bytes'), 1_000_000, 1024),
-    progressInterval: integer('progress-interval', str('progress-interval'), 250, 10),
+    // Progress at least every 5 s: a client that resets its request timeout on progress (the
+    // TypeScript SDK's resetTimeoutOnProgress) then outlives any default timeout it might use.
+    progressInterval: integer('progress-interval', str('progress-interval'), 250, 10, 5_000),
     logLevel,
     demoFaults: values['demo-faults'] === true,
     help: values.help === true,

@@ -1,14 +1,20 @@
 /**
- * One MCP client's engine session: every tool call of the client runs on a connection of its
- * own (`guard.session()`), so its temporary tables, `SET`s, prepared statements and advisory
- * locks are its own, the same in every call, and reach no other client.
+ * One MCP client's engine session (`guard.session()`): its temporary tables, `SET`s, prepared
+ * statements and advisory locks are its own, the same in every call, and reach no other client.
+ *
+ * The session pins on state (when the engine adapter reports state, as both of ours do): the
+ * client's calls run side by side on shared connections, and only once a call leaves state does
+ * the session keep that connection, running the client's calls there one at a time until the
+ * state is gone. A client that holds no state holds no connection, so one that vanishes without
+ * saying goodbye costs nothing.
  *
  * The session is opened by the client's first call and closed with its MCP session (or by the
  * guard after `--session-idle-timeout` without a call). Losing its state is never silent:
  * - its connection died (stall, fatal error): the call that finds out gets a tool error saying
  *   so, and the session is reopened, so the client's next call runs on a fresh connection;
- * - it expired while idle: the client's next call runs in a new session, and its result starts
- *   with a note saying the old state is gone.
+ * - it expired while idle holding state: the client's next call runs in a new session, and its
+ *   result starts with a note saying the old state is gone;
+ * - a call left state that could not be kept (no free connection): that call says so.
  */
 import {
   type EngineGuard,
@@ -41,6 +47,8 @@ export class ClientSession<H> {
   readonly #idleTimeout: number;
   readonly #label: () => string;
   #session: Session<H> | undefined = undefined;
+  /** The state the session held after its last call: an expiry loses it, and the client is told. */
+  #held: SessionStatus['heldState'] = [];
   #closed = false;
 
   /** `label` is read when a session opens: the client's name is known only after `initialize`. */
@@ -72,16 +80,26 @@ export class ClientSession<H> {
     let expired: SessionStatus | undefined;
     let session = this.#session;
     if (session?.status().state === 'closed' && !this.#closed) {
-      // Closed by the guard, not by us: its idle timeout passed.
-      expired = session.status();
+      // Closed by the guard, not by us: its idle timeout passed. Only a session that kept state
+      // (or a pin: 'always' one, whose connection held whatever it made) lost something.
+      const status = session.status();
+      if (this.#held.length > 0 || status.pin === 'always') expired = status;
       session = undefined;
+      this.#held = [];
     }
     if (session === undefined) {
       const label = this.#label().slice(0, MAX_LABEL);
       session = this.#guard.session({ label, idleTimeout: this.#idleTimeout });
       this.#session = session;
     }
-    const result = kind === 'read' ? session.read(fn, options) : session.write(fn, options);
+    const opened = session;
+    const result = kind === 'read' ? opened.read(fn, options) : opened.write(fn, options);
+    const remember = (): void => {
+      if (this.#session === opened && opened.status().state !== 'closed') {
+        this.#held = opened.status().heldState;
+      }
+    };
+    result.then(remember, remember);
     return { result, expired };
   }
 

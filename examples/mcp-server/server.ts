@@ -3,10 +3,12 @@
  * one `EngineGuard`). Each tool is a file of its own under `tools/`, to read or copy alone.
  *
  * How the tools map to the library:
- * - Each MCP client has its own engine session (`guard.session()`, see client-session.ts): its
- *   tool calls run on its own connection, one at a time in call order, so what it creates
- *   (temporary tables, `SET`s, prepared statements, advisory locks) is its own and the same in
- *   every call. With `--max-sessions 0`, calls run stateless on the shared pool instead.
+ * - Each MCP client has its own engine session (`guard.session()`, see client-session.ts) that
+ *   pins on state: its calls run side by side on shared connections until one leaves connection
+ *   state (a temporary table, a `SET`, a prepared statement, an advisory lock); from then on the
+ *   client's calls run on that connection, one at a time, so its state is its own and the same
+ *   in every call, until it drops the state. With `--max-sessions 0`, no client may keep state:
+ *   a call that leaves some is told it was discarded.
  * - `status`     → `guard.status()` + a `guard.cache()` snapshot: synchronous, no lock, no engine
  *   (tools/status.ts).
  * - `query`      → `session.read()`: beside other clients' reads; read-only by the engine
@@ -37,7 +39,8 @@ export const SERVER_VERSION = '0.1.0';
 
 /**
  * An McpServer with the tools, on the shared app. One per MCP session (HTTP) or one for stdio;
- * each has its own engine session (unless `maxSessions` is 0), closed when the McpServer closes.
+ * each has its own engine session (unless `maxSessions` is 0 and the engine cannot report state),
+ * closed when the McpServer closes.
  */
 export function createMcpServer<H>(app: App<H>): McpServer {
   const { guard, engine, settings, log } = app;
@@ -50,16 +53,17 @@ export function createMcpServer<H>(app: App<H>): McpServer {
         'describe_table to explore, query for read-only SQL (one statement), execute for ' +
         'DDL/DML, and status for a health check that never waits on the engine.' +
         (settings.maxSessions === 0
-          ? ''
-          : ' Your calls run in a session of your own, one at a time in the order sent: ' +
-            'temporary tables and settings you create last across your calls and are seen by ' +
-            'no other client, until you disconnect or stay idle for ' +
+          ? ' Connection state (temporary tables, SET) does not last between calls.'
+          : ' Your calls run side by side. Temporary tables and settings you create last ' +
+            'across your calls and are seen by no other client; while you keep such state, ' +
+            'your calls run one at a time on its connection (drop it to run side by side ' +
+            'again), until you disconnect or stay idle for ' +
             `${Math.round(settings.sessionIdleTimeout / 1000)} s.`),
     },
   );
 
   const client =
-    settings.maxSessions === 0
+    settings.maxSessions === 0 && !app.pinsOnState
       ? undefined
       : new ClientSession(guard, settings.sessionIdleTimeout, () => {
           const name = server.server.getClientVersion()?.name ?? 'client';

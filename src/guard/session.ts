@@ -220,6 +220,8 @@ export class GuardSession<E> implements Session<E> {
   #op: Op<E> | undefined = undefined;
   /** The running serial call's wait for a slot: `close()` ends it. */
   #slotWait: AbortController | undefined = undefined;
+  /** The serial call waiting for a slot, while it does. */
+  #slotCall: SessionCall<E> | undefined = undefined;
   /** `reopen()` while an op ran: drop the handle once it ends. */
   #dropAfterCurrent = false;
   #idleTimer: Timer | undefined = undefined;
@@ -284,8 +286,9 @@ export class GuardSession<E> implements Session<E> {
   }
 
   /**
-   * The session's calls waiting in its serial queue, for the guard's `status().queued`: each
-   * waits for the session's running op.
+   * The session's calls that wait in the session itself, for the guard's `status().queued`: the
+   * one waiting for a slot (a `pin: 'always'` session's first op: it waits for no op), then
+   * those in its serial queue, each waiting for the session's running op.
    */
   queuedCalls(now: number): {
     id: number;
@@ -294,17 +297,13 @@ export class GuardSession<E> implements Session<E> {
     waitingMs: number;
     waitingFor: readonly BlockingOp[];
   }[] {
-    if (this.#queue.size === 0) return [];
-    const waitingFor = this.#blockers(now);
     const calls = [];
+    const slotCall = this.#slotCall;
+    if (slotCall !== undefined) calls.push(waitingCall(slotCall, now, NO_BLOCKERS));
+    if (this.#queue.size === 0) return calls;
+    const waitingFor = this.#blockers(now);
     for (let call = this.#queue.head; call !== null; call = call.next) {
-      calls.push({
-        id: call.id,
-        kind: call.kind,
-        label: call.label,
-        waitingMs: now - call.enqueuedAt,
-        waitingFor,
-      });
+      calls.push(waitingCall(call, now, waitingFor));
     }
     return calls;
   }
@@ -650,6 +649,7 @@ export class GuardSession<E> implements Session<E> {
       const follow = (): void => slotWait.abort(signal?.reason);
       signal?.addEventListener('abort', follow, { once: true });
       this.#slotWait = slotWait;
+      this.#slotCall = call;
       try {
         handle = await this.#host.acquire(
           slotWait.signal,
@@ -659,6 +659,7 @@ export class GuardSession<E> implements Session<E> {
       } finally {
         signal?.removeEventListener('abort', follow);
         this.#slotWait = undefined;
+        this.#slotCall = undefined;
       }
       // Closed while it waited for a slot.
       if (this.state === 'closed') {
@@ -826,6 +827,16 @@ export class GuardSession<E> implements Session<E> {
   #closedError(reason: 'closed' | 'idle' | 'guard-closed'): SessionClosedError {
     return new SessionClosedError(this.id, this.label, reason);
   }
+}
+
+function waitingCall<E>(call: SessionCall<E>, now: number, waitingFor: readonly BlockingOp[]) {
+  return {
+    id: call.id,
+    kind: call.kind,
+    label: call.label,
+    waitingMs: now - call.enqueuedAt,
+    waitingFor,
+  };
 }
 
 /** The op holds its lease and handle (or held them): it is past waiting. */

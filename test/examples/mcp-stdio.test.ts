@@ -106,7 +106,7 @@ describe('example MCP server over stdio (DuckDB)', () => {
     const raw = await call('status', {});
     const firstLine = text(raw).split('\n')[0] ?? '';
     expect(firstLine).toMatch(
-      /^(ready|idle): \d+ connections? \(\d+ busy\), \d+ running, \d+ queued, \d+ stalls, 0 sessions, 3 tables; answered in/,
+      /^(ready|idle): \d+ shared connections? \(\d+ busy\) \+ \d+ held by sessions, \d+ running, \d+ queued, \d+ stalls?, 0 sessions \(0 pinned, max \d+\), 3 tables; answered in/,
     );
   });
 

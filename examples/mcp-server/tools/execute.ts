@@ -4,10 +4,8 @@
  */
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
-import { newProgress } from '../engine.js';
 import type { ToolContext } from './guarded.js';
-import { startProgress } from './progress.js';
-import { describeBlockers, formatAge, ok, uniqueLabel } from './text.js';
+import { ok, opLabel } from './text.js';
 
 const executeOutput = {
   statements: z.number().int(),
@@ -16,7 +14,7 @@ const executeOutput = {
 };
 
 export function registerExecuteTool<H>(server: McpServer, { app, guarded }: ToolContext<H>): void {
-  const { guard, engine, facts, settings } = app;
+  const { engine, facts } = app;
   server.registerTool(
     'execute',
     {
@@ -30,42 +28,24 @@ export function registerExecuteTool<H>(server: McpServer, { app, guarded }: Tool
       outputSchema: executeOutput,
       annotations: { readOnlyHint: false, destructiveHint: true, openWorldHint: false },
     },
-    async ({ sql }, extra) => {
-      const progress = newProgress();
-      // A write waits for the running queries; until it starts, progress says which ones.
-      const myLabel = uniqueLabel('execute', sql);
-      let started = false;
-      const waiting = (): string | undefined => {
-        if (started) return undefined;
-        const me = guard.status().queued.find((op) => op.label === myLabel);
-        if (me === undefined || me.waitingFor.length === 0) return undefined;
-        return `waiting ${formatAge(me.waitingMs)} for ${describeBlockers(me.waitingFor)}`;
-      };
-      const stopProgress = startProgress(extra, settings.progressInterval, progress, waiting);
-      try {
-        return await guarded({
-          tool: 'execute',
-          kind: 'write',
-          extra,
-          label: myLabel,
-          run: (handle, ctx) => {
-            started = true;
-            return engine.execute(handle, ctx, sql);
-          },
-          done: (out, elapsedMs) => {
-            // The catalog may have changed: refresh the cached facts in the background.
-            facts.refresh().catch(() => {});
-            return ok(
-              { ...out, elapsedMs },
-              `OK: ${out.statements} statement${out.statements === 1 ? '' : 's'} committed` +
-                (out.rowsAffected === null ? '' : `, ${out.rowsAffected} rows affected`) +
-                ` in ${elapsedMs} ms.`,
-            );
-          },
-        });
-      } finally {
-        stopProgress();
-      }
-    },
+    async ({ sql }, extra) =>
+      guarded({
+        tool: 'execute',
+        kind: 'write',
+        extra,
+        // A write waits for the running calls: its progress says which ones.
+        label: opLabel('execute', sql),
+        run: (handle, ctx) => engine.execute(handle, ctx, sql),
+        done: (out, elapsedMs) => {
+          // The catalog may have changed: refresh the cached facts in the background.
+          facts.refresh().catch(() => {});
+          return ok(
+            { ...out, elapsedMs },
+            `OK: ${out.statements} statement${out.statements === 1 ? '' : 's'} committed` +
+              (out.rowsAffected === null ? '' : `, ${out.rowsAffected} rows affected`) +
+              ` in ${elapsedMs} ms.`,
+          );
+        },
+      }),
   );
 }

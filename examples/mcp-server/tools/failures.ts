@@ -9,10 +9,11 @@ import type {
   EngineUnavailableError,
   LockTimeoutError,
   SessionLimitError,
+  SessionStateDiscardedError,
 } from 'engine-guard';
 import type { App } from '../app.js';
 import { InputError } from '../engine.js';
-import { describeBlockers, formatAge, messageOf, toolError } from './text.js';
+import { describeBlockers, describeState, formatAge, messageOf, toolError } from './text.js';
 
 function isAbort(error: unknown, signal: AbortSignal): boolean {
   return signal.aborted && (error === signal.reason || (error as Error)?.name === 'AbortError');
@@ -55,6 +56,15 @@ export function toolFailure<H>(
     }
     case 'ERR_LOCK_TIMEOUT': {
       const timedOut = error as LockTimeoutError;
+      if (timedOut.waitingFor.some((op) => op.sessionId !== undefined)) {
+        return toolError(
+          `Busy: ${tool} waited ${timedOut.timeout} ms for your own other call ` +
+            `${describeBlockers(timedOut.waitingFor)} and gave up. Your session holds ` +
+            'connection state (temporary tables, settings...), so your calls run one at a time ' +
+            'on its connection: drop that state (and RESET what you SET) to run calls side by ' +
+            'side again.',
+        );
+      }
       if (timedOut.waitingFor.length > 0) {
         return toolError(
           `Engine busy: ${tool} waited ${timedOut.timeout} ms for ` +
@@ -80,6 +90,25 @@ export function toolFailure<H>(
           `so ${tool} did not run. Try again later: a session is freed when its client ` +
           `disconnects or after ${formatAge(settings.sessionIdleTimeout)} without a call ` +
           '(--session-idle-timeout). The status tool lists the sessions.',
+      );
+    }
+    case 'ERR_SESSION_STATE_DISCARDED': {
+      const discarded = error as SessionStateDiscardedError;
+      const what =
+        discarded.discarded === undefined
+          ? 'the connection state it left'
+          : describeState(discarded.discarded);
+      const why =
+        discarded.reason === 'no-slot'
+          ? `all ${settings.maxSessions} connections that may keep a client's state are ` +
+            'taken by other clients (--max-sessions)'
+          : discarded.reason === 'split'
+            ? 'your session already keeps state on another connection (made by a call that ran ' +
+              'at the same time): send calls that make state one at a time'
+            : `it could not be checked (${messageOf(discarded.cause)})`;
+      return toolError(
+        `${tool} ran, and what it committed stays committed, but ${what} could not be kept ` +
+          `for your later calls and was discarded: ${why}.`,
       );
     }
     case 'ERR_SESSION_LOST':

@@ -1,7 +1,7 @@
 /**
  * One tool call as one guarded op: in the client's session (or stateless with
- * `--max-sessions 0`), with the outcome logged, failures turned into tool errors, and the client
- * told when its session's state went away.
+ * `--max-sessions 0`), with progress notifications while it waits or runs, the outcome logged,
+ * failures turned into tool errors, and the client told when its session's state went away.
  */
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import type {
@@ -9,11 +9,22 @@ import type {
   ServerNotification,
   ServerRequest,
 } from '@modelcontextprotocol/sdk/types.js';
-import type { OpContext, SessionStatus } from 'engine-guard';
+import type { EngineGuard, OpContext, SessionStatus } from 'engine-guard';
 import type { App } from '../app.js';
 import type { ClientSession, SessionNews } from '../client-session.js';
+import { newProgress, type QueryProgress } from '../engine.js';
 import { toolFailure } from './failures.js';
-import { formatAge, messageOf, textOf, toolError, withNote } from './text.js';
+import { startProgress } from './progress.js';
+import {
+  describeBlockers,
+  describeState,
+  formatAge,
+  messageOf,
+  textOf,
+  toolError,
+  uniqueLabel,
+  withNote,
+} from './text.js';
 
 /** What the SDK hands a tool's callback beside its arguments (cancel signal, progress token). */
 export type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -23,8 +34,10 @@ export interface GuardedCall<H, T> {
   tool: string;
   kind: 'read' | 'write';
   extra: Extra;
-  /** Shown in `status()` and logs; defaults to the tool's name. */
+  /** Shown in `status()` and logs (made unique per call); defaults to the tool's name. */
   label?: string;
+  /** What the engine reports while the call runs (rows, estimate), for its progress messages. */
+  progress?: QueryProgress;
   run: (handle: H, ctx: OpContext) => Promise<T>;
   /** Builds the tool result from the op's value. */
   done: (value: T, elapsedMs: number) => CallToolResult;
@@ -67,13 +80,50 @@ function expiredNote(expired: SessionStatus | undefined, idleTimeout: number): s
   );
 }
 
+/**
+ * While the call labelled `label` waits, what it waits for (from `guard.status()`, which never
+ * waits); `undefined` once it runs. A call queued in the client's own pinned session is told why
+ * it waits for the client's other call: the connection state that pins the session.
+ */
+function waitingText<H>(
+  guard: EngineGuard<H>,
+  label: string,
+  sessionId: number | undefined,
+): string | undefined {
+  const status = guard.status();
+  const me = status.queued.find((op) => op.label === label);
+  if (me === undefined) return undefined;
+  const waited = `waiting ${formatAge(me.waitingMs)}`;
+  const own = me.sessionId !== undefined && me.sessionId === sessionId;
+  const session = own ? status.sessions.find((s) => s.id === sessionId) : undefined;
+  if (session?.pinned === true && me.waitingFor.some((op) => op.sessionId === sessionId)) {
+    return (
+      `${waited} for your other call ${describeBlockers(me.waitingFor)}: your session holds ` +
+      `${describeState(session.heldState)} on its connection, so your calls run there one at ` +
+      'a time. Drop it (and RESET what you SET) to run calls side by side again.'
+    );
+  }
+  if (me.waitingFor.length > 0) return `${waited} for ${describeBlockers(me.waitingFor)}`;
+  return `${waited} for a free engine connection`;
+}
+
 /** The runner of guarded calls for one MCP server, in `client`'s session when there is one. */
 export function guardedRunner<H>(app: App<H>, client: ClientSession<H> | undefined): Guarded<H> {
   const { guard, settings, log } = app;
   return async <T>(call: GuardedCall<H, T>): Promise<CallToolResult> => {
     const { tool, kind, extra, run, done } = call;
     const started = performance.now();
-    const options = { signal: extra.signal, label: call.label ?? tool };
+    // Unique, so a waiting call finds itself in `guard.status().queued`.
+    const label = uniqueLabel(call.label ?? tool);
+    const options = { signal: extra.signal, label };
+    // Every call that outlasts a progress period says how it is doing, waiting or running:
+    // clients reset their request timeout on progress (see the README).
+    const stopProgress = startProgress(
+      extra,
+      settings.progressInterval,
+      call.progress ?? newProgress(),
+      () => waitingText(guard, label, client?.id),
+    );
     let expired: SessionStatus | undefined;
     try {
       let value: T;
@@ -99,6 +149,8 @@ export function guardedRunner<H>(app: App<H>, client: ClientSession<H> | undefin
         session: news?.kind,
       });
       return withNote(result, expiredNote(expired, settings.sessionIdleTimeout));
+    } finally {
+      stopProgress();
     }
   };
 }

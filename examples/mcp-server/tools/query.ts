@@ -7,7 +7,6 @@ import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { newProgress } from '../engine.js';
 import type { ToolContext } from './guarded.js';
-import { startProgress } from './progress.js';
 import { ok, opLabel, toolError } from './text.js';
 
 const queryOutput = {
@@ -57,49 +56,45 @@ export function registerQueryTool<H>(server: McpServer, { app, guarded }: ToolCo
     async ({ sql, max_rows }, extra) => {
       const maxRows = max_rows ?? settings.maxRows;
       const progress = newProgress();
-      const stopProgress = startProgress(extra, settings.progressInterval, progress);
-      try {
-        return await guarded({
-          tool: 'query',
-          kind: 'read',
-          extra,
-          label: opLabel('query', sql),
-          run: (handle, ctx) => engine.query(handle, ctx, sql, { maxRows, progress }),
-          done: (out, elapsedMs) => {
-            let rows = out.rows;
-            let truncatedBy: 'max_rows' | 'max_result_bytes' | null = out.truncated
-              ? 'max_rows'
-              : null;
-            const fit = fitRows(rows, settings.maxResultBytes);
-            if (fit < rows.length) {
-              if (fit === 0) {
-                return toolError(
-                  `Result too large: a single row is over the ${settings.maxResultBytes}-byte ` +
-                    'limit of one result. Select fewer or shorter columns (e.g. left(col, 200)).',
-                );
-              }
-              rows = rows.slice(0, fit);
-              truncatedBy = 'max_result_bytes';
+      return guarded({
+        tool: 'query',
+        kind: 'read',
+        extra,
+        label: opLabel('query', sql),
+        progress,
+        run: (handle, ctx) => engine.query(handle, ctx, sql, { maxRows, progress }),
+        done: (out, elapsedMs) => {
+          let rows = out.rows;
+          let truncatedBy: 'max_rows' | 'max_result_bytes' | null = out.truncated
+            ? 'max_rows'
+            : null;
+          const fit = fitRows(rows, settings.maxResultBytes);
+          if (fit < rows.length) {
+            if (fit === 0) {
+              return toolError(
+                `Result too large: a single row is over the ${settings.maxResultBytes}-byte ` +
+                  'limit of one result. Select fewer or shorter columns (e.g. left(col, 200)).',
+              );
             }
-            const structured = {
-              columns: out.columns,
-              rows,
-              rowCount: rows.length,
-              truncated: truncatedBy !== null,
-              truncatedBy,
-              elapsedMs,
-            };
-            const summary =
-              truncatedBy === null
-                ? `${rows.length} row${rows.length === 1 ? '' : 's'} in ${elapsedMs} ms.`
-                : `${rows.length} rows in ${elapsedMs} ms; TRUNCATED: the result has more rows ` +
-                  `(limit: ${truncatedBy === 'max_rows' ? `${maxRows} rows` : `${settings.maxResultBytes} bytes`}).`;
-            return ok(structured, summary);
-          },
-        });
-      } finally {
-        stopProgress();
-      }
+            rows = rows.slice(0, fit);
+            truncatedBy = 'max_result_bytes';
+          }
+          const structured = {
+            columns: out.columns,
+            rows,
+            rowCount: rows.length,
+            truncated: truncatedBy !== null,
+            truncatedBy,
+            elapsedMs,
+          };
+          const summary =
+            truncatedBy === null
+              ? `${rows.length} row${rows.length === 1 ? '' : 's'} in ${elapsedMs} ms.`
+              : `${rows.length} rows in ${elapsedMs} ms; TRUNCATED: the result has more rows ` +
+                `(limit: ${truncatedBy === 'max_rows' ? `${maxRows} rows` : `${settings.maxResultBytes} bytes`}).`;
+          return ok(structured, summary);
+        },
+      });
     },
   );
 }

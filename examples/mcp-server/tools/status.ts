@@ -16,6 +16,8 @@ const opShape = z.object({
   sinceHeartbeatMs: z.number(),
   probeFailures: z.number(),
   phase: z.enum(['running', 'cancelling']),
+  /** The client session it runs in; null outside one. */
+  session: z.number().nullable(),
 });
 
 const statusOutput = {
@@ -40,6 +42,8 @@ const statusOutput = {
       idle: z.number(),
       connecting: z.number(),
       retiring: z.number(),
+      /** Connections held by client sessions that keep state on them (pinned), beside the shared ones. */
+      sessions: z.number(),
     }),
     running: z.array(opShape),
     queue: z.object({ readers: z.number(), writers: z.number(), forHandle: z.number() }),
@@ -50,12 +54,15 @@ const statusOutput = {
         kind: z.enum(['read', 'write']),
         label: z.string().nullable(),
         waitingMs: z.number(),
+        /** The client session it was called in; null outside one. */
+        session: z.number().nullable(),
         waitingFor: z.array(
           z.object({
             id: z.number(),
             kind: z.enum(['read', 'write']),
             label: z.string().nullable(),
             ageMs: z.number(),
+            session: z.number().nullable(),
           }),
         ),
       }),
@@ -64,9 +71,15 @@ const statusOutput = {
     lastError: z.object({ message: z.string(), ageMs: z.number() }).nullable(),
     counters: z.record(z.string(), z.number()),
   }),
-  /** The client sessions (one per MCP client that made a call), oldest first. */
+  /**
+   * The client sessions (one per MCP client that made a call), oldest first. A session holds a
+   * connection of its own (is pinned) only while it keeps connection state there.
+   */
   sessions: z.object({
+    /** Most sessions pinned at once (--max-sessions). */
     max: z.number(),
+    /** Sessions pinned now. */
+    pinned: z.number(),
     idleTimeoutMs: z.number(),
     /** Id of the calling client's own session; null before its first call or without sessions. */
     yours: z.number().nullable(),
@@ -81,6 +94,9 @@ const statusOutput = {
         queued: z.number(),
         running: z.boolean(),
         losses: z.number(),
+        pinned: z.boolean(),
+        /** What keeps it pinned: its temporary tables, settings... */
+        heldState: z.array(z.object({ kind: z.string(), name: z.string() })),
       }),
     ),
   }),
@@ -135,6 +151,7 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
             sinceHeartbeatMs: Math.round(op.sinceHeartbeatMs),
             probeFailures: op.probeFailures,
             phase: op.phase,
+            session: op.sessionId ?? null,
           })),
           queue: s.queue,
           queued: s.queued.map((op) => ({
@@ -142,11 +159,13 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
             kind: op.kind,
             label: op.label ?? null,
             waitingMs: Math.round(op.waitingMs),
+            session: op.sessionId ?? null,
             waitingFor: op.waitingFor.map((b) => ({
               id: b.id,
               kind: b.kind,
               label: b.label ?? null,
               ageMs: Math.round(b.ageMs),
+              session: b.sessionId ?? null,
             })),
           })),
           lastProbe:
@@ -165,6 +184,7 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
         },
         sessions: {
           max: settings.maxSessions,
+          pinned: s.sessions.filter((session) => session.pinned).length,
           idleTimeoutMs: settings.sessionIdleTimeout,
           yours: client?.id ?? null,
           list: s.sessions.map((session) => ({
@@ -177,6 +197,8 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
             queued: session.queued,
             running: session.running,
             losses: session.losses,
+            pinned: session.pinned,
+            heldState: session.heldState.map(({ kind, name }) => ({ kind, name })),
           })),
         },
         liveness: { ...settings.liveness },
@@ -184,11 +206,16 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
         answeredInMs: Math.round((performance.now() - t0) * 1000) / 1000,
       };
       const facts1 = f.value === undefined ? 'facts pending' : `${f.value.tables} tables`;
+      const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+      // Calls waiting in the lock or for a connection, and calls waiting in their own session.
+      const queued = s.queued.length;
+      const inSessions = s.queued.filter((op) => op.sessionId !== undefined).length;
       const summary =
-        `${s.state}: ${s.handles.total} connection${s.handles.total === 1 ? '' : 's'} ` +
-        `(${s.handles.busy} busy), ${s.running.length} running, ` +
-        `${s.queue.readers + s.queue.writers} queued, ${s.counters.stalls} stalls, ` +
-        `${s.sessions.length} session${s.sessions.length === 1 ? '' : 's'}, ${facts1}; ` +
+        `${s.state}: ${plural(s.handles.total, 'shared connection')} (${s.handles.busy} busy)` +
+        ` + ${s.handles.sessions} held by sessions, ${s.running.length} running, ` +
+        `${queued} queued${inSessions > 0 ? ` (${inSessions} in their sessions)` : ''}, ` +
+        `${plural(s.counters.stalls, 'stall')}, ${plural(s.sessions.length, 'session')} ` +
+        `(${structured.sessions.pinned} pinned, max ${settings.maxSessions}), ${facts1}; ` +
         `answered in ${structured.answeredInMs} ms.`;
       return ok(structured, summary);
     },

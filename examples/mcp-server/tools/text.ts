@@ -3,7 +3,7 @@
  * phrases several tools share (ages, the calls a waiting call waits for).
  */
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import type { BlockingOp } from 'engine-guard';
+import type { BlockingOp, HeldState } from 'engine-guard';
 
 /** Most characters of the JSON preview in a result's text block. */
 const PREVIEW_CHARS = 2_000;
@@ -57,10 +57,17 @@ export function describeBlockers(blockers: readonly BlockingOp[]): string {
   return blockers
     .map((op) => {
       const tool = op.label?.split(':')[0] ?? op.kind;
-      const what = op.label === undefined ? '' : ` "${op.label}"`;
+      const what = op.label === undefined ? '' : ` "${op.label.replace(/ \[call \d+\]$/, '')}"`;
       return `${tool} #${op.id}${what} (running ${formatAge(op.ageMs)})`;
     })
     .join(', ');
+}
+
+/** `temp table t, setting search_path`: the connection state that pins a session. */
+export function describeState(state: readonly HeldState[]): string {
+  if (state.length === 0) return 'connection state';
+  const shown = state.slice(0, 5).map((entry) => `${entry.kind} ${entry.name}`);
+  return state.length > 5 ? `${shown.join(', ')} and ${state.length - 5} more` : shown.join(', ');
 }
 
 /** `query: select 1`: the op's label in `status()` and logs, the SQL cut to one short line. */
@@ -71,7 +78,7 @@ export function opLabel(tool: string, sql?: string): string {
 }
 
 let callSequence = 0;
-/** A label no other call has: a waiting call finds itself in `guard.status().queued` by it. */
-export function uniqueLabel(tool: string, sql: string): string {
-  return `${opLabel(tool, sql)} [call ${++callSequence}]`;
+/** `label` made unique: a waiting call finds itself in `guard.status().queued` by it. */
+export function uniqueLabel(label: string): string {
+  return `${label} [call ${++callSequence}]`;
 }
