@@ -27,8 +27,12 @@ export interface RawClient extends PgClient {
     submittedNamedStatements?: Record<string, string>;
     sync?(): void;
   };
-  /** `pg`'s query in progress; `requiresPreparation()` is true for the extended protocol. */
-  activeQuery?: { requiresPreparation?(): boolean } | null;
+  /**
+   * `pg`'s query in progress; `requiresPreparation()` is true for the extended protocol. The
+   * internal accessor, not the `activeQuery` getter: that one is deprecated (a
+   * DeprecationWarning in users' logs) and goes away in pg 9.
+   */
+  _getActiveQuery?(): { requiresPreparation?(): boolean } | null | undefined;
 }
 
 /** What the adapter remembers about a client it created. */
@@ -42,6 +46,12 @@ interface ClientState {
   /** Heartbeats of the queries in flight on it, called when bytes arrive. */
   readonly beats: Set<() => void>;
   readonly onData: () => void;
+  /** {@link pgQuery} calls on it that are not done with it: waiting for their turn, or sent. */
+  queued: number;
+  /** Settles once the last {@link pgQuery} call queued on it is done with it. */
+  tail: Promise<void>;
+  /** Told when a query ends, a {@link pgQuery} call is done, or the connection goes. */
+  readonly changes: Set<() => void>;
 }
 
 export const clients = new WeakMap<PgClient, ClientState>();
@@ -56,16 +66,33 @@ function track(client: RawClient): ClientState {
     onData: () => {
       for (const beat of beats) beat();
     },
+    queued: 0,
+    tail: Promise.resolve(),
+    changes: new Set(),
   };
   clients.set(client, state);
   // Without an 'error' listener, a socket error on an idle client would crash the process.
   client.on('error', (error: Error) => {
     state.gone ??= error;
+    changed(state);
   });
   client.on('end', () => {
     state.gone ??= new Error('Connection terminated');
+    changed(state);
   });
   return state;
+}
+
+function changed(state: ClientState): void {
+  for (const listener of state.changes) listener();
+}
+
+/**
+ * Tells `state`'s listeners when a query ends on `client`. Registered once connected, after
+ * `pg`'s own listener: by then `pg` has sent the next query it had queued, if any.
+ */
+function watchEnds(client: RawClient, state: ClientState): void {
+  client.connection?.on?.('readyForQuery', () => changed(state));
 }
 
 /**
@@ -189,12 +216,13 @@ export async function connect(
 ): Promise<RawClient> {
   signal.throwIfAborted();
   const client = new pg.Client(config as pg.ClientConfig) as unknown as RawClient;
-  track(client);
+  const state = track(client);
   // The side connection must never keep the process alive, not even while it connects.
   if (unref) client.unref?.();
   try {
     await raceSignal(client.connect(), signal, () => destroySocket(client));
     syncAfterCopyIn(client);
+    watchEnds(client, state);
     return client;
   } catch (error) {
     destroySocket(client);
@@ -212,7 +240,7 @@ export async function connect(
 function syncAfterCopyIn(client: RawClient): void {
   const connection = client.connection;
   connection?.on?.('copyInResponse', () => {
-    if (client.activeQuery?.requiresPreparation?.() === true) connection.sync?.();
+    if (client._getActiveQuery?.()?.requiresPreparation?.() === true) connection.sync?.();
   });
 }
 
@@ -242,12 +270,69 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   return promise;
 }
 
+/** One {@link pgQuery} call's place in its client's queue (see {@link takeTurn}). */
+interface Turn {
+  /** True when nothing was queued before it: it may send at once. */
+  readonly now: boolean;
+  /** Settles once every call queued before it is done with the client. */
+  readonly ready: Promise<void>;
+  /** It sent `query`: its turn ends when the query settles. */
+  sent(query: Promise<unknown>): void;
+  /** It is done: when it sent nothing, its turn ends once the calls before it are done. */
+  leave(): void;
+  /** What settles once every call queued behind it by now is done, or undefined when none is. */
+  behind(): Promise<void> | undefined;
+}
+
+/**
+ * Queues one {@link pgQuery} call on `state`'s client. The calls of a client send their queries
+ * one at a time, in call order, each once the one before it settled: until then a query stays
+ * with the adapter, not in `pg`'s own queue, so an abort withdraws it for sure.
+ */
+function takeTurn(state: ClientState): Turn {
+  const ready = state.tail;
+  const now = state.queued === 0;
+  state.queued++;
+  let sent = false;
+  let finished = false;
+  let settle!: () => void;
+  const mine = new Promise<void>((resolve) => {
+    settle = resolve;
+  });
+  state.tail = mine;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    state.queued--;
+    settle();
+    changed(state);
+  };
+  return {
+    now,
+    ready,
+    sent(query) {
+      sent = true;
+      query.then(finish, finish);
+    },
+    leave() {
+      if (!sent) ready.then(finish, finish);
+    },
+    behind: () => (state.tail === mine ? undefined : state.tail),
+  };
+}
+
 /**
  * Runs one query on a guarded handle, honouring `ctx`:
  *
- * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. The query itself is left
- *   to the server-side cancel (the guard's `cancel` hook); whatever it ends with later is
- *   swallowed, and the client stays usable (`pg` queues the next query behind it).
+ * - The queries of concurrent calls on one handle are sent one at a time, in call order (as
+ *   `pg` would), but each is handed to `pg` only once the one before it settled.
+ * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. A query not sent yet is
+ *   never sent. The one running is left to the server-side cancel (the guard's `cancel` hook,
+ *   which also waits until nothing of the op runs on the handle any more); whatever it ends with
+ *   later is swallowed.
+ * - When its query fails, it rejects once the calls queued behind it on the handle are done:
+ *   `Promise.all` of several calls then settles only after all of their statements ended, so the
+ *   op never ends (and gives up its lease) while some still run.
  * - It reports progress with `ctx.heartbeat()` whenever bytes arrive from the server (a large
  *   result streaming in) and when the query completes.
  * - While it runs, the busy-handle probe knows a query is in flight on the handle.
@@ -275,14 +360,74 @@ export async function pgQuery<R extends object = PgRow>(
     if (state.beats.size === 0) stream.on('data', state.onData);
     state.beats.add(beat);
   }
+  const turn = state === undefined ? undefined : takeTurn(state);
   try {
-    const result = await raceSignal(inFlight(client, client.query(text, values)), signal);
-    beat();
-    return result as PgQueryResult<R>;
+    if (turn !== undefined && !turn.now) await raceSignal(turn.ready, signal);
+    const query = client.query(text, values);
+    turn?.sent(query);
+    try {
+      const result = await raceSignal(inFlight(client, query), signal);
+      beat();
+      return result as PgQueryResult<R>;
+    } catch (error) {
+      const behind = signal.aborted ? undefined : turn?.behind();
+      if (behind !== undefined) await raceSignal(behind, signal);
+      throw error;
+    }
   } finally {
+    turn?.leave();
     if (state !== undefined && stream !== undefined) {
       state.beats.delete(beat);
       if (state.beats.size === 0) stream.removeListener('data', state.onData);
     }
   }
+}
+
+/**
+ * Cancels the query running on `handle`'s connection (with `cancel(pid)`), if any, and resolves
+ * once nothing is queued or running there any more: the op's {@link pgQuery} calls withdraw the
+ * queries they had not sent when its signal aborts, and what the op queued in `pg` itself (a
+ * `ROLLBACK` in a `finally`, say) runs to its end. Resolves whether a cancel was sent and took.
+ *
+ * When `signal` aborts first, the socket is cut (so nothing still queued in `pg` can be sent
+ * later: the handle is dead) and it rejects with the signal's reason.
+ */
+export async function cancelUntilDrained(
+  handle: PgHandle,
+  signal: AbortSignal,
+  cancel: (pid: number) => Promise<boolean>,
+): Promise<boolean> {
+  const client = handle.client as RawClient;
+  const state = clients.get(client);
+  if (state === undefined) return cancel(handle.pid);
+  const drained = (): boolean =>
+    state.gone !== undefined || (state.queued === 0 && client.readyForQuery !== false);
+  try {
+    // Nothing runs: nothing to cancel, and a cancel sent anyway could hit the next op's query.
+    const cancelled = drained() ? false : await raceSignal(cancel(handle.pid), signal);
+    while (!drained()) await nextChange(state, signal);
+    return cancelled;
+  } catch (error) {
+    destroySocket(client);
+    throw error;
+  }
+}
+
+/**
+ * Settles at the next query end, {@link pgQuery} call done, or loss of the connection; rejects
+ * with the signal's reason when `signal` aborts first.
+ */
+function nextChange(state: ClientState, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const done = (): void => {
+      state.changes.delete(done);
+      unsubscribe();
+      resolve();
+    };
+    const unsubscribe = onAbort(signal, () => {
+      state.changes.delete(done);
+      reject(signal.reason);
+    });
+    state.changes.add(done);
+  });
 }
