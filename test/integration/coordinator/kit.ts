@@ -4,8 +4,8 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import type pg from 'pg';
-import { afterEach, onTestFinished } from 'vitest';
+import pg from 'pg';
+import { afterEach, onTestFinished, vi } from 'vitest';
 import {
   type PgCoordinator,
   type PgHandle,
@@ -285,4 +285,24 @@ export function coordinatorKit(schema = SCHEMA): {
       open.push(closable);
     },
   };
+}
+
+/**
+ * Calls `hook` once, just before the next query whose text starts with `prefix` is handed to
+ * any `pg` client, with that call's arguments (which it may change): the exact moment a query of
+ * the coordinator is sent. Undone by `vi.restoreAllMocks()`.
+ */
+export function onNextQuery(prefix: string, hook: (args: unknown[]) => void): void {
+  const query = pg.Client.prototype.query;
+  let armed = true;
+  vi.spyOn(pg.Client.prototype, 'query').mockImplementation(function (
+    this: pg.Client,
+    ...args: unknown[]
+  ) {
+    if (armed && typeof args[0] === 'string' && args[0].startsWith(prefix)) {
+      armed = false;
+      hook(args);
+    }
+    return (query as (...a: unknown[]) => unknown).apply(this, args);
+  } as typeof query);
 }

@@ -1,20 +1,20 @@
 /**
- * pgCoordinator with `coordinateReads`: one lock session holds the shared lock once per read
- * lease of the process. `status().held` lists every one, and a read whose lock query fails (an
- * outside `pg_cancel_backend`, as a DBA's tool sends to long queries) never drops another
- * read's shared lock.
+ * pgCoordinator and outside cancels (`pg_cancel_backend` from elsewhere, as a DBA's tool sends
+ * to long queries) at exact moments. With `coordinateReads` one lock session holds the shared
+ * lock once per read lease of the process: `status().held` lists every one, and a read whose
+ * lock query fails never drops another read's shared lock. An unlock that fails never leaves the
+ * lock held.
  *
  * The cancel's exact moment is made deterministic by rewriting that one lock query so that it
  * sleeps before (or after) it takes the lock: the outside cancel then lands while the lock is
  * not (or already) taken, as it can at the real query's start (or end).
  */
-import pg from 'pg';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { PgCoordinator } from '../../../src/adapters/pg.js';
 import type { ClusterLease } from '../../../src/coordination/coordinator.js';
 import { LockTimeoutError } from '../../../src/index.js';
 import { adminQuery } from '../../support/pg.js';
-import { coordinatorKit, lockPids, uniqueKey, until } from './kit.js';
+import { coordinatorKit, lockPids, onNextQuery, uniqueKey, until } from './kit.js';
 
 const { coordinator } = coordinatorKit();
 const alive = { isAlive: () => true };
@@ -26,22 +26,9 @@ afterEach(() => {
 
 /** Rewrites the next shared-lock query to `rewritten` (same parameter). */
 function rewriteNextSharedLock(rewritten: string): void {
-  const query = pg.Client.prototype.query;
-  let armed = true;
-  vi.spyOn(pg.Client.prototype, 'query').mockImplementation(function (
-    this: pg.Client,
-    ...args: unknown[]
-  ) {
-    if (
-      armed &&
-      typeof args[0] === 'string' &&
-      args[0].startsWith('SELECT pg_advisory_lock_shared(')
-    ) {
-      armed = false;
-      args[0] = rewritten;
-    }
-    return (query as (...a: unknown[]) => unknown).apply(this, args);
-  } as typeof query);
+  onNextQuery('SELECT pg_advisory_lock_shared(', (args) => {
+    args[0] = rewritten;
+  });
 }
 
 /** Cancels, from outside, the query `pid` runs once it sleeps in pg_sleep. */
@@ -78,7 +65,7 @@ async function secondReadCancelled(
   return { r1, pid: pid! };
 }
 
-describe('pgCoordinator with coordinateReads', () => {
+describe('pgCoordinator: outside cancels, and reads sharing one lock session', () => {
   it('status().held lists every read lease of the process', async () => {
     const c = coordinator(uniqueKey(), READS);
     const r1 = await c.acquire('read', { ...alive, label: 'one' });
@@ -148,5 +135,23 @@ describe('pgCoordinator with coordinateReads', () => {
     expect(await r).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
     const w = await b.acquire('write', { ...alive, timeout: 5_000 });
     await w.release();
+  });
+
+  it('an outside cancel that fails a release unlock discards the lock session instead of keeping the lock', async () => {
+    const key = uniqueKey();
+    const a = coordinator(key);
+    const b = coordinator(key);
+    const lease = await a.acquire('write', alive);
+    const [pid] = await lockPids(key, true);
+    onNextQuery('SELECT pg_advisory_unlock(', (args) => {
+      args[0] = 'SELECT pg_sleep(30), pg_advisory_unlock($1::bigint)';
+    });
+    const released = lease.release();
+    await cancelWhenSleeping(pid!);
+    await released;
+    // Was: the session kept the lock while it renewed, and b waited for ever.
+    await (await b.acquire('write', { ...alive, timeout: 5_000 })).release();
+    expect(a.status().lastError?.message).toMatch(/Giving back a lock failed/);
+    await (await a.acquire('write', { ...alive, timeout: 5_000 })).release();
   });
 });
