@@ -362,7 +362,11 @@ export async function pgQuery<R extends object = PgRow>(
   }
   const turn = state === undefined ? undefined : takeTurn(state);
   try {
-    if (turn !== undefined && !turn.now) await raceSignal(turn.ready, signal);
+    if (turn !== undefined && !turn.now) {
+      await raceSignal(turn.ready, signal);
+      // Aborted in the turn the one before settled: never sent.
+      signal.throwIfAborted();
+    }
     const query = client.query(text, values);
     turn?.sent(query);
     try {
