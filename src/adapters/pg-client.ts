@@ -50,6 +50,8 @@ interface ClientState {
   queued: number;
   /** Settles once the last {@link pgQuery} call queued on it is done with it. */
   tail: Promise<void>;
+  /** Settles once the last {@link pgQuery} call queued on it has settled (for its caller). */
+  settledTail: Promise<void>;
   /** Told when a query ends, a {@link pgQuery} call is done, or the connection goes. */
   readonly changes: Set<() => void>;
 }
@@ -68,6 +70,7 @@ function track(client: RawClient): ClientState {
     },
     queued: 0,
     tail: Promise.resolve(),
+    settledTail: Promise.resolve(),
     changes: new Set(),
   };
   clients.set(client, state);
@@ -276,6 +279,10 @@ interface Turn {
   readonly now: boolean;
   /** Settles once every call queued before it is done with the client. */
   readonly ready: Promise<void>;
+  /** Settles once the call queued just before it has settled for its caller. */
+  readonly previous: Promise<void>;
+  /** It settled for its caller: the next call may settle now. */
+  settled(): void;
   /** It sent `query`: its turn ends when the query settles. */
   sent(query: Promise<unknown>): void;
   /** It is done: when it sent nothing, its turn ends once the calls before it are done. */
@@ -287,10 +294,17 @@ interface Turn {
 /**
  * Queues one {@link pgQuery} call on `state`'s client. The calls of a client send their queries
  * one at a time, in call order, each once the one before it settled: until then a query stays
- * with the adapter, not in `pg`'s own queue, so an abort withdraws it for sure.
+ * with the adapter, not in `pg`'s own queue, so an abort withdraws it for sure. They also settle
+ * in call order (a failed call waits for those behind it, see {@link pgQuery}; the first error
+ * of a batch must still reach `Promise.all` first).
  */
 function takeTurn(state: ClientState): Turn {
   const ready = state.tail;
+  const previous = state.settledTail;
+  let settled!: () => void;
+  state.settledTail = new Promise<void>((resolve) => {
+    settled = resolve;
+  });
   const now = state.queued === 0;
   state.queued++;
   let sent = false;
@@ -310,6 +324,8 @@ function takeTurn(state: ClientState): Turn {
   return {
     now,
     ready,
+    previous,
+    settled,
     sent(query) {
       sent = true;
       query.then(finish, finish);
@@ -332,7 +348,9 @@ function takeTurn(state: ClientState): Turn {
  *   later is swallowed.
  * - When its query fails, it rejects once the calls queued behind it on the handle are done:
  *   `Promise.all` of several calls then settles only after all of their statements ended, so the
- *   op never ends (and gives up its lease) while some still run.
+ *   op never ends (and gives up its lease) while some still run. Calls settle in call order, so
+ *   `Promise.all` still reports the first statement that failed (in a transaction, those after
+ *   it fail too: "current transaction is aborted").
  * - It reports progress with `ctx.heartbeat()` whenever bytes arrive from the server (a large
  *   result streaming in) and when the query completes.
  * - While it runs, the busy-handle probe knows a query is in flight on the handle.
@@ -372,14 +390,19 @@ export async function pgQuery<R extends object = PgRow>(
     try {
       const result = await raceSignal(inFlight(client, query), signal);
       beat();
+      if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
       return result as PgQueryResult<R>;
     } catch (error) {
-      const behind = signal.aborted ? undefined : turn?.behind();
-      if (behind !== undefined) await raceSignal(behind, signal);
+      if (turn !== undefined && !signal.aborted) {
+        const behind = turn.behind();
+        if (behind !== undefined) await raceSignal(behind, signal);
+        if (!turn.now) await raceSignal(turn.previous, signal);
+      }
       throw error;
     }
   } finally {
     turn?.leave();
+    turn?.settled();
     if (state !== undefined && stream !== undefined) {
       state.beats.delete(beat);
       if (state.beats.size === 0) stream.removeListener('data', state.onData);

@@ -670,8 +670,8 @@ export class PgCoordinator implements Coordinator {
    * connection whether the server still works on it (its backend `active`). A wait not seen so
    * for `lossAfter` is dropped when the server says its backend is gone or no longer waiting
    * (its answer was lost), or when the server does not answer the question either (the route
-   * is silent). A question that fails otherwise (a refused connect, too many connections)
-   * proves nothing: the wait goes on.
+   * is silent). A question that fails otherwise (a refused connect, too many connections), or
+   * that may not see the backend's state, proves nothing: the wait goes on.
    */
   #watchWait(session: Session, wait: WaitWatch): void {
     const { renewInterval, lossAfter } = this.#settings;
@@ -703,7 +703,8 @@ export class PgCoordinator implements Coordinator {
             wait.seenAt = Math.max(wait.seenAt, askedAt);
             wait.verdict = undefined;
           } else {
-            wait.verdict = 'silent';
+            // null: the side connection may not see that session's state (another role).
+            wait.verdict = state === null ? undefined : 'silent';
           }
         },
         (error: unknown) => {

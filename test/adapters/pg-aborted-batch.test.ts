@@ -109,3 +109,26 @@ async function until(cond: () => Promise<boolean>, what: string): Promise<void> 
     await sleep(20);
   }
 }
+
+describe('pgQuery calls on one handle settle in call order', () => {
+  it('in a transaction, Promise.all reports the statement that failed, not those it aborted after it', async () => {
+    const guard = pool2();
+    const error = await guard
+      .write(async (pg, ctx) => {
+        await pgQuery(pg, ctx, 'BEGIN');
+        try {
+          await Promise.all([
+            pgQuery(pg, ctx, 'SELECT 1'),
+            pgQuery(pg, ctx, 'SELECT 1/0'),
+            pgQuery(pg, ctx, 'SELECT 2'),
+            pgQuery(pg, ctx, 'SELECT 3'),
+          ]);
+        } finally {
+          await pgQuery(pg, ctx, 'ROLLBACK');
+        }
+      })
+      .catch((e: unknown) => e);
+    // 22012 division_by_zero; the ones behind it fail with 25P02 (transaction aborted).
+    expect(error).toMatchObject({ code: '22012' });
+  });
+});

@@ -1,7 +1,8 @@
 /**
  * pgCoordinator when the lock session fails between the grant of the advisory lock and the
- * answer of the fence query (issue 16, item 1): the acquire rejects, and the process can write
- * again (its local lock is given back, the lock session is opened anew).
+ * answer of the fence query (issue 16, item 1), or during the lock wait: the acquire rejects,
+ * and the process can write again (its local lock is given back, the lock session is opened
+ * anew).
  *
  * The moment is held open deterministically: another connection runs `ALTER SEQUENCE` on the
  * fence sequence in an open transaction, so the grant's `nextval` waits for it. A schema of this
@@ -17,6 +18,7 @@ import {
   fenceWaiters,
   holdFenceSequence,
   lockPids,
+  lockWaiters,
   uniqueKey,
   until,
 } from './kit.js';
@@ -78,5 +80,21 @@ describe('pgCoordinator: the lock session fails between grant and fence answer',
     expect(c.status().connection).toBe('connected');
     // Nothing is left held: not the late grant's lock (its session was discarded), not this one.
     await until(async () => (await advisoryLocks(key, true)) === 0, 5_000, 'no lock held');
+  });
+
+  it('lock session terminated during the lock wait itself: the acquire rejects, the next one reconnects and is granted', async () => {
+    const key = uniqueKey();
+    const a = coordinator(key);
+    const b = coordinator(key);
+    const held = await a.acquire('write', alive);
+    const waiting = b.acquire('write', alive).catch((error: unknown) => error);
+    await until(async () => (await lockWaiters(key)) === 1, 5_000, 'b to wait on the server');
+    const [pid] = await lockPids(key, false);
+    await terminateBackend(pid!);
+    expect(await waiting).toMatchObject({ name: 'PgCoordinatorError', reason: 'session' });
+    await held.release();
+    const next = await b.acquire('write', { ...alive, timeout: 5_000 });
+    expect(BigInt(next.fence)).toBeGreaterThan(BigInt(held.fence));
+    await next.release();
   });
 });
