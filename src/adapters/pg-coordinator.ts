@@ -407,6 +407,8 @@ export class PgCoordinator implements Coordinator {
         let ended: 'granted' | 'failed' | undefined;
         const sentAt = performance.now();
         session.wait = { seenAt: sentAt, checking: false, verdict: undefined };
+        // Its checks (and a cancel) go over the side connection: connected by the first check.
+        this.#side.warm();
         const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
         const done = wait.then(
           () => {
