@@ -3,7 +3,11 @@
  * they are gone and whether a query is in flight, and {@link pgQuery}.
  */
 import pg from 'pg';
+import { noop, raceSignal } from './pg-signal.js';
+import { takeTurn, watchTurns } from './pg-turns.js';
 import type { PgClient, PgClientConfig, PgHandle, PgQueryResult, PgRow } from './pg-types.js';
+
+export { noop, onAbort, raceSignal } from './pg-signal.js';
 
 /** How long `destroy` (and a side connection's close) lets `end()` try before cutting the socket. */
 export const END_GRACE_MS = 500;
@@ -46,14 +50,6 @@ interface ClientState {
   /** Heartbeats of the queries in flight on it, called when bytes arrive. */
   readonly beats: Set<() => void>;
   readonly onData: () => void;
-  /** {@link pgQuery} calls on it that are not done with it: waiting for their turn, or sent. */
-  queued: number;
-  /** Settles once the last {@link pgQuery} call queued on it is done with it. */
-  tail: Promise<void>;
-  /** Settles once the last {@link pgQuery} call queued on it has settled (for its caller). */
-  settledTail: Promise<void>;
-  /** Told when a query ends, a {@link pgQuery} call is done, or the connection goes. */
-  readonly changes: Set<() => void>;
 }
 
 export const clients = new WeakMap<PgClient, ClientState>();
@@ -68,34 +64,16 @@ function track(client: RawClient): ClientState {
     onData: () => {
       for (const beat of beats) beat();
     },
-    queued: 0,
-    tail: Promise.resolve(),
-    settledTail: Promise.resolve(),
-    changes: new Set(),
   };
   clients.set(client, state);
   // Without an 'error' listener, a socket error on an idle client would crash the process.
   client.on('error', (error: Error) => {
     state.gone ??= error;
-    changed(state);
   });
   client.on('end', () => {
     state.gone ??= new Error('Connection terminated');
-    changed(state);
   });
   return state;
-}
-
-function changed(state: ClientState): void {
-  for (const listener of state.changes) listener();
-}
-
-/**
- * Tells `state`'s listeners when a query ends on `client`. Registered once connected, after
- * `pg`'s own listener: by then `pg` has sent the next query it had queued, if any.
- */
-function watchEnds(client: RawClient, state: ClientState): void {
-  client.connection?.on?.('readyForQuery', () => changed(state));
 }
 
 /**
@@ -107,8 +85,6 @@ export function queryInFlight(client: PgClient): boolean {
   if (state !== undefined && state.inFlight > 0) return true;
   return (client as RawClient).readyForQuery === false;
 }
-
-export function noop(): void {}
 
 /** Cuts the client's socket at once. Never throws. */
 export function destroySocket(client: PgClient): void {
@@ -144,73 +120,6 @@ export async function closeClient(client: PgClient, graceMs: number): Promise<vo
   }
 }
 
-/** Callbacks waiting on one signal, behind a single 'abort' listener. */
-interface AbortWaiters {
-  readonly callbacks: Set<() => void>;
-  readonly listener: () => void;
-}
-
-const abortWaiters = new WeakMap<AbortSignal, AbortWaiters>();
-
-/**
- * Calls `callback` once `signal` aborts; returns the unsubscribe function. All callbacks on one
- * signal share one listener, so many concurrent queries of one op add no listener each (which
- * would trip Node's MaxListenersExceededWarning on the op's signal).
- */
-export function onAbort(signal: AbortSignal, callback: () => void): () => void {
-  let waiters = abortWaiters.get(signal);
-  if (waiters === undefined) {
-    const callbacks = new Set<() => void>();
-    const listener = (): void => {
-      abortWaiters.delete(signal);
-      for (const waiting of callbacks) waiting();
-    };
-    waiters = { callbacks, listener };
-    abortWaiters.set(signal, waiters);
-    signal.addEventListener('abort', listener, { once: true });
-  }
-  const { callbacks, listener } = waiters;
-  callbacks.add(callback);
-  return () => {
-    if (!callbacks.delete(callback) || callbacks.size > 0) return;
-    if (abortWaiters.get(signal)?.callbacks === callbacks) abortWaiters.delete(signal);
-    signal.removeEventListener('abort', listener);
-  };
-}
-
-/**
- * Settles like `promise`, or rejects with `signal.reason` as soon as the signal aborts (after
- * calling `abort`). The promise's own outcome is always handled, never left unhandled.
- */
-export function raceSignal<T>(
-  promise: Promise<T>,
-  signal: AbortSignal,
-  abort: () => void = noop,
-): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    if (signal.aborted) {
-      promise.catch(noop);
-      abort();
-      reject(signal.reason);
-      return;
-    }
-    const unsubscribe = onAbort(signal, () => {
-      abort();
-      reject(signal.reason);
-    });
-    promise.then(
-      (value) => {
-        unsubscribe();
-        resolve(value);
-      },
-      (error: unknown) => {
-        unsubscribe();
-        reject(error);
-      },
-    );
-  });
-}
-
 /** Connects a new client, bounded by `signal`; on failure or abort, its socket is destroyed. */
 export async function connect(
   config: PgClientConfig,
@@ -219,13 +128,14 @@ export async function connect(
 ): Promise<RawClient> {
   signal.throwIfAborted();
   const client = new pg.Client(config as pg.ClientConfig) as unknown as RawClient;
-  const state = track(client);
+  track(client);
   // The side connection must never keep the process alive, not even while it connects.
   if (unref) client.unref?.();
   try {
     await raceSignal(client.connect(), signal, () => destroySocket(client));
     syncAfterCopyIn(client);
-    watchEnds(client, state);
+    // After pg's own listeners: a query end seen there finds pg's next query sent already.
+    watchTurns(client);
     return client;
   } catch (error) {
     destroySocket(client);
@@ -273,70 +183,6 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   return promise;
 }
 
-/** One {@link pgQuery} call's place in its client's queue (see {@link takeTurn}). */
-interface Turn {
-  /** True when nothing was queued before it: it may send at once. */
-  readonly now: boolean;
-  /** Settles once every call queued before it is done with the client. */
-  readonly ready: Promise<void>;
-  /** Settles once the call queued just before it has settled for its caller. */
-  readonly previous: Promise<void>;
-  /** It settled for its caller: the next call may settle now. */
-  settled(): void;
-  /** It sent `query`: its turn ends when the query settles. */
-  sent(query: Promise<unknown>): void;
-  /** It is done: when it sent nothing, its turn ends once the calls before it are done. */
-  leave(): void;
-  /** What settles once every call queued behind it by now is done, or undefined when none is. */
-  behind(): Promise<void> | undefined;
-}
-
-/**
- * Queues one {@link pgQuery} call on `state`'s client. The calls of a client send their queries
- * one at a time, in call order, each once the one before it settled: until then a query stays
- * with the adapter, not in `pg`'s own queue, so an abort withdraws it for sure. They also settle
- * in call order (a failed call waits for those behind it, see {@link pgQuery}; the first error
- * of a batch must still reach `Promise.all` first).
- */
-function takeTurn(state: ClientState): Turn {
-  const ready = state.tail;
-  const previous = state.settledTail;
-  let settled!: () => void;
-  state.settledTail = new Promise<void>((resolve) => {
-    settled = resolve;
-  });
-  const now = state.queued === 0;
-  state.queued++;
-  let sent = false;
-  let finished = false;
-  let settle!: () => void;
-  const mine = new Promise<void>((resolve) => {
-    settle = resolve;
-  });
-  state.tail = mine;
-  const finish = (): void => {
-    if (finished) return;
-    finished = true;
-    state.queued--;
-    settle();
-    changed(state);
-  };
-  return {
-    now,
-    ready,
-    previous,
-    settled,
-    sent(query) {
-      sent = true;
-      query.then(finish, finish);
-    },
-    leave() {
-      if (!sent) ready.then(finish, finish);
-    },
-    behind: () => (state.tail === mine ? undefined : state.tail),
-  };
-}
-
 /**
  * Runs one query on a guarded handle, honouring `ctx`:
  *
@@ -378,7 +224,7 @@ export async function pgQuery<R extends object = PgRow>(
     if (state.beats.size === 0) stream.on('data', state.onData);
     state.beats.add(beat);
   }
-  const turn = state === undefined ? undefined : takeTurn(state);
+  const turn = takeTurn(client);
   try {
     if (turn !== undefined && !turn.now) {
       await raceSignal(turn.ready, signal);
@@ -408,53 +254,4 @@ export async function pgQuery<R extends object = PgRow>(
       if (state.beats.size === 0) stream.removeListener('data', state.onData);
     }
   }
-}
-
-/**
- * Cancels the query running on `handle`'s connection (with `cancel(pid)`), if any, and resolves
- * once nothing is queued or running there any more: the op's {@link pgQuery} calls withdraw the
- * queries they had not sent when its signal aborts, and what the op queued in `pg` itself (a
- * `ROLLBACK` in a `finally`, say) runs to its end. Resolves whether a cancel was sent and took.
- *
- * When `signal` aborts first, the socket is cut (so nothing still queued in `pg` can be sent
- * later: the handle is dead) and it rejects with the signal's reason.
- */
-export async function cancelUntilDrained(
-  handle: PgHandle,
-  signal: AbortSignal,
-  cancel: (pid: number) => Promise<boolean>,
-): Promise<boolean> {
-  const client = handle.client as RawClient;
-  const state = clients.get(client);
-  if (state === undefined) return cancel(handle.pid);
-  const drained = (): boolean =>
-    state.gone !== undefined || (state.queued === 0 && client.readyForQuery !== false);
-  try {
-    // Nothing runs: nothing to cancel, and a cancel sent anyway could hit the next op's query.
-    const cancelled = drained() ? false : await raceSignal(cancel(handle.pid), signal);
-    while (!drained()) await nextChange(state, signal);
-    return cancelled;
-  } catch (error) {
-    destroySocket(client);
-    throw error;
-  }
-}
-
-/**
- * Settles at the next query end, {@link pgQuery} call done, or loss of the connection; rejects
- * with the signal's reason when `signal` aborts first.
- */
-function nextChange(state: ClientState, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const done = (): void => {
-      state.changes.delete(done);
-      unsubscribe();
-      resolve();
-    };
-    const unsubscribe = onAbort(signal, () => {
-      state.changes.delete(done);
-      reject(signal.reason);
-    });
-    state.changes.add(done);
-  });
 }

@@ -36,7 +36,6 @@
 import pg from 'pg';
 import type { EngineGuardOptions, LivenessOptions } from '../index.js';
 import {
-  cancelUntilDrained,
   clients,
   closeClient,
   connect,
@@ -55,6 +54,7 @@ import {
   SIDE_CONNECT_TIMEOUT_MS,
   SideConnection,
 } from './pg-side.js';
+import { cancelUntilDrained } from './pg-turns.js';
 import type { PgClientConfig, PgHandle } from './pg-types.js';
 
 export { pgQuery } from './pg-client.js';
@@ -287,15 +287,19 @@ export function pgGuardOptions(
       );
       timer.unref();
       try {
-        return await cancelUntilDrained(handle, controller.signal, async (pid) => {
+        return await cancelUntilDrained(handle.client, controller.signal, async () => {
           const rows = await side.query<{ cancelled: boolean }>(
             controller.signal,
             'SELECT pg_cancel_backend($1) AS cancelled',
-            [pid],
+            [handle.pid],
             true,
           );
           return rows[0]?.cancelled === true;
         });
+      } catch (error) {
+        // Not drained in time: nothing still queued in pg may be sent later (the handle is lost).
+        destroySocket(handle.client);
+        throw error;
       } finally {
         clearTimeout(timer);
       }
