@@ -188,8 +188,16 @@ export class PgCoordinator implements Coordinator {
           ? await this.#local.acquireRead({ signal: bound.signal })
           : await this.#local.acquireWrite({ signal: bound.signal });
       try {
-        const session = await this.#open(bound.signal);
-        await this.#lock(session, mode, bound.signal);
+        let session = await this.#open(bound.signal);
+        try {
+          await this.#lock(session, mode, bound.signal);
+        } catch (error) {
+          // Lost before the wait was sent (the failure of the query before it was still coming
+          // in when this acquire chose the session): nothing of it reached that session.
+          if (!(error instanceof SessionGone)) throw error;
+          session = await this.#open(bound.signal);
+          await this.#lock(session, mode, bound.signal);
+        }
         // Awaited here, so that a grant that fails gives the local lock back below.
         return await this.#grant(session, mode, local, options);
       } catch (error) {
@@ -249,7 +257,8 @@ export class PgCoordinator implements Coordinator {
   }
 
   /** What an acquire that failed rejects with: an abort's or timeout's reason as is, else a `session` error. */
-  #failure(error: unknown, signal: AbortSignal): unknown {
+  #failure(failed: unknown, signal: AbortSignal): unknown {
+    const error = failed instanceof SessionGone ? failed.gone : failed;
     if ((signal.aborted && error === signal.reason) || error instanceof PgCoordinatorError) {
       return error;
     }
@@ -374,7 +383,7 @@ export class PgCoordinator implements Coordinator {
   #step<T>(session: Session, step: (client: RawClient) => Promise<T>): Promise<T> {
     session.busy++;
     const run = session.tail.then(() => {
-      if (session.gone !== undefined) throw session.gone;
+      if (session.gone !== undefined) throw new SessionGone(session.gone);
       return step(session.client);
     });
     session.tail = run.then(noop, noop).then(() => {
@@ -752,6 +761,15 @@ export class PgCoordinator implements Coordinator {
       message: error instanceof Error ? error.message : String(error),
       at: Date.now(),
     };
+  }
+}
+
+/** A step found its session gone before it started: it sent nothing. */
+class SessionGone extends Error {
+  readonly gone: Error;
+  constructor(gone: Error) {
+    super(gone.message, { cause: gone });
+    this.gone = gone;
   }
 }
 
