@@ -51,6 +51,7 @@ import {
   type SessionCheck,
   type Settings,
 } from './pg-coordinator-settings.js';
+import { isFatalPgError } from './pg-fatal.js';
 import { fenceObjects, setupSql, toFence } from './pg-fence.js';
 import { SideConnection } from './pg-side.js';
 import type { PgClientConfig, PgQueryResult } from './pg-types.js';
@@ -188,16 +189,8 @@ export class PgCoordinator implements Coordinator {
           ? await this.#local.acquireRead({ signal: bound.signal })
           : await this.#local.acquireWrite({ signal: bound.signal });
       try {
-        let session = await this.#open(bound.signal);
-        try {
-          await this.#lock(session, mode, bound.signal);
-        } catch (error) {
-          // Lost before the wait was sent (the failure of the query before it was still coming
-          // in when this acquire chose the session): nothing of it reached that session.
-          if (!(error instanceof SessionGone)) throw error;
-          session = await this.#open(bound.signal);
-          await this.#lock(session, mode, bound.signal);
-        }
+        const session = await this.#open(bound.signal);
+        await this.#lock(session, mode, bound.signal);
         // Awaited here, so that a grant that fails gives the local lock back below.
         return await this.#grant(session, mode, local, options);
       } catch (error) {
@@ -257,8 +250,7 @@ export class PgCoordinator implements Coordinator {
   }
 
   /** What an acquire that failed rejects with: an abort's or timeout's reason as is, else a `session` error. */
-  #failure(failed: unknown, signal: AbortSignal): unknown {
-    const error = failed instanceof SessionGone ? failed.gone : failed;
+  #failure(error: unknown, signal: AbortSignal): unknown {
     if ((signal.aborted && error === signal.reason) || error instanceof PgCoordinatorError) {
       return error;
     }
@@ -376,14 +368,26 @@ export class PgCoordinator implements Coordinator {
     };
     const query = session.client.query(text, values);
     query.then(done, done);
+    this.#lostWith(session, query);
     return query;
+  }
+
+  /**
+   * A query that fails because the session ended (terminated, connection lost) loses the session
+   * before anyone else hears of the failure: the client sees the connection end a turn later,
+   * and an acquire started meanwhile (by the failed one's caller) must not choose it.
+   */
+  #lostWith(session: Session, query: Promise<unknown>): void {
+    query.catch((error: unknown) => {
+      if (isFatalPgError(error)) this.#lost(session, error as Error);
+    });
   }
 
   /** Runs `step` on the session once every earlier step is done with it. */
   #step<T>(session: Session, step: (client: RawClient) => Promise<T>): Promise<T> {
     session.busy++;
     const run = session.tail.then(() => {
-      if (session.gone !== undefined) throw new SessionGone(session.gone);
+      if (session.gone !== undefined) throw session.gone;
       return step(session.client);
     });
     session.tail = run.then(noop, noop).then(() => {
@@ -419,6 +423,7 @@ export class PgCoordinator implements Coordinator {
         // Its checks (and a cancel) go over the side connection: connected by the first check.
         this.#side.warm();
         const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
+        this.#lostWith(session, wait);
         const done = wait.then(
           () => {
             ended = 'granted';
@@ -761,15 +766,6 @@ export class PgCoordinator implements Coordinator {
       message: error instanceof Error ? error.message : String(error),
       at: Date.now(),
     };
-  }
-}
-
-/** A step found its session gone before it started: it sent nothing. */
-class SessionGone extends Error {
-  readonly gone: Error;
-  constructor(gone: Error) {
-    super(gone.message, { cause: gone });
-    this.gone = gone;
   }
 }
 
