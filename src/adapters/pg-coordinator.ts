@@ -18,6 +18,11 @@
  *   cancel can land after the grant.
  * - Every query on the lock session goes through one chain, so a cancel never hits the query
  *   after the one it was meant for.
+ * - Silence is caught whatever is in flight: a query other than a lock wait left unanswered for
+ *   `lossAfter` discards the session; a lock wait is asked about over the side connection (is
+ *   its backend still waiting?) and discarded when the server shows it is not, or is silent too.
+ * - With `coordinateReads`, the session takes the shared lock once per read lease and counts
+ *   them; the last read out unlocks all (see `giveBack`).
  *
  * @module
  */
