@@ -3,7 +3,11 @@
  * they are gone and whether a query is in flight, and {@link pgQuery}.
  */
 import pg from 'pg';
+import { noop, raceSignal } from './pg-signal.js';
+import { takeTurn, watchTurns } from './pg-turns.js';
 import type { PgClient, PgClientConfig, PgHandle, PgQueryResult, PgRow } from './pg-types.js';
+
+export { noop, onAbort, raceSignal } from './pg-signal.js';
 
 /** How long `destroy` (and a side connection's close) lets `end()` try before cutting the socket. */
 export const END_GRACE_MS = 500;
@@ -27,8 +31,12 @@ export interface RawClient extends PgClient {
     submittedNamedStatements?: Record<string, string>;
     sync?(): void;
   };
-  /** `pg`'s query in progress; `requiresPreparation()` is true for the extended protocol. */
-  activeQuery?: { requiresPreparation?(): boolean } | null;
+  /**
+   * `pg`'s query in progress; `requiresPreparation()` is true for the extended protocol. The
+   * internal accessor, not the `activeQuery` getter: that one is deprecated (a
+   * DeprecationWarning in users' logs) and goes away in pg 9.
+   */
+  _getActiveQuery?(): { requiresPreparation?(): boolean } | null | undefined;
 }
 
 /** What the adapter remembers about a client it created. */
@@ -78,8 +86,6 @@ export function queryInFlight(client: PgClient): boolean {
   return (client as RawClient).readyForQuery === false;
 }
 
-export function noop(): void {}
-
 /** Cuts the client's socket at once. Never throws. */
 export function destroySocket(client: PgClient): void {
   try {
@@ -114,73 +120,6 @@ export async function closeClient(client: PgClient, graceMs: number): Promise<vo
   }
 }
 
-/** Callbacks waiting on one signal, behind a single 'abort' listener. */
-interface AbortWaiters {
-  readonly callbacks: Set<() => void>;
-  readonly listener: () => void;
-}
-
-const abortWaiters = new WeakMap<AbortSignal, AbortWaiters>();
-
-/**
- * Calls `callback` once `signal` aborts; returns the unsubscribe function. All callbacks on one
- * signal share one listener, so many concurrent queries of one op add no listener each (which
- * would trip Node's MaxListenersExceededWarning on the op's signal).
- */
-export function onAbort(signal: AbortSignal, callback: () => void): () => void {
-  let waiters = abortWaiters.get(signal);
-  if (waiters === undefined) {
-    const callbacks = new Set<() => void>();
-    const listener = (): void => {
-      abortWaiters.delete(signal);
-      for (const waiting of callbacks) waiting();
-    };
-    waiters = { callbacks, listener };
-    abortWaiters.set(signal, waiters);
-    signal.addEventListener('abort', listener, { once: true });
-  }
-  const { callbacks, listener } = waiters;
-  callbacks.add(callback);
-  return () => {
-    if (!callbacks.delete(callback) || callbacks.size > 0) return;
-    if (abortWaiters.get(signal)?.callbacks === callbacks) abortWaiters.delete(signal);
-    signal.removeEventListener('abort', listener);
-  };
-}
-
-/**
- * Settles like `promise`, or rejects with `signal.reason` as soon as the signal aborts (after
- * calling `abort`). The promise's own outcome is always handled, never left unhandled.
- */
-export function raceSignal<T>(
-  promise: Promise<T>,
-  signal: AbortSignal,
-  abort: () => void = noop,
-): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    if (signal.aborted) {
-      promise.catch(noop);
-      abort();
-      reject(signal.reason);
-      return;
-    }
-    const unsubscribe = onAbort(signal, () => {
-      abort();
-      reject(signal.reason);
-    });
-    promise.then(
-      (value) => {
-        unsubscribe();
-        resolve(value);
-      },
-      (error: unknown) => {
-        unsubscribe();
-        reject(error);
-      },
-    );
-  });
-}
-
 /** Connects a new client, bounded by `signal`; on failure or abort, its socket is destroyed. */
 export async function connect(
   config: PgClientConfig,
@@ -195,6 +134,8 @@ export async function connect(
   try {
     await raceSignal(client.connect(), signal, () => destroySocket(client));
     syncAfterCopyIn(client);
+    // After pg's own listeners: a query end seen there finds pg's next query sent already.
+    watchTurns(client);
     return client;
   } catch (error) {
     destroySocket(client);
@@ -212,7 +153,7 @@ export async function connect(
 function syncAfterCopyIn(client: RawClient): void {
   const connection = client.connection;
   connection?.on?.('copyInResponse', () => {
-    if (client.activeQuery?.requiresPreparation?.() === true) connection.sync?.();
+    if (client._getActiveQuery?.()?.requiresPreparation?.() === true) connection.sync?.();
   });
 }
 
@@ -245,9 +186,17 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
 /**
  * Runs one query on a guarded handle, honouring `ctx`:
  *
- * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. The query itself is left
- *   to the server-side cancel (the guard's `cancel` hook); whatever it ends with later is
- *   swallowed, and the client stays usable (`pg` queues the next query behind it).
+ * - The queries of concurrent calls on one handle are sent one at a time, in call order (as
+ *   `pg` would), but each is handed to `pg` only once the one before it settled.
+ * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. A query not sent yet is
+ *   never sent. The one running is left to the server-side cancel (the guard's `cancel` hook,
+ *   which also waits until nothing of the op runs on the handle any more); whatever it ends with
+ *   later is swallowed.
+ * - When its query fails, it rejects once the calls queued behind it on the handle are done:
+ *   `Promise.all` of several calls then settles only after all of their statements ended, so the
+ *   op never ends (and gives up its lease) while some still run. Calls settle in call order, so
+ *   `Promise.all` still reports the first statement that failed (in a transaction, those after
+ *   it fail too: "current transaction is aborted").
  * - It reports progress with `ctx.heartbeat()` whenever bytes arrive from the server (a large
  *   result streaming in) and when the query completes.
  * - While it runs, the busy-handle probe knows a query is in flight on the handle.
@@ -275,11 +224,31 @@ export async function pgQuery<R extends object = PgRow>(
     if (state.beats.size === 0) stream.on('data', state.onData);
     state.beats.add(beat);
   }
+  const turn = takeTurn(client);
   try {
-    const result = await raceSignal(inFlight(client, client.query(text, values)), signal);
-    beat();
-    return result as PgQueryResult<R>;
+    if (turn !== undefined && !turn.now) {
+      await raceSignal(turn.ready, signal);
+      // Aborted in the turn the one before settled: never sent.
+      signal.throwIfAborted();
+    }
+    const query = client.query(text, values);
+    turn?.sent(query);
+    try {
+      const result = await raceSignal(inFlight(client, query), signal);
+      beat();
+      if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
+      return result as PgQueryResult<R>;
+    } catch (error) {
+      if (turn !== undefined && !signal.aborted) {
+        const behind = turn.behind();
+        if (behind !== undefined) await raceSignal(behind, signal);
+        if (!turn.now) await raceSignal(turn.previous, signal);
+      }
+      throw error;
+    }
   } finally {
+    turn?.leave();
+    turn?.settled();
     if (state !== undefined && stream !== undefined) {
       state.beats.delete(beat);
       if (state.beats.size === 0) stream.removeListener('data', state.onData);

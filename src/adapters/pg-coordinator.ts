@@ -18,6 +18,11 @@
  *   cancel can land after the grant.
  * - Every query on the lock session goes through one chain, so a cancel never hits the query
  *   after the one it was meant for.
+ * - Silence is caught whatever is in flight: a query other than a lock wait left unanswered for
+ *   `lossAfter` discards the session; a lock wait is asked about over the side connection (is
+ *   its backend still waiting?) and discarded when the server shows it is not, or is silent too.
+ * - With `coordinateReads`, the session takes the shared lock once per read lease and counts
+ *   them; the last read out unlocks all (see `giveBack`).
  *
  * @module
  */
@@ -51,9 +56,10 @@ import {
   type SessionCheck,
   type Settings,
 } from './pg-coordinator-settings.js';
+import { isFatalPgError } from './pg-fatal.js';
 import { fenceObjects, setupSql, toFence } from './pg-fence.js';
 import { SideConnection } from './pg-side.js';
-import type { PgClientConfig } from './pg-types.js';
+import type { PgClientConfig, PgQueryResult } from './pg-types.js';
 
 /** The lock session: one connection and the chain every query on it goes through. */
 interface Session {
@@ -65,8 +71,28 @@ interface Session {
   busy: number;
   /** Set once the session is unusable. */
   gone: Error | undefined;
-  /** Send time of the renewal in flight, if any. */
-  renewing: number | undefined;
+  /**
+   * Send time of the query in flight that must be answered within `lossAfter` (every query but
+   * a lock wait: renewals, fence queries, unlocks), if any.
+   */
+  sentAt: number | undefined;
+  /** The lock wait in flight, if any (see {@link PgCoordinator.watchWait}). */
+  wait: WaitWatch | undefined;
+  /**
+   * Shared locks this session took on the server for read leases and has not given back (a
+   * session-level lock taken twice is held twice). See {@link PgCoordinator.giveBack}.
+   */
+  shared: number;
+}
+
+/** What the renewer knows of a lock wait in flight. */
+interface WaitWatch {
+  /** When the server was last known to work on it: its send, then side checks that saw it. */
+  seenAt: number;
+  /** A side check is in flight. */
+  checking: boolean;
+  /** `silent`: the last side check found the wait not running, or got no answer in time. */
+  verdict: 'silent' | undefined;
 }
 
 /** A held lease, as the coordinator tracks it. */
@@ -170,7 +196,8 @@ export class PgCoordinator implements Coordinator {
       try {
         const session = await this.#open(bound.signal);
         await this.#lock(session, mode, bound.signal);
-        return this.#grant(session, mode, local, options);
+        // Awaited here, so that a grant that fails gives the local lock back below.
+        return await this.#grant(session, mode, local, options);
       } catch (error) {
         local.release();
         throw this.#failure(error, bound.signal);
@@ -184,17 +211,13 @@ export class PgCoordinator implements Coordinator {
   /** Never waits: the cached state of the lock session and leases. */
   status(): CoordinatorStatus {
     const now = performance.now();
-    let held: CoordinatorStatus['held'];
-    for (const lease of this.#held) {
-      held = {
-        mode: lease.mode,
-        fence: lease.fence,
-        heldMs: now - lease.since,
-        sinceRenewMs: now - lease.anchor,
-        label: lease.label,
-      };
-      break;
-    }
+    const held = [...this.#held].map((lease) => ({
+      mode: lease.mode,
+      fence: lease.fence,
+      heldMs: now - lease.since,
+      sinceRenewMs: now - lease.anchor,
+      label: lease.label,
+    }));
     const waiting = [...this.#waiting].map((w) => ({
       mode: w.mode,
       waitingMs: now - w.since,
@@ -220,12 +243,14 @@ export class PgCoordinator implements Coordinator {
     this.#closing.abort(this.#closedError());
     clearInterval(this.#renewer);
     const releases = [...this.#held].map((lease) => this.#release(lease));
-    await Promise.all(releases);
     const session = await this.#session?.catch(() => undefined);
-    if (session !== undefined) {
-      await session.tail;
-      await closeClient(session.client, END_GRACE_MS);
-    }
+    // The unlocks are a courtesy (ending the session frees its locks), and with the renewer
+    // stopped nothing else notices a silent link: bounded.
+    await Promise.race([
+      Promise.all(releases).then(() => session?.tail),
+      delay(this.#settings.lossAfter),
+    ]);
+    if (session !== undefined) await closeClient(session.client, END_GRACE_MS);
     this.#side.close();
   }
 
@@ -324,7 +349,9 @@ export class PgCoordinator implements Coordinator {
       tail: Promise.resolve(),
       busy: 0,
       gone: undefined,
-      renewing: undefined,
+      sentAt: undefined,
+      wait: undefined,
+      shared: 0,
     };
     const onGone = (error: Error): void => this.#lost(session, error);
     client.on('error', onGone);
@@ -332,6 +359,33 @@ export class PgCoordinator implements Coordinator {
     this.#current = session;
     this.#startRenewing();
     return session;
+  }
+
+  /**
+   * Sends one query of the lock session that the server answers at once (all but a lock wait):
+   * while it is in flight, the renewer counts the session lost once it has gone unanswered for
+   * `lossAfter`, whatever it is (see {@link PgCoordinator.renew}).
+   */
+  #send(session: Session, text: string, values?: unknown[]): Promise<PgQueryResult> {
+    session.sentAt = performance.now();
+    const done = (): void => {
+      session.sentAt = undefined;
+    };
+    const query = session.client.query(text, values);
+    query.then(done, done);
+    this.#lostWith(session, query);
+    return query;
+  }
+
+  /**
+   * A query that fails because the session ended (terminated, connection lost) loses the session
+   * before anyone else hears of the failure: the client sees the connection end a turn later,
+   * and an acquire started meanwhile (by the failed one's caller) must not choose it.
+   */
+  #lostWith(session: Session, query: Promise<unknown>): void {
+    query.catch((error: unknown) => {
+      if (isFatalPgError(error)) this.#lost(session, error as Error);
+    });
   }
 
   /** Runs `step` on the session once every earlier step is done with it. */
@@ -367,31 +421,27 @@ export class PgCoordinator implements Coordinator {
       signal.addEventListener('abort', onAbort, { once: true });
       this.#step(session, async (client) => {
         if (aborted) return;
-        // A cancel (ours, or anyone's) that lands after the server granted the wait fails the
-        // query with the session lock held: give it back, or this session keeps it while it
-        // renews. Nothing else of this mode is held here while a wait runs, so this unlock
-        // cannot drop another lease's lock; when nothing was granted it is a no-op (a warning).
-        const unlockAfterFailedWait = (): Promise<void> =>
-          client
-            .query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey])
-            .then(noop, () =>
-              this.#lost(
-                session,
-                new Error('A failed lock wait could not be undone; the lock session was discarded'),
-              ),
-            );
         // How the wait ended, set in the same turn it does (a race of promises would lag).
         let ended: 'granted' | 'failed' | undefined;
+        const sentAt = performance.now();
+        session.wait = { seenAt: sentAt, checking: false, verdict: undefined };
+        // Its checks (and a cancel) go over the side connection: connected by the first check.
+        this.#side.warm();
         const wait = client.query(`SELECT ${fn}($1::bigint)`, [this.#lockKey]);
+        this.#lostWith(session, wait);
         const done = wait.then(
           () => {
             ended = 'granted';
+            if (mode === 'read') session.shared++;
           },
           (error: unknown) => {
             ended = 'failed';
             if (!aborted) reject(error);
           },
         );
+        done.then(() => {
+          session.wait = undefined;
+        });
         await new Promise<void>((settle) => {
           done.then(settle, settle);
           signal.addEventListener('abort', () => settle(), { once: true });
@@ -399,7 +449,7 @@ export class PgCoordinator implements Coordinator {
         signal.removeEventListener('abort', onAbort);
         if (!aborted) {
           if (ended === 'granted') resolve();
-          else await unlockAfterFailedWait();
+          else await this.#undoFailedWait(session, mode);
           return;
         }
         if (ended === undefined) {
@@ -425,10 +475,10 @@ export class PgCoordinator implements Coordinator {
           }
         }
         if (ended === 'granted') {
-          await client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]).catch(noop);
+          await this.#giveBack(session, mode);
         } else if (ended === 'failed') {
-          await unlockAfterFailedWait();
-        } else if (ended === undefined) {
+          await this.#undoFailedWait(session, mode);
+        } else {
           this.#lost(
             session,
             new Error('A cancelled lock wait did not end; the lock session was discarded'),
@@ -441,6 +491,48 @@ export class PgCoordinator implements Coordinator {
     });
   }
 
+  /**
+   * After a lock wait failed (a cancel, ours or anyone's): the server may have granted the lock
+   * just before the cancel landed, and this session would keep it while it renews. A write's
+   * unlock is a no-op when nothing was granted. A read's is not when other reads of this
+   * process hold the shared lock on this session (it would drop one of theirs): then nothing is
+   * given back now, and the last read's give-back unlocks all (see {@link PgCoordinator.giveBack}).
+   */
+  #undoFailedWait(session: Session, mode: LockMode): Promise<void> {
+    if (mode === 'read' && session.shared > 0) return Promise.resolve();
+    return this.#unlock(session, mode === 'write' ? 'write' : 'all');
+  }
+
+  /**
+   * Gives back one granted lock of `mode` (inside a step). The last shared lock out unlocks
+   * every lock of the session: that also drops a hold a failed read wait may have left.
+   */
+  #giveBack(session: Session, mode: LockMode): Promise<void> {
+    if (mode === 'write') return this.#unlock(session, 'write');
+    session.shared = Math.max(0, session.shared - 1);
+    return this.#unlock(session, session.shared === 0 ? 'all' : 'read');
+  }
+
+  /**
+   * An unlock (inside a step). One that fails leaves the session holding what it meant to give
+   * back (an outside cancel can fail it too) while it renews: the session is discarded instead.
+   */
+  #unlock(session: Session, what: LockMode | 'all'): Promise<void> {
+    const query =
+      what === 'all'
+        ? this.#send(session, 'SELECT pg_advisory_unlock_all()')
+        : this.#send(session, `SELECT ${unlockFn(what)}($1::bigint)`, [this.#lockKey]);
+    return query.then(noop, (error: unknown) =>
+      this.#lost(
+        session,
+        new Error(
+          `Giving back a lock failed (${error instanceof Error ? error.message : String(error)}); the lock session was discarded`,
+          { cause: error },
+        ),
+      ),
+    );
+  }
+
   #grant(
     session: Session,
     mode: LockMode,
@@ -450,8 +542,8 @@ export class PgCoordinator implements Coordinator {
     const { sequence } = fenceObjects(this.schema);
     // The renewal clock starts at this query's send, after the grant (the wait may be long).
     const sentAt = performance.now();
-    return this.#step(session, (client) =>
-      client.query(`SELECT nextval('${sequence}')::text AS fence`),
+    return this.#step(session, () =>
+      this.#send(session, `SELECT nextval('${sequence}')::text AS fence`),
     ).then(
       (result) => {
         // Answered past the holder's own deadline (a slow route, a stalled loop): the server may
@@ -467,6 +559,8 @@ export class PgCoordinator implements Coordinator {
             { cause: late },
           );
         }
+        // Lost meanwhile (its socket closed as the answer came in): nothing to hand out.
+        if (session.gone !== undefined) throw session.gone;
         const held: Held = {
           mode,
           fence: toFence((result.rows[0] as { fence: string }).fence),
@@ -494,16 +588,10 @@ export class PgCoordinator implements Coordinator {
         };
       },
       (error: unknown) => {
-        void this.#unlockQuietly(session, mode);
+        void this.#step(session, () => this.#giveBack(session, mode)).catch(noop);
         throw error;
       },
     );
-  }
-
-  #unlockQuietly(session: Session, mode: LockMode): Promise<void> {
-    return this.#step(session, (client) =>
-      client.query(`SELECT ${unlockFn(mode)}($1::bigint)`, [this.#lockKey]),
-    ).then(noop, noop);
   }
 
   /** The holder's own deadline: before the server's, counted from the last answered send. */
@@ -528,7 +616,7 @@ export class PgCoordinator implements Coordinator {
     this.#held.delete(held);
     held.local.release();
     if (held.session.gone !== undefined) return;
-    await this.#unlockQuietly(held.session, held.mode);
+    await this.#step(held.session, () => this.#giveBack(held.session, held.mode)).catch(noop);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -545,14 +633,19 @@ export class PgCoordinator implements Coordinator {
     const session = this.#current;
     if (session === undefined || session.gone !== undefined) return;
     const { lossAfter } = this.#settings;
-    // A renewal is sent only when nothing else is in flight, so one unanswered this long means
-    // the server is out of reach: drop the session, or the acquires queued behind it (with no
-    // lease held, no loss timer is armed) would wait for TCP to give up, many minutes.
-    if (session.renewing !== undefined && performance.now() - session.renewing > lossAfter) {
+    // Every query but a lock wait is answered at once, so one unanswered this long means the
+    // server is out of reach, whatever it is (a renewal, a fence query, a release's unlock):
+    // drop the session, or what is queued behind it (the acquires, with no loss timer armed
+    // when no lease is held) would wait for TCP to give up, many minutes.
+    if (session.sentAt !== undefined && performance.now() - session.sentAt > lossAfter) {
       this.#lost(
         session,
-        new Error(`A renewal of the lock session went unanswered for ${lossAfter} ms`),
+        new Error(`A query of the lock session went unanswered for ${lossAfter} ms`),
       );
+      return;
+    }
+    if (session.wait !== undefined) {
+      this.#watchWait(session, session.wait);
       return;
     }
     // A step in flight (a wait, a grant) keeps the session busy, hence not idle, by itself.
@@ -569,10 +662,8 @@ export class PgCoordinator implements Coordinator {
       if (!alive) return;
     }
     const sentAt = performance.now();
-    session.renewing = sentAt;
-    this.#step(session, (client) => client.query('SELECT pg_backend_pid() AS pid')).then(
+    this.#step(session, () => this.#send(session, 'SELECT pg_backend_pid() AS pid')).then(
       (result) => {
-        session.renewing = undefined;
         const pid = (result.rows[0] as { pid: number } | undefined)?.pid;
         if (pid !== session.pid) {
           this.#lost(
@@ -592,6 +683,58 @@ export class PgCoordinator implements Coordinator {
       },
       (error: unknown) => this.#lost(session, error as Error),
     );
+  }
+
+  /**
+   * A lock wait may last as long as another process holds the lock, so its silence proves
+   * nothing by itself: once it has gone on for `renewInterval`, each renewal tick asks the side
+   * connection whether the server still works on it (its backend `active`). A wait not seen so
+   * for `lossAfter` is dropped when the server says its backend is gone or no longer waiting
+   * (its answer was lost), or when the server does not answer the question either (the route
+   * is silent). A question that fails otherwise (a refused connect, too many connections), or
+   * that may not see the backend's state, proves nothing: the wait goes on.
+   */
+  #watchWait(session: Session, wait: WaitWatch): void {
+    const { renewInterval, lossAfter } = this.#settings;
+    const now = performance.now();
+    if (now - wait.seenAt > lossAfter && wait.verdict === 'silent') {
+      this.#lost(
+        session,
+        new Error(
+          `A lock wait went unanswered and the server did not show it waiting for ${lossAfter} ms`,
+        ),
+      );
+      return;
+    }
+    if (wait.checking || now - wait.seenAt < renewInterval) return;
+    wait.checking = true;
+    const askedAt = now;
+    this.#side
+      .query<{ state: string | null }>(
+        AbortSignal.timeout(renewInterval),
+        'SELECT state FROM pg_stat_activity WHERE pid = $1',
+        [session.pid],
+      )
+      .then(
+        (rows) => {
+          const state = rows[0]?.state;
+          if (rows.length === 0) {
+            this.#lost(session, new Error(`The lock session's backend ${session.pid} is gone`));
+          } else if (state === 'active') {
+            wait.seenAt = Math.max(wait.seenAt, askedAt);
+            wait.verdict = undefined;
+          } else {
+            // null: the side connection may not see that session's state (another role).
+            wait.verdict = state === null ? undefined : 'silent';
+          }
+        },
+        (error: unknown) => {
+          wait.verdict = isTimeout(error) ? 'silent' : undefined;
+        },
+      )
+      .finally(() => {
+        wait.checking = false;
+      });
   }
 
   /** The session is gone or no longer trusted: every lease on it is lost. */
@@ -633,6 +776,11 @@ export class PgCoordinator implements Coordinator {
 
 function unlockFn(mode: LockMode): string {
   return mode === 'write' ? 'pg_advisory_unlock' : 'pg_advisory_unlock_shared';
+}
+
+/** True for the error of a signal from `AbortSignal.timeout`. */
+function isTimeout(error: unknown): boolean {
+  return (error as { name?: unknown } | null)?.name === 'TimeoutError';
 }
 
 function delay(ms: number): Promise<void> {

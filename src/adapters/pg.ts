@@ -21,7 +21,9 @@
  *   accepts connections on the side connection's route (a frozen server whose side backend
  *   still answers). When no query is in flight on the handle, the op is in the application's hands
  *   (between two queries of a transaction, say) and the probe passes.
- * - `cancel` runs `pg_cancel_backend(pid)` over the same side connection.
+ * - `cancel` runs `pg_cancel_backend(pid)` over the same side connection when a query runs, and
+ *   returns once nothing of the op is queued or running on the handle (bounded by
+ *   `cancelTimeout`; past it the socket is cut): the guard gives back the op's leases only then.
  * - `isFatal` is {@link isFatalPgError}: connection-level errors retire the handle.
  * - `reset` is {@link pgReset}: after each stateless op, the handle is returned to a clean state
  *   (what `DISCARD ALL` clears, then the settings `setup` made), skipped when the op provably
@@ -52,6 +54,7 @@ import {
   SIDE_CONNECT_TIMEOUT_MS,
   SideConnection,
 } from './pg-side.js';
+import { cancelUntilDrained } from './pg-turns.js';
 import type { PgClientConfig, PgHandle } from './pg-types.js';
 
 export { pgQuery } from './pg-client.js';
@@ -275,6 +278,7 @@ export function pgGuardOptions(
       );
     },
 
+    // The guard keeps the op's leases and handle until this returns: see cancelUntilDrained.
     async cancel(handle) {
       const controller = new AbortController();
       const timer = setTimeout(
@@ -283,13 +287,19 @@ export function pgGuardOptions(
       );
       timer.unref();
       try {
-        const rows = await side.query<{ cancelled: boolean }>(
-          controller.signal,
-          'SELECT pg_cancel_backend($1) AS cancelled',
-          [handle.pid],
-          true,
-        );
-        return rows[0]?.cancelled === true;
+        return await cancelUntilDrained(handle.client, controller.signal, async () => {
+          const rows = await side.query<{ cancelled: boolean }>(
+            controller.signal,
+            'SELECT pg_cancel_backend($1) AS cancelled',
+            [handle.pid],
+            true,
+          );
+          return rows[0]?.cancelled === true;
+        });
+      } catch (error) {
+        // Not drained in time: nothing still queued in pg may be sent later (the handle is lost).
+        destroySocket(handle.client);
+        throw error;
       } finally {
         clearTimeout(timer);
       }

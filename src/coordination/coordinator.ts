@@ -53,16 +53,18 @@ export interface CoordinatorStatus {
   readonly kind: string;
   /** The cluster key (what the lease is for). */
   readonly key: string;
-  /** The lease held now, if any. */
-  readonly held:
-    | {
-        mode: LockMode;
-        fence: Fence;
-        heldMs: number;
-        sinceRenewMs: number;
-        label: string | undefined;
-      }
-    | undefined;
+  /**
+   * The leases held now, oldest first: empty when none, one write lease, or any number of read
+   * leases (when the coordinator coordinates reads).
+   */
+  readonly held: {
+    mode: LockMode;
+    fence: Fence;
+    heldMs: number;
+    /** Since the send of the last answered renewal (or of the grant's fence query). */
+    sinceRenewMs: number;
+    label: string | undefined;
+  }[];
   /** Acquires waiting now. */
   readonly waiting: { mode: LockMode; waitingMs: number; label: string | undefined }[];
   /** `connected` when the lock session is open, `connecting`, `down` after failures, `closed`. */

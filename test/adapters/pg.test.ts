@@ -419,15 +419,27 @@ describe('cancel', () => {
     expect((await pgQuery(handle, ctxOf(), 'SELECT 2 AS two')).rows[0]!.two).toBe(2);
   });
 
-  it('is bounded by cancelTimeout when the route is dead', async () => {
+  it('is bounded by cancelTimeout when the route is dead, and then cuts the handle', async () => {
     const proxy = await startProxy();
     const r = recipe(viaProxy(proxy), { cancelTimeout: 300 });
     const handle = await openHandle(r);
+    const running = settle(handle.client.query('SELECT pg_sleep(30)'));
+    await waitFor(async () => (await activity(handle.pid))?.state === 'active', 5_000, 'active');
     proxy.blackhole();
     const started = performance.now();
     await expect(r.cancel(handle)).rejects.toThrow(/cancel timed out/);
     expect(performance.now() - started).toBeLessThan(1_500);
+    // Nothing the op still had queued or running on it can be sent or answered later.
+    expect(await running).toMatchObject({ ok: false });
+    expect(r.options.isAlive?.(handle)).toBe(false);
     proxy.heal();
+  });
+
+  it('sends nothing when no query runs on the handle (a cancel could hit the next op)', async () => {
+    const r = recipe(clientConfig());
+    const handle = await openHandle(r);
+    await expect(r.cancel(handle)).resolves.toBe(false);
+    expect((await pgQuery(handle, ctxOf(), 'SELECT 3 AS n')).rows[0]!.n).toBe(3);
   });
 });
 

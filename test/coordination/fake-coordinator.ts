@@ -101,14 +101,18 @@ export class FakeCoordinator implements Coordinator {
   }
 
   status(): CoordinatorStatus {
-    const held = this.grants.find((g) => !g.released);
     return {
       kind: 'fake',
       key: 'k',
-      held:
-        held === undefined
-          ? undefined
-          : { mode: held.mode, fence: held.fence, heldMs: 0, sinceRenewMs: 0, label: undefined },
+      held: this.grants
+        .filter((g) => !g.released)
+        .map((g) => ({
+          mode: g.mode,
+          fence: g.fence,
+          heldMs: 0,
+          sinceRenewMs: 0,
+          label: undefined,
+        })),
       waiting: this.pending.map((p) => ({ mode: p.mode, waitingMs: 0, label: p.options.label })),
       connection: 'connected',
       lastError: undefined,

@@ -4,9 +4,24 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { onTestFinished } from 'vitest';
+import pg from 'pg';
+import { afterEach, onTestFinished, vi } from 'vitest';
+import {
+  type PgCoordinator,
+  type PgHandle,
+  pgCoordinator,
+  pgGuardOptions,
+} from '../../../src/adapters/pg.js';
 import { lockKey } from '../../../src/adapters/pg-coordinator-settings.js';
-import { adminQuery, pgConfig } from '../../support/pg.js';
+import { EngineGuard } from '../../../src/index.js';
+import { FaultProxy } from '../../../src/testing/index.js';
+import {
+  adminQuery,
+  clientConfig,
+  closeClient,
+  connectClient,
+  pgConfig,
+} from '../../support/pg.js';
 
 export const SCHEMA = 'engine_guard_test';
 const CHILD = fileURLToPath(new URL('./child.ts', import.meta.url));
@@ -196,4 +211,98 @@ export async function until(
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/**
+ * Holds back every `nextval` of `schema`'s fence sequence (a grant's fence query): an open
+ * transaction of its own that ran `ALTER SEQUENCE` on it. `release()` rolls it back.
+ */
+export async function holdFenceSequence(schema: string): Promise<{ release(): Promise<void> }> {
+  const client = await connectClient();
+  await client.query('BEGIN');
+  await client.query(`ALTER SEQUENCE "${schema}".fence_seq INCREMENT BY 1`);
+  let released: Promise<void> | undefined;
+  onTestFinished(() => released ?? closeClient(client));
+  return {
+    release: () => {
+      released ??= client.query('ROLLBACK').then(
+        () => closeClient(client),
+        () => closeClient(client),
+      );
+      return released;
+    },
+  };
+}
+
+/** Backend pids whose `nextval` of `schema`'s fence sequence waits for a lock. */
+export async function fenceWaiters(schema: string): Promise<number[]> {
+  const { rows } = await adminQuery<{ pid: number }>(
+    `SELECT pid FROM pg_locks WHERE locktype = 'relation' AND NOT granted
+       AND relation = to_regclass($1)`,
+    [`"${schema}".fence_seq`],
+  );
+  return rows.map((r) => r.pid);
+}
+
+/**
+ * Makers of coordinators and FaultProxies for one test file, closed after each test (proxies
+ * first: whatever still hangs on a blackholed or slowed link then fails at once).
+ */
+export function coordinatorKit(schema = SCHEMA): {
+  coordinator(
+    key: string,
+    extra?: Record<string, unknown>,
+    config?: pg.ClientConfig,
+  ): PgCoordinator;
+  proxy(): Promise<FaultProxy>;
+  /** A guard (engine-guard/pg, straight to the test cluster) on `coordinator`. */
+  guard(coordinator: PgCoordinator): EngineGuard<PgHandle>;
+  closeLater(closable: { close(): Promise<void> }): void;
+} {
+  const open: { close(): Promise<void> }[] = [];
+  const proxies: FaultProxy[] = [];
+  afterEach(async () => {
+    await Promise.all(proxies.splice(0).map((proxy) => proxy.close()));
+    await Promise.all(open.splice(0).map((c) => c.close()));
+  });
+  return {
+    coordinator(key, extra = {}, config = clientConfig()) {
+      const c = pgCoordinator(config, { key, schema, ...extra });
+      open.push(c);
+      return c;
+    },
+    async proxy() {
+      const started = await FaultProxy.start({ target: { port: pgConfig().port } });
+      proxies.push(started);
+      return started;
+    },
+    guard(coordinator) {
+      const guard = new EngineGuard({ ...pgGuardOptions({ config: clientConfig() }), coordinator });
+      open.push(guard);
+      return guard;
+    },
+    closeLater(closable) {
+      open.push(closable);
+    },
+  };
+}
+
+/**
+ * Calls `hook` once, just before the next query whose text starts with `prefix` is handed to
+ * any `pg` client, with that call's arguments (which it may change): the exact moment a query of
+ * the coordinator is sent. Undone by `vi.restoreAllMocks()`.
+ */
+export function onNextQuery(prefix: string, hook: (args: unknown[]) => void): void {
+  const query = pg.Client.prototype.query;
+  let armed = true;
+  vi.spyOn(pg.Client.prototype, 'query').mockImplementation(function (
+    this: pg.Client,
+    ...args: unknown[]
+  ) {
+    if (armed && typeof args[0] === 'string' && args[0].startsWith(prefix)) {
+      armed = false;
+      hook(args);
+    }
+    return (query as (...a: unknown[]) => unknown).apply(this, args);
+  } as typeof query);
 }

@@ -4,46 +4,29 @@
  */
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
-  type PgCoordinator,
   PgCoordinatorError,
   PgFenceRefusedError,
   pgCheckFence,
   pgCoordinator,
-  pgGuardOptions,
   pgQuery,
 } from '../../../src/adapters/pg.js';
 import { SideConnection } from '../../../src/adapters/pg-side.js';
-import { EngineGuard, LeaseLostError, LockTimeoutError } from '../../../src/index.js';
+import { LeaseLostError, LockTimeoutError } from '../../../src/index.js';
 import { FaultProxy } from '../../../src/testing/index.js';
 import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../../support/pg.js';
-import { advisoryLocks, lockPids, lockWaiters, SCHEMA, uniqueKey, until } from './kit.js';
+import {
+  advisoryLocks,
+  coordinatorKit,
+  lockPids,
+  lockWaiters,
+  SCHEMA,
+  uniqueKey,
+  until,
+} from './kit.js';
 
-const open: { close(): Promise<void> }[] = [];
-const proxies: FaultProxy[] = [];
-afterEach(async () => {
-  // Proxies first: whatever still hangs on a blackholed or slowed link fails at once.
-  await Promise.all(proxies.splice(0).map((proxy) => proxy.close()));
-  await Promise.all(open.splice(0).map((c) => c.close()));
-});
-
-function coordinator(
-  key: string,
-  extra: Record<string, unknown> = {},
-  config = clientConfig(),
-): PgCoordinator {
-  const c = pgCoordinator(config, { key, schema: SCHEMA, ...extra });
-  open.push(c);
-  return c;
-}
-
-/** A FaultProxy to the test cluster, closed after the test (before the coordinators). */
-async function proxy(): Promise<FaultProxy> {
-  const started = await FaultProxy.start({ target: { port: pgConfig().port } });
-  proxies.push(started);
-  return started;
-}
+const { coordinator, proxy, closeLater, guard: guardOn } = coordinatorKit();
 
 const alive = { isAlive: () => true };
 
@@ -65,13 +48,13 @@ describe('pgCoordinator', () => {
       kind: 'pg',
       key,
       connection: 'connected',
-      held: { mode: 'write', fence: first.fence },
+      held: [{ mode: 'write', fence: first.fence }],
     });
     await first.release();
     const granted = await waiting;
     expect(BigInt(granted.fence)).toBeGreaterThan(BigInt(first.fence));
     await granted.release();
-    expect(b.status().held).toBeUndefined();
+    expect(b.status().held).toEqual([]);
   });
 
   it('shares read leases across processes and keeps writes out while they are held', async () => {
@@ -236,11 +219,7 @@ describe('pgCoordinator', () => {
   it('a live 5 s write keeps its lease: no false loss', async () => {
     const key = uniqueKey();
     const c = coordinator(key, { leaseTimeout: 1_500, renewInterval: 300 });
-    const guard = new EngineGuard({
-      ...pgGuardOptions({ config: clientConfig() }),
-      coordinator: c,
-    });
-    open.push(guard);
+    const guard = guardOn(c);
     const result = await guard.write(async (pg, ctx) => {
       await pgQuery(pg, ctx, 'SELECT pg_sleep(5)');
       return { fence: ctx.fence, aborted: ctx.signal.aborted };
@@ -253,11 +232,7 @@ describe('pgCoordinator', () => {
   it('pgCheckFence refuses a write whose fence is older than one that wrote', async () => {
     const key = uniqueKey();
     const c = coordinator(key);
-    const guard = new EngineGuard({
-      ...pgGuardOptions({ config: clientConfig() }),
-      coordinator: c,
-    });
-    open.push(guard);
+    const guard = guardOn(c);
     let stale: number | bigint | undefined;
     await guard.write(async (pg, ctx) => {
       stale = ctx.fence;
@@ -325,7 +300,7 @@ describe('pgCoordinator', () => {
     );
     for (const pid of pids) await terminateBackend(pid);
     expect(await lost).toMatchObject({ name: 'LeaseLostError', fence: lease.fence });
-    expect(c.status()).toMatchObject({ connection: 'down', held: undefined });
+    expect(c.status()).toMatchObject({ connection: 'down', held: [] });
     await lease.release();
     await lease.release();
     const next = await c.acquire('write', { ...alive, timeout: 5_000 });
@@ -407,12 +382,12 @@ describe('pgCoordinator', () => {
     const port = proxy.port;
     await proxy.close();
     const c = pgCoordinator(clientConfig({ port }), { key: uniqueKey(), schema: SCHEMA });
-    open.push(c);
+    closeLater(c);
     const error = await c.acquire('write', alive).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(PgCoordinatorError);
     expect(error).toMatchObject({ code: 'ERR_PG_COORDINATOR', reason: 'session' });
     expect((error as Error).cause).toMatchObject({ code: 'ECONNREFUSED' });
-    expect(c.status()).toMatchObject({ connection: 'down', held: undefined });
+    expect(c.status()).toMatchObject({ connection: 'down', held: [] });
   });
 
   it('close() in the same turn as acquire() rejects it', async () => {

@@ -1,0 +1,171 @@
+/**
+ * The order of {@link pgQuery}'s queries on one `pg` client, and waiting until a client has
+ * nothing queued or running (what the `cancel` hook of engine-guard/pg needs before the guard
+ * gives an aborted op's leases and handle back).
+ *
+ * `pgQuery` hands a query to `pg` only once the one before it on the client settled: until then
+ * it waits here, not in `pg`'s own queue (which pg 8 deprecates and pg 9 removes), so that an
+ * abort withdraws it for sure.
+ */
+import { onAbort, raceSignal } from './pg-signal.js';
+import type { PgClient } from './pg-types.js';
+
+/** What this module needs of a `pg.Client`. */
+interface TurnClient {
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  /** `pg`'s own flag: false from the moment a query is sent until the server is ready again. */
+  readyForQuery?: boolean;
+  connection?: { on?(event: 'readyForQuery', listener: () => void): unknown };
+}
+
+/** The {@link pgQuery} calls of one client. */
+interface Queue {
+  /** Calls that are not done with the client: waiting for their turn, or sent. */
+  queued: number;
+  /** Settles once the last call queued is done with the client. */
+  tail: Promise<void>;
+  /** Settles once the last call queued has settled (for its caller). */
+  settledTail: Promise<void>;
+  /** True once the connection failed or ended. */
+  gone: boolean;
+  /** Told when a query ends, a call is done, or the connection goes. */
+  readonly changes: Set<() => void>;
+}
+
+const queues = new WeakMap<object, Queue>();
+
+/**
+ * Starts keeping the order of `client`'s {@link pgQuery} calls. Called once it is connected,
+ * after `pg`'s own listeners: a query end seen here finds `pg`'s next query sent already.
+ */
+export function watchTurns(client: TurnClient): void {
+  const queue: Queue = {
+    queued: 0,
+    tail: Promise.resolve(),
+    settledTail: Promise.resolve(),
+    gone: false,
+    changes: new Set(),
+  };
+  queues.set(client, queue);
+  const gone = (): void => {
+    queue.gone = true;
+    changed(queue);
+  };
+  client.on('error', gone);
+  client.on('end', gone);
+  client.connection?.on?.('readyForQuery', () => changed(queue));
+}
+
+function changed(queue: Queue): void {
+  for (const listener of queue.changes) listener();
+}
+
+/** One {@link pgQuery} call's place in its client's queue (see {@link takeTurn}). */
+export interface Turn {
+  /** True when nothing was queued before it: it may send at once. */
+  readonly now: boolean;
+  /** Settles once every call queued before it is done with the client. */
+  readonly ready: Promise<void>;
+  /** Settles once the call queued just before it has settled for its caller. */
+  readonly previous: Promise<void>;
+  /** It settled for its caller: the next call may settle now. */
+  settled(): void;
+  /** It sent `query`: its turn ends when the query settles. */
+  sent(query: Promise<unknown>): void;
+  /** It is done: when it sent nothing, its turn ends once the calls before it are done. */
+  leave(): void;
+  /** What settles once every call queued behind it by now is done, or undefined when none is. */
+  behind(): Promise<void> | undefined;
+}
+
+/**
+ * Queues one {@link pgQuery} call on `client` (undefined for a client this adapter did not
+ * connect). The calls of a client send their queries
+ * one at a time, in call order, each once the one before it settled: until then a query stays
+ * with the adapter, not in `pg`'s own queue, so an abort withdraws it for sure. They also settle
+ * in call order (a failed call waits for those behind it, see {@link pgQuery}; the first error
+ * of a batch must still reach `Promise.all` first).
+ */
+export function takeTurn(client: PgClient): Turn | undefined {
+  const state = queues.get(client);
+  if (state === undefined) return undefined;
+  const ready = state.tail;
+  const previous = state.settledTail;
+  let settled!: () => void;
+  state.settledTail = new Promise<void>((resolve) => {
+    settled = resolve;
+  });
+  const now = state.queued === 0;
+  state.queued++;
+  let sent = false;
+  let finished = false;
+  let settle!: () => void;
+  const mine = new Promise<void>((resolve) => {
+    settle = resolve;
+  });
+  state.tail = mine;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    state.queued--;
+    settle();
+    changed(state);
+  };
+  return {
+    now,
+    ready,
+    previous,
+    settled,
+    sent(query) {
+      sent = true;
+      query.then(finish, finish);
+    },
+    leave() {
+      if (!sent) ready.then(finish, finish);
+    },
+    behind: () => (state.tail === mine ? undefined : state.tail),
+  };
+}
+
+/**
+ * Cancels the query running on `client` (with `cancel()`), if any, and resolves once nothing is
+ * queued or running there any more: the op's {@link pgQuery} calls withdraw the queries they had
+ * not sent when its signal aborts, and what the op queued in `pg` itself (a `ROLLBACK` in a
+ * `finally`, say) runs to its end. Resolves whether a cancel was sent and took; rejects with the
+ * signal's reason when `signal` aborts first.
+ */
+export async function cancelUntilDrained(
+  pgClient: PgClient,
+  signal: AbortSignal,
+  cancel: () => Promise<boolean>,
+): Promise<boolean> {
+  const client = pgClient as PgClient & TurnClient;
+  const state = queues.get(client);
+  if (state === undefined) return raceSignal(cancel(), signal);
+  const drained = (): boolean =>
+    state.gone || (state.queued === 0 && client.readyForQuery !== false);
+  // Nothing runs: nothing to cancel, and a cancel sent anyway could hit the next op's query.
+  const cancelled = drained() ? false : await raceSignal(cancel(), signal);
+  while (!drained()) await nextChange(state, signal);
+  return cancelled;
+}
+
+/**
+ * Settles at the next query end, {@link pgQuery} call done, or loss of the connection; rejects
+ * with the signal's reason when `signal` aborts first.
+ */
+function nextChange(state: Queue, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const done = (): void => {
+      state.changes.delete(done);
+      unsubscribe();
+      resolve();
+    };
+    const unsubscribe = onAbort(signal, () => {
+      state.changes.delete(done);
+      reject(signal.reason);
+    });
+    state.changes.add(done);
+  });
+}
