@@ -71,15 +71,24 @@ export interface BlockingOp {
   readonly id: number;
   readonly kind: 'read' | 'write';
   readonly label: string | undefined;
-  /** How long it had been running, ms. */
+  /**
+   * How long it had been running, ms; for an op waiting for a handle, how long since it was
+   * called.
+   */
   readonly ageMs: number;
+  /**
+   * `'waiting for a handle'` for an op that holds its lease (so it blocks the waiter as a running
+   * op would) but waits for an engine handle to be opened, checked or returned. Absent for a
+   * running op.
+   */
+  readonly phase?: 'waiting for a handle' | undefined;
 }
 
 function describeBlockers(blockers: readonly BlockingOp[]): string {
   if (blockers.length === 0) return '';
   const shown = blockers.slice(0, 3).map((b) => {
     const name = b.label === undefined ? '' : ` "${b.label}"`;
-    return `${b.kind} #${b.id}${name} (running ${formatAge(b.ageMs)})`;
+    return `${b.kind} #${b.id}${name} (${b.phase ?? 'running'} ${formatAge(b.ageMs)})`;
   });
   const more = blockers.length > 3 ? ` and ${blockers.length - 3} more` : '';
   return `; it was waiting for ${shown.join(', ')}${more}`;
@@ -100,8 +109,9 @@ export class LockTimeoutError extends EngineGuardError {
   /** Name of the lock or guard that timed out, when it has one. */
   readonly lockName: string | undefined;
   /**
-   * The running ops the waiter was waiting for when it gave up, oldest first (filled in by an
-   * {@link EngineGuard}; empty for a bare lock).
+   * The ops the waiter was waiting for when it gave up: the running ones, oldest first, then
+   * those that held their lease and waited for a handle (filled in by an {@link EngineGuard};
+   * empty for a bare lock).
    */
   readonly waitingFor: readonly BlockingOp[];
 

@@ -6,9 +6,10 @@
  * later to an op that already left is given straight back.
  */
 import { LockTimeoutError } from '../errors.js';
+import { SignalFanout } from '../internal/signal-fanout.js';
 import type { WaiterQueue } from '../internal/waiter-queue.js';
 import type { Lease } from '../lock/lease.js';
-import type { RWLock } from '../lock/rwlock.js';
+import { queueFor, type RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import type { GuardHealth } from './health.js';
 import { LEFT, type Op } from './op.js';
@@ -33,6 +34,14 @@ export class Admission<E> {
   readonly #health: GuardHealth<E>;
   readonly #name: string | undefined;
   readonly #run: StartOp<E>;
+  /**
+   * The callers' signals of ops waiting for a handle. The pool hears of an abort too, but
+   * answers through its promise a microtask later; the op must leave the guard's queue in the
+   * turn its caller aborts, as it does when it waits for the lock (see `queueFor`).
+   */
+  readonly #handleWaits = new SignalFanout<Op<E>>((ops, reason) => {
+    for (const op of ops) this.leave(op, reason);
+  });
 
   constructor(
     lock: RWLock,
@@ -71,15 +80,12 @@ export class Admission<E> {
     }
     // The caller's own signal (if any) is all the lock needs: close() and the guard's other
     // exits answer the caller themselves, and a lease granted to an op that left is given back.
-    // The lock takes turns by key among queued reads (writes ignore it).
-    const waiting =
-      op.kind === 'read'
-        ? this.#lock.acquireRead({ signal: op.callerSignal, timeout, key: op.key })
-        : this.#lock.acquireWrite({ signal: op.callerSignal, timeout });
-    waiting.then(
-      (granted) => this.#onLease(op, fn, granted, timeout),
-      (error: unknown) => this.leave(op, error),
+    // The lock takes turns by key among queued reads (writes ignore it), and tells of an op
+    // that gives up (abort, timeout, a full queue) in that very turn.
+    const waiting = queueFor(this.#lock, op.kind, op.callerSignal, timeout, op.key, (error) =>
+      this.leave(op, error),
     );
+    waiting?.then((granted) => this.#onLease(op, fn, granted, timeout));
   }
 
   #onLease(op: Op<E>, fn: OpFn<E>, lease: Lease, timeout: number | undefined): void {
@@ -116,6 +122,7 @@ export class Admission<E> {
       this.#onHandle(op, fn, handle);
       return;
     }
+    if (op.callerSignal !== undefined) this.#handleWaits.add(op.callerSignal, op);
     handle.then(
       (granted) => this.#onHandle(op, fn, granted),
       (error: unknown) => this.leave(op, error),
@@ -123,6 +130,7 @@ export class Admission<E> {
   }
 
   #onHandle(op: Op<E>, fn: OpFn<E>, handle: Handle<E>): void {
+    if (op.callerSignal !== undefined) this.#handleWaits.remove(op.callerSignal, op);
     const state = op.state;
     if (state.tag !== 'leased') {
       this.#pool.release(handle);
@@ -156,7 +164,10 @@ export class Admission<E> {
     }
     this.#queued.remove(op);
     op.to(LEFT);
-    if (state.tag === 'leased') state.lease.release();
+    if (state.tag === 'leased') {
+      if (op.callerSignal !== undefined) this.#handleWaits.remove(op.callerSignal, op);
+      state.lease.release();
+    }
     op.reject(reason);
   }
 }
