@@ -92,7 +92,8 @@ const uncontended: Section = {
     'watched (never probed: it ends long before). Each contender runs ' +
     `${fmtInt(UNCONTENDED_ITERATIONS)} sequential awaited calls per round, ${UNCONTENDED_ROUNDS} ` +
     `rounds after ${fmtInt(UNCONTENDED_WARMUP)} warm-up calls, contenders rotated each round, ` +
-    'each with its own copy of the timing loop; figure = median round.',
+    'each with its own copy of the timing loop; figure = median round, in CPU time of the ' +
+    'process (`process.cpuUsage`) per call.',
   async run() {
     const timersBefore = activeTimers();
     const fn = async () => {};
@@ -141,9 +142,9 @@ const uncontended: Section = {
     const table = [
       [
         'Contender',
-        'ns/op (median)',
+        'CPU ns/op (median)',
         'rounds min–max',
-        'ops/s',
+        'ops per CPU s',
         'runExclusive (ESM) ÷ this',
         'runExclusive (CJS) ÷ this',
       ],

@@ -59,7 +59,7 @@ export interface MeasureOptions {
 /** Result of timing one contender. */
 export interface Measurement {
   name: string;
-  /** Median over the rounds of the mean ns per call within a round. */
+  /** Median over the rounds of the mean CPU ns per call within a round (see TIMING_LOOP_SOURCE). */
   nsPerOp: number;
   /** ns per call of each round, in round order. */
   roundsNsPerOp: number[];
@@ -113,21 +113,29 @@ export function nowNs(): number {
 type Loop = (fn: () => unknown, iterations: number) => Promise<number>;
 
 /**
+ * The body of a timing loop, as source (also used by benches that time in a fresh process):
+ * `iterations` sequential `await fn()`, timed in CPU time of the process (`process.cpuUsage`,
+ * user + system), in ns per call. CPU time rather than the wall clock: on a shared machine other
+ * processes delay a loop (a wall-clock round then measures the machine's load), but do not add
+ * to the CPU time it uses.
+ */
+export const TIMING_LOOP_SOURCE = `async function loop(fn, iterations) {
+  const start = process.cpuUsage();
+  for (let i = 0; i < iterations; i++) await fn();
+  const used = process.cpuUsage(start);
+  return ((used.user + used.system) * 1000) / iterations;
+}`;
+
+/**
  * A fresh copy of the timing loop. V8 keeps type feedback per function literal, so one shared
  * loop would turn megamorphic as contenders pass through it and slow down whoever runs in it
  * next; compiling the loop once per contender keeps each one's call site monomorphic.
  */
 function makeLoop(): Loop {
-  return new Function(
-    `return async function loop(fn, iterations) {
-      const start = process.hrtime.bigint();
-      for (let i = 0; i < iterations; i++) await fn();
-      return Number(process.hrtime.bigint() - start) / iterations;
-    };`,
-  )() as Loop;
+  return new Function(`return ${TIMING_LOOP_SOURCE};`)() as Loop;
 }
 
-/** Times `await fn()` run `iterations` times in a row; returns the median ns/op over `rounds`. */
+/** Times `await fn()` run `iterations` times in a row; returns the median CPU ns/op over `rounds`. */
 export async function measureAsync(
   name: string,
   fn: () => unknown,

@@ -10,6 +10,7 @@ import { Mutex } from 'async-mutex';
 import { RWLock as AsyncRWLock } from 'async-rwlock';
 import PQueue from 'p-queue';
 import { type Lease, RWLock } from '../src/index.js';
+import { runHolding } from '../src/internal/context.js';
 import {
   type Check,
   type Contender,
@@ -30,6 +31,7 @@ import {
   runInFreshProcess,
   type Section,
   shuffleInPlace,
+  TIMING_LOOP_SOURCE,
 } from './harness.js';
 
 const rootDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -64,11 +66,7 @@ async function measureWithoutAls(): Promise<{ bare: number; esm: number; cjs: nu
     const esm = new Mutex();
     const cjs = new MutexCjs();
     const contenders = [() => fn(), () => esm.runExclusive(fn), () => cjs.runExclusive(fn)];
-    const makeLoop = () => new Function(\`return async function loop(f, n) {
-      const start = process.hrtime.bigint();
-      for (let i = 0; i < n; i++) await f();
-      return Number(process.hrtime.bigint() - start) / n;
-    };\`)();
+    const makeLoop = () => new Function(${JSON.stringify(`return ${TIMING_LOOP_SOURCE};`)})();
     const loops = contenders.map(makeLoop);
     for (const [i, f] of contenders.entries()) await loops[i](f, ${UNCONTENDED_WARMUP});
     const samples = contenders.map(() => []);
@@ -105,12 +103,9 @@ async function awaitCostByLocksUsed(): Promise<Map<number, number>> {
     for (const k of ${JSON.stringify(PROMISE_TAX_LOCKS)}) {
       for (; used < k; used++) await new RWLock().read(() => {});
       for (let i = 0; i < 20000; i++) await fn();
+      const loop = ${TIMING_LOOP_SOURCE};
       const samples = [];
-      for (let round = 0; round < 5; round++) {
-        const start = process.hrtime.bigint();
-        for (let i = 0; i < 10000; i++) await fn();
-        samples.push(Number(process.hrtime.bigint() - start) / 10000);
-      }
+      for (let round = 0; round < 5; round++) samples.push(await loop(fn, 10000));
       result[k] = samples.sort((a, b) => a - b)[2];
     }
     console.log(JSON.stringify(result));
@@ -120,6 +115,14 @@ async function awaitCostByLocksUsed(): Promise<Map<number, number>> {
 
 const ESM_MUTEX = 'async-mutex `Mutex.runExclusive(fn)` (ESM build: `import`)';
 const CJS_MUTEX = 'async-mutex `Mutex.runExclusive(fn)` (CJS build: `require`)';
+const BARE = 'bare `await fn()`';
+const ENTER =
+  'part: entering an async context, `runHolding(owner, value, fn)` (`AsyncLocalStorage#run`)';
+const SETTLE =
+  'part: `fn().then(onFulfilled, onRejected)` (how `read(fn)` learns that `fn` settled)';
+const FLOOR = 'parts together: `runHolding(...).then(...)`, the floor of a re-entrant `read(fn)`';
+const READ = 'RWLock `read(fn)`';
+const TRY_READ = 'RWLock `tryAcquireRead()`, `await fn()`, `release()`';
 
 const uncontended: Section = {
   title: '1. Uncontended acquire/release',
@@ -128,7 +131,9 @@ const uncontended: Section = {
     '`fn = async () => {}`. Each contender runs ' +
     `${fmtInt(UNCONTENDED_ITERATIONS)} sequential awaited calls per round, ` +
     `${UNCONTENDED_ROUNDS} rounds after ${fmtInt(UNCONTENDED_WARMUP)} warm-up calls, contenders ` +
-    'rotated each round, each with its own copy of the timing loop; figure = median round.',
+    'rotated each round, each with its own copy of the timing loop; figure = median round, in ' +
+    'CPU time of the process (`process.cpuUsage`) per call, which other processes on a shared ' +
+    'machine delay but do not inflate.',
   async run() {
     const fn = async () => {};
     const lock = new RWLock();
@@ -139,8 +144,19 @@ const uncontended: Section = {
     // The acquire / `await fn()` / release rows are written out one by one rather than made by a
     // shared wrapper: one function literal would collect the type feedback of every lock it
     // wraps and turn polymorphic, adding its own cost to the tens of ns measured here.
+    // The parts of `read(fn)` that are not the lock's own: the package's one AsyncLocalStorage
+    // (no new one: on Node 20/22 each would tax every promise from here on) and the reaction.
+    const owner = {};
+    const hold = { released: false };
+    const settled = (value: unknown): unknown => value;
+    const failed = (error: unknown): never => {
+      throw error;
+    };
     const contenders: Contender[] = [
-      { name: 'bare `await fn()`', fn: () => fn() },
+      { name: BARE, fn: () => fn() },
+      { name: ENTER, fn: () => runHolding(owner, hold, fn) },
+      { name: SETTLE, fn: () => fn().then(settled, failed) },
+      { name: FLOOR, fn: () => runHolding(owner, hold, fn).then(settled, failed) },
       { name: ESM_MUTEX, fn: () => mutex.runExclusive(fn) },
       { name: CJS_MUTEX, fn: () => mutexCjs.runExclusive(fn) },
       { name: 'p-queue (concurrency 1) `queue.add(fn)`', fn: () => queue.add(fn) },
@@ -166,7 +182,7 @@ const uncontended: Section = {
           }
         },
       },
-      { name: 'RWLock `read(fn)`', fn: () => lock.read(fn) },
+      { name: READ, fn: () => lock.read(fn) },
       { name: 'RWLock `write(fn)`', fn: () => lock.write(fn) },
       {
         name: 'RWLock `acquireRead()`, `await fn()`, `release()`',
@@ -180,7 +196,7 @@ const uncontended: Section = {
         },
       },
       {
-        name: 'RWLock `tryAcquireRead()`, `await fn()`, `release()`',
+        name: TRY_READ,
         fn: async () => {
           const lease = lock.tryAcquireRead()!;
           try {
@@ -201,10 +217,20 @@ const uncontended: Section = {
     const byName = new Map(results.map((r) => [r.name, r.nsPerOp]));
     const base = byName.get(ESM_MUTEX)!;
     const baseCjs = byName.get(CJS_MUTEX)!;
-    const read = byName.get('RWLock `read(fn)`')!;
+    const read = byName.get(READ)!;
+    const bare = byName.get(BARE)!;
+    const enter = byName.get(ENTER)!;
+    const settle = byName.get(SETTLE)!;
+    const floor = byName.get(FLOOR)!;
     const freshRow = (name: string, ns: number) => [name, fmtNs(ns), '', fmtInt(1e9 / ns), ''];
     const table = [
-      ['Contender', 'ns/op (median)', 'rounds min–max', 'ops/s', 'runExclusive (ESM) ÷ this'],
+      [
+        'Contender',
+        'CPU ns/op (median)',
+        'rounds min–max',
+        'ops per CPU s',
+        'runExclusive (ESM) ÷ this',
+      ],
       ...results.map((r) => [
         r.name,
         fmtNs(r.nsPerOp),
@@ -235,6 +261,18 @@ const uncontended: Section = {
         actual: `${fmtRatio(baseCjs / read)} faster (${fmtNs(read)} vs ${fmtNs(baseCjs)})`,
         pass: baseCjs / read >= 5,
       },
+      {
+        name: 'RWLock `read(fn)` vs a bare `await fn()` (the aim on Node 24; see the notes)',
+        target: '<= 4x',
+        actual: `${fmtRatio(read / bare)} (${fmtNs(read)} vs ${fmtNs(bare)})`,
+        pass: read / bare <= 4,
+      },
+      {
+        name: "RWLock `read(fn)` vs the floor of a re-entrant `read(fn)` (what the lock's own code adds)",
+        target: '<= 1.5x',
+        actual: `${fmtRatio(read / floor)} (${fmtNs(read)} vs ${fmtNs(floor)})`,
+        pass: read / floor <= 1.5,
+      },
     ];
     return {
       table,
@@ -257,6 +295,25 @@ const uncontended: Section = {
           'and every promise created anywhere pays for each of them.',
         'async-rwlock lets a reader in whenever readers hold the lock, even past queued writers ' +
           '(see section 2); it has no abort and a global `unlock()` (no per-holder lease).',
+        `Where the ${fmtNs(read)} of RWLock \`read(fn)\` go: ${fmtNs(bare)} are the bare ` +
+          `\`await fn()\` itself; entering an async context in which \`fn\` holds the lease ` +
+          `(re-entrancy: a nested call must find it, synchronously or after an \`await\`) adds ` +
+          `${fmtNs(enter - bare)} (the "entering" row less the bare await); learning that ` +
+          `\`fn\`'s promise settled, to release, adds ${fmtNs(settle - bare)} (one reaction and ` +
+          `its promise); together ${fmtNs(floor)}, the floor of any lock that is re-entrant through ` +
+          `AsyncLocalStorage. The remaining ${fmtNs(read - floor)} are the lock's own: checking ` +
+          'the options and the context for a hold to join, granting (`tryRead`, the lease object), ' +
+          'and the release (the reader count, the writer-patience epoch, a drain that finds nobody ' +
+          'queued).',
+        `Entering the context is ${fmtRatio(enter / bare)} a bare await on its own here. On Node ` +
+          '24 (and 22 with `--experimental-async-context-frame`), `AsyncLocalStorage#run` makes a ' +
+          'new context frame (a copy of the current one) to enter and another to restore the ' +
+          "caller's, while promises carry the frame for free; on Node 20 and 22 `run` costs " +
+          'little, but every promise in the process pays the promise hooks (the "fresh process" ' +
+          'rows). The lock without the context (the `tryAcquireRead()` row, which a nested call ' +
+          `cannot join) costs ${fmtRatio(byName.get(TRY_READ)! / bare)} a bare await. So on a ` +
+          'release where entering a context alone costs more than about 3× a bare await, `read(fn)` ' +
+          'within 4× of one is out of reach for a lock that stays re-entrant.',
       ],
     };
   },

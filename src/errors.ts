@@ -71,10 +71,19 @@ export interface BlockingOp {
   readonly id: number;
   readonly kind: 'read' | 'write';
   readonly label: string | undefined;
-  /** How long it had been running, ms. */
+  /**
+   * How long it had been running, ms; for an op waiting for a handle, how long since it was
+   * called.
+   */
   readonly ageMs: number;
   /** The session it runs in, when it is a session's op. */
   readonly sessionId?: number | undefined;
+  /**
+   * `'waiting for a handle'` for an op that holds its lease (so it blocks the waiter as a running
+   * op would) but waits for an engine handle to be opened, checked or returned. Absent for a
+   * running op.
+   */
+  readonly phase?: 'waiting for a handle' | undefined;
 }
 
 function describeBlockers(blockers: readonly BlockingOp[]): string {
@@ -82,7 +91,7 @@ function describeBlockers(blockers: readonly BlockingOp[]): string {
   const shown = blockers.slice(0, 3).map((b) => {
     const name = b.label === undefined ? '' : ` "${b.label}"`;
     const session = b.sessionId === undefined ? '' : ` of session ${b.sessionId}`;
-    return `${b.kind} #${b.id}${name}${session} (running ${formatAge(b.ageMs)})`;
+    return `${b.kind} #${b.id}${name}${session} (${b.phase ?? 'running'} ${formatAge(b.ageMs)})`;
   });
   const more = blockers.length > 3 ? ` and ${blockers.length - 3} more` : '';
   return `; it was waiting for ${shown.join(', ')}${more}`;
@@ -103,8 +112,9 @@ export class LockTimeoutError extends EngineGuardError {
   /** Name of the lock or guard that timed out, when it has one. */
   readonly lockName: string | undefined;
   /**
-   * The running ops the waiter was waiting for when it gave up, oldest first (filled in by an
-   * {@link EngineGuard}; empty for a bare lock).
+   * The ops the waiter was waiting for when it gave up: the running ones, oldest first, then
+   * those that held their lease and waited for a handle (filled in by an {@link EngineGuard};
+   * empty for a bare lock).
    */
   readonly waitingFor: readonly BlockingOp[];
 

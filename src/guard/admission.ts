@@ -6,15 +6,15 @@
  * later to an op that already left is given straight back.
  */
 import { LockTimeoutError } from '../errors.js';
+import { SignalFanout } from '../internal/signal-fanout.js';
 import type { WaiterQueue } from '../internal/waiter-queue.js';
 import type { Lease } from '../lock/lease.js';
-import type { RWLock } from '../lock/rwlock.js';
+import { queueFor, type RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import type { GuardHealth } from './health.js';
-import { LEFT, type Op } from './op.js';
-import type { OpContext } from './types.js';
+import { LEFT, type Op, type OpFn } from './op.js';
 
-export type OpFn<E> = (engine: E, ctx: OpContext) => unknown;
+export type { OpFn } from './op.js';
 
 /** Starts an op that holds its lease and handle (the guard's `run`). */
 export type StartOp<E> = (
@@ -33,6 +33,14 @@ export class Admission<E> {
   readonly #health: GuardHealth<E>;
   readonly #name: string | undefined;
   readonly #run: StartOp<E>;
+  /**
+   * The callers' signals of ops waiting for a handle. The pool hears of an abort too, but
+   * answers through its promise a microtask later; the op must leave the guard's queue in the
+   * turn its caller aborts, as it does when it waits for the lock (see `queueFor`).
+   */
+  readonly #handleWaits = new SignalFanout<Op<E>>((ops, reason) => {
+    for (const op of ops) this.leave(op, reason);
+  });
 
   constructor(
     lock: RWLock,
@@ -78,17 +86,19 @@ export class Admission<E> {
     }
     // The caller's own signal (if any) is all the lock needs: close() and the guard's other
     // exits answer the caller themselves, and a lease granted to an op that left is given back.
-    // The lock takes turns by key among queued reads (writes ignore it).
-    const waiting =
-      op.kind === 'write'
-        ? this.#lock.acquireWrite({ signal: op.callerSignal, timeout })
-        : own
-          ? this.#lock.acquireReadUncapped(op.callerSignal, timeout)
-          : this.#lock.acquireRead({ signal: op.callerSignal, timeout, key: op.key });
-    waiting.then(
-      (granted) => this.#onLease(op, fn, granted, timeout),
-      (error: unknown) => this.leave(op, error),
+    // The lock takes turns by key among queued reads (writes ignore it), and tells of an op
+    // that gives up (abort, timeout, a full queue) in that very turn. A read on a session's own
+    // handle takes an uncapped lease.
+    const waiting = queueFor(
+      this.#lock,
+      op.kind,
+      op.callerSignal,
+      timeout,
+      op.key,
+      (error) => this.leave(op, error),
+      own && op.kind === 'read',
     );
+    waiting?.then((granted) => this.#onLease(op, fn, granted, timeout));
   }
 
   #onLease(op: Op<E>, fn: OpFn<E>, lease: Lease, timeout: number | undefined): void {
@@ -125,6 +135,7 @@ export class Admission<E> {
       this.#onHandle(op, fn, handle);
       return;
     }
+    if (op.callerSignal !== undefined) this.#handleWaits.add(op.callerSignal, op);
     handle.then(
       (granted) => this.#onHandle(op, fn, granted),
       (error: unknown) => this.leave(op, error),
@@ -132,6 +143,7 @@ export class Admission<E> {
   }
 
   #onHandle(op: Op<E>, fn: OpFn<E>, handle: Handle<E>): void {
+    if (op.callerSignal !== undefined) this.#handleWaits.remove(op.callerSignal, op);
     const state = op.state;
     if (state.tag !== 'leased') {
       this.#pool.release(handle);
@@ -165,7 +177,10 @@ export class Admission<E> {
     }
     this.#queued.remove(op);
     op.to(LEFT);
-    if (state.tag === 'leased') state.lease.release();
+    if (state.tag === 'leased') {
+      if (op.callerSignal !== undefined) this.#handleWaits.remove(op.callerSignal, op);
+      state.lease.release();
+    }
     op.reject(reason);
   }
 }

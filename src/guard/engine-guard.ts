@@ -599,8 +599,9 @@ export class EngineGuard<E> implements AsyncDisposable {
   }
 
   #start(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
+    const answer = op.answer();
     this.#admission.admit(op, this.#cluster?.wrap(op, fn, timeout) ?? fn, timeout);
-    return op.promise;
+    return answer;
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -29,12 +29,31 @@ function errorSummary(error: unknown): { message: string; code: string | undefin
   return { message: String(error), code: undefined };
 }
 
-/** Running ops as blockers, oldest first; only writes when `writesOnly`. Frozen, shareable. */
-function blocking<E>(running: WaiterQueue<Op<E>>, now: number, writesOnly: boolean) {
+/**
+ * The ops that hold a lease, as blockers: the running ones, oldest first, then the queued ones
+ * that hold their lease and wait for a handle (they block a waiter just the same). Only writes
+ * when `writesOnly`. Frozen, shareable.
+ */
+function blocking<E>(
+  running: WaiterQueue<Op<E>>,
+  queued: WaiterQueue<Op<E>>,
+  now: number,
+  writesOnly: boolean,
+): readonly BlockingOp[] {
   const list: BlockingOp[] = [];
   for (let op = running.head; op !== null; op = op.next) {
     if (writesOnly && op.kind !== 'write') continue;
     list.push({ id: op.id, kind: op.kind, label: op.label, ageMs: now - op.startedAt });
+  }
+  for (let op = queued.head; op !== null; op = op.next) {
+    if (op.state.tag !== 'leased' || (writesOnly && op.kind !== 'write')) continue;
+    list.push({
+      id: op.id,
+      kind: op.kind,
+      label: op.label,
+      ageMs: now - op.enqueuedAt,
+      phase: 'waiting for a handle',
+    });
   }
   return list.length === 0 ? NO_BLOCKERS : Object.freeze(list);
 }
@@ -166,7 +185,7 @@ export class GuardHealth<E> {
   /** What a queued op waits for (see {@link QueuedOpStatus.waitingFor}). */
   blockersOf(op: Op<E>, now: number): readonly BlockingOp[] {
     if (op.state.tag === 'leased') return NO_BLOCKERS;
-    return blocking(this.#running, now, op.kind === 'read');
+    return blocking(this.#running, this.#queued, now, op.kind === 'read');
   }
 
   /** The `status()` snapshot, lock queue lengths given by the caller. */
@@ -195,8 +214,8 @@ export class GuardHealth<E> {
     const queued: QueuedOpStatus[] = [];
     if (this.#queued.head !== null) {
       // One list per kind of wait, shared by the entries of this snapshot.
-      const all = blocking(this.#running, now, false);
-      const writes = blocking(this.#running, now, true);
+      const all = blocking(this.#running, this.#queued, now, false);
+      const writes = blocking(this.#running, this.#queued, now, true);
       for (let op: Op<E> | null = this.#queued.head; op !== null; op = op.next) {
         queued.push({
           id: op.id,

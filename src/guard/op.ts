@@ -61,6 +61,9 @@ interface Ended {
   readonly tag: 'left' | 'done' | 'stalled' | 'abandoned' | 'closed';
 }
 
+/** What an op runs: the caller's `fn`, or the guard's wrapper around it. */
+export type OpFn<E> = (engine: E, ctx: OpContext) => unknown;
+
 /** Where an op is in its life; see the module documentation. */
 export type OpState<E> = Waiting | Leased | Running<E> | Cancelling<E> | Ended;
 type Tag = OpState<unknown>['tag'];
@@ -178,10 +181,14 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   fence: Fence | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */
   onFnSettled: (() => void) | undefined = undefined;
-  /** The caller's promise and its settlers (set by the executor, synchronously). */
-  resolve!: (value: unknown) => void;
-  reject!: (reason: unknown) => void;
-  readonly promise: Promise<unknown>;
+  /**
+   * The settlers of the caller's promise, until the caller is answered. Dropped then: they hold
+   * the promise, and on Node 20/22 a promise holds the async context it was made in, which is
+   * the op that launched this one when a job reschedules itself from inside `fn`. Kept, they
+   * would link every op of such a job to the one before it, for as long as the job runs.
+   */
+  #resolve: ((value: unknown) => void) | undefined = undefined;
+  #reject: ((reason: unknown) => void) | undefined = undefined;
   #state: OpState<E> = WAITING;
   #context: RunContext<E> | undefined = undefined;
   #controller: AbortController | undefined = undefined;
@@ -196,11 +203,28 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
     readonly label: string | undefined,
     readonly callerSignal: AbortSignal | undefined,
     readonly waitForReady: boolean,
-  ) {
-    this.promise = new Promise<unknown>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
+  ) {}
+
+  /** Makes the caller's promise. Called once, when the op is launched. */
+  answer(): Promise<unknown> {
+    return new Promise<unknown>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
     });
+  }
+
+  /** Answers the caller with `value`; a no-op once the caller was answered. */
+  resolve(value: unknown): void {
+    const resolve = this.#resolve;
+    this.#resolve = this.#reject = undefined;
+    resolve?.(value);
+  }
+
+  /** Answers the caller with `reason`; a no-op once the caller was answered. */
+  reject(reason: unknown): void {
+    const reject = this.#reject;
+    this.#resolve = this.#reject = undefined;
+    reject?.(reason);
   }
 
   get state(): OpState<E> {

@@ -425,10 +425,11 @@ export interface QueuedOpStatus {
   /** ms since it was queued. */
   waitingMs: number;
   /**
-   * The running ops it waits for, oldest first: every running op for a write; the running
-   * write for a read; empty when it holds its lease and waits for a handle; its session's
-   * running op for a call queued behind it in its session (a pinned session runs its ops one at
-   * a time). Shared between entries of one snapshot and frozen.
+   * The ops it waits for: every op holding a lease for a write, the write holding the lease
+   * for a read; empty when it holds its lease and waits for a handle; its session's running op
+   * for a call queued behind it in its session (a pinned session runs its ops one at a time).
+   * Running ops come first, oldest first, then ops that hold their lease and wait for a handle
+   * (`phase`). Shared between entries of one snapshot and frozen.
    */
   waitingFor: readonly BlockingOp[];
   /** The session it was called in, or `undefined` for a stateless op. */

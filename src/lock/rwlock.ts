@@ -121,6 +121,7 @@ class Waiter implements FairQueueMember<Waiter> {
     /** Arrival order across readers and writers. */
     readonly seq: number,
     readonly resolve: (lease: HeldLease) => void,
+    /** Told, at once, when it leaves without a lease (see {@link queueFor}). */
     readonly reject: (reason: unknown) => void,
   ) {
     if (lockChannels.acquire.hasSubscribers) enqueuedAt.set(this, performance.now());
@@ -149,6 +150,37 @@ class SignalAndTimer {
     readonly signal: AbortSignal,
     readonly timer: Timer,
   ) {}
+}
+
+/** See {@link queueFor}. */
+type QueueFor = (
+  lock: RWLock,
+  mode: LockMode,
+  signal: AbortSignal | undefined,
+  timeout: number | undefined,
+  key: unknown,
+  leave: (reason: unknown) => void,
+  /** A reader that brings its own resource (see {@link RWLock.tryAcquireReadUncapped}). */
+  uncapped?: boolean,
+) => Promise<Lease> | undefined;
+
+// Set by the class's static block, which can reach its private queue.
+let enqueueFor: QueueFor;
+
+/**
+ * The guard's way into a lock it owns: `acquireRead`/`acquireWrite` without what the guard has
+ * done already (options validated; the lock is never held through `read(fn)`/`write(fn)`, so
+ * there is nothing to join), and a waiter that leaves without a lease (abort, timeout, a full
+ * queue) is reported to `leave` in the turn it leaves, not through a rejection a microtask later:
+ * the guard's `status()` must not list a queued op whose caller already has its answer. Returns
+ * the grant, which never rejects, or `undefined` when the waiter left at once.
+ */
+export const queueFor: QueueFor = (lock, mode, signal, timeout, key, leave, uncapped = false) =>
+  enqueueFor(lock, mode, signal, timeout, key, leave, uncapped);
+
+/** Why an acquire may neither be granted nor queue (see `#admit`). */
+class Refused {
+  constructor(readonly reason: unknown) {}
 }
 
 function validateFairness(value: unknown): Fairness {
@@ -221,6 +253,22 @@ function validateFairness(value: unknown): Fairness {
  * ```
  */
 export class RWLock {
+  static {
+    enqueueFor = (lock, mode, signal, timeout, key, leave, uncapped = false) => {
+      const now = lock.#admit(mode, signal, timeout, uncapped);
+      if (now === undefined) {
+        return new Promise<HeldLease>((resolve) =>
+          lock.#wait(mode, signal, timeout, key, resolve, leave, uncapped),
+        );
+      }
+      if (now instanceof Refused) {
+        leave(now.reason);
+        return undefined;
+      }
+      return Promise.resolve(now);
+    };
+  }
+
   /** Name given at construction, used in messages and diagnostics. */
   readonly name: string | undefined;
   readonly #maxQueue: number;
@@ -490,51 +538,72 @@ export class RWLock {
     key: unknown,
     uncapped = false,
   ): Promise<HeldLease> {
+    const now = this.#admit(mode, signal, timeout, uncapped);
+    if (now === undefined) {
+      return new Promise<HeldLease>((resolve, reject) =>
+        this.#wait(mode, signal, timeout, key, resolve, reject, uncapped),
+      );
+    }
+    return now instanceof Refused ? Promise.reject(now.reason) : Promise.resolve(now);
+  }
+
+  /** A lease now, a refusal (already published), or `undefined`: the acquire must queue. */
+  #admit(
+    mode: LockMode,
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+    uncapped: boolean,
+  ): HeldLease | Refused | undefined {
+    let reason: unknown;
     if (signal?.aborted) {
-      this.#publishCancel(mode, signal.reason);
-      return Promise.reject(signal.reason);
-    }
-    const lease = uncapped
-      ? this.#tryReadUncapped()
-      : mode === 'read'
-        ? this.#tryRead()
-        : this.#tryWrite();
-    if (lease !== null) return Promise.resolve(lease);
-    if (timeout === 0) {
-      const error = new LockTimeoutError(0, this.name);
-      this.#publishCancel(mode, error);
-      return Promise.reject(error);
-    }
-    if (this.#queue.size + this.#uncapped.size >= this.#maxQueue) {
-      const error = new QueueFullError(this.#maxQueue, this.name);
-      this.#publishCancel(mode, error);
-      return Promise.reject(error);
-    }
-    const queue = this.#queue;
-    return new Promise<HeldLease>((resolve, reject) => {
-      const group = uncapped
-        ? this.#uncapped
+      reason = signal.reason;
+    } else {
+      const lease = uncapped
+        ? this.#tryReadUncapped()
         : mode === 'read'
-          ? queue.groupOf(key)
-          : queue.writers;
-      const waiter = new Waiter(group, this.#seq++, resolve, reject);
-      if (signal !== undefined) this.#signals.add(signal, waiter);
-      if (timeout === undefined) waiter.exit = signal;
-      else {
-        const timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
-        waiter.exit = signal === undefined ? timer : new SignalAndTimer(signal, timer);
+          ? this.#tryRead()
+          : this.#tryWrite();
+      if (lease !== null) return lease;
+      if (timeout === 0) reason = new LockTimeoutError(0, this.name);
+      else if (this.#queue.size + this.#uncapped.size >= this.#maxQueue) {
+        reason = new QueueFullError(this.#maxQueue, this.name);
+      } else {
+        return undefined;
       }
-      if (uncapped) {
-        this.#uncapped.push(waiter);
-        return;
-      }
-      queue.push(waiter);
-      // A writer alone in the queue, held by reads only: its patience starts now. (With
-      // bypassAfter 0 the bypass opens at once, but no reader is queued behind it to admit.)
-      if (mode === 'write' && this.#readers > 0 && queue.size === 1) {
-        this.#patience?.watch(waiter, this.#readers);
-      }
-    });
+    }
+    this.#publishCancel(mode, reason);
+    return new Refused(reason);
+  }
+
+  /** Queues a waiter; `leave` is how it hears that it gave up (abort, timeout). */
+  #wait(
+    mode: LockMode,
+    signal: AbortSignal | undefined,
+    timeout: number | undefined,
+    key: unknown,
+    resolve: (lease: HeldLease) => void,
+    leave: (reason: unknown) => void,
+    uncapped: boolean,
+  ): void {
+    const queue = this.#queue;
+    const group = uncapped ? this.#uncapped : mode === 'read' ? queue.groupOf(key) : queue.writers;
+    const waiter = new Waiter(group, this.#seq++, resolve, leave);
+    if (signal !== undefined) this.#signals.add(signal, waiter);
+    if (timeout === undefined) waiter.exit = signal;
+    else {
+      const timer = setTimeout(this.#onTimeout, timeout, waiter, timeout);
+      waiter.exit = signal === undefined ? timer : new SignalAndTimer(signal, timer);
+    }
+    if (uncapped) {
+      this.#uncapped.push(waiter);
+      return;
+    }
+    queue.push(waiter);
+    // A writer alone in the queue, held by reads only: its patience starts now. (With
+    // bypassAfter 0 the bypass opens at once, but no reader is queued behind it to admit.)
+    if (mode === 'write' && this.#readers > 0 && queue.size === 1) {
+      this.#patience?.watch(waiter, this.#readers);
+    }
   }
 
   /** Unlinks a waiter that is `granted` or gave up, with its listener and timer. */

@@ -122,6 +122,8 @@ export class HandlePool<E> {
   readonly #destroying = new Set<Promise<void>>();
   /** Idle checks in flight (each bounded by probeTimeout): close() waits for them. */
   readonly #checks = new Set<Promise<void>>();
+  /** Callers waiting for an idle check of the handle they will get: they wait for a handle. */
+  #waitingForCheck = 0;
   #connecting = 0;
   /**
    * Attempts in flight that no waiter is left to claim (their waiters gave up). They do not
@@ -156,8 +158,9 @@ export class HandlePool<E> {
   get retiring(): number {
     return this.#retiring;
   }
+  /** Callers waiting for a handle: queued, or waiting for the idle check of theirs. */
   get waiting(): number {
-    return this.#waiters.size;
+    return this.#waiters.size + this.#waitingForCheck;
   }
   get failures(): number {
     return this.#failures;
@@ -308,9 +311,11 @@ export class HandlePool<E> {
     );
     return new Promise<Handle<E>>((resolve, reject) => {
       let waiting = true;
+      this.#waitingForCheck++;
       let timer: Timer | undefined;
       const stopWaiting = (): void => {
         waiting = false;
+        this.#waitingForCheck--;
         signal?.removeEventListener('abort', onAbort);
         if (timer !== undefined) clearTimeout(timer);
       };
