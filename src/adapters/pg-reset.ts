@@ -2,14 +2,37 @@
  * engine-guard/pg's `reset`: a shared handle back to a clean state between two callers, and the
  * bookkeeping that lets it skip the round trip when the op provably left nothing.
  *
- * "Clean" means: what `DISCARD ALL` leaves, plus the settings the guard's `setup` made (its
- * baseline). A handle is known clean at a count of ReadyForQuery messages (one per query the
+ * "Clean" means: what `DISCARD ALL` leaves (with a fresh random seed), plus the settings the
+ * guard's `setup` made (its baseline). A handle is known clean at a count of ReadyForQuery messages (one per query the
  * client ran, whoever sent it); any later query, the op's own `client.query` included, makes it
  * unknown again, and unknown means dirty.
  */
 import type { ResetContext } from '../guard/types.js';
 import { inFlight, pgQuery, type RawClient, raceSignal } from './pg-client.js';
+import { watchSettingNames } from './pg-setting-names.js';
 import type { PgClient, PgHandle } from './pg-types.js';
+
+/**
+ * The settings `setup` made on a handle (see {@link pgCaptureBaseline}): what every stateless op
+ * of the handle runs under, put back after each reset.
+ */
+export interface Baseline {
+  /** Statements re-applying it after `DISCARD ALL`, each starting with `; `; '' for none. */
+  readonly sql: string;
+  /** Settings (`pg_settings` rows set in the session, and custom ones) by name: their value. */
+  readonly settings: ReadonlyMap<string, string>;
+  /** The session user `setup` switched to (`SET SESSION AUTHORIZATION`), if it did. */
+  readonly authorization: string | undefined;
+  /** The role `setup` set (`SET ROLE`), if it did. */
+  readonly role: string | undefined;
+}
+
+const NO_BASELINE: Baseline = {
+  sql: '',
+  settings: new Map(),
+  authorization: undefined,
+  role: undefined,
+};
 
 /** What the adapter knows about the session state of a client it created. */
 interface SessionState {
@@ -17,8 +40,14 @@ interface SessionState {
   ready: number;
   /** `ready` when the client was last known clean (0: when it connected). */
   cleanAt: number;
-  /** Statements re-applying the settings `setup` made (see {@link pgCaptureBaseline}); '' for none. */
-  baseline: string;
+  baseline: Baseline;
+  /**
+   * Custom setting names the SQL sent since the client was last known clean may have set (see
+   * pg-setting-names.ts); a new set at each clean point.
+   */
+  names: Set<string>;
+  /** Custom setting names the adapter's `customSettings` option declares: always checked. */
+  readonly declared: readonly string[];
   /**
    * Whether `pgReadOnly` drops, in its ROLLBACK round trip, what it may have left: only worth its
    * cost when the guard's reset is {@link pgReset}, which can then be skipped.
@@ -29,40 +58,75 @@ interface SessionState {
 const sessions = new WeakMap<PgClient, SessionState>();
 
 /**
- * What `DISCARD ALL` does, spelled out, for when a ROLLBACK or the baseline must share its round
- * trip: `DISCARD ALL` itself refuses to run inside a transaction block, and a query string of
- * several statements is one (implicit) block.
+ * A new random seed for `random()`, drawn from the server's strong random source: a `setseed()`
+ * survives `DISCARD ALL` (and a rollback), and would decide the next caller's `random()` values.
+ * (`hashtextextended` spreads the UUID's random bits over 64 bits; `setseed` takes [-1, 1].)
+ */
+export const RESEED_SQL =
+  'SELECT pg_catalog.setseed(pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()::text, 0)::float8 / 9223372036854775808.0)';
+
+/**
+ * What `DISCARD ALL` does, spelled out so that the baseline and a new random seed share its round
+ * trip (`DISCARD ALL` itself refuses to run inside a transaction block, and a query string of
+ * several statements is one implicit block), and a ROLLBACK when a transaction was left open.
  */
 const DISCARD_ALL_SQL =
   'CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;' +
-  ' SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES';
+  ' SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; ' +
+  RESEED_SQL;
 
 /**
  * Ends `pgReadOnly`'s transaction on a handle that was clean when it began, and undoes in the
  * same round trip the only session state a rolled-back read-only transaction can leave behind
  * (checked on the real server: temporary objects, `SET`s, `LISTEN`, `WITH HOLD` cursors and
- * sequence positions are rolled back or refused; session advisory locks and prepared statements
- * are not). Releasing them costs the server less than asking whether there are any: `pg_locks`
- * reads the whole lock table (measured on loopback: about 50 µs more than a bare ROLLBACK, where
- * the question took about 150 µs more, as much as the `DISCARD ALL` it would save).
+ * sequence positions are rolled back or refused; session advisory locks, prepared statements
+ * and the random seed are not). Releasing them costs the server less than asking whether there
+ * are any: `pg_locks` reads the whole lock table (measured on loopback: about 50 µs more than a
+ * bare ROLLBACK, where the question took about 150 µs more, as much as the `DISCARD ALL` it would
+ * save).
  */
-const ROLLBACK_CLEAN_SQL = 'ROLLBACK; DEALLOCATE ALL; SELECT pg_catalog.pg_advisory_unlock_all()';
+const ROLLBACK_CLEAN_SQL = `ROLLBACK; DEALLOCATE ALL; SELECT pg_catalog.pg_advisory_unlock_all(); ${RESEED_SQL}`;
 
-/** Settings the handle's `setup` changed: those set in this session, and the role. */
-const BASELINE_SQL =
-  "SELECT name, pg_catalog.current_setting(name) AS value FROM pg_catalog.pg_settings WHERE source = 'session'" +
-  " UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'";
+/**
+ * The settings the handle's `setup` changed, in the order they are put back: settings first (some
+ * need the login role's rights), then the session user, then the role (each of those two resets
+ * what comes after it). `$1`: custom setting names the setup's SQL showed or the adapter declares.
+ */
+const BASELINE_SQL = `SELECT name, value FROM (
+  SELECT 1 AS step, name, pg_catalog.current_setting(name) AS value
+    FROM pg_catalog.pg_settings WHERE source = 'session'
+  UNION ALL SELECT 1, n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest($1::text[]) AS n
+    WHERE pg_catalog.current_setting(n, true) <> ''
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE s.name = n)
+  UNION ALL SELECT 2, 'session_authorization', session_user::text
+    WHERE session_user::text IS DISTINCT FROM
+      (SELECT usename::text FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid())
+  UNION ALL SELECT 3, 'role', pg_catalog.current_setting('role')
+    WHERE pg_catalog.current_setting('role') <> 'none'
+) AS b ORDER BY step`;
 
 /**
  * Starts tracking `client`'s session state; it counts as clean from here on. `checkReadOnly`:
- * see {@link SessionState}.
+ * see {@link SessionState}; `declared`: the adapter's `customSettings`.
  */
-export function trackSession(client: RawClient, checkReadOnly: boolean): void {
-  const state: SessionState = { ready: 0, cleanAt: 0, baseline: '', checkReadOnly };
+export function trackSession(
+  client: RawClient,
+  checkReadOnly: boolean,
+  declared: readonly string[] = [],
+): void {
+  const state: SessionState = {
+    ready: 0,
+    cleanAt: 0,
+    baseline: NO_BASELINE,
+    names: new Set(),
+    declared,
+    checkReadOnly,
+  };
   sessions.set(client, state);
   client.connection?.on?.('readyForQuery', () => {
     state.ready++;
   });
+  watchSettingNames(client, () => state.names);
 }
 
 /**
@@ -91,7 +155,9 @@ export function cleanSince(client: PgClient): number | undefined {
 /** Records that `client` is clean now (after the adapter's own harmless query, say). */
 export function markClean(client: PgClient): void {
   const state = sessions.get(client);
-  if (state !== undefined) state.cleanAt = state.ready;
+  if (state === undefined) return;
+  state.cleanAt = state.ready;
+  if (state.names.size > 0) state.names = new Set();
 }
 
 /**
@@ -104,23 +170,53 @@ function literal(value: string): string {
 
 /**
  * Records the settings `setup` made on `handle` as its baseline: {@link pgReset} puts them back
- * after `DISCARD ALL` (in the same round trip). The handle counts as clean afterwards.
+ * after `DISCARD ALL` (in the same round trip). Read from the server: the settings set in the
+ * session (`pg_settings`), the custom ones (`app.tenant`) whose names the setup's SQL showed or the
+ * adapter's `customSettings` declares, the session user (`SET SESSION AUTHORIZATION`) and the role
+ * (`SET ROLE`). The handle counts as clean afterwards.
  */
 export async function pgCaptureBaseline(handle: PgHandle, signal: AbortSignal): Promise<void> {
   const state = sessions.get(handle.client);
   if (state === undefined) return;
+  const names = [...new Set([...state.names, ...state.declared])];
   const { rows } = await pgQuery<{ name: string; value: string }>(
     handle,
     { signal, heartbeat() {} },
     BASELINE_SQL,
+    [names],
   );
-  state.baseline = rows
-    .map(
-      ({ name, value }) =>
-        `; SELECT pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`,
-    )
-    .join('');
+  const settings = new Map<string, string>();
+  let authorization: string | undefined;
+  let role: string | undefined;
+  for (const { name, value } of rows) {
+    if (name === 'session_authorization') authorization = value;
+    else if (name === 'role') role = value;
+    else settings.set(name, value);
+  }
+  state.baseline = {
+    sql: rows
+      .map(
+        ({ name, value }) =>
+          `; SELECT pg_catalog.set_config(${literal(name)}, ${literal(value)}, false)`,
+      )
+      .join(''),
+    settings,
+    authorization,
+    role,
+  };
   markClean(handle.client);
+}
+
+/** The baseline of `client` (see {@link pgCaptureBaseline}), and the custom names to check. */
+export function baselineOf(
+  client: PgClient,
+): { baseline: Baseline; names: readonly string[] } | undefined {
+  const state = sessions.get(client);
+  if (state === undefined) return undefined;
+  const names = new Set(state.names);
+  for (const name of state.declared) names.add(name);
+  for (const name of state.baseline.settings.keys()) if (name.includes('.')) names.add(name);
+  return { baseline: state.baseline, names: [...names] };
 }
 
 /**
@@ -153,7 +249,7 @@ function forgetNamedStatements(client: RawClient): void {
 }
 
 /** Resolves once `client` has nothing queued or running (an aborted op's query may still be). */
-function drained(client: RawClient, signal: AbortSignal): Promise<void> {
+export function drained(client: RawClient, signal: AbortSignal): Promise<void> {
   if (client.readyForQuery !== false) return Promise.resolve();
   return raceSignal(
     new Promise<void>((resolve) => {
@@ -172,23 +268,33 @@ function drained(client: RawClient, signal: AbortSignal): Promise<void> {
  *   `SET SESSION AUTHORIZATION`, SQL `PREPARE`d statements and the protocol-level ones `pg`
  *   caches by name (its cache is cleared too, so a named query after the reset parses again),
  *   `LISTEN`, `WITH HOLD` cursors, session advisory locks, sequences' `currval`.
+ * - A new random seed is drawn (from the server's strong random source), so a `setseed()` of
+ *   the op does not decide the next caller's `random()` values.
  * - Then the settings the guard's `setup` made are applied again (captured once per handle
- *   right after `setup`, when `setup` is given through {@link pgGuardOptions}'s overrides).
+ *   right after `setup`, when `setup` is given through {@link pgGuardOptions}'s overrides):
+ *   whatever `setup` establishes is what every stateless op runs under. That is the settings
+ *   `pg_settings` shows as set in the session, the session user (`SET SESSION AUTHORIZATION`),
+ *   the role (`SET ROLE`), and custom settings (`app.tenant`, as row-level security policies
+ *   read them) whose names the setup's SQL shows (`SET app.tenant = ...`,
+ *   `set_config('app.tenant', ...)`, or a parameter) or the adapter's `customSettings` declares.
  *   Settings given at connect time (`config.options`, `statement_timeout`...) and those of
  *   `ALTER ROLE/DATABASE ... SET` survive `DISCARD ALL` by themselves. Other state `setup` made
- *   (temporary tables, prepared statements) does not: keep it in a session.
+ *   (temporary tables, prepared statements) does not: keep it in a session. A role or session
+ *   user is no security boundary against the op itself: when the login role may switch to it,
+ *   the op may switch back (`RESET ROLE`).
  *
  * All of it is one round trip. It is skipped (and returns synchronously) when the handle is
  * known clean: nothing ran on it since the last reset, or only a {@link pgReadOnly} outside a
  * session, whose ROLLBACK round trip also dropped the advisory locks and prepared statements it
- * may have left (what survives a rolled-back read-only transaction). `pgReadOnly` does that only
- * on handles of a guard whose `reset` is `pgReset` itself (a reset of your own that calls
- * `pgReset` still gets the settings of `setup` back, without that skip).
+ * may have left and drew a new seed (what survives a rolled-back read-only transaction).
+ * `pgReadOnly` does that only on handles of a guard whose `reset` is `pgReset` itself (a reset of
+ * your own that calls `pgReset` still gets the settings of `setup` back, without that skip).
  *
  * Not undone (neither does `DISCARD ALL`): libraries loaded with `LOAD`, state kept by
  * extensions or procedural languages (PL/Python's `GD`), `pg` client settings (type parsers,
- * listeners). For servers that only speak the wire protocol (HyperDB's `hyperd`) and lack these
- * commands, give your own `reset` or `reset: undefined`.
+ * listeners). Needs PostgreSQL 13 or later (`gen_random_uuid()`). For servers that only speak the
+ * wire protocol (HyperDB's `hyperd`) and lack these commands, give your own `reset` or
+ * `reset: undefined`.
  */
 export function pgReset(handle: PgHandle, ctx: ResetContext): Promise<void> | undefined {
   if (isClean(handle.client)) return undefined;
@@ -202,13 +308,8 @@ async function discardAll(handle: PgHandle, ctx: ResetContext): Promise<void> {
   if (client.readyForQuery === false) await drained(client, ctx.signal);
   const state = sessions.get(client);
   const open = client.getTransactionStatus?.() !== 'I';
-  const baseline = state?.baseline ?? '';
-  // DISCARD ALL itself when it can run alone: the server answers it faster than the nine
-  // statements spelled out (measured: about 1.5x the throughput at pool 4).
-  const sql =
-    !open && baseline === ''
-      ? 'DISCARD ALL'
-      : `${open ? 'ROLLBACK; ' : ''}${DISCARD_ALL_SQL}${baseline}`;
+  const baseline = state?.baseline.sql ?? '';
+  const sql = `${open ? 'ROLLBACK; ' : ''}${DISCARD_ALL_SQL}${baseline}`;
   await inFlight(client, client.query(sql));
   forgetNamedStatements(client);
   markClean(client);

@@ -46,6 +46,7 @@ import {
 } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
 import { isClean, markClean, pgCaptureBaseline, pgReset, trackSession } from './pg-reset.js';
+import { validateCustomSettings } from './pg-setting-names.js';
 import {
   ACCEPT_CHECK_REUSE_MS,
   acceptsConnections,
@@ -68,6 +69,8 @@ export { pgReset } from './pg-reset.js';
 export {
   type PgStatement,
   PgTransactionEndedError,
+  type PgTransactionRefusal,
+  PgTransactionRefusedError,
   pgReadOnly,
   pgTransaction,
 } from './pg-transaction.js';
@@ -95,6 +98,13 @@ export interface PgAdapterOptions {
    * own other sessions, as on some managed servers.
    */
   sideConfig?: PgClientConfig | undefined;
+  /**
+   * Custom settings (`app.tenant`) that `setup` or ops may set where their SQL does not name them
+   * (inside a function, under a name built at run time). PostgreSQL lists no custom setting that
+   * no loaded module defines, so the adapter learns their names from the SQL its handles send;
+   * the ones named here are always part of the baseline `setup` leaves (see {@link pgReset}).
+   */
+  customSettings?: readonly string[] | undefined;
 }
 
 /** @deprecated Use {@link PgAdapterOptions}; kept for code written against the recipe. */
@@ -131,7 +141,8 @@ const BACKEND_STATE_SQL =
  * defaults.
  *
  * A `setup` given here is followed, on each handle, by one query that records the settings it
- * made, so that {@link pgReset} can put them back after `DISCARD ALL`.
+ * made (and the `customSettings`' values), so that {@link pgReset} can put them back after
+ * `DISCARD ALL`.
  *
  * Each call keeps one side connection for the busy-handle probes and cancels of the handles it
  * creates (so give each guard its own call).
@@ -164,6 +175,7 @@ export function pgGuardOptions(
     throw new TypeError('The "sideConfig" option must be a pg client config object');
   }
   const sideConfig = adapter.sideConfig ?? config;
+  const customSettings = validateCustomSettings(adapter.customSettings);
   const side = new SideConnection(sideConfig);
   // Where the side connection goes, as `pg` resolves it (constructing a client does not connect).
   const sideRoute = new pg.Client(sideConfig as pg.ClientConfig) as unknown as RawClient;
@@ -206,7 +218,7 @@ export function pgGuardOptions(
         const pid = rows[0]?.pid;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
         handles++;
-        trackSession(client, options.reset === pgReset);
+        trackSession(client, options.reset === pgReset, customSettings);
         // Busy-handle probes need the side connection: open it now, not on a slow link's
         // first probe (where connecting could take most of the probe's timeout).
         if (options.probe === ownProbe) side.warm();
@@ -312,9 +324,9 @@ export function pgGuardOptions(
   // Explicitly undefined: "no reset" (sessions-only guards, engines without DISCARD).
   if (Object.hasOwn(overrides, 'reset') && overrides.reset === undefined) delete options.reset;
   const setup = options.setup;
-  if (setup !== undefined) {
+  if (setup !== undefined || customSettings.length > 0) {
     options.setup = async (handle, ctx) => {
-      await setup(handle, ctx);
+      await setup?.(handle, ctx);
       await pgCaptureBaseline(handle, ctx.signal);
     };
   }
