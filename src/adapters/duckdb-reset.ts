@@ -162,6 +162,34 @@ async function restoreSettings(
   }
 }
 
+/**
+ * The reset of a connection whose settings differ from its baseline while `lock_configuration`
+ * is on (an op turned it on, or a pragma changed a setting under it): no SET or RESET can put them
+ * back, so the connection cannot be called clean, and the guard retires it. Settings of the
+ * instance (`GLOBAL` scope, such as `threads`) stay as the op left them for every connection:
+ * `lock_configuration` cannot be turned off while the instance runs.
+ */
+export class LockedSettingsError extends Error {
+  override readonly name = 'LockedSettingsError';
+  /** Stable code: `ERR_DUCKDB_LOCKED_SETTINGS`. */
+  readonly code = 'ERR_DUCKDB_LOCKED_SETTINGS';
+  /** The settings that differ from the baseline, with the value the op left. */
+  readonly settings: readonly { name: string; value: string | null; scope: string | null }[];
+
+  constructor(rows: readonly StateRow[]) {
+    const settings = rows.map((row) => ({ name: row.n, value: row.v, scope: row.s }));
+    const global = settings.filter((setting) => setting.scope === 'GLOBAL');
+    super(
+      `lock_configuration is on, so the settings ${settings.map((setting) => setting.name).join(', ')} ` +
+        "cannot be put back to this connection's baseline: the connection is retired" +
+        (global.length > 0
+          ? `; ${global.map((setting) => setting.name).join(', ')} ${global.length === 1 ? 'is' : 'are'} the instance's and stay${global.length === 1 ? 's' : ''} as the op left ${global.length === 1 ? 'it' : 'them'} for every connection`
+          : ''),
+    );
+    this.settings = settings;
+  }
+}
+
 /** Runs one statement on the connection being reset (bounded and interruptible by its caller). */
 export type ResetRunner = (sql: string) => Promise<DuckDBResultReader>;
 
@@ -182,12 +210,15 @@ export async function resetConnection(
     signal.throwIfAborted();
     await run(sql);
   }
-  // Under `lock_configuration` no SET or RESET runs (nor could an op's): settings stay as they are.
+  // Under `lock_configuration` no SET or RESET runs: what differs from the baseline stays, so the
+  // connection is not clean. Failing retires it (its own settings go with it).
   if (
     state.some(
       (row) => row.kind === 'setting' && row.n === 'lock_configuration' && row.v === 'true',
     )
   ) {
+    const stuck = changedSettings(state, baseline);
+    if (stuck.length > 0) throw new LockedSettingsError(stuck);
     return;
   }
   // A USE among them changed `schema` and `search_path`: read the settings again.

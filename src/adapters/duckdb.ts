@@ -52,6 +52,8 @@ import { JSDuckDBValueConverter } from '@duckdb/node-api';
 import type { EngineGuardOptions, ResetContext } from '../index.js';
 import { captureBaseline, type ResetRunner, resetConnection } from './duckdb-reset.js';
 
+export { LockedSettingsError } from './duckdb-reset.js';
+
 /** How often an aborted call's connection is interrupted again until the call settles, ms. */
 export const INTERRUPT_EVERY_MS = 25;
 
@@ -182,8 +184,13 @@ function resetRunner(conn: DuckDBConnection, signal: AbortSignal): ResetRunner {
  *   with `SET GLOBAL` where the connection may have its own value (`TimeZone`) gets its own
  *   value back on this connection; the instance-wide one stays as the op left it.
  *
- * With `lock_configuration` on, SET and RESET are refused (to the op as to the reset): settings
- * are left as they are.
+ * With `lock_configuration` on, SET and RESET are refused (to the op as to the reset): a
+ * setting that differs from the baseline then cannot be put back, and the reset fails with
+ * {@link LockedSettingsError} (the guard retires the connection, and its own settings go with
+ * it) rather than call the connection clean. An op that turns `lock_configuration` on freezes the
+ * instance's settings for every connection, for as long as the instance runs: keep it out of
+ * untrusted SQL, or set it when the instance is created (then make the settings each connection
+ * needs in `setup`, whose state is the baseline).
  *
  * A connection with no baseline (made by other options than `duckdbGuardOptions`') has its
  * temporary objects, prepared statements and variables dropped and its settings left alone.
