@@ -27,7 +27,8 @@ export interface Baseline {
   readonly role: string | undefined;
 }
 
-const NO_BASELINE: Baseline = {
+/** The baseline of a handle whose `setup` (if any) changed no setting. */
+export const NO_BASELINE: Baseline = {
   sql: '',
   settings: new Map(),
   authorization: undefined,
@@ -49,10 +50,15 @@ interface SessionState {
   /** Custom setting names the adapter's `customSettings` option declares: always checked. */
   readonly declared: readonly string[];
   /**
-   * Whether `pgReadOnly` drops, in its ROLLBACK round trip, what it may have left: only worth its
-   * cost when the guard's reset is {@link pgReset}, which can then be skipped.
+   * Whether `pgReadOnly` outside a session drops, in its ROLLBACK round trip, what it may have
+   * left: only worth its cost when the guard's reset is {@link pgReset}, which can then be skipped.
    */
   readonly checkReadOnly: boolean;
+  /**
+   * Whether `pgReadOnly` in a session asks, in its ROLLBACK round trip, whether it left anything:
+   * only worth its cost when the guard's `state` check is `pgState`, which can then answer at once.
+   */
+  readonly checkState: boolean;
 }
 
 const sessions = new WeakMap<PgClient, SessionState>();
@@ -88,6 +94,16 @@ const DISCARD_ALL_SQL =
 const ROLLBACK_CLEAN_SQL = `ROLLBACK; DEALLOCATE ALL; SELECT pg_catalog.pg_advisory_unlock_all(); ${RESEED_SQL}`;
 
 /**
+ * The same in a session, which keeps what it took: ends `pgReadOnly`'s transaction and asks, in
+ * the same round trip, whether any of what survives it is there (a new seed is drawn all the
+ * same: under `pin: 'on-state'` the seed never outlives a call, see `pgState`).
+ */
+const ROLLBACK_CHECK_SQL =
+  `ROLLBACK; ${RESEED_SQL}; SELECT EXISTS (SELECT FROM pg_catalog.pg_locks` +
+  " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())" +
+  ' OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements) AS held';
+
+/**
  * The settings the handle's `setup` changed, in the order they are put back: settings first (some
  * need the login role's rights), then the session user, then the role (each of those two resets
  * what comes after it). `$1`: custom setting names the setup's SQL showed or the adapter declares.
@@ -99,19 +115,19 @@ const BASELINE_SQL = `SELECT name, value FROM (
     WHERE pg_catalog.current_setting(n, true) <> ''
       AND NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE s.name = n)
   UNION ALL SELECT 2, 'session_authorization', session_user::text
-    WHERE session_user::text IS DISTINCT FROM
-      (SELECT usename::text FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid())
+    FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
+    WHERE a.usesysid IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user)
   UNION ALL SELECT 3, 'role', pg_catalog.current_setting('role')
     WHERE pg_catalog.current_setting('role') <> 'none'
 ) AS b ORDER BY step`;
 
 /**
- * Starts tracking `client`'s session state; it counts as clean from here on. `checkReadOnly`:
- * see {@link SessionState}; `declared`: the adapter's `customSettings`.
+ * Starts tracking `client`'s session state; it counts as clean from here on. `checks`: see
+ * {@link SessionState}; `declared`: the adapter's `customSettings`.
  */
 export function trackSession(
   client: RawClient,
-  checkReadOnly: boolean,
+  checks: { readOnly: boolean; state: boolean },
   declared: readonly string[] = [],
 ): void {
   const state: SessionState = {
@@ -120,7 +136,8 @@ export function trackSession(
     baseline: NO_BASELINE,
     names: new Set(),
     declared,
-    checkReadOnly,
+    checkReadOnly: checks.readOnly,
+    checkState: checks.state,
   };
   sessions.set(client, state);
   client.connection?.on?.('readyForQuery', () => {
@@ -144,18 +161,38 @@ export function isClean(client: PgClient): boolean {
 }
 
 /**
- * When `client` is known clean now and `pgReadOnly` should check what it leaves: its
- * ReadyForQuery count, to hand to {@link rollbackReadOnly}.
+ * When `client` is known clean now and `pgReadOnly` (in a session or not) should check what it
+ * leaves: its ReadyForQuery count, to hand to {@link rollbackReadOnly}.
  */
-export function cleanSince(client: PgClient): number | undefined {
+export function cleanSince(client: PgClient, inSession: boolean): number | undefined {
   const state = sessions.get(client);
-  return state?.checkReadOnly === true && isClean(client) ? state.ready : undefined;
+  if (state === undefined || !(inSession ? state.checkState : state.checkReadOnly)) {
+    return undefined;
+  }
+  return isClean(client) ? state.ready : undefined;
+}
+
+/** ReadyForQuery messages seen on `client` so far (`undefined` for a client not tracked). */
+export function readyCount(client: PgClient): number | undefined {
+  return sessions.get(client)?.ready;
 }
 
 /** Records that `client` is clean now (after the adapter's own harmless query, say). */
 export function markClean(client: PgClient): void {
   const state = sessions.get(client);
-  if (state === undefined) return;
+  if (state !== undefined) setClean(state);
+}
+
+/**
+ * Records that `client` is clean, when exactly `count` ReadyForQuery messages were seen on it:
+ * one more (a query of the op's own that ran meanwhile) and nothing is known.
+ */
+export function markCleanAt(client: PgClient, count: number): void {
+  const state = sessions.get(client);
+  if (state?.ready === count) setClean(state);
+}
+
+function setClean(state: SessionState): void {
   state.cleanAt = state.ready;
   if (state.names.size > 0) state.names = new Set();
 }
@@ -164,7 +201,7 @@ export function markClean(client: PgClient): void {
  * A string literal that reads the same whatever `standard_conforming_strings` says (an op may
  * have turned it off, and a multi-statement string is parsed before any of it runs).
  */
-function literal(value: string): string {
+export function literal(value: string): string {
   return `E'${value.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
 }
 
@@ -221,24 +258,32 @@ export function baselineOf(
 
 /**
  * Ends `pgReadOnly`'s transaction. On a handle known clean before the transaction began (at
- * `cleanAt`), the same round trip drops what the transaction may have left (see
- * {@link ROLLBACK_CLEAN_SQL}), and the handle is clean again unless a query other than the
- * BEGIN, the statement and this one ran on it meanwhile (the op's own). Rejects only when the
- * connection failed.
+ * `cleanAt`), the same round trip outside a session drops what the transaction may have left
+ * (see {@link ROLLBACK_CLEAN_SQL}); in a session (`inSession`), which keeps it, it asks whether
+ * any is there (see {@link ROLLBACK_CHECK_SQL}). The handle is clean again (none was, or it was
+ * dropped) unless a query other than the BEGIN, the statement and this one ran on it meanwhile
+ * (the op's own). Rejects only when the connection failed.
  */
 export async function rollbackReadOnly(
   handle: PgHandle,
   cleanAt: number | undefined,
+  inSession = false,
 ): Promise<void> {
   const client = handle.client;
-  const state = sessions.get(client);
-  if (cleanAt === undefined || state === undefined) {
+  if (cleanAt === undefined || !sessions.has(client)) {
     await inFlight(client, client.query('ROLLBACK'));
+    return;
+  }
+  if (inSession) {
+    const results = (await inFlight(client, client.query(ROLLBACK_CHECK_SQL))) as unknown as {
+      rows: { held?: boolean }[];
+    }[];
+    if (results.at(-1)?.rows[0]?.held === false) markCleanAt(client, cleanAt + 3);
     return;
   }
   await inFlight(client, client.query(ROLLBACK_CLEAN_SQL));
   forgetNamedStatements(client as RawClient);
-  if (state.ready === cleanAt + 3) state.cleanAt = state.ready;
+  markCleanAt(client, cleanAt + 3);
 }
 
 /** After `DEALLOCATE ALL`: `pg` would Bind the statements it believes parsed, unparsed. */

@@ -107,9 +107,9 @@ function checkOutsideTransaction(client: RawClient, helper: string): void {
  * `cleanAt` (the handle was known clean at BEGIN), the same round trip drops the session state
  * the transaction may have left, so `pgReset` can skip its own.
  */
-async function rollback(handle: PgHandle, cleanAt?: number): Promise<void> {
+async function rollback(handle: PgHandle, cleanAt?: number, inSession = false): Promise<void> {
   try {
-    await rollbackReadOnly(handle, cleanAt);
+    await rollbackReadOnly(handle, cleanAt, inSession);
   } catch {
     // The connection failed: the op's own error says so and `isFatal` retires the handle.
   }
@@ -127,7 +127,10 @@ async function rollback(handle: PgHandle, cleanAt?: number): Promise<void> {
  * that was clean when it began, the ROLLBACK's round trip also drops them (`DEALLOCATE ALL`,
  * `pg_advisory_unlock_all()`) and draws a new random seed (a `setseed()` is not rolled back),
  * which leaves the handle clean: `pgReset` then skips its round trip. Otherwise the guard's
- * `reset` clears them before the next caller.
+ * `reset` clears them before the next caller. In a session, on a handle of a guard whose `state`
+ * check is `pgState` and that was clean when it began, the ROLLBACK's round trip asks instead
+ * whether any such lock or statement is there (and draws a new seed): when none is, the handle is
+ * clean and `pgState` answers at once, with no round trip of its own.
  *
  * Inside a transaction the caller left open (a session that ran `BEGIN` in an earlier call), it
  * refuses to run (a `TypeError`, nothing sent): its own ROLLBACK would roll back the session's
@@ -142,16 +145,17 @@ export async function pgReadOnly<R extends object = PgRow>(
   ctx.signal.throwIfAborted();
   const waiting = refuseOpenTransaction(handle, ctx.signal, 'pgReadOnly');
   if (waiting !== undefined) await waiting;
-  // A session keeps its locks and statements: only a shared handle is cleaned on the way.
+  // A session keeps its locks and statements: only a shared handle is cleaned on the way; a
+  // session's is asked whether it holds any.
   const inSession = ctx.sessionId !== undefined;
-  const cleanAt = inSession ? undefined : cleanSince(handle.client);
+  const cleanAt = cleanSince(handle.client, inSession);
   // BEGIN inside the try: whatever happens next, the ROLLBACK is queued behind it, so the
   // handle never goes back to the pool inside a transaction.
   try {
     await pgQuery(handle, ctx, 'BEGIN READ ONLY');
     return await pgQuery<R>(handle, ctx, { text, values: values ?? [], queryMode: 'extended' });
   } finally {
-    await rollback(handle, cleanAt);
+    await rollback(handle, cleanAt, inSession);
   }
 }
 

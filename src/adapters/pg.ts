@@ -26,6 +26,10 @@
  * - `reset` is {@link pgReset}: after each stateless op, the handle is returned to a clean state
  *   (what `DISCARD ALL` clears, then the settings `setup` made), skipped when the op provably
  *   left nothing.
+ * - `state` is {@link pgState}: after each op of a `pin: 'on-state'` session, what connection
+ *   state the op left (one catalog round trip, none when provably clean), so the session holds a
+ *   handle only while it holds state. Behind a transaction-mode pooler (found at `create`, by the
+ *   startup key and one probe) state cannot be kept, and `pgState` says so.
  *
  * Only this module loads `pg`; `engine-guard` and `engine-guard/duckdb` never do.
  *
@@ -45,6 +49,7 @@ import {
   raceSignal,
 } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
+import { PoolerDetector, routeOf } from './pg-pooler.js';
 import { isClean, markClean, pgCaptureBaseline, pgReset, trackSession } from './pg-reset.js';
 import { validateCustomSettings } from './pg-setting-names.js';
 import {
@@ -53,6 +58,7 @@ import {
   SIDE_CONNECT_TIMEOUT_MS,
   SideConnection,
 } from './pg-side.js';
+import { pgState } from './pg-state.js';
 import type { PgClientConfig, PgHandle } from './pg-types.js';
 
 export { pgQuery } from './pg-client.js';
@@ -65,7 +71,9 @@ export {
 } from './pg-coordinator.js';
 export { isFatalPgError } from './pg-fatal.js';
 export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
+export type { PgRoute } from './pg-pooler.js';
 export { pgReset } from './pg-reset.js';
+export { PgPoolerStateError, pgState } from './pg-state.js';
 export {
   type PgStatement,
   PgTransactionEndedError,
@@ -134,11 +142,11 @@ const BACKEND_STATE_SQL =
 
 /**
  * Builds the {@link EngineGuardOptions} for PostgreSQL (and any PostgreSQL-wire engine):
- * `create`, `destroy`, `isAlive`, `probe`, `cancel`, `isFatal`, `reset` ({@link pgReset}) and
- * the adapter's liveness defaults ({@link PG_LIVENESS}). `overrides` go on top (pool, liveness,
- * timeouts, or your own hooks); an override that is `undefined` leaves the default in place,
- * except `reset: undefined`, which turns the reset off; a `liveness` object is merged over the
- * defaults.
+ * `create`, `destroy`, `isAlive`, `probe`, `cancel`, `isFatal`, `reset` ({@link pgReset}),
+ * `state` ({@link pgState}) and the adapter's liveness defaults ({@link PG_LIVENESS}).
+ * `overrides` go on top (pool, liveness, timeouts, or your own hooks); an override that is
+ * `undefined` leaves the default in place, except `reset: undefined` and `state: undefined`,
+ * which turn the reset and the state check off; a `liveness` object is merged over the defaults.
  *
  * A `setup` given here is followed, on each handle, by one query that records the settings it
  * made (and the `customSettings`' values), so that {@link pgReset} can put them back after
@@ -176,6 +184,7 @@ export function pgGuardOptions(
   }
   const sideConfig = adapter.sideConfig ?? config;
   const customSettings = validateCustomSettings(adapter.customSettings);
+  const pooler = new PoolerDetector(config);
   const side = new SideConnection(sideConfig);
   // Where the side connection goes, as `pg` resolves it (constructing a client does not connect).
   const sideRoute = new pg.Client(sideConfig as pg.ClientConfig) as unknown as RawClient;
@@ -217,8 +226,21 @@ export function pgGuardOptions(
         );
         const pid = rows[0]?.pid;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
+        // Behind a transaction-mode pooler no connection state can be kept (see pgState).
+        await raceSignal(pooler.check(client, pid, signal), signal, () => destroySocket(client));
         handles++;
-        trackSession(client, options.reset === pgReset, customSettings);
+        trackSession(
+          client,
+          { readOnly: options.reset === pgReset, state: options.state === pgState },
+          customSettings,
+        );
+        // A pooler sets the client's startup parameters (application_name...) in the server
+        // session: they are the handle's baseline, not state an op left.
+        if (routeOf(client) !== 'direct') {
+          await raceSignal(pgCaptureBaseline({ client, pid }, signal), signal, () =>
+            destroySocket(client),
+          );
+        }
         // Busy-handle probes need the side connection: open it now, not on a slow link's
         // first probe (where connecting could take most of the probe's timeout).
         if (options.probe === ownProbe) side.warm();
@@ -310,6 +332,8 @@ export function pgGuardOptions(
     isFatal: isFatalPgError,
 
     reset: pgReset,
+
+    state: pgState,
   };
 
   const ownProbe = options.probe;
@@ -323,6 +347,8 @@ export function pgGuardOptions(
   }
   // Explicitly undefined: "no reset" (sessions-only guards, engines without DISCARD).
   if (Object.hasOwn(overrides, 'reset') && overrides.reset === undefined) delete options.reset;
+  // The same for the state check: sessions then hold their handle from their first op.
+  if (Object.hasOwn(overrides, 'state') && overrides.state === undefined) delete options.state;
   const setup = options.setup;
   if (setup !== undefined || customSettings.length > 0) {
     options.setup = async (handle, ctx) => {

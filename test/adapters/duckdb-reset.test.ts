@@ -7,20 +7,14 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { EngineGuard, type ResetContext } from 'engine-guard';
 import { duckdbGuardOptions, duckdbReset, LockedSettingsError } from 'engine-guard/duckdb';
-import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import {
+  type DuckDBOptions,
+  instancePerTest,
+  openConn as openDuckDBConn,
+} from '../support/duckdb.js';
 
-type Options = ReturnType<typeof duckdbGuardOptions>;
-
-let instance: DuckDBInstance;
-
-// One instance per test: GLOBAL settings and attached databases are the instance's.
-beforeEach(async () => {
-  instance = await DuckDBInstance.create(':memory:');
-});
-
-afterEach(() => {
-  instance.closeSync();
-});
+const db = instancePerTest();
 
 function resetCtx(signal: AbortSignal = AbortSignal.timeout(5_000)): ResetContext {
   return {
@@ -30,15 +24,7 @@ function resetCtx(signal: AbortSignal = AbortSignal.timeout(5_000)): ResetContex
   };
 }
 
-/** A connection made and set up as the guard would with `overrides`, closed at the end. */
-async function openConn(overrides: Partial<Options> = {}): Promise<DuckDBConnection> {
-  const options = duckdbGuardOptions(instance, overrides);
-  const signal = AbortSignal.timeout(10_000);
-  const conn = await options.create({ signal, generation: 1 });
-  onTestFinished(() => options.destroy?.(conn, { reason: 'test' }));
-  await options.setup?.(conn, { signal, generation: 1 });
-  return conn;
-}
+const openConn = (overrides: Partial<DuckDBOptions> = {}) => openDuckDBConn(db(), overrides);
 
 async function rows(conn: DuckDBConnection, sql: string): Promise<Record<string, unknown>[]> {
   return (await conn.runAndReadAll(sql)).getRowObjectsJS() as Record<string, unknown>[];
@@ -211,16 +197,16 @@ describe('duckdbReset', () => {
 
 describe('duckdbGuardOptions: reset', () => {
   it('is duckdbReset by default; an override replaces it; reset: undefined turns it off', () => {
-    expect(duckdbGuardOptions(instance).reset).toBe(duckdbReset);
+    expect(duckdbGuardOptions(db()).reset).toBe(duckdbReset);
     const mine = () => undefined;
-    expect(duckdbGuardOptions(instance, { reset: mine }).reset).toBe(mine);
-    const off = duckdbGuardOptions(instance, { reset: undefined });
+    expect(duckdbGuardOptions(db(), { reset: mine }).reset).toBe(mine);
+    const off = duckdbGuardOptions(db(), { reset: undefined });
     expect('reset' in off).toBe(false);
-    expect(duckdbGuardOptions(instance, { isFatal: undefined }).isFatal).toBeTypeOf('function');
+    expect(duckdbGuardOptions(db(), { isFatal: undefined }).isFatal).toBeTypeOf('function');
   });
 
   it('through a guard with pool 3: a temporary table and a setting of one op reach no later op', async () => {
-    const guard = new EngineGuard(duckdbGuardOptions(instance, { pool: 3 }));
+    const guard = new EngineGuard(duckdbGuardOptions(db(), { pool: 3 }));
     onTestFinished(() => guard.close());
     const hold = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     // Three ops at once, one per connection, each leaving state behind.
@@ -247,7 +233,7 @@ describe('duckdbGuardOptions: reset', () => {
   });
 
   it('through a guard: after an op locks the configuration, the next op runs on a fresh connection', async () => {
-    const guard = new EngineGuard(duckdbGuardOptions(instance, { pool: 1 }));
+    const guard = new EngineGuard(duckdbGuardOptions(db(), { pool: 1 }));
     onTestFinished(() => guard.close());
     const resetErrors: unknown[] = [];
     guard.on('resetError', (event) => resetErrors.push(event.error));

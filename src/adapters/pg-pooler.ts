@@ -1,0 +1,93 @@
+/**
+ * Whether a connection of engine-guard/pg goes through a connection pooler, and whether that
+ * pooler keeps connection state (a session-mode pool) or not (a transaction-mode pool, as
+ * PgBouncer's `pool_mode=transaction` and Supavisor's transaction mode: each transaction, or each
+ * statement outside one, may run on another server connection, which another client then gets
+ * with whatever the statement left on it).
+ *
+ * - A direct connection's startup key (BackendKeyData) carries the pid of its backend; a pooler
+ *   hands out keys of its own. So a key that is not `pg_backend_pid()` means a pooler sits
+ *   between, at no cost.
+ * - Behind one, which kind is asked once per guard options (the first handle's create), the way
+ *   `pgCoordinator` checks its lock session: the handle sets a token in its session; a second
+ *   connection through the same pooler opens a transaction (so it holds a server connection) and
+ *   looks for the token; then the handle reads its token back. Another client seeing the token,
+ *   or the handle losing it or changing backend, proves a transaction-mode pooler. A session-mode
+ *   pooler gives each client its own server connection for as long as it is connected, so
+ *   neither can happen there.
+ */
+
+import { closeClient, connect, END_GRACE_MS, type RawClient } from './pg-client.js';
+import type { PgClient, PgClientConfig } from './pg-types.js';
+
+/** How a handle reaches its server. */
+export type PgRoute = 'direct' | 'session pooler' | 'transaction pooler';
+
+const routes = new WeakMap<PgClient, PgRoute>();
+
+/** How `client` reaches its server, as its create found (`undefined`: not known). */
+export function routeOf(client: PgClient): PgRoute | undefined {
+  return routes.get(client);
+}
+
+/** The custom setting the probe sets on the handle's session. */
+const PROBE_SETTING = 'engine_guard.pooler_probe';
+
+/**
+ * Finds each new handle's route; the kind of pooler is asked once per instance (one per
+ * `pgGuardOptions` call: every handle of it takes the same route), and again after a failure.
+ */
+export class PoolerDetector {
+  readonly #config: PgClientConfig;
+  #kind: Promise<PgRoute> | undefined;
+
+  constructor(config: PgClientConfig) {
+    this.#config = config;
+  }
+
+  /** Records the route of a new handle `client` whose backend says it is `pid`. */
+  async check(client: RawClient, pid: number, signal: AbortSignal): Promise<void> {
+    const key = (client as { processID?: unknown }).processID;
+    if (key === pid) {
+      routes.set(client, 'direct');
+      return;
+    }
+    if (this.#kind === undefined) {
+      const kind = probeKind(client, pid, this.#config, signal);
+      this.#kind = kind;
+      kind.catch(() => {
+        if (this.#kind === kind) this.#kind = undefined;
+      });
+    }
+    routes.set(client, await this.#kind);
+  }
+}
+
+/** The probe described in the module's comment, on handle `client`. */
+async function probeKind(
+  client: RawClient,
+  pid: number,
+  config: PgClientConfig,
+  signal: AbortSignal,
+): Promise<PgRoute> {
+  const token = `${process.pid}-${Math.random().toString(36).slice(2)}`;
+  await client.query('SELECT pg_catalog.set_config($1, $2, false)', [PROBE_SETTING, token]);
+  const other = await connect(config, signal);
+  try {
+    await other.query('BEGIN');
+    const seen = await other.query('SELECT pg_catalog.current_setting($1, true) AS token', [
+      PROBE_SETTING,
+    ]);
+    const back = await client.query(
+      'SELECT pg_catalog.current_setting($1, true) AS token, pg_catalog.pg_backend_pid() AS pid, pg_catalog.set_config($1, $2, false)',
+      [PROBE_SETTING, ''],
+    );
+    const row = back.rows[0] as { token: string | null; pid: number } | undefined;
+    const leaked = (seen.rows[0] as { token: string | null } | undefined)?.token === token;
+    return leaked || row?.token !== token || row.pid !== pid
+      ? 'transaction pooler'
+      : 'session pooler';
+  } finally {
+    await closeClient(other, END_GRACE_MS);
+  }
+}
