@@ -49,6 +49,8 @@ interface SessionState {
   names: Set<string>;
   /** Custom setting names the adapter's `customSettings` option declares: always checked. */
   readonly declared: readonly string[];
+  /** The role the connection logged in as (`session_user` when it was created). */
+  readonly login: string | undefined;
   /**
    * Whether `pgReadOnly` outside a session drops, in its ROLLBACK round trip, what it may have
    * left: only worth its cost when the guard's reset is {@link pgReset}, which can then be skipped.
@@ -108,12 +110,13 @@ const ROLLBACK_CHECK_SQL =
  * need the login role's rights), then the session user, then the role (each of those two resets
  * what comes after it). `$1`: custom setting names the setup's SQL showed or the adapter declares.
  */
-const BASELINE_SQL = `SELECT name, value FROM (
+const BASELINE_SQL = `WITH settings AS MATERIALIZED (SELECT name, source FROM pg_catalog.pg_settings)
+SELECT name, value FROM (
   SELECT 1 AS step, name, pg_catalog.current_setting(name) AS value
-    FROM pg_catalog.pg_settings WHERE source = 'session'
+    FROM settings WHERE source = 'session'
   UNION ALL SELECT 1, n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest($1::text[]) AS n
     WHERE pg_catalog.current_setting(n, true) <> ''
-      AND NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE s.name = n)
+      AND NOT EXISTS (SELECT FROM settings s WHERE s.name = n)
   UNION ALL SELECT 2, 'session_authorization', session_user::text
     FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
     WHERE a.usesysid IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user)
@@ -123,12 +126,13 @@ const BASELINE_SQL = `SELECT name, value FROM (
 
 /**
  * Starts tracking `client`'s session state; it counts as clean from here on. `checks`: see
- * {@link SessionState}; `declared`: the adapter's `customSettings`.
+ * {@link SessionState}; `declared`: the adapter's `customSettings`; `login`: its session user.
  */
 export function trackSession(
   client: RawClient,
   checks: { readOnly: boolean; state: boolean },
   declared: readonly string[] = [],
+  login?: string,
 ): void {
   const state: SessionState = {
     ready: 0,
@@ -136,6 +140,7 @@ export function trackSession(
     baseline: NO_BASELINE,
     names: new Set(),
     declared,
+    login,
     checkReadOnly: checks.readOnly,
     checkState: checks.state,
   };
@@ -244,16 +249,19 @@ export async function pgCaptureBaseline(handle: PgHandle, signal: AbortSignal): 
   markClean(handle.client);
 }
 
-/** The baseline of `client` (see {@link pgCaptureBaseline}), and the custom names to check. */
+/**
+ * The baseline of `client` (see {@link pgCaptureBaseline}), the custom names to check, and its
+ * login role.
+ */
 export function baselineOf(
   client: PgClient,
-): { baseline: Baseline; names: readonly string[] } | undefined {
+): { baseline: Baseline; names: readonly string[]; login: string | undefined } | undefined {
   const state = sessions.get(client);
   if (state === undefined) return undefined;
   const names = new Set(state.names);
   for (const name of state.declared) names.add(name);
   for (const name of state.baseline.settings.keys()) if (name.includes('.')) names.add(name);
-  return { baseline: state.baseline, names: [...names] };
+  return { baseline: state.baseline, names: [...names], login: state.login };
 }
 
 /**
