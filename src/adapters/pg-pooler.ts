@@ -30,6 +30,16 @@ export function routeOf(client: PgClient): PgRoute | undefined {
   return routes.get(client);
 }
 
+/**
+ * How a handle made by `pgGuardOptions` reaches its server, as its `create` found:
+ * `'direct'`, `'session pooler'` (state kept as on a direct connection) or `'transaction pooler'`
+ * (PgBouncer `pool_mode=transaction`, Supavisor in transaction mode: connection state cannot be
+ * kept, see `pgState`). `undefined` for a handle the adapter did not make.
+ */
+export function pgRoute(handle: { readonly client: PgClient }): PgRoute | undefined {
+  return routes.get(handle.client);
+}
+
 /** The custom setting the probe sets on the handle's session. */
 const PROBE_SETTING = 'engine_guard.pooler_probe';
 

@@ -71,7 +71,7 @@ export {
 } from './pg-coordinator.js';
 export { isFatalPgError } from './pg-fatal.js';
 export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
-export type { PgRoute } from './pg-pooler.js';
+export { type PgRoute, pgRoute } from './pg-pooler.js';
 export { pgReset } from './pg-reset.js';
 export { PgPoolerStateError, pgState } from './pg-state.js';
 export {

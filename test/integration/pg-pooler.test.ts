@@ -13,11 +13,11 @@ import {
   pgGuardOptions,
   pgQuery,
   pgReadOnly,
+  pgRoute,
   pgState,
   pgTransaction,
 } from 'engine-guard/pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { routeOf } from '../../src/adapters/pg-pooler.js';
 import { stateCtx } from '../support/hook-context.js';
 import { clientConfig, pgConfig } from '../support/pg.js';
 import { type PgBouncer, startPgBouncer } from '../support/pgbouncer.js';
@@ -59,9 +59,9 @@ async function state(handle: PgHandle): Promise<readonly HeldState[] | undefined
 
 describe('the route of a handle', () => {
   it('direct, through a session-mode pool, through a transaction-mode pool', async () => {
-    expect(routeOf((await openHandle(clientConfig())).client)).toBe('direct');
-    expect(routeOf((await openHandle(through(sessionPool))).client)).toBe('session pooler');
-    expect(routeOf((await openHandle(through(transactionPool))).client)).toBe('transaction pooler');
+    expect(pgRoute(await openHandle(clientConfig()))).toBe('direct');
+    expect(pgRoute(await openHandle(through(sessionPool)))).toBe('session pooler');
+    expect(pgRoute(await openHandle(through(transactionPool)))).toBe('transaction pooler');
   });
 });
 
