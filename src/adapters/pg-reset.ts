@@ -9,7 +9,7 @@
  */
 import type { ResetContext } from '../guard/types.js';
 import { inFlight, pgQuery, type RawClient, raceSignal } from './pg-client.js';
-import { watchSettingNames } from './pg-setting-names.js';
+import { SettingNames, watchSettingNames } from './pg-setting-names.js';
 import type { PgClient, PgHandle } from './pg-types.js';
 
 /**
@@ -46,7 +46,7 @@ interface SessionState {
    * Custom setting names the SQL sent since the client was last known clean may have set (see
    * pg-setting-names.ts); a new set at each clean point.
    */
-  names: Set<string>;
+  names: SettingNames;
   /** Custom setting names the adapter's `customSettings` option declares: always checked. */
   readonly declared: readonly string[];
   /** The role the connection logged in as (`session_user` when it was created). */
@@ -138,7 +138,7 @@ export function trackSession(
     ready: 0,
     cleanAt: 0,
     baseline: NO_BASELINE,
-    names: new Set(),
+    names: new SettingNames(),
     declared,
     login,
     checkReadOnly: checks.readOnly,
@@ -199,7 +199,7 @@ export function markCleanAt(client: PgClient, count: number): void {
 
 function setClean(state: SessionState): void {
   state.cleanAt = state.ready;
-  if (state.names.size > 0) state.names = new Set();
+  if (state.names.names.size > 0 || state.names.overflow) state.names = new SettingNames();
 }
 
 /**
@@ -220,7 +220,7 @@ export function literal(value: string): string {
 export async function pgCaptureBaseline(handle: PgHandle, signal: AbortSignal): Promise<void> {
   const state = sessions.get(handle.client);
   if (state === undefined) return;
-  const names = [...new Set([...state.names, ...state.declared])];
+  const names = [...new Set([...state.names.names, ...state.declared])];
   const { rows } = await pgQuery<{ name: string; value: string }>(
     handle,
     { signal, heartbeat() {} },
@@ -253,15 +253,26 @@ export async function pgCaptureBaseline(handle: PgHandle, signal: AbortSignal): 
  * The baseline of `client` (see {@link pgCaptureBaseline}), the custom names to check, and its
  * login role.
  */
-export function baselineOf(
-  client: PgClient,
-): { baseline: Baseline; names: readonly string[]; login: string | undefined } | undefined {
+export function baselineOf(client: PgClient):
+  | {
+      baseline: Baseline;
+      names: readonly string[];
+      /** More names were seen than could be kept (see `SettingNames`). */
+      overflow: boolean;
+      login: string | undefined;
+    }
+  | undefined {
   const state = sessions.get(client);
   if (state === undefined) return undefined;
-  const names = new Set(state.names);
+  const names = new Set(state.names.names);
   for (const name of state.declared) names.add(name);
   for (const name of state.baseline.settings.keys()) if (name.includes('.')) names.add(name);
-  return { baseline: state.baseline, names: [...names], login: state.login };
+  return {
+    baseline: state.baseline,
+    names: [...names],
+    overflow: state.names.overflow,
+    login: state.login,
+  };
 }
 
 /**

@@ -29,17 +29,28 @@ const WHOLE_NAME = new RegExp(`^${NAME}$`);
  */
 export const MAX_SETTING_NAMES = 256;
 
+/** The names seen on a client since it was last known clean. */
+export class SettingNames {
+  readonly names = new Set<string>();
+  /**
+   * More names were seen than {@link MAX_SETTING_NAMES}: the ones beyond were not kept, so a
+   * check cannot tell that no custom setting was set.
+   */
+  overflow = false;
+
+  add(name: string): void {
+    if (this.names.size < MAX_SETTING_NAMES) this.names.add(name);
+    else if (!this.names.has(name)) this.overflow = true;
+  }
+}
+
 /** Adds to `into` the custom setting names that `text` and `values` may set (lower-cased). */
-export function collectSettingNames(text: unknown, values: unknown, into: Set<string>): void {
+export function collectSettingNames(text: unknown, values: unknown, into: SettingNames): void {
   if (typeof text === 'string' && text.includes('.')) {
-    for (const match of text.matchAll(IN_SQL)) {
-      if (into.size >= MAX_SETTING_NAMES) return;
-      into.add((match[1] as string).toLowerCase());
-    }
+    for (const match of text.matchAll(IN_SQL)) into.add((match[1] as string).toLowerCase());
   }
   if (!Array.isArray(values)) return;
   for (const value of values) {
-    if (into.size >= MAX_SETTING_NAMES) return;
     if (typeof value === 'string' && value.length <= 128 && WHOLE_NAME.test(value)) {
       into.add(value.toLowerCase());
     }
@@ -51,7 +62,7 @@ export function collectSettingNames(text: unknown, values: unknown, into: Set<st
  * included, adds the setting names its text and parameters show to `names()` (read at each
  * call: the set is replaced when the client is known clean again).
  */
-export function watchSettingNames(client: PgClient, names: () => Set<string>): void {
+export function watchSettingNames(client: PgClient, names: () => SettingNames): void {
   const query = client.query;
   const watched = function (this: PgClient, ...args: unknown[]): unknown {
     const [first, second] = args;

@@ -18,6 +18,7 @@ import {
   RESEED_SQL,
   readyCount,
 } from './pg-reset.js';
+import { MAX_SETTING_NAMES } from './pg-setting-names.js';
 import type { PgHandle, PgQueryResult } from './pg-types.js';
 
 /**
@@ -197,6 +198,14 @@ async function readCatalog(handle: PgHandle, ctx: StateContext): Promise<readonl
   for (const row of results.at(-1)?.rows ?? []) {
     if (row.kind === 'backend') backend = Number(row.name);
     else found.push({ kind: row.kind, name: row.name });
+  }
+  // Names beyond the cap were not checked: a custom setting may hide among them, so the handle
+  // cannot be called clean (it stays pinned until it is reset or closed).
+  if (known?.overflow === true) {
+    found.push({
+      kind: 'setting',
+      name: `(custom settings: more than ${MAX_SETTING_NAMES} names seen, not all checked)`,
+    });
   }
   const route: PgRoute | undefined = routeOf(client);
   if (route === 'transaction pooler') {

@@ -197,6 +197,23 @@ describe('pgState reports each kind of state an op leaves, and none once it is g
     expect(await held(handle)).toEqual([{ kind: 'setting', name: 'work_mem' }]);
   });
 
+  it('a custom setting hidden behind more dotted names than it keeps is never called clean', async () => {
+    const handle = await openHandle();
+    // 300 quoted dotted strings first, then the setting: its name is beyond what is kept.
+    const flood = Array.from({ length: 300 }, (_, i) => `'flood.n${i}'`).join(', ');
+    await run(handle, `SELECT ${flood}, set_config('app.hidden_tenant', 'evil', false)`);
+    const found = await held(handle);
+    expect(found).toEqual([
+      {
+        kind: 'setting',
+        name: '(custom settings: more than 256 names seen, not all checked)',
+      },
+    ]);
+    // Until the handle is reset, it is not clean, whatever the op undoes.
+    await run(handle, 'RESET ALL');
+    expect(await held(handle)).toEqual(found);
+  });
+
   it('currval and the random seed do not outlive the call (no catalog shows them)', async () => {
     const handle = await openHandle();
     await adminQuery('CREATE SEQUENCE IF NOT EXISTS engine_guard_state_seq');
