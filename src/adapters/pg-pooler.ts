@@ -49,7 +49,7 @@ const PROBE_SETTING = 'engine_guard.pooler_probe';
  */
 export class PoolerDetector {
   readonly #config: PgClientConfig;
-  #kind: Promise<PgRoute> | undefined;
+  #kind: Promise<PgRoute | undefined> | undefined;
 
   constructor(config: PgClientConfig) {
     this.#config = config;
@@ -62,6 +62,8 @@ export class PoolerDetector {
       routes.set(client, 'direct');
       return;
     }
+    // No startup key at all (a server that only speaks the protocol): nothing to go by.
+    if (typeof key !== 'number') return;
     if (this.#kind === undefined) {
       const kind = probeKind(client, pid, this.#config, signal);
       this.#kind = kind;
@@ -69,7 +71,8 @@ export class PoolerDetector {
         if (this.#kind === kind) this.#kind = undefined;
       });
     }
-    routes.set(client, await this.#kind);
+    const kind = await this.#kind;
+    if (kind !== undefined) routes.set(client, kind);
   }
 }
 
@@ -79,9 +82,15 @@ async function probeKind(
   pid: number,
   config: PgClientConfig,
   signal: AbortSignal,
-): Promise<PgRoute> {
+): Promise<PgRoute | undefined> {
   const token = `${process.pid}-${Math.random().toString(36).slice(2)}`;
-  await client.query('SELECT pg_catalog.set_config($1, $2, false)', [PROBE_SETTING, token]);
+  try {
+    await client.query('SELECT pg_catalog.set_config($1, $2, false)', [PROBE_SETTING, token]);
+  } catch (error) {
+    // A server that refuses the probe (no set_config): the route stays unknown.
+    if (typeof (error as { code?: unknown } | null)?.code === 'string') return undefined;
+    throw error;
+  }
   const other = await connect(config, signal);
   try {
     await other.query('BEGIN');

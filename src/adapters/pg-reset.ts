@@ -49,8 +49,8 @@ interface SessionState {
   names: SettingNames;
   /** Custom setting names the adapter's `customSettings` option declares: always checked. */
   readonly declared: readonly string[];
-  /** The role the connection logged in as (`session_user` when it was created). */
-  readonly login: string | undefined;
+  /** The role the connection logged in as, once a state check has read it. */
+  login: string | undefined;
   /**
    * Whether `pgReadOnly` outside a session drops, in its ROLLBACK round trip, what it may have
    * left: only worth its cost when the guard's reset is {@link pgReset}, which can then be skipped.
@@ -126,13 +126,12 @@ SELECT name, value FROM (
 
 /**
  * Starts tracking `client`'s session state; it counts as clean from here on. `checks`: see
- * {@link SessionState}; `declared`: the adapter's `customSettings`; `login`: its session user.
+ * {@link SessionState}; `declared`: the adapter's `customSettings`.
  */
 export function trackSession(
   client: RawClient,
   checks: { readOnly: boolean; state: boolean },
   declared: readonly string[] = [],
-  login?: string,
 ): void {
   const state: SessionState = {
     ready: 0,
@@ -140,7 +139,7 @@ export function trackSession(
     baseline: NO_BASELINE,
     names: new SettingNames(),
     declared,
-    login,
+    login: undefined,
     checkReadOnly: checks.readOnly,
     checkState: checks.state,
   };
@@ -175,6 +174,12 @@ export function cleanSince(client: PgClient, inSession: boolean): number | undef
     return undefined;
   }
   return isClean(client) ? state.ready : undefined;
+}
+
+/** Records the role `client` logged in as (read by a state check, once). */
+export function rememberLogin(client: PgClient, login: string): void {
+  const state = sessions.get(client);
+  if (state !== undefined) state.login = login;
 }
 
 /** ReadyForQuery messages seen on `client` so far (`undefined` for a client not tracked). */

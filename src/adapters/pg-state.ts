@@ -17,6 +17,7 @@ import {
   NO_BASELINE,
   RESEED_SQL,
   readyCount,
+  rememberLogin,
 } from './pg-reset.js';
 import { MAX_SETTING_NAMES } from './pg-setting-names.js';
 import type { PgHandle, PgQueryResult } from './pg-types.js';
@@ -113,8 +114,18 @@ SELECT kind, name FROM (
       || CASE WHEN k.mode = 'ShareLock' THEN ' (shared)' ELSE '' END
     FROM pg_catalog.pg_lock_status() k
     WHERE k.locktype = 'advisory' AND k.pid = pg_catalog.pg_backend_pid()
-  UNION ALL SELECT 7, 'session authorization', session_user::text
-    WHERE ${sessionUser === undefined ? 'false' : `session_user::text IS DISTINCT FROM ${literal(sessionUser)}`}
+  UNION ALL ${
+    sessionUser === undefined
+      ? // The first check of a handle reads the role it logged in as, and remembers it.
+        `SELECT 7, 'session authorization', session_user::text
+    FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
+    WHERE a.usesysid IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user)
+  UNION ALL SELECT 10, 'login', r.rolname::text
+    FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
+    JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid`
+      : `SELECT 7, 'session authorization', session_user::text
+    WHERE session_user::text IS DISTINCT FROM ${literal(sessionUser)}`
+  }
   UNION ALL SELECT 8, 'role', current_user::text
     WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ${literal(baseline.role ?? 'none')}
   UNION ALL SELECT 9, 'backend', pg_catalog.pg_backend_pid()::text
@@ -158,7 +169,9 @@ SELECT kind, name FROM (
  *   rejects the call, instead of pretending. An open transaction is kept there as anywhere. It
  *   throws the same when the backend that answered is not the handle's own.
  *
- * Needs PostgreSQL 13 or later. Bounded by the guard's `resetTimeout` (`ctx.signal`).
+ * Needs PostgreSQL 13 or later. For servers that only speak the wire protocol (HyperDB's
+ * `hyperd`) and lack these catalogs, give `state: undefined` (sessions then hold their handle from
+ * their first op). Bounded by the guard's `resetTimeout` (`ctx.signal`).
  */
 export function pgState(
   handle: PgHandle,
@@ -197,6 +210,7 @@ async function readCatalog(handle: PgHandle, ctx: StateContext): Promise<readonl
   const found: HeldState[] = [];
   for (const row of results.at(-1)?.rows ?? []) {
     if (row.kind === 'backend') backend = Number(row.name);
+    else if (row.kind === 'login') rememberLogin(client, row.name);
     else found.push({ kind: row.kind, name: row.name });
   }
   // Names beyond the cap were not checked: a custom setting may hide among them, so the handle

@@ -220,12 +220,11 @@ export function pgGuardOptions(
       const client = await connect(config, signal);
       try {
         const { rows } = await raceSignal(
-          client.query('SELECT pg_backend_pid() AS pid, session_user::text AS login'),
+          client.query('SELECT pg_backend_pid() AS pid'),
           signal,
           () => destroySocket(client),
         );
         const pid = rows[0]?.pid;
-        const login = rows[0]?.login as string | undefined;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
         // Behind a transaction-mode pooler no connection state can be kept (see pgState).
         await raceSignal(pooler.check(client, pid, signal), signal, () => destroySocket(client));
@@ -234,7 +233,6 @@ export function pgGuardOptions(
           client,
           { readOnly: options.reset === pgReset, state: options.state === pgState },
           customSettings,
-          login,
         );
         // A pooler sets the client's startup parameters (application_name...) in the server
         // session: they are the handle's baseline, not state an op left.
