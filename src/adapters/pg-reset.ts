@@ -70,8 +70,8 @@ const sessions = new WeakMap<PgClient, SessionState>();
  * survives `DISCARD ALL` (and a rollback), and would decide the next caller's `random()` values.
  * (`hashtextextended` spreads the UUID's random bits over 64 bits; `setseed` takes [-1, 1].)
  */
-export const RESEED_SQL =
-  'SELECT pg_catalog.setseed(pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()::text, 0)::float8 / 9223372036854775808.0)';
+export const RESEED =
+  'pg_catalog.setseed(pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()::text, 0)::float8 / 9223372036854775808.0)';
 
 /**
  * What `DISCARD ALL` does, spelled out so that the baseline and a new random seed share its round
@@ -80,8 +80,7 @@ export const RESEED_SQL =
  */
 const DISCARD_ALL_SQL =
   'CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;' +
-  ' SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; ' +
-  RESEED_SQL;
+  ` SELECT pg_catalog.pg_advisory_unlock_all(), ${RESEED}; DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES`;
 
 /**
  * Ends `pgReadOnly`'s transaction on a handle that was clean when it began, and undoes in the
@@ -93,7 +92,7 @@ const DISCARD_ALL_SQL =
  * bare ROLLBACK, where the question took about 150 µs more, as much as the `DISCARD ALL` it would
  * save).
  */
-const ROLLBACK_CLEAN_SQL = `ROLLBACK; DEALLOCATE ALL; SELECT pg_catalog.pg_advisory_unlock_all(); ${RESEED_SQL}`;
+const ROLLBACK_CLEAN_SQL = `ROLLBACK; DEALLOCATE ALL; SELECT pg_catalog.pg_advisory_unlock_all(), ${RESEED}`;
 
 /**
  * The same in a session, which keeps what it took: ends `pgReadOnly`'s transaction and asks, in
@@ -101,7 +100,7 @@ const ROLLBACK_CLEAN_SQL = `ROLLBACK; DEALLOCATE ALL; SELECT pg_catalog.pg_advis
  * same: under `pin: 'on-state'` the seed never outlives a call, see `pgState`).
  */
 const ROLLBACK_CHECK_SQL =
-  `ROLLBACK; ${RESEED_SQL}; SELECT EXISTS (SELECT FROM pg_catalog.pg_locks` +
+  `ROLLBACK; SELECT ${RESEED}, EXISTS (SELECT FROM pg_catalog.pg_locks` +
   " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())" +
   ' OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements) AS held';
 

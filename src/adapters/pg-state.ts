@@ -15,7 +15,7 @@ import {
   literal,
   markCleanAt,
   NO_BASELINE,
-  RESEED_SQL,
+  RESEED,
   readyCount,
   rememberLogin,
 } from './pg-reset.js';
@@ -86,7 +86,7 @@ function stateSql(baseline: Baseline, names: readonly string[], login: string | 
   const sessionUser = baseline.authorization ?? login;
   // The catalog functions rather than their views: planned in a fraction of the time. Reading
   // the settings is most of the check's cost: once.
-  return `DISCARD SEQUENCES; ${RESEED_SQL};
+  return `DISCARD SEQUENCES; SELECT ${RESEED};
 WITH settings AS MATERIALIZED (
   SELECT s.name, s.setting, s.source, s.reset_val FROM pg_catalog.pg_show_all_settings() s
 )
