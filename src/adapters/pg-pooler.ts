@@ -76,6 +76,28 @@ export class PoolerDetector {
   }
 }
 
+/**
+ * How long a probe statement may wait for a server connection, ms. The other connection's waits
+ * while the handle holds the only one of a session-mode pool; the handle's second statement
+ * waits while the other connection holds the only one of a transaction-mode pool. On a direct
+ * connection or a pool with room, each is answered at once.
+ */
+const PROBE_WAIT_MS = 2_000;
+
+/** `promise`'s value, or `'waited'` when it takes longer than {@link PROBE_WAIT_MS}. */
+async function withinProbeWait<T>(promise: Promise<T>): Promise<T | 'waited'> {
+  let timer: NodeJS.Timeout | undefined;
+  const waited = new Promise<'waited'>((resolve) => {
+    timer = setTimeout(() => resolve('waited'), PROBE_WAIT_MS);
+    timer.unref();
+  });
+  try {
+    return await Promise.race([promise, waited]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The probe described in the module's comment, on handle `client`. */
 async function probeKind(
   client: RawClient,
@@ -93,20 +115,37 @@ async function probeKind(
   }
   const other = await connect(config, signal);
   try {
-    await other.query('BEGIN');
-    const seen = await other.query('SELECT pg_catalog.current_setting($1, true) AS token', [
-      PROBE_SETTING,
-    ]);
-    const back = await client.query(
-      'SELECT pg_catalog.current_setting($1, true) AS token, pg_catalog.pg_backend_pid() AS pid, pg_catalog.set_config($1, $2, false)',
-      [PROBE_SETTING, ''],
+    const seen = await withinProbeWait(
+      other
+        .query('BEGIN')
+        .then(() =>
+          other.query('SELECT pg_catalog.current_setting($1, true) AS token', [PROBE_SETTING]),
+        ),
     );
-    const row = back.rows[0] as { token: string | null; pid: number } | undefined;
-    const leaked = (seen.rows[0] as { token: string | null } | undefined)?.token === token;
-    return leaked || row?.token !== token || row.pid !== pid
-      ? 'transaction pooler'
-      : 'session pooler';
+    // The handle keeps the pool's only server connection while idle: a session-mode pool.
+    if (seen === 'waited') return 'session pooler';
+    // Another client saw this session's setting: the server connection went to it.
+    if ((seen.rows[0] as { token: string | null } | undefined)?.token === token) {
+      return 'transaction pooler';
+    }
+    const back = client.query(
+      'SELECT pg_catalog.current_setting($1, true) AS token, pg_catalog.pg_backend_pid() AS pid',
+      [PROBE_SETTING],
+    );
+    const answer = await withinProbeWait(back);
+    if (answer === 'waited') {
+      // No server connection of its own: let the other one go, then the answer comes.
+      await other.query('ROLLBACK');
+      await back;
+      return 'transaction pooler';
+    }
+    const row = answer.rows[0] as { token: string | null; pid: number } | undefined;
+    return row?.token !== token || row.pid !== pid ? 'transaction pooler' : 'session pooler';
   } finally {
     await closeClient(other, END_GRACE_MS);
+    // Behind a session-mode pool, the handle's own session: leave nothing of the probe there.
+    await client
+      .query('SELECT pg_catalog.set_config($1, $2, false)', [PROBE_SETTING, ''])
+      .catch(() => undefined);
   }
 }

@@ -65,6 +65,21 @@ describe('the route of a handle', () => {
   });
 });
 
+describe('the route behind a pool of one server connection', () => {
+  it.each(['transaction', 'session'] as const)(
+    '%s mode: found within seconds, no probe waiting for ever on the only connection',
+    async (poolMode) => {
+      const { host, port } = pgConfig();
+      const bouncer = await startPgBouncer({ target: { host, port }, poolMode, poolSize: 1 });
+      onTestFinished(() => bouncer.stop());
+      const started = performance.now();
+      const handle = await openHandle(through(bouncer));
+      expect(pgRoute(handle)).toBe(`${poolMode} pooler`);
+      expect(performance.now() - started).toBeLessThan(10_000);
+    },
+  );
+});
+
 describe('pgState behind a transaction-mode PgBouncer', () => {
   it.each([
     [
