@@ -59,11 +59,11 @@ export class PgTransactionRefusedError extends Error {
   /** Index (0-based) of the statement that caused it; `undefined` when it was so from the start. */
   readonly statement: number | undefined;
   constructor(reason: PgTransactionRefusal, statement: number | undefined, options?: ErrorOptions) {
-    const where = statement === undefined ? 'The session' : `Statement ${statement + 1}`;
+    const after = statement === undefined ? '' : `After statement ${statement + 1}, the`;
     super(
       reason === 'replica'
-        ? `${where} runs with session_replication_role = replica, where the server fires no ordinary trigger: pgTransaction's fence cannot stop a COMMIT among the statements there, so it refuses to run them. Nothing was applied`
-        : `${where} made the server check pgTransaction's fence before the helper's own COMMIT (SET CONSTRAINTS ALL IMMEDIATE checks every deferred constraint, the fence's included): name your constraints instead (SET CONSTRAINTS name IMMEDIATE). Nothing was applied`,
+        ? `${after || 'The'} session runs with session_replication_role = replica, where the server fires no ordinary trigger: pgTransaction's fence cannot stop a COMMIT among the statements there, so it refuses to run them. Nothing was applied`
+        : `Statement ${(statement ?? 0) + 1} made the server check pgTransaction's fence before the helper's own COMMIT (SET CONSTRAINTS ALL IMMEDIATE checks every deferred constraint, the fence's included): name your constraints instead (SET CONSTRAINTS name IMMEDIATE). Nothing was applied`,
       options,
     );
     this.reason = reason;
