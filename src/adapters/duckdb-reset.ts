@@ -87,38 +87,67 @@ async function rollback(run: ResetRunner): Promise<void> {
   }
 }
 
+/** How a connection in some state differs from its baseline, settings apart. */
+interface Drift {
+  /** Temporary objects, in {@link DROP_ORDER}. */
+  readonly temporary: StateRow[];
+  /** Prepared statements the baseline lacks or has with another text: deallocated. */
+  readonly extraPrepared: string[];
+  /** The baseline's prepared statements that are missing or changed: made again. */
+  readonly missingPrepared: Map<string, string>;
+  /** Variables the baseline lacks: reset. */
+  readonly extraVariables: string[];
+  /** The baseline's variables that are missing or changed: set again. */
+  readonly missingVariables: Map<string, { value: string; type: string }>;
+  /** The `USE` row when it differs from the baseline's. */
+  readonly use: StateRow | undefined;
+}
+
+function driftOf(state: StateRow[], baseline: Baseline | undefined): Drift {
+  const temporary = DROP_ORDER.flatMap((kind) => state.filter((row) => row.kind === kind));
+  const extraPrepared: string[] = [];
+  const extraVariables: string[] = [];
+  const missingPrepared = new Map(baseline?.prepared);
+  const missingVariables = new Map(baseline?.variables);
+  let use: StateRow | undefined;
+  for (const row of state) {
+    if (row.kind === 'prepared') {
+      if (missingPrepared.get(row.n) === row.v) missingPrepared.delete(row.n);
+      else extraPrepared.push(row.n);
+    } else if (row.kind === 'variable') {
+      const before = missingVariables.get(row.n);
+      if (before?.value === row.v && before?.type === row.t) missingVariables.delete(row.n);
+      else if (before === undefined) extraVariables.push(row.n);
+    } else if (row.kind === 'use' && baseline !== undefined && useOf(row) !== baseline.use) {
+      use = row;
+    }
+  }
+  return { temporary, extraPrepared, missingPrepared, extraVariables, missingVariables, use };
+}
+
 /**
  * The statements that bring a connection in `state` back to `baseline`, settings apart (see
  * {@link restoreSettings}).
  */
 function restoreStatements(state: StateRow[], baseline: Baseline | undefined): string[] {
+  const drift = driftOf(state, baseline);
   const out: string[] = [];
-  for (const kind of DROP_ORDER) {
-    for (const row of state) {
-      if (row.kind !== kind) continue;
-      const name = `temp.${ident(row.s ?? 'main')}.${ident(row.n)}`;
-      const what =
-        kind === 'macro' ? (row.v === 'table_macro' ? 'MACRO TABLE' : 'MACRO') : kind.toUpperCase();
-      out.push(`DROP ${what} IF EXISTS ${name}`);
-    }
+  for (const row of drift.temporary) {
+    const name = `temp.${ident(row.s ?? 'main')}.${ident(row.n)}`;
+    const what =
+      row.kind === 'macro'
+        ? row.v === 'table_macro'
+          ? 'MACRO TABLE'
+          : 'MACRO'
+        : row.kind.toUpperCase();
+    out.push(`DROP ${what} IF EXISTS ${name}`);
   }
-  const prepared = new Map(baseline?.prepared);
-  const variables = new Map(baseline?.variables);
-  for (const row of state) {
-    if (row.kind === 'prepared') {
-      if (prepared.get(row.n) === row.v) prepared.delete(row.n);
-      else out.push(`DEALLOCATE ${ident(row.n)}`);
-    } else if (row.kind === 'variable') {
-      const before = variables.get(row.n);
-      if (before?.value === row.v && before?.type === row.t) variables.delete(row.n);
-      else if (before === undefined) out.push(`RESET VARIABLE ${ident(row.n)}`);
-    } else if (row.kind === 'use' && baseline !== undefined && useOf(row) !== baseline.use) {
-      out.push(baseline.use);
-    }
-  }
+  for (const name of drift.extraPrepared) out.push(`DEALLOCATE ${ident(name)}`);
+  for (const name of drift.extraVariables) out.push(`RESET VARIABLE ${ident(name)}`);
+  if (drift.use !== undefined && baseline !== undefined) out.push(baseline.use);
   // Dropped or changed since the baseline: made again as they were.
-  for (const [name, text] of prepared) out.push(`PREPARE ${ident(name)} AS ${text}`);
-  for (const [name, { value, type }] of variables) {
+  for (const [name, text] of drift.missingPrepared) out.push(`PREPARE ${ident(name)} AS ${text}`);
+  for (const [name, { value, type }] of drift.missingVariables) {
     out.push(`SET VARIABLE ${ident(name)} = CAST(${literal(value)} AS ${type})`);
   }
   return out;
@@ -162,6 +191,82 @@ async function restoreSettings(
   }
 }
 
+/** `txid_current()` as text: the same in two calls only inside one explicit transaction. */
+const TXID_SQL = 'SELECT CAST(txid_current() AS VARCHAR) AS id';
+
+/**
+ * What `conn` holds that its reset would undo (see `duckdbState`): an open transaction, then
+ * temporary objects, prepared statements, variables, settings and `USE` that differ from the
+ * baseline. Two calls: `txid_current()`, then the state query with `txid_current()` again (the
+ * same id means an explicit transaction is open; autocommit gives each statement its own).
+ */
+export async function heldState(
+  conn: DuckDBConnection,
+  run: ResetRunner,
+): Promise<{ kind: string; name: string }[]> {
+  let first: string;
+  try {
+    first = String((await run(TXID_SQL)).getRowObjectsJS()[0]?.id);
+  } catch (error) {
+    // A failed explicit transaction refuses every statement until its ROLLBACK.
+    if (/transaction is aborted/i.test((error as Error)?.message ?? '')) {
+      return [{ kind: 'transaction', name: 'failed' }];
+    }
+    throw error;
+  }
+  const rows = (
+    await run(
+      `${STATE_SQL}\nUNION ALL SELECT 'txid', NULL, CAST(txid_current() AS VARCHAR), NULL, NULL`,
+    )
+  ).getRowObjectsJS() as unknown as StateRow[];
+  const baseline = baselines.get(conn);
+  const held: { kind: string; name: string }[] = [];
+  if (rows.some((row) => row.kind === 'txid' && row.n === first)) {
+    held.push({ kind: 'transaction', name: 'open' });
+  }
+  const drift = driftOf(rows, baseline);
+  for (const row of drift.temporary) {
+    held.push({ kind: `temp ${row.kind}`, name: row.s === 'main' ? row.n : `${row.s}.${row.n}` });
+  }
+  const prepared = new Set([...drift.extraPrepared, ...drift.missingPrepared.keys()]);
+  for (const name of prepared) held.push({ kind: 'prepared statement', name });
+  const variables = new Set([...drift.extraVariables, ...drift.missingVariables.keys()]);
+  for (const name of variables) held.push({ kind: 'variable', name });
+  for (const row of changedSettings(rows, baseline)) held.push({ kind: 'setting', name: row.n });
+  if (drift.use !== undefined) {
+    held.push({ kind: 'use', name: `${drift.use.s ?? ''}.${drift.use.n}` });
+  }
+  return held;
+}
+
+/**
+ * The reset of a connection whose settings differ from its baseline while `lock_configuration`
+ * is on (an op turned it on, or a pragma changed a setting under it): no SET or RESET can put them
+ * back, so the connection cannot be called clean, and the guard retires it. Settings of the
+ * instance (`GLOBAL` scope, such as `threads`) stay as the op left them for every connection:
+ * `lock_configuration` cannot be turned off while the instance runs.
+ */
+export class LockedSettingsError extends Error {
+  override readonly name = 'LockedSettingsError';
+  /** Stable code: `ERR_DUCKDB_LOCKED_SETTINGS`. */
+  readonly code = 'ERR_DUCKDB_LOCKED_SETTINGS';
+  /** The settings that differ from the baseline, with the value the op left. */
+  readonly settings: readonly { name: string; value: string | null; scope: string | null }[];
+
+  constructor(rows: readonly StateRow[]) {
+    const settings = rows.map((row) => ({ name: row.n, value: row.v, scope: row.s }));
+    const global = settings.filter((setting) => setting.scope === 'GLOBAL');
+    super(
+      `lock_configuration is on, so the settings ${settings.map((setting) => setting.name).join(', ')} ` +
+        "cannot be put back to this connection's baseline: the connection is retired" +
+        (global.length > 0
+          ? `; ${global.map((setting) => setting.name).join(', ')} ${global.length === 1 ? 'is' : 'are'} the instance's and stay${global.length === 1 ? 's' : ''} as the op left ${global.length === 1 ? 'it' : 'them'} for every connection`
+          : ''),
+    );
+    this.settings = settings;
+  }
+}
+
 /** Runs one statement on the connection being reset (bounded and interruptible by its caller). */
 export type ResetRunner = (sql: string) => Promise<DuckDBResultReader>;
 
@@ -182,12 +287,15 @@ export async function resetConnection(
     signal.throwIfAborted();
     await run(sql);
   }
-  // Under `lock_configuration` no SET or RESET runs (nor could an op's): settings stay as they are.
+  // Under `lock_configuration` no SET or RESET runs: what differs from the baseline stays, so the
+  // connection is not clean. Failing retires it (its own settings go with it).
   if (
     state.some(
       (row) => row.kind === 'setting' && row.n === 'lock_configuration' && row.v === 'true',
     )
   ) {
+    const stuck = changedSettings(state, baseline);
+    if (stuck.length > 0) throw new LockedSettingsError(stuck);
     return;
   }
   // A USE among them changed `schema` and `search_path`: read the settings again.

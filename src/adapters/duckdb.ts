@@ -38,6 +38,7 @@
  * - `isFatal`: see {@link isFatalDuckDBError}.
  * - `reset`: see {@link duckdbReset}. After each handle's `setup`, its state is recorded as the
  *   baseline the reset returns it to.
+ * - `state`: see {@link duckdbState}, what a session op left, against the same baseline.
  *
  * Heartbeats: {@link duckdbQuery} streams the result (`connection.stream` + `fetchChunk`) and
  * heartbeats before the call, when the stream opens and after every chunk (2,048 rows). DuckDB
@@ -49,8 +50,10 @@
  */
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { JSDuckDBValueConverter } from '@duckdb/node-api';
-import type { EngineGuardOptions, ResetContext } from '../index.js';
-import { captureBaseline, type ResetRunner, resetConnection } from './duckdb-reset.js';
+import type { EngineGuardOptions, HeldState, ResetContext, StateContext } from '../index.js';
+import { captureBaseline, heldState, type ResetRunner, resetConnection } from './duckdb-reset.js';
+
+export { LockedSettingsError } from './duckdb-reset.js';
 
 /** How often an aborted call's connection is interrupted again until the call settles, ms. */
 export const INTERRUPT_EVERY_MS = 25;
@@ -182,8 +185,13 @@ function resetRunner(conn: DuckDBConnection, signal: AbortSignal): ResetRunner {
  *   with `SET GLOBAL` where the connection may have its own value (`TimeZone`) gets its own
  *   value back on this connection; the instance-wide one stays as the op left it.
  *
- * With `lock_configuration` on, SET and RESET are refused (to the op as to the reset): settings
- * are left as they are.
+ * With `lock_configuration` on, SET and RESET are refused (to the op as to the reset): a
+ * setting that differs from the baseline then cannot be put back, and the reset fails with
+ * {@link LockedSettingsError} (the guard retires the connection, and its own settings go with
+ * it) rather than call the connection clean. An op that turns `lock_configuration` on freezes the
+ * instance's settings for every connection, for as long as the instance runs: keep it out of
+ * untrusted SQL, or set it when the instance is created (then make the settings each connection
+ * needs in `setup`, whose state is the baseline).
  *
  * A connection with no baseline (made by other options than `duckdbGuardOptions`') has its
  * temporary objects, prepared statements and variables dropped and its settings left alone.
@@ -195,6 +203,37 @@ function resetRunner(conn: DuckDBConnection, signal: AbortSignal): ResetRunner {
  */
 export function duckdbReset(conn: DuckDBConnection, ctx: ResetContext): Promise<void> {
   return resetConnection(conn, ctx.signal, resetRunner(conn, ctx.signal));
+}
+
+/**
+ * The `state` hook of {@link duckdbGuardOptions} (its default): reports the connection state a
+ * session op left on its connection, so that a `pin: 'on-state'` session keeps the connection
+ * only while it holds some (SPEC 8.1). It mirrors {@link duckdbReset}: "none" means exactly the
+ * state the reset would leave, and the connection then goes back to the pool without a reset.
+ *
+ * - An open explicit transaction (`BEGIN` in one call, `COMMIT` in a later one):
+ *   `{ kind: 'transaction', name: 'open' }` (`'failed'` once a statement in it failed).
+ * - Temporary objects: `{ kind: 'temp table', name: 'scratch' }`, `'temp view'`,
+ *   `'temp macro'`, `'temp sequence'`, `'temp type'`.
+ * - Prepared statements (`PREPARE`) and variables (`SET VARIABLE`) that differ from the
+ *   baseline (made by the op, or the baseline's, dropped or changed): `'prepared statement'`,
+ *   `'variable'`.
+ * - Settings that differ from the baseline (`SET`, and `RESET` of one `setup` made):
+ *   `{ kind: 'setting', name: 'TimeZone' }`; a `USE` elsewhere: `{ kind: 'use', name:
+ *   'memory.app' }`.
+ *
+ * Two calls on the connection, each a catalog read (`txid_current()`, then the query the reset
+ * reads; the same transaction id in both means a transaction is open), so no round trip is
+ * saved by skipping it: it never answers synchronously. A connection with no baseline (made by
+ * other options than `duckdbGuardOptions`') reports its temporary objects, prepared statements
+ * and variables, not its settings (which its reset leaves alone too). Not seen, as the reset does
+ * not undo them: `ATTACH`/`DETACH`, extensions, secrets (the instance's), writes to tables.
+ */
+export function duckdbState(
+  conn: DuckDBConnection,
+  ctx: StateContext,
+): Promise<readonly HeldState[]> {
+  return heldState(conn, resetRunner(conn, ctx.signal));
 }
 
 const FATAL_PATTERNS: readonly RegExp[] = [
@@ -252,8 +291,9 @@ let warnedPool = false;
  * that is `undefined` leaves the default in place.
  *
  * Defaults: `pool` 2, `name` `'duckdb'`, library liveness defaults, `reset`
- * {@link duckdbReset} (`reset: undefined` turns it off). With a `reset`, `setup` (yours, or none) is
- * followed by one catalog query that records the connection's baseline for the reset.
+ * {@link duckdbReset} and `state` {@link duckdbState} (`reset: undefined`, `state: undefined` turn
+ * them off). With either, `setup` (yours, or none) is followed by one catalog query that records
+ * the connection's baseline for them.
  *
  * @example
  * ```ts
@@ -294,16 +334,18 @@ export function duckdbGuardOptions(
     },
     isFatal: isFatalDuckDBError,
     reset: duckdbReset,
+    state: duckdbState,
   };
   // An override that is `undefined` leaves the default in place (as in engine-guard/pg), except
-  // `reset: undefined`, which turns the reset off.
+  // `reset: undefined` and `state: undefined`, which turn the reset and the state check off.
   for (const [key, value] of Object.entries(overrides)) {
     if (value !== undefined) (options as unknown as Record<string, unknown>)[key] = value;
   }
   if (Object.hasOwn(overrides, 'reset') && overrides.reset === undefined) delete options.reset;
+  if (Object.hasOwn(overrides, 'state') && overrides.state === undefined) delete options.state;
   const setup = options.setup;
   // After bootstrap and setup: what they set (a GLOBAL setting too) is the baseline, not a leak.
-  if (options.reset !== undefined) {
+  if (options.reset !== undefined || options.state !== undefined) {
     options.setup = async (conn, ctx) => {
       await setup?.(conn, ctx);
       await captureBaseline(conn, resetRunner(conn, ctx.signal));

@@ -28,6 +28,10 @@
  * - `reset` is {@link pgReset}: after each stateless op, the handle is returned to a clean state
  *   (what `DISCARD ALL` clears, then the settings `setup` made), skipped when the op provably
  *   left nothing.
+ * - `state` is {@link pgState}: after each op of a `pin: 'on-state'` session, what connection
+ *   state the op left (one catalog round trip, none when provably clean), so the session holds a
+ *   handle only while it holds state. Behind a transaction-mode pooler (found at `create`, by the
+ *   startup key and one probe) state cannot be kept, and `pgState` says so.
  *
  * Only this module loads `pg`; `engine-guard` and `engine-guard/duckdb` never do.
  *
@@ -47,13 +51,16 @@ import {
   raceSignal,
 } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
+import { PoolerDetector, routeOf } from './pg-pooler.js';
 import { isClean, markClean, pgCaptureBaseline, pgReset, trackSession } from './pg-reset.js';
+import { validateCustomSettings } from './pg-setting-names.js';
 import {
   ACCEPT_CHECK_REUSE_MS,
   acceptsConnections,
   SIDE_CONNECT_TIMEOUT_MS,
   SideConnection,
 } from './pg-side.js';
+import { pgState } from './pg-state.js';
 import { cancelUntilDrained } from './pg-turns.js';
 import type { PgClientConfig, PgHandle } from './pg-types.js';
 
@@ -67,10 +74,14 @@ export {
 } from './pg-coordinator.js';
 export { isFatalPgError } from './pg-fatal.js';
 export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
+export { type PgRoute, pgRoute } from './pg-pooler.js';
 export { pgReset } from './pg-reset.js';
+export { PgPoolerStateError, pgState } from './pg-state.js';
 export {
   type PgStatement,
   PgTransactionEndedError,
+  type PgTransactionRefusal,
+  PgTransactionRefusedError,
   pgReadOnly,
   pgTransaction,
 } from './pg-transaction.js';
@@ -98,6 +109,13 @@ export interface PgAdapterOptions {
    * own other sessions, as on some managed servers.
    */
   sideConfig?: PgClientConfig | undefined;
+  /**
+   * Custom settings (`app.tenant`) that `setup` or ops may set where their SQL does not name them
+   * (inside a function, under a name built at run time). PostgreSQL lists no custom setting that
+   * no loaded module defines, so the adapter learns their names from the SQL its handles send;
+   * the ones named here are always part of the baseline `setup` leaves (see {@link pgReset}).
+   */
+  customSettings?: readonly string[] | undefined;
 }
 
 /** @deprecated Use {@link PgAdapterOptions}; kept for code written against the recipe. */
@@ -127,14 +145,15 @@ const BACKEND_STATE_SQL =
 
 /**
  * Builds the {@link EngineGuardOptions} for PostgreSQL (and any PostgreSQL-wire engine):
- * `create`, `destroy`, `isAlive`, `probe`, `cancel`, `isFatal`, `reset` ({@link pgReset}) and
- * the adapter's liveness defaults ({@link PG_LIVENESS}). `overrides` go on top (pool, liveness,
- * timeouts, or your own hooks); an override that is `undefined` leaves the default in place,
- * except `reset: undefined`, which turns the reset off; a `liveness` object is merged over the
- * defaults.
+ * `create`, `destroy`, `isAlive`, `probe`, `cancel`, `isFatal`, `reset` ({@link pgReset}),
+ * `state` ({@link pgState}) and the adapter's liveness defaults ({@link PG_LIVENESS}).
+ * `overrides` go on top (pool, liveness, timeouts, or your own hooks); an override that is
+ * `undefined` leaves the default in place, except `reset: undefined` and `state: undefined`,
+ * which turn the reset and the state check off; a `liveness` object is merged over the defaults.
  *
  * A `setup` given here is followed, on each handle, by one query that records the settings it
- * made, so that {@link pgReset} can put them back after `DISCARD ALL`.
+ * made (and the `customSettings`' values), so that {@link pgReset} can put them back after
+ * `DISCARD ALL`.
  *
  * Each call keeps one side connection for the busy-handle probes and cancels of the handles it
  * creates (so give each guard its own call).
@@ -167,6 +186,8 @@ export function pgGuardOptions(
     throw new TypeError('The "sideConfig" option must be a pg client config object');
   }
   const sideConfig = adapter.sideConfig ?? config;
+  const customSettings = validateCustomSettings(adapter.customSettings);
+  const pooler = new PoolerDetector(config);
   const side = new SideConnection(sideConfig);
   // Where the side connection goes, as `pg` resolves it (constructing a client does not connect).
   const sideRoute = new pg.Client(sideConfig as pg.ClientConfig) as unknown as RawClient;
@@ -208,8 +229,21 @@ export function pgGuardOptions(
         );
         const pid = rows[0]?.pid;
         if (typeof pid !== 'number') throw new Error('pg_backend_pid() returned no pid');
+        // Behind a transaction-mode pooler no connection state can be kept (see pgState).
+        await raceSignal(pooler.check(client, pid, signal), signal, () => destroySocket(client));
         handles++;
-        trackSession(client, options.reset === pgReset);
+        trackSession(
+          client,
+          { readOnly: options.reset === pgReset, state: options.state === pgState },
+          customSettings,
+        );
+        // A pooler sets the client's startup parameters (application_name...) in the server
+        // session: they are the handle's baseline, not state an op left.
+        if (routeOf(client) !== 'direct') {
+          await raceSignal(pgCaptureBaseline({ client, pid }, signal), signal, () =>
+            destroySocket(client),
+          );
+        }
         // Busy-handle probes need the side connection: open it now, not on a slow link's
         // first probe (where connecting could take most of the probe's timeout).
         if (options.probe === ownProbe) side.warm();
@@ -308,6 +342,8 @@ export function pgGuardOptions(
     isFatal: isFatalPgError,
 
     reset: pgReset,
+
+    state: pgState,
   };
 
   const ownProbe = options.probe;
@@ -321,10 +357,12 @@ export function pgGuardOptions(
   }
   // Explicitly undefined: "no reset" (sessions-only guards, engines without DISCARD).
   if (Object.hasOwn(overrides, 'reset') && overrides.reset === undefined) delete options.reset;
+  // The same for the state check: sessions then hold their handle from their first op.
+  if (Object.hasOwn(overrides, 'state') && overrides.state === undefined) delete options.state;
   const setup = options.setup;
-  if (setup !== undefined) {
+  if (setup !== undefined || customSettings.length > 0) {
     options.setup = async (handle, ctx) => {
-      await setup(handle, ctx);
+      await setup?.(handle, ctx);
       await pgCaptureBaseline(handle, ctx.signal);
     };
   }

@@ -6,21 +6,15 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { EngineGuard, type ResetContext } from 'engine-guard';
-import { duckdbGuardOptions, duckdbReset } from 'engine-guard/duckdb';
-import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
+import { duckdbGuardOptions, duckdbReset, LockedSettingsError } from 'engine-guard/duckdb';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import {
+  type DuckDBOptions,
+  instancePerTest,
+  openConn as openDuckDBConn,
+} from '../support/duckdb.js';
 
-type Options = ReturnType<typeof duckdbGuardOptions>;
-
-let instance: DuckDBInstance;
-
-// One instance per test: GLOBAL settings and attached databases are the instance's.
-beforeEach(async () => {
-  instance = await DuckDBInstance.create(':memory:');
-});
-
-afterEach(() => {
-  instance.closeSync();
-});
+const db = instancePerTest();
 
 function resetCtx(signal: AbortSignal = AbortSignal.timeout(5_000)): ResetContext {
   return {
@@ -30,15 +24,7 @@ function resetCtx(signal: AbortSignal = AbortSignal.timeout(5_000)): ResetContex
   };
 }
 
-/** A connection made and set up as the guard would with `overrides`, closed at the end. */
-async function openConn(overrides: Partial<Options> = {}): Promise<DuckDBConnection> {
-  const options = duckdbGuardOptions(instance, overrides);
-  const signal = AbortSignal.timeout(10_000);
-  const conn = await options.create({ signal, generation: 1 });
-  onTestFinished(() => options.destroy?.(conn, { reason: 'test' }));
-  await options.setup?.(conn, { signal, generation: 1 });
-  return conn;
-}
+const openConn = (overrides: Partial<DuckDBOptions> = {}) => openDuckDBConn(db(), overrides);
 
 async function rows(conn: DuckDBConnection, sql: string): Promise<Record<string, unknown>[]> {
   return (await conn.runAndReadAll(sql)).getRowObjectsJS() as Record<string, unknown>[];
@@ -155,20 +141,50 @@ describe('duckdbReset', () => {
     expect(await snapshot(conn)).toEqual(before);
   });
 
-  it('under lock_configuration, drops temporary objects and leaves settings alone', async () => {
+  it('under lock_configuration, drops temporary objects; the settings setup made are the baseline', async () => {
     const locked = await DuckDBInstance.create(':memory:', { lock_configuration: 'true' });
     onTestFinished(() => locked.closeSync());
-    // As the example server does: its own setup around the adapter's, with PRAGMAs after it.
-    const base = duckdbGuardOptions(locked);
+    // As the example server does: PRAGMAs (SET is locked) in the setup given to the adapter.
+    const options = duckdbGuardOptions(locked, {
+      setup: async (c) => {
+        await c.run('PRAGMA enable_progress_bar');
+      },
+    });
     const signal = AbortSignal.timeout(10_000);
-    const conn = await base.create({ signal, generation: 1 });
-    onTestFinished(() => base.destroy?.(conn, { reason: 'test' }));
-    await base.setup?.(conn, { signal, generation: 1 });
-    await conn.run('PRAGMA enable_progress_bar');
+    const conn = await options.create({ signal, generation: 1 });
+    onTestFinished(() => options.destroy?.(conn, { reason: 'test' }));
+    await options.setup?.(conn, { signal, generation: 1 });
     await conn.run('CREATE TEMP TABLE scratch (x int)');
     await duckdbReset(conn, resetCtx());
     expect(await value(conn, 'SELECT count(*)::int FROM duckdb_tables() WHERE temporary')).toBe(0);
     expect(await value(conn, "SELECT current_setting('enable_progress_bar')")).toBe(true);
+  });
+
+  it('an op that turns lock_configuration on: the reset fails (never "clean") and names what stays', async () => {
+    const conn = await openConn();
+    await conn.run("SET threads = 1; SET TimeZone = 'Asia/Tokyo'; SET lock_configuration = true");
+    const error = await duckdbReset(conn, resetCtx()).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LockedSettingsError);
+    expect(error).toMatchObject({ code: 'ERR_DUCKDB_LOCKED_SETTINGS' });
+    const names = (error as LockedSettingsError).settings.map((setting) => setting.name);
+    // Settings DuckDB derives from them (worker_threads from threads...) come along.
+    expect(names).toEqual(expect.arrayContaining(['TimeZone', 'lock_configuration', 'threads']));
+    expect((error as Error).message).toMatch(/threads.*instance's/);
+  });
+
+  it('a pragma that changes a setting under lock_configuration fails the reset too', async () => {
+    const locked = await DuckDBInstance.create(':memory:', { lock_configuration: 'true' });
+    onTestFinished(() => locked.closeSync());
+    const options = duckdbGuardOptions(locked);
+    const signal = AbortSignal.timeout(10_000);
+    const conn = await options.create({ signal, generation: 1 });
+    onTestFinished(() => options.destroy?.(conn, { reason: 'test' }));
+    await options.setup?.(conn, { signal, generation: 1 });
+    await conn.run('PRAGMA enable_profiling');
+    await expect(duckdbReset(conn, resetCtx())).rejects.toMatchObject({
+      name: 'LockedSettingsError',
+      settings: expect.arrayContaining([expect.objectContaining({ name: 'enable_profiling' })]),
+    });
   });
 
   it('rejects with the signal reason when its signal aborts', async () => {
@@ -181,16 +197,16 @@ describe('duckdbReset', () => {
 
 describe('duckdbGuardOptions: reset', () => {
   it('is duckdbReset by default; an override replaces it; reset: undefined turns it off', () => {
-    expect(duckdbGuardOptions(instance).reset).toBe(duckdbReset);
+    expect(duckdbGuardOptions(db()).reset).toBe(duckdbReset);
     const mine = () => undefined;
-    expect(duckdbGuardOptions(instance, { reset: mine }).reset).toBe(mine);
-    const off = duckdbGuardOptions(instance, { reset: undefined });
+    expect(duckdbGuardOptions(db(), { reset: mine }).reset).toBe(mine);
+    const off = duckdbGuardOptions(db(), { reset: undefined });
     expect('reset' in off).toBe(false);
-    expect(duckdbGuardOptions(instance, { isFatal: undefined }).isFatal).toBeTypeOf('function');
+    expect(duckdbGuardOptions(db(), { isFatal: undefined }).isFatal).toBeTypeOf('function');
   });
 
   it('through a guard with pool 3: a temporary table and a setting of one op reach no later op', async () => {
-    const guard = new EngineGuard(duckdbGuardOptions(instance, { pool: 3 }));
+    const guard = new EngineGuard(duckdbGuardOptions(db(), { pool: 3 }));
     onTestFinished(() => guard.close());
     const hold = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     // Three ops at once, one per connection, each leaving state behind.
@@ -214,5 +230,19 @@ describe('duckdbGuardOptions: reset', () => {
       ),
     );
     expect(seen).toEqual(Array(6).fill([0, '']));
+  });
+
+  it('through a guard: after an op locks the configuration, the next op runs on a fresh connection', async () => {
+    const guard = new EngineGuard(duckdbGuardOptions(db(), { pool: 1 }));
+    onTestFinished(() => guard.close());
+    const resetErrors: unknown[] = [];
+    guard.on('resetError', (event) => resetErrors.push(event.error));
+    const timeZone = (conn: DuckDBConnection) => value(conn, "SELECT current_setting('TimeZone')");
+    const before = await guard.read(timeZone);
+    await guard.read((conn) =>
+      conn.run("SET threads = 1; SET TimeZone = 'Asia/Tokyo'; SET lock_configuration = true"),
+    );
+    expect(await guard.read(timeZone)).toBe(before);
+    expect(resetErrors).toEqual([expect.any(LockedSettingsError)]);
   });
 });

@@ -9,7 +9,7 @@ import { EngineGuard, type GuardEvents, HookTimeoutError, type OpContext } from 
 import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly } from 'engine-guard/pg';
 import { FaultProxy } from 'engine-guard/testing';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../support/pg.js';
+import { adminQuery, clientConfig, pgConfig, terminateBackend, withClient } from '../support/pg.js';
 import { type PgOptions, scratchTable, settle, waitFor } from '../support/pg-faults-kit.js';
 
 const POOL = 4;
@@ -184,11 +184,13 @@ describe('the default reset through the guard', () => {
     const guard = guardOf({
       pool: 1,
       setup: (pg) => {
-        const client = pg.client as unknown as { query: (text: unknown) => Promise<unknown> };
+        const client = pg.client as unknown as {
+          query: (text: unknown, ...rest: unknown[]) => Promise<unknown>;
+        };
         const query = client.query.bind(client);
-        client.query = (text) => {
+        client.query = (text, ...rest) => {
           sent.push(typeof text === 'string' ? text : '(config)');
-          return query(text);
+          return query(text, ...rest);
         };
       },
     });
@@ -284,5 +286,166 @@ describe('the default reset through the guard', () => {
     expect(next.searchPath).not.toContain('nowhere');
     expect(resetErrors.map((e) => e.generation)).toEqual([first.generation]);
     expect(replaced.map((e) => [e.generation, e.reason])).toEqual([[first.generation, 'reset']]);
+  });
+});
+
+// Issue 16: each failed before its fix.
+describe('what setup establishes is what every stateless op runs under', () => {
+  const ROLE = 'engine_guard_tenant_role';
+  const OPS = 100;
+
+  /**
+   * A table under row-level security: the unprivileged role reads the rows of the tenant that
+   * `app.tenant` names, and may not write.
+   */
+  async function tenantTable(): Promise<string> {
+    await adminQuery(
+      `DO $$ BEGIN CREATE ROLE ${ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$`,
+    );
+    const table = await scratchTable('reset_tenant');
+    await adminQuery(
+      `ALTER TABLE ${table} ADD COLUMN tenant text; INSERT INTO ${table} VALUES (1, 'acme'), (2, 'other');` +
+        ` ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;` +
+        ` CREATE POLICY tenant_only ON ${table} USING (tenant = current_setting('app.tenant', true));` +
+        ` GRANT SELECT ON ${table} TO ${ROLE}`,
+    );
+    return table;
+  }
+
+  it(`SET SESSION AUTHORIZATION and a custom setting made in setup hold on every op, the first and the ${OPS}th`, async () => {
+    const table = await tenantTable();
+    const guard = guardOf({
+      pool: 2,
+      setup: async (pg, { signal }) => {
+        await pgQuery(
+          pg,
+          { signal, heartbeat() {} },
+          `SET SESSION AUTHORIZATION ${ROLE}; SET app.tenant = 'acme'`,
+        );
+      },
+    });
+    const writes: string[] = [];
+    const reads: unknown[] = [];
+    for (let i = 0; i < OPS; i++) {
+      // Every op changes what it can: the next one must not see it.
+      const outcome = await settle(
+        guard.write(async (pg, ctx) => {
+          const { rows } = await pgQuery(
+            pg,
+            ctx,
+            `SELECT session_user::text AS who, current_setting('app.tenant', true) AS tenant, count(*)::int AS n FROM ${table}`,
+          );
+          reads.push(rows[0]);
+          await pgQuery(pg, ctx, "SET app.tenant = 'other'");
+          await pgQuery(pg, ctx, `INSERT INTO ${table} VALUES (${1_000 + i}, 'acme')`);
+        }),
+      );
+      writes.push(outcome.ok ? 'written' : String((outcome.error as { code?: string }).code));
+    }
+    expect(new Set(writes)).toEqual(new Set(['42501'])); // permission denied, every time
+    expect(new Set(reads.map((row) => JSON.stringify(row)))).toEqual(
+      new Set([JSON.stringify({ who: ROLE, tenant: 'acme', n: 1 })]),
+    );
+    const { rows } = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`);
+    expect(rows[0]?.n).toBe(2);
+  });
+
+  it('a custom setting set with set_config and parameters in setup is kept too', async () => {
+    const guard = guardOf({
+      pool: 1,
+      setup: async (pg, { signal }) => {
+        await pgQuery(pg, { signal, heartbeat() {} }, 'SELECT set_config($1, $2, false)', [
+          'app.region',
+          'eu-west',
+        ]);
+      },
+    });
+    for (let i = 0; i < 3; i++) {
+      const region = await guard.read(async (pg, ctx) => {
+        const { rows } = await pgQuery<{ v: string }>(
+          pg,
+          ctx,
+          "SELECT current_setting('app.region', true) AS v",
+        );
+        await pgQuery(pg, ctx, "SELECT set_config('app.region', 'us-east', false)");
+        return rows[0]?.v;
+      });
+      expect(region).toBe('eu-west');
+    }
+  });
+
+  it("a custom setting made inside a function is kept when the adapter's customSettings names it", async () => {
+    const fn = `engine_guard_login_${process.pid}`;
+    await adminQuery(
+      `CREATE OR REPLACE FUNCTION ${fn}(t text) RETURNS text LANGUAGE sql AS $$ SELECT set_config('app.' || 'fn_tenant', t, false) $$`,
+    );
+    onTestFinished(async () => {
+      await adminQuery(`DROP FUNCTION IF EXISTS ${fn}(text)`);
+    });
+    const tenantAfterReset = async (customSettings?: string[]) => {
+      const guard = new EngineGuard(
+        pgGuardOptions(
+          { config: clientConfig(), customSettings },
+          {
+            pool: 1,
+            setup: async (pg, { signal }) => {
+              await pgQuery(pg, { signal, heartbeat() {} }, `SELECT ${fn}('acme')`);
+            },
+          },
+        ),
+      );
+      onTestFinished(() => guard.close());
+      const read = (pg: PgHandle, ctx: OpContext) =>
+        pgQuery<{ v: string }>(pg, ctx, "SELECT current_setting('app.fn_tenant', true) AS v");
+      await guard.read(read);
+      return (await guard.read(read)).rows[0]?.v;
+    };
+    // Its name appears nowhere in the setup's SQL: only the option names it.
+    expect(await tenantAfterReset()).toBe('');
+    expect(await tenantAfterReset(['app.fn_tenant'])).toBe('acme');
+  });
+
+  it('rejects a customSettings entry that is no custom setting name', () => {
+    for (const bad of ['tenant', 'app.', '1.x', 7]) {
+      expect(() =>
+        pgGuardOptions({ config: clientConfig(), customSettings: [bad as string] }),
+      ).toThrow(/customSettings\[0\]/);
+    }
+    expect(() =>
+      pgGuardOptions({ config: clientConfig(), customSettings: 'app.x' as never }),
+    ).toThrow(TypeError);
+  });
+});
+
+describe("one caller's setseed() does not decide the next caller's random()", () => {
+  /** The first values of random() after setseed(0.5), from a connection of its own. */
+  async function seeded(): Promise<number[]> {
+    return withClient(async (client) => {
+      await client.query('SELECT setseed(0.5)');
+      const { rows } = await client.query<{ v: number }>(
+        'SELECT random() AS v FROM generate_series(1, 3)',
+      );
+      return rows.map((row) => row.v);
+    });
+  }
+
+  const randoms = (pg: PgHandle, ctx: OpContext) =>
+    pgQuery<{ v: number }>(pg, ctx, 'SELECT random() AS v FROM generate_series(1, 3)').then(
+      (result) => result.rows.map((row) => row.v),
+    );
+
+  it.each([
+    ['pgQuery', (pg: PgHandle, ctx: OpContext) => pgQuery(pg, ctx, 'SELECT setseed(0.5)')],
+    ['pgReadOnly', (pg: PgHandle, ctx: OpContext) => pgReadOnly(pg, ctx, 'SELECT setseed(0.5)')],
+  ])('after a setseed in %s', async (_, setSeed) => {
+    const expected = await seeded();
+    // The check can fail: without the reset, the next caller gets exactly those values.
+    const off = guardOf({ pool: 1, reset: undefined });
+    await off.read(setSeed);
+    expect(await off.read(randoms)).toEqual(expected);
+
+    const guard = guardOf({ pool: 1 });
+    await guard.read(setSeed);
+    expect(await guard.read(randoms)).not.toEqual(expected);
   });
 });

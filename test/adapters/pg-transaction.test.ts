@@ -7,7 +7,9 @@ import { EngineGuard } from 'engine-guard';
 import {
   type PgHandle,
   PgTransactionEndedError,
+  PgTransactionRefusedError,
   pgGuardOptions,
+  pgQuery,
   pgReadOnly,
   pgTransaction,
 } from 'engine-guard/pg';
@@ -259,4 +261,228 @@ describe('pgTransaction, the holes found in review', () => {
     expect(outcome).toMatch(/^rejected/);
     expect(outcome).not.toMatch(/does not exist/);
   }, 30_000);
+});
+
+/** Rows of `table`, read as the superuser on a connection of its own. */
+async function countRows(table: string): Promise<number> {
+  const { rows } = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`);
+  return rows[0]?.n ?? -1;
+}
+
+/**
+ * A guard with one session slot; without a `state` check, its sessions hold their handle from
+ * the first op (`pin: 'always'`).
+ */
+function sessionGuard(): EngineGuard<PgHandle> {
+  const g = new EngineGuard(
+    pgGuardOptions({ config: clientConfig() }, { maxSessions: 1, state: undefined }),
+  );
+  onTestFinished(() => g.close());
+  return g;
+}
+
+// Issue 16: each failed before its fix.
+describe('pgTransaction never reports "nothing applied" when something was', () => {
+  it("refuses under session_replication_role = replica from the connection's options: the issue's case commits nothing", async () => {
+    const g = guard(clientConfig({ options: '-c session_replication_role=replica' }));
+    const t = tableName('tx_replica');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    const error = await g
+      .write((pg, ctx) =>
+        pgTransaction(pg, ctx, [
+          `INSERT INTO ${t} VALUES (1)`,
+          'COMMIT',
+          `INSERT INTO ${t} VALUES (2)`,
+        ]),
+      )
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PgTransactionRefusedError);
+    expect(error).toMatchObject({
+      code: 'ERR_PG_TRANSACTION_REFUSED',
+      reason: 'replica',
+      statement: undefined,
+    });
+    expect((error as Error).message).toContain('session_replication_role = replica');
+    expect(await countRows(t)).toBe(0);
+  });
+
+  it('refuses when a statement switches to replica, before the COMMIT after it can run', async () => {
+    const g = guard();
+    const t = tableName('tx_replica_stmt');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    const error = await g
+      .write((pg, ctx) =>
+        pgTransaction(pg, ctx, [
+          `INSERT INTO ${t} VALUES (1)`,
+          'SET session_replication_role = replica',
+          'COMMIT',
+          `INSERT INTO ${t} VALUES (2)`,
+        ]),
+      )
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({
+      name: 'PgTransactionRefusedError',
+      reason: 'replica',
+      statement: 1,
+    });
+    expect(await countRows(t)).toBe(0);
+  });
+
+  it('refuses in a session that set replica in an earlier call', async () => {
+    const g = sessionGuard();
+    const t = tableName('tx_replica_session');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    await using session = g.session();
+    await session.write((pg, ctx) => pgQuery(pg, ctx, 'SET session_replication_role = replica'));
+    await expect(
+      session.write((pg, ctx) =>
+        pgTransaction(pg, ctx, [
+          `INSERT INTO ${t} VALUES (1)`,
+          'COMMIT',
+          `INSERT INTO ${t} VALUES (2)`,
+        ]),
+      ),
+    ).rejects.toMatchObject({ name: 'PgTransactionRefusedError', reason: 'replica' });
+    expect(await countRows(t)).toBe(0);
+  });
+
+  it('a COMMIT past a removed fence is reported as committed, as the server says', async () => {
+    const g = guard();
+    const t = tableName('tx_defused');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    const error = await g
+      .write((pg, ctx) =>
+        pgTransaction(pg, ctx, [
+          `INSERT INTO ${t} VALUES (1)`,
+          'DELETE FROM pg_temp.engine_guard_tx_fence',
+          'COMMIT',
+          `INSERT INTO ${t} VALUES (2)`,
+        ]),
+      )
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PgTransactionEndedError);
+    expect(error).toMatchObject({ statement: 2, committed: true });
+    expect((error as Error).message).not.toContain('nothing was applied');
+    expect((error as Error).message).toContain('committed what ran before it');
+    expect(await countRows(t)).toBe(1);
+  });
+
+  it('a COMMIT the fence stops is reported as nothing applied (committed: false)', async () => {
+    const g = guard();
+    const t = tableName('tx_fenced');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    const error = await g
+      .write((pg, ctx) => pgTransaction(pg, ctx, [`INSERT INTO ${t} VALUES (1)`, 'COMMIT']))
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({
+      name: 'PgTransactionEndedError',
+      statement: 1,
+      committed: false,
+    });
+    expect((error as Error).message).toContain('nothing was applied');
+    expect(await countRows(t)).toBe(0);
+  });
+
+  it('SET CONSTRAINTS ALL IMMEDIATE is refused as what it is, not as the end of the transaction; named constraints work', async () => {
+    const g = guard();
+    const t = tableName('tx_constraints');
+    await adminQuery(
+      `CREATE TABLE ${t} (x int CONSTRAINT ${t}_u UNIQUE DEFERRABLE INITIALLY DEFERRED)`,
+    );
+    const error = await g
+      .write((pg, ctx) =>
+        pgTransaction(pg, ctx, [`INSERT INTO ${t} VALUES (1)`, 'SET CONSTRAINTS ALL IMMEDIATE']),
+      )
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PgTransactionRefusedError);
+    expect(error).toMatchObject({ reason: 'constraints', statement: 1 });
+    expect((error as Error).message).toContain('SET CONSTRAINTS name IMMEDIATE');
+    expect(await countRows(t)).toBe(0);
+    // Naming the constraint checks it at once, and leaves the fence deferred.
+    await expect(
+      g.write((pg, ctx) =>
+        pgTransaction(pg, ctx, [
+          `INSERT INTO ${t} VALUES (1), (1)`,
+          `SET CONSTRAINTS ${t}_u IMMEDIATE`,
+        ]),
+      ),
+    ).rejects.toMatchObject({ code: '23505', constraint: `${t}_u` });
+    await g.write((pg, ctx) =>
+      pgTransaction(pg, ctx, [`INSERT INTO ${t} VALUES (1)`, `SET CONSTRAINTS ${t}_u IMMEDIATE`]),
+    );
+    expect(await countRows(t)).toBe(1);
+  });
+
+  it('a script with a SQL-standard function body (BEGIN ATOMIC ... END) runs as written', async () => {
+    const g = guard();
+    const fn = `tx_atomic_${process.pid}_${Date.now()}`;
+    onTestFinished(async () => {
+      await adminQuery(`DROP FUNCTION IF EXISTS ${fn}()`);
+    });
+    const results = await g.write((pg, ctx) =>
+      pgTransaction(
+        pg,
+        ctx,
+        `CREATE FUNCTION ${fn}() RETURNS int LANGUAGE sql
+           BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 41 END + 1; END;
+         SELECT ${fn}() AS v`,
+      ),
+    );
+    expect(results.map((r) => r.command)).toEqual(['CREATE', 'SELECT']);
+    expect(results[1]?.rows).toEqual([{ v: 42 }]);
+  });
+});
+
+describe('the helpers refuse to run inside a transaction a session left open', () => {
+  it("pgReadOnly: a TypeError, and the session's uncommitted work is still there to commit", async () => {
+    const g = sessionGuard();
+    const t = tableName('ro_open');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    await using session = g.session();
+    await session.write((pg, ctx) => pgQuery(pg, ctx, `BEGIN; INSERT INTO ${t} VALUES (1)`));
+    const error = await session
+      .read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1'))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TypeError);
+    expect((error as Error).message).toMatch(/pgReadOnly must run outside a transaction/);
+    // The session's transaction is still open and holds its row.
+    expect(
+      await session.read(
+        async (pg, ctx) =>
+          (await pgQuery<{ n: number }>(pg, ctx, `SELECT count(*)::int AS n FROM ${t}`)).rows[0]?.n,
+      ),
+    ).toBe(1);
+    await session.write((pg, ctx) => pgQuery(pg, ctx, 'COMMIT'));
+    expect(await countRows(t)).toBe(1);
+  });
+
+  it('pgReadOnly: also inside a failed transaction, which the session may still roll back to a savepoint', async () => {
+    const g = sessionGuard();
+    const t = tableName('ro_failed');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    await using session = g.session();
+    await session
+      .write((pg, ctx) =>
+        pgQuery(pg, ctx, `BEGIN; INSERT INTO ${t} VALUES (1); SAVEPOINT s; SELECT 1/0`),
+      )
+      .catch(() => undefined);
+    await expect(session.read((pg, ctx) => pgReadOnly(pg, ctx, 'SELECT 1'))).rejects.toThrow(
+      /inside one that failed/,
+    );
+    await session.write((pg, ctx) => pgQuery(pg, ctx, 'ROLLBACK TO SAVEPOINT s; COMMIT'));
+    expect(await countRows(t)).toBe(1);
+  });
+
+  it("pgTransaction: a TypeError; its COMMIT does not commit the session's earlier work", async () => {
+    const g = sessionGuard();
+    const t = tableName('tx_open');
+    await adminQuery(`CREATE TABLE ${t} (x int)`);
+    await using session = g.session();
+    await session.write((pg, ctx) => pgQuery(pg, ctx, `BEGIN; INSERT INTO ${t} VALUES (1)`));
+    await expect(
+      session.write((pg, ctx) => pgTransaction(pg, ctx, [`INSERT INTO ${t} VALUES (2)`])),
+    ).rejects.toThrow(/pgTransaction must run outside a transaction/);
+    await session.write((pg, ctx) => pgQuery(pg, ctx, 'ROLLBACK'));
+    expect(await countRows(t)).toBe(0);
+  });
 });

@@ -412,7 +412,8 @@ async function makeBaseDir(runner: CommandRunner): Promise<string> {
   throw new Error(`no usable temp directory for PostgreSQL:\n${problems.join('\n')}`);
 }
 
-function freeLoopbackPort(): Promise<number> {
+/** A port nothing listens on at the moment, on the IPv4 loopback address. */
+export function freeLoopbackPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();

@@ -14,6 +14,10 @@
  * - Statements that change the session or the engine's setup outside any transaction (SET,
  *   settings PRAGMAs, LOAD, ATTACH, transaction control...) are refused by statement type, as
  *   DuckDB's parser classifies them: see SESSION_STATEMENTS.
+ * - A pragma reached another way (its table function: `SELECT * FROM enable_profiling()`, which
+ *   DuckDB runs even under `lock_configuration`) is caught by its effect, as DuckDB reports it:
+ *   after the statement, the connection's settings must still be those its setup left, or the
+ *   call fails and the connection is retired (see {@link SettingsChangedError}).
  * Rows are streamed chunk by chunk and the stream is dropped once `maxRows + 1` rows are in, so
  * an oversized result is never materialized.
  */
@@ -101,6 +105,59 @@ function refuseSessionStatement(tool: string, prepared: DuckDBPreparedStatement)
           "or the engine's setup, which this server keeps fixed. (Informational PRAGMAs such as " +
           "PRAGMA table_info('t') are fine in query.)",
   );
+}
+
+/** The connection's settings as DuckDB reports them, one `name=value` line each. */
+const SETTINGS_SQL =
+  "SELECT string_agg(name || '=' || coalesce(value, ''), chr(10) ORDER BY name) AS settings FROM duckdb_settings()";
+
+/** Each connection's settings right after its setup: what every call must leave them as. */
+const setupSettings = new WeakMap<DuckDBConnection, string>();
+
+async function readSettings(conn: DuckDBConnection): Promise<string> {
+  const rows = (await conn.runAndReadAll(SETTINGS_SQL)).getRowObjectsJS();
+  return String(rows[0]?.settings ?? '');
+}
+
+/**
+ * A statement changed the connection's settings although neither tool runs SET or settings
+ * PRAGMAs: a pragma reached through its table function (`SELECT * FROM enable_profiling()`),
+ * which DuckDB runs even under `lock_configuration`. The call fails (nothing it wrote is
+ * committed) and the connection is retired (the engine's `isFatal` says so), so the change
+ * reaches no later call; a client session on it is lost, and told so.
+ */
+export class SettingsChangedError extends InputError {
+  /** The settings the statement changed. */
+  readonly settings: readonly string[];
+  constructor(tool: string, settings: readonly string[]) {
+    super(
+      `The ${tool} tool does not run statements that change the connection's settings; this one ` +
+        `changed ${settings.join(', ')} (through a function of a PRAGMA). Nothing was kept, and ` +
+        'the connection it ran on is being replaced.',
+    );
+    this.settings = settings;
+  }
+}
+
+/** Names of the lines that differ between two results of {@link SETTINGS_SQL}. */
+function changedNames(before: string, after: string): string[] {
+  const was = new Set(before.split('\n'));
+  const names = after
+    .split('\n')
+    .filter((line) => !was.has(line))
+    .map((line) => line.slice(0, line.indexOf('=')));
+  return names.length > 0 ? names : ['(a setting that went away)'];
+}
+
+/**
+ * Fails the call when its statement changed the connection's settings (see
+ * {@link SettingsChangedError}). One catalog query, inside the call's transaction.
+ */
+async function refuseSettingsChange(conn: DuckDBConnection, tool: string): Promise<void> {
+  const before = setupSettings.get(conn);
+  if (before === undefined) return;
+  const after = await readSettings(conn);
+  if (after !== before) throw new SettingsChangedError(tool, changedNames(before, after));
 }
 
 /** How often a running query's engine progress is read (and turned into heartbeats), ms. */
@@ -257,17 +314,26 @@ export async function createDuckDbEngine(
       'no session or setup statements; external access disabled, configuration locked',
 
     guardOptions(overrides: Partial<EngineGuardOptions<DuckDBConnection>>) {
-      const base = duckdbGuardOptions(instance, overrides);
-      const { setup, cancel, destroy } = base;
-      return {
-        ...base,
+      const { setup } = overrides;
+      // Given to the adapter, so that its reset's baseline is the state after these PRAGMAs
+      // (under lock_configuration a setting that differs from the baseline retires the handle).
+      const base = duckdbGuardOptions(instance, {
+        ...overrides,
         async setup(conn, ctx) {
           await setup?.(conn, ctx);
           // Per connection: let `conn.progress` report, and never print a progress bar (DuckDB
           // would print it on stdout). PRAGMA, because the configuration is locked to SET.
           await conn.run('PRAGMA enable_progress_bar');
           await conn.run('PRAGMA disable_print_progress_bar');
+          setupSettings.set(conn, await readSettings(conn));
         },
+      });
+      const { cancel, destroy } = base;
+      return {
+        ...base,
+        // A connection whose settings a statement changed goes: see SettingsChangedError.
+        isFatal: (error: unknown) =>
+          error instanceof SettingsChangedError || isFatalDuckDBError(error),
         // The recipe's hooks know the calls made through `duckdbQuery`; these also wait for
         // this adapter's own calls.
         async cancel(conn, ctx) {
@@ -280,7 +346,7 @@ export async function createDuckDbEngine(
       };
     },
 
-    isFatal: isFatalDuckDBError,
+    isFatal: (error: unknown) => error instanceof SettingsChangedError || isFatalDuckDBError(error),
 
     async query(conn, ctx, sql, { maxRows, progress }: QueryOptions): Promise<QueryOutput> {
       const stopWatching = watchProgress(conn, ctx, progress);
@@ -328,6 +394,7 @@ export async function createDuckDbEngine(
               rows.push(row);
             }
           }
+          await refuseSettingsChange(conn, 'query');
           return {
             columns: names.map((name, i) => ({ name, type: types[i] ?? 'UNKNOWN' })),
             rows,
@@ -362,6 +429,7 @@ export async function createDuckDbEngine(
               affected = (affected ?? 0) + Number(result.rowsChanged);
             }
           }
+          await refuseSettingsChange(conn, 'execute');
           await conn.run('COMMIT');
           began = false;
           return { statements: statements.count, rowsAffected: affected };
