@@ -20,6 +20,8 @@ const IN_SQL = new RegExp(
   String.raw`(?:\b(?:SET|RESET|SHOW)\s+(?:(?:SESSION|LOCAL)\s+)?|['"])(${NAME})`,
   'gi',
 );
+/** Custom settings the adapter itself sets, transaction-local, in its state check. */
+const OWN_PREFIX = 'engine_guard.';
 /** A query parameter that is a name and nothing else. */
 const WHOLE_NAME = new RegExp(`^${NAME}$`);
 
@@ -39,6 +41,8 @@ export class SettingNames {
   overflow = false;
 
   add(name: string): void {
+    // The adapter's own (transaction-local, in its state check): never a caller's state.
+    if (name.startsWith(OWN_PREFIX)) return;
     if (this.names.size < MAX_SETTING_NAMES) this.names.add(name);
     else if (!this.names.has(name)) this.overflow = true;
   }

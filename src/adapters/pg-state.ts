@@ -73,6 +73,21 @@ function textArray(values: Iterable<string>): string {
 }
 
 /**
+ * The op's own `statement_timeout` and `lock_timeout` must not fail the check (a caller that set
+ * `statement_timeout = '1ms'` could otherwise never keep state). The check's statements are one
+ * implicit transaction, so `SET LOCAL` lifts them for this round trip only; their values as the
+ * op left them, and their defaults, are kept first (as transaction-local custom settings, in the
+ * same display form) so the check can still report them.
+ */
+const LIFT_TIMEOUTS =
+  "SELECT pg_catalog.set_config('engine_guard.statement_timeout', pg_catalog.current_setting('statement_timeout'), true)," +
+  " pg_catalog.set_config('engine_guard.lock_timeout', pg_catalog.current_setting('lock_timeout'), true);" +
+  ' SET LOCAL statement_timeout TO DEFAULT; SET LOCAL lock_timeout TO DEFAULT;' +
+  " SELECT pg_catalog.set_config('engine_guard.statement_timeout_default', pg_catalog.current_setting('statement_timeout'), true)," +
+  " pg_catalog.set_config('engine_guard.lock_timeout_default', pg_catalog.current_setting('lock_timeout'), true);" +
+  ' SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0;';
+
+/**
  * The check: what pgReset would clear (temporary objects, settings set in the session, prepared
  * statements, `WITH HOLD` cursors, `LISTEN`, session advisory locks, `SET ROLE`, `SET SESSION
  * AUTHORIZATION`), each measured against the baseline, and the backend that answered. Before it,
@@ -86,9 +101,10 @@ function stateSql(baseline: Baseline, names: readonly string[], login: string | 
   const sessionUser = baseline.authorization ?? login;
   // The catalog functions rather than their views: planned in a fraction of the time. Reading
   // the settings is most of the check's cost: once.
-  return `DISCARD SEQUENCES; SELECT ${RESEED};
+  return `${LIFT_TIMEOUTS} DISCARD SEQUENCES; SELECT ${RESEED};
 WITH settings AS MATERIALIZED (
   SELECT s.name, s.setting, s.source, s.reset_val FROM pg_catalog.pg_show_all_settings() s
+    WHERE s.name NOT IN ('statement_timeout', 'lock_timeout') AND s.name NOT LIKE 'engine\\_guard.%'
 )
 SELECT kind, name FROM (
   SELECT 1 AS step, 'temp ' || o.type AS kind,
@@ -101,7 +117,14 @@ SELECT kind, name FROM (
       AND s.setting IS DISTINCT FROM s.reset_val
   UNION ALL SELECT 2, 'setting', b.name
     FROM ROWS FROM (pg_catalog.unnest(${baseNames}), pg_catalog.unnest(${baseValues})) AS b(name, value)
-    WHERE pg_catalog.current_setting(b.name, true) IS DISTINCT FROM b.value
+    WHERE CASE b.name
+        WHEN 'statement_timeout' THEN pg_catalog.current_setting('engine_guard.statement_timeout')
+        WHEN 'lock_timeout' THEN pg_catalog.current_setting('engine_guard.lock_timeout')
+        ELSE pg_catalog.current_setting(b.name, true) END IS DISTINCT FROM b.value
+  UNION ALL SELECT 2, 'setting', t.name FROM pg_catalog.unnest(ARRAY['lock_timeout', 'statement_timeout']) AS t(name)
+    WHERE t.name <> ALL (${baseNames})
+      AND pg_catalog.current_setting('engine_guard.' || t.name)
+        IS DISTINCT FROM pg_catalog.current_setting('engine_guard.' || t.name || '_default')
   UNION ALL SELECT 2, 'setting', n FROM pg_catalog.unnest(${custom}) AS n
     WHERE pg_catalog.current_setting(n, true) <> ''
       AND NOT EXISTS (SELECT FROM settings s WHERE s.name = n)

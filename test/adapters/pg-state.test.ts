@@ -197,6 +197,19 @@ describe('pgState reports each kind of state an op leaves, and none once it is g
     expect(await held(handle)).toEqual([{ kind: 'setting', name: 'work_mem' }]);
   });
 
+  it("the op's own statement_timeout and lock_timeout do not fail the check", async () => {
+    const handle = await openHandle();
+    await run(handle, "SET statement_timeout = '1ms'; SET lock_timeout = '1ms'");
+    // The check reads every setting: well over a millisecond on a loaded machine.
+    expect(await held(handle)).toEqual([
+      { kind: 'setting', name: 'lock_timeout' },
+      { kind: 'setting', name: 'statement_timeout' },
+    ]);
+    // And the op's settings are as it left them.
+    const { rows } = await run(handle, "SELECT current_setting('statement_timeout') AS v");
+    expect(rows[0]?.v).toBe('1ms');
+  });
+
   it('a custom setting hidden behind more dotted names than it keeps is never called clean', async () => {
     const handle = await openHandle();
     // 300 quoted dotted strings first, then the setting: its name is beyond what is kept.

@@ -179,25 +179,35 @@ describe('example server on DuckDB: --max-sessions and --session-idle-timeout', 
   }, TEST_TIMEOUT);
 
   it(
-    'a client beyond the limit is told to wait; an idle session expires and frees its slot, an ended MCP session too',
+    'a client that makes state when every slot is taken is told it was discarded; an idle session expires and frees its slot, an ended MCP session too',
     async () => {
       const [alice, bob] = await Promise.all([server.connect('alice'), server.connect('bob')]);
       await okTool(alice, 'execute', { sql: 'create temp table scratch(x int)' });
+      expect((await status(alice)).sessions.pinned).toBe(1);
 
-      const refused = await callTool(bob, 'query', { sql: 'select 1 as one' });
-      expect(refused.isError).toBe(true);
-      expect(text(refused)).toMatch(/^No free session: all 1 engine sessions/);
-      expect(text(refused)).toContain('--session-idle-timeout');
-
-      // Alice goes quiet: her session expires and its slot is Bob's.
-      const aliceId = (await status(alice)).sessions.yours;
-      await waitForSessions(bob, (s) => !s.list.some((row) => row.id === aliceId));
+      // Bob holds no state: his calls run on the shared connections, slot or no slot.
       expect((await okTool<QueryResult>(bob, 'query', { sql: 'select 1 as one' })).rows).toEqual([
         { one: 1 },
       ]);
+      // State he makes cannot be kept while Alice holds the one slot: he is told, at that call.
+      const refused = await callTool(bob, 'execute', { sql: 'create temp table mine(x int)' });
+      expect(refused.isError).toBe(true);
+      expect(text(refused)).toMatch(/^execute ran, and what it committed stays committed/);
+      expect(text(refused)).toContain('temp table mine');
+      expect(text(refused)).toContain('--max-sessions');
+      const gone = await callTool(bob, 'query', { sql: 'select count(*) as n from mine' });
+      expect(text(gone)).toMatch(/mine does not exist/);
 
-      // Bob ends his MCP session: his engine session goes, and Alice gets the slot again. Her
-      // first call says her old session (and its temporary table) is gone.
+      // Alice goes quiet: her session expires and its slot is free for Bob's state.
+      const aliceId = (await status(alice)).sessions.yours;
+      await waitForSessions(bob, (s) => !s.list.some((row) => row.id === aliceId));
+      await okTool(bob, 'execute', { sql: 'create temp table mine(x int)' });
+      expect(
+        (await okTool<QueryResult>(bob, 'query', { sql: 'select count(*) as n from mine' })).rows,
+      ).toEqual([{ n: 0 }]);
+
+      // Bob ends his MCP session: his engine session goes with its state. Alice's first call
+      // says her old session (and its temporary table) is gone.
       await endSession(bob);
       await waitForSessions(alice, (s) => s.list.length === 0);
       const back = await callTool(alice, 'query', { sql: 'select count(*) as n from scratch' });

@@ -242,6 +242,8 @@ export function tools(client: () => Client) {
 export interface SessionsView {
   sessions: {
     max: number;
+    /** Sessions pinned now (keeping connection state). */
+    pinned: number;
     idleTimeoutMs: number;
     yours: number | null;
     list: {
@@ -251,7 +253,11 @@ export interface SessionsView {
       ageMs: number;
       idleMs: number;
       ops: number;
+      queued: number;
+      running: boolean;
       losses: number;
+      pinned: boolean;
+      heldState: { kind: string; name: string }[];
     }[];
   };
 }
