@@ -179,7 +179,7 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
             losses: session.losses,
           })),
         },
-        liveness: { ...settings.liveness },
+        liveness: { ...app.liveness },
         uptimeMs: now - app.startedAt,
         answeredInMs: Math.round((performance.now() - t0) * 1000) / 1000,
       };
