@@ -8,6 +8,7 @@ import {
   classify,
   excerptDrift,
   fileNameOf,
+  headingAnchors,
   listedNames,
   npmRuns,
   relativeLinks,
@@ -135,9 +136,34 @@ describe('docs check: links', () => {
       '[last](./CHANGELOG.md)',
     ].join('\n');
     expect(relativeLinks('docs/x.md', doc)).toEqual([
-      { doc: 'docs/x.md', line: 1, target: 'design.md' },
-      { doc: 'docs/x.md', line: 1, target: '../reference/pg.md' },
-      { doc: 'docs/x.md', line: 6, target: './CHANGELOG.md' },
+      { doc: 'docs/x.md', line: 1, target: 'design.md', anchor: 'fairness' },
+      { doc: 'docs/x.md', line: 1, target: '../reference/pg.md', anchor: undefined },
+      { doc: 'docs/x.md', line: 2, target: '', anchor: 'top' },
+      { doc: 'docs/x.md', line: 6, target: './CHANGELOG.md', anchor: undefined },
+    ]);
+  });
+
+  it("gives headings GitHub's anchors", () => {
+    const doc = [
+      '# Design',
+      '## engine-guard/pg: what a busy-handle probe costs the server',
+      '### `status()`',
+      '### Why a frozen holder cannot *write* after its lease is gone',
+      '```sh',
+      '# not a heading',
+      '```',
+      '## Options',
+      '### Options',
+      '## [Linked](x.md) title',
+    ].join('\n');
+    expect([...headingAnchors(doc)]).toEqual([
+      'design',
+      'engine-guardpg-what-a-busy-handle-probe-costs-the-server',
+      'status',
+      'why-a-frozen-holder-cannot-write-after-its-lease-is-gone',
+      'options',
+      'options-1',
+      'linked-title',
     ]);
   });
 });

@@ -21,6 +21,7 @@ import {
   docSlug,
   excerptDrift,
   fileNameOf,
+  headingAnchors,
   markdownFiles,
   npmRuns,
   relativeLinks,
@@ -304,11 +305,23 @@ describe('code blocks in README.md, docs/ and examples/', () => {
     checkNpmRuns(block, block.code),
   );
 
-  it('links between documents and to files of the repository lead somewhere', () => {
-    const broken = markdownFiles(ROOT)
-      .flatMap((doc) => relativeLinks(doc, readFileSync(join(ROOT, doc), 'utf8')))
-      .filter((link) => !existsSync(resolve(ROOT, dirname(link.doc), link.target)))
-      .map((link) => `${link.doc}:${link.line}: ${link.target}`);
+  it('links between documents and to files of the repository lead somewhere, anchors too', () => {
+    const text = (path: string): string => readFileSync(path, 'utf8');
+    const broken: string[] = [];
+    for (const doc of markdownFiles(ROOT)) {
+      for (const link of relativeLinks(doc, text(join(ROOT, doc)))) {
+        const path = resolve(ROOT, dirname(doc), link.target);
+        const shown = `${doc}:${link.line}: ${link.target}${link.anchor === undefined ? '' : `#${link.anchor}`}`;
+        if (!existsSync(path)) broken.push(`${shown} (no such file)`);
+        else if (
+          link.anchor !== undefined &&
+          path.endsWith('.md') &&
+          !headingAnchors(text(path)).has(link.anchor)
+        ) {
+          broken.push(`${shown} (no such heading)`);
+        }
+      }
+    }
     expect(broken).toEqual([]);
   });
 });

@@ -219,15 +219,17 @@ export function npmRuns(code: string): NpmRun[] {
   return runs;
 }
 
-/** A relative link of a document: `[text](../design.md#anchor)` → `../design.md`. */
+/** A relative link of a document: `[text](../design.md#anchor)` → `../design.md`, `anchor`. */
 export interface DocLink {
   doc: string;
   line: number;
-  /** The path as written, without its `#anchor`. */
+  /** The path as written, without its `#anchor`; empty for a link within the document. */
   target: string;
+  /** The `#anchor`, without the `#`, if any. */
+  anchor: string | undefined;
 }
 
-/** The links of a document to other files of the repository (not URLs, not `#anchors` alone). */
+/** The links of a document to itself (`#anchor`) and to other files of the repository (not URLs). */
 export function relativeLinks(doc: string, text: string): DocLink[] {
   const links: DocLink[] = [];
   let inBlock = false;
@@ -235,9 +237,9 @@ export function relativeLinks(doc: string, text: string): DocLink[] {
     if (/^\s*```/.test(line)) inBlock = !inBlock;
     if (inBlock) return;
     for (const m of line.matchAll(/\]\(([^)\s]+)\)/g)) {
-      const target = m[1]!.split('#')[0]!;
-      if (target === '' || /^[a-z][\w+.-]*:/i.test(target)) continue;
-      links.push({ doc, line: i + 1, target });
+      const [target = '', anchor] = m[1]!.split('#');
+      if (/^[a-z][\w+.-]*:/i.test(target)) continue;
+      links.push({ doc, line: i + 1, target, anchor });
     }
   });
   return links;
@@ -293,4 +295,28 @@ export function listedNames(apiMd: string): Map<string, Set<string>> {
     listed.set(entry, names);
   }
   return listed;
+}
+
+/**
+ * The anchors GitHub gives the headings of a Markdown document: the heading's text lower-cased,
+ * without inline-code backticks and punctuation, spaces as `-`; a repeated one gets `-1`, `-2`.
+ */
+export function headingAnchors(text: string): Set<string> {
+  const anchors = new Set<string>();
+  const seen = new Map<string, number>();
+  let inBlock = false;
+  for (const line of text.split('\n')) {
+    if (/^\s*```/.test(line)) inBlock = !inBlock;
+    const heading = inBlock ? null : /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(line);
+    if (heading === null) continue;
+    const base = heading[1]!
+      .replace(/\[([^\]]*)\]\([^)]*\)/g, '$1') // [text](link) → text
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+      .replace(/ /g, '-');
+    const count = seen.get(base) ?? 0;
+    seen.set(base, count + 1);
+    anchors.add(count === 0 ? base : `${base}-${count}`);
+  }
+  return anchors;
 }
