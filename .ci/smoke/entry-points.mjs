@@ -17,7 +17,9 @@ assert.ok(entries.length >= 4, `expected at least 4 entry points, got ${entries.
 for (const entry of entries) {
   const esm = await import(entry);
   const cjs = require(entry);
-  const esmNames = Object.keys(esm).filter((name) => name !== 'default').sort();
+  const esmNames = Object.keys(esm)
+    .filter((name) => name !== 'default')
+    .sort();
   const cjsNames = Object.keys(cjs).sort();
   assert.ok(esmNames.length > 0, `${entry} (import) exports nothing`);
   assert.deepEqual(cjsNames, esmNames, `${entry}: require and import export the same names`);
