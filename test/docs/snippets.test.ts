@@ -203,6 +203,13 @@ describe('code blocks in README.md, docs/ and examples/', () => {
     ).toEqual([]);
   });
 
+  it('no two blocks of a document give themselves the same file name', () => {
+    const names = blocks
+      .filter((block) => block.name !== undefined)
+      .map((block) => `${block.doc}: ${block.name}`);
+    expect(names.filter((name, i) => names.indexOf(name) !== i)).toEqual([]);
+  });
+
   it('TypeScript blocks type-check (sketches too)', async () => {
     const files = blocks
       .filter((b) => (b.kind === 'run' || b.kind === 'typecheck') && b.lang.startsWith('t'))
