@@ -61,7 +61,7 @@ function listing(block: Block): string {
 }
 
 /** The last `n` lines of `text`. */
-const tail = (text: string, n = 40): string => text.trimEnd().split('\n').slice(-n).join('\n');
+const tail = (text: string, n = 80): string => text.trimEnd().split('\n').slice(-n).join('\n');
 
 /** A tiny semaphore: at most `limit` of the functions given to it run at once. */
 function limiter(limit: number): <T>(fn: () => Promise<T>) => Promise<T> {
