@@ -113,14 +113,17 @@ function runNode(args: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<O
 
 /** Whether a block talks to PostgreSQL (it then gets a database of its own). */
 const needsPostgres = (block: Block): boolean =>
-  /DATABASE_URL|PGHOST|PGPORT|engine-guard\/pg|from 'pg'|require\('pg'\)/.test(block.code);
+  /DATABASE_URL|PGHOST|PGPORT|engine-guard\/pg|from ['"]pg['"]|require\(['"]pg['"]\)/.test(
+    block.code,
+  );
 
 const databases: string[] = [];
 
 /** A new database for one block on the harness's cluster, as `DATABASE_URL` and `PG*`. */
 async function databaseFor(block: Block): Promise<NodeJS.ProcessEnv> {
-  // Lower case: PostgreSQL folds unquoted names, and the URL must name the same database.
-  const slug = docSlug(block.doc).replace(/-/g, '_').toLowerCase();
+  // Lower case: PostgreSQL folds unquoted names, and the URL must name the same database; and
+  // short: it cuts names at 63 bytes.
+  const slug = docSlug(block.doc).replace(/-/g, '_').toLowerCase().slice(0, 40);
   const name = `docs_${slug}_${block.line}_${randomBytes(3).toString('hex')}`;
   await adminQuery(`CREATE DATABASE ${name}`);
   databases.push(name);
@@ -157,18 +160,9 @@ async function runBlock(block: Block): Promise<Outcome> {
   for (const key of Object.keys(env)) if (key.startsWith('VITEST')) delete env[key];
   if (block.name?.includes('.test.') === true) {
     const vitest = join(ROOT, 'node_modules', 'vitest', 'vitest.mjs');
-    return runNode(
-      [
-        vitest,
-        'run',
-        '--root',
-        dirOf(block),
-        '--config',
-        join(dirOf(block), 'vitest.config.mjs'),
-      ].concat(['--reporter', 'dot', fileOf(block)]),
-      cwd,
-      env,
-    );
+    const config = join(dirOf(block), 'vitest.config.mjs');
+    const args = ['run', '--root', dirOf(block), '--config', config, '--reporter', 'dot'];
+    return runNode([vitest, ...args, fileOf(block)], cwd, env);
   }
   return runNode(['--import', 'tsx', fileOf(block)], cwd, env);
 }
