@@ -4,7 +4,8 @@
  * reaped children, plus the kept side connection's backend) and wall time per probe. Pool 8
  * with the adapter's 1 s interval is 8 busy-handle probes per second. Then the time from a
  * half-open link (FaultProxy blackhole) to EngineStalledError with the adapter's default
- * liveness, `DETECTIONS` times.
+ * liveness, `DETECTIONS` times, on a local link and on a slow one (a remote engine), with what a
+ * passing probe took on each.
  *
  *   npx tsx examples/pg-probe-cost.ts
  */
@@ -112,35 +113,57 @@ try {
   await side.end();
   await target.end();
 
-  const detections: number[] = [];
-  for (let i = 0; i < Number(process.env.DETECTIONS ?? 5); i++) {
-    const proxy = await FaultProxy.start({ target: { host: cluster.host, port: cluster.port } });
-    const guard = new EngineGuard(
-      pgGuardOptions(
-        { config: { ...config, host: proxy.host, port: proxy.port } },
-        { cancelTimeout: 500 },
-      ),
-    );
-    const long = guard.read((handle, ctx) => pgQuery(handle, ctx, 'SELECT pg_sleep(30)'));
-    const outcome = long.then(
-      () => undefined,
-      (error: unknown) => error,
-    );
-    await new Promise((resolve) => setTimeout(resolve, 1_500));
-    const at = performance.now();
-    proxy.blackhole();
-    const error = await outcome;
-    if (!(error instanceof EngineStalledError))
-      throw new Error(`expected a stall, got ${String(error)}`);
-    detections.push(performance.now() - at);
-    await proxy.close();
-    await guard.close();
-  }
   const bound = PG_LIVENESS.interval * PG_LIVENESS.failures + PG_LIVENESS.timeout;
-  console.log(
-    `half-open link to EngineStalledError with the pg defaults (bound ${bound} ms): ` +
-      detections.map((ms) => `${Math.round(ms)} ms`).join(', '),
-  );
+  /**
+   * `DETECTIONS` times: a `pg_sleep(30)` through a FaultProxy whose link goes half-open
+   * (`blackhole()`) 1.5 s in, to the caller's `EngineStalledError`, with the pg defaults.
+   * `latency`: the link's one-way delay and jitter (a remote engine), none for a local one.
+   */
+  async function detections(link: string, latency?: [number, number]): Promise<void> {
+    const times: number[] = [];
+    let probes = 0;
+    let probeMs = 0;
+    for (let i = 0; i < Number(process.env.DETECTIONS ?? 5); i++) {
+      const proxy = await FaultProxy.start({ target: { host: cluster.host, port: cluster.port } });
+      if (latency !== undefined) proxy.latency(...latency);
+      const guard = new EngineGuard(
+        pgGuardOptions(
+          { config: { ...config, host: proxy.host, port: proxy.port } },
+          { cancelTimeout: 500 },
+        ),
+      );
+      const long = guard.read((handle, ctx) => pgQuery(handle, ctx, 'SELECT pg_sleep(30)'));
+      const outcome = long.then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      // What the passing probes of the healthy query took, over this link.
+      const last = guard.status().lastProbe;
+      if (last?.ok === true) {
+        probes++;
+        probeMs += last.durationMs;
+      }
+      const at = performance.now();
+      proxy.blackhole();
+      const error = await outcome;
+      if (!(error instanceof EngineStalledError))
+        throw new Error(`expected a stall, got ${String(error)}`);
+      times.push(performance.now() - at);
+      await proxy.close();
+      await guard.close();
+    }
+    console.log(
+      `${link}: half-open link to EngineStalledError with the pg defaults (bound ${bound} ms): ` +
+        `${times.map((ms) => `${Math.round(ms)} ms`).join(', ')}` +
+        (probes === 0
+          ? ''
+          : `; a passing busy-handle probe took ${(probeMs / probes).toFixed(1)} ms`),
+    );
+  }
+  await detections('local link');
+  // A remote engine: 50 ± 25 ms each way, about 100 ms a round trip.
+  await detections('remote link (50 ± 25 ms each way)', [50, 25]);
 } finally {
   await cluster.stop();
 }

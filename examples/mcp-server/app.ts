@@ -3,7 +3,8 @@
  * it, and a cache of engine facts for the `status` fast path. Over HTTP each session gets its own
  * `McpServer`, but they all share this one app, hence one engine.
  */
-import { type CachedValue, EngineGuard } from 'engine-guard';
+import { type CachedValue, DEFAULT_LIVENESS, EngineGuard } from 'engine-guard';
+import type { LivenessFlags } from './cli.js';
 import { DemoFaults } from './demo-faults.js';
 import type { Engine, EngineFacts } from './engine.js';
 import type { Logger } from './log.js';
@@ -14,7 +15,8 @@ export interface AppSettings {
   maxSessions: number;
   /** A client session with no call for this long is closed, ms. */
   sessionIdleTimeout: number;
-  liveness: { interval: number; timeout: number; failures: number };
+  /** The `--liveness-*` flags given; the adapter's defaults fill in the rest. */
+  liveness: LivenessFlags;
   acquireTimeout: number;
   connectTimeout: number;
   maxRows: number;
@@ -28,6 +30,8 @@ export interface App<H> {
   readonly guard: EngineGuard<H>;
   readonly facts: CachedValue<EngineFacts>;
   readonly settings: AppSettings;
+  /** The liveness settings the guard runs with: the adapter's defaults under the flags given. */
+  readonly liveness: Liveness;
   readonly log: Logger;
   readonly faults: DemoFaults<H> | undefined;
   /**
@@ -40,6 +44,29 @@ export interface App<H> {
   close(): Promise<void>;
 }
 
+/** Liveness settings, all three known. */
+export interface Liveness {
+  interval: number;
+  timeout: number;
+  failures: number;
+}
+
+/** The flags that were given, and only those: an adapter keeps its default for the others. */
+function givenFlags(flags: LivenessFlags): Partial<Liveness> | undefined {
+  const given = Object.entries(flags).filter(([, value]) => value !== undefined);
+  return given.length === 0 ? undefined : Object.fromEntries(given);
+}
+
+/** What the guard runs with: the library fills in what the adapter's options leave out. */
+function effectiveLiveness(options: { liveness?: Partial<Liveness> | false }): Liveness {
+  const set = options.liveness === false ? {} : (options.liveness ?? {});
+  return {
+    interval: set.interval ?? DEFAULT_LIVENESS.interval,
+    timeout: set.timeout ?? DEFAULT_LIVENESS.timeout,
+    failures: set.failures ?? DEFAULT_LIVENESS.failures,
+  };
+}
+
 /** How long cached engine facts are served before a background refresh, ms. */
 export const FACTS_MAX_AGE = 15_000;
 
@@ -49,7 +76,7 @@ export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logg
     name: engine.kind,
     pool: settings.pool,
     maxSessions: settings.maxSessions,
-    liveness: settings.liveness,
+    liveness: givenFlags(settings.liveness),
     acquireTimeout: settings.acquireTimeout,
     connectTimeout: settings.connectTimeout,
   });
@@ -121,6 +148,7 @@ export function createApp<H>(engine: Engine<H>, settings: AppSettings, log: Logg
     guard,
     facts,
     settings,
+    liveness: effectiveLiveness(base),
     log,
     faults,
     pinsOnState: base.state !== undefined,

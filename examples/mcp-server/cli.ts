@@ -22,7 +22,8 @@ export interface CliOptions {
   maxSessions: number | undefined;
   /** A client session with no call for this long is closed (its connection too), ms. */
   sessionIdleTimeout: number;
-  liveness: { interval: number; timeout: number; failures: number };
+  /** The `--liveness-*` flags given; the others come from the engine's adapter (see USAGE). */
+  liveness: LivenessFlags;
   /** Longest wait for a free engine handle before a tool call gives up, ms. */
   acquireTimeout: number;
   /** Bound of one connection attempt, ms. */
@@ -39,6 +40,13 @@ export interface CliOptions {
   help: boolean;
 }
 
+/** The liveness settings given on the command line; `undefined`: the adapter's default. */
+export interface LivenessFlags {
+  interval: number | undefined;
+  timeout: number | undefined;
+  failures: number | undefined;
+}
+
 export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
@@ -47,6 +55,21 @@ export const TOKEN_ENV = 'ENGINE_GUARD_MCP_TOKEN';
 
 /** Default of `--session-idle-timeout`: 5 minutes, a long pause of an agent at work. */
 export const DEFAULT_SESSION_IDLE_TIMEOUT = 300_000;
+
+/** `1000/1500/2`: interval, timeout and failures, as the server logs them. */
+export function describeLiveness(liveness: {
+  interval: number;
+  timeout: number;
+  failures: number;
+}): string {
+  return `${liveness.interval}/${liveness.timeout}/${liveness.failures}`;
+}
+
+/**
+ * engine-guard/pg's `PG_LIVENESS`, written out: importing the pg adapter here would load `pg`
+ * into a DuckDB server too. test/examples/mcp-cli.test.ts checks that it matches.
+ */
+export const PG_LIVENESS_TEXT = '1000/1500/2';
 
 export const USAGE = `engine-guard example MCP server
 
@@ -69,10 +92,13 @@ then keeps that connection, and its calls run there one at a time, until it drop
   --session-idle-timeout <ms>  close a client's session after this long without a call
                                (its temporary tables and settings go with it)  [default ${DEFAULT_SESSION_IDLE_TIMEOUT}]
 
-Liveness (a silent op is convicted after <failures> failed probes, one every <interval>):
-  --liveness-interval <ms>     probe a running op after this long without progress [default ${DEFAULT_LIVENESS.interval}]
-  --liveness-timeout <ms>      bound of one probe                                  [default ${DEFAULT_LIVENESS.timeout}]
-  --liveness-failures <n>      consecutive failed probes that convict an op       [default ${DEFAULT_LIVENESS.failures}]
+Liveness (a silent op is convicted after <failures> failed probes, one every <interval>).
+Defaults: the engine adapter's, interval/timeout/failures ${PG_LIVENESS_TEXT} with --pg
+(engine-guard/pg's PG_LIVENESS), ${describeLiveness(DEFAULT_LIVENESS)} for DuckDB (the library's); each flag
+replaces one of them. See docs/design.md "Choosing liveness settings".
+  --liveness-interval <ms>     probe a running op after this long without progress
+  --liveness-timeout <ms>      bound of one probe
+  --liveness-failures <n>      consecutive failed probes that convict an op
   --acquire-timeout <ms>       longest wait for a free engine handle              [default 30000]
   --connect-timeout <ms>       bound of one connection attempt                    [default 10000]
 
@@ -97,8 +123,22 @@ function integer(
   raw: string | undefined,
   fallback: number,
   min: number,
+  max?: number,
+): number;
+function integer(
+  name: string,
+  raw: string | undefined,
+  fallback: undefined,
+  min: number,
+  max?: number,
+): number | undefined;
+function integer(
+  name: string,
+  raw: string | undefined,
+  fallback: number | undefined,
+  min: number,
   max = Number.MAX_SAFE_INTEGER,
-): number {
+): number | undefined {
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw.trim())) {
     throw new UsageError(`--${name} must be a whole number, got "${raw}"`);
@@ -182,19 +222,9 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
       1,
     ),
     liveness: {
-      interval: integer(
-        'liveness-interval',
-        str('liveness-interval'),
-        DEFAULT_LIVENESS.interval,
-        1,
-      ),
-      timeout: integer('liveness-timeout', str('liveness-timeout'), DEFAULT_LIVENESS.timeout, 1),
-      failures: integer(
-        'liveness-failures',
-        str('liveness-failures'),
-        DEFAULT_LIVENESS.failures,
-        1,
-      ),
+      interval: integer('liveness-interval', str('liveness-interval'), undefined, 1),
+      timeout: integer('liveness-timeout', str('liveness-timeout'), undefined, 1),
+      failures: integer('liveness-failures', str('liveness-failures'), undefined, 1),
     },
     acquireTimeout: integer('acquire-timeout', str('acquire-timeout'), 30_000, 1),
     connectTimeout: integer('connect-timeout', str('connect-timeout'), 10_000, 1),

@@ -13,7 +13,7 @@
  */
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { createApp } from './app.js';
-import { type CliOptions, parseCli, USAGE, UsageError } from './cli.js';
+import { type CliOptions, describeLiveness, parseCli, USAGE, UsageError } from './cli.js';
 import type { Engine } from './engine.js';
 import { startHttp } from './http.js';
 import { watchStarters } from './lifeline.js';
@@ -109,7 +109,7 @@ const settings = {
   pool,
   maxSessions,
   sessionIdleTimeout: options.sessionIdleTimeout,
-  liveness: `${options.liveness.interval}/${options.liveness.timeout}/${options.liveness.failures}`,
+  liveness: describeLiveness(app.liveness),
   demoFaults: options.demoFaults || undefined,
 };
 

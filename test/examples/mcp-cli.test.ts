@@ -1,11 +1,15 @@
-/** The example server's session flags, as `parseCli` reads them. */
+/** The example server's session and liveness flags, as `parseCli` reads them. */
 import { describe, expect, it } from 'vitest';
 import {
   DEFAULT_SESSION_IDLE_TIMEOUT,
+  describeLiveness,
+  PG_LIVENESS_TEXT,
   parseCli,
   USAGE,
   UsageError,
 } from '../../examples/mcp-server/cli.js';
+import { PG_LIVENESS } from '../../src/adapters/pg.js';
+import { DEFAULT_LIVENESS } from '../../src/index.js';
 
 describe('example server flags: sessions', () => {
   it('defaults: the engine picks --max-sessions; sessions expire after 5 minutes idle', () => {
@@ -34,5 +38,26 @@ describe('example server flags: sessions', () => {
       expect(() => parseCli([flag, value], {}), `${flag} ${value}`).toThrow(UsageError);
       expect(() => parseCli([flag, value], {}), `${flag} ${value}`).toThrow(flag);
     }
+  });
+});
+
+describe('example server flags: liveness', () => {
+  it('without flags, every setting is left to the engine adapter', () => {
+    expect(parseCli([], {}).liveness).toEqual({
+      interval: undefined,
+      timeout: undefined,
+      failures: undefined,
+    });
+    expect(parseCli(['--liveness-timeout', '900'], {}).liveness).toEqual({
+      interval: undefined,
+      timeout: 900,
+      failures: undefined,
+    });
+  });
+
+  it("the usage states each adapter's defaults as they are", () => {
+    expect(PG_LIVENESS_TEXT).toBe(describeLiveness(PG_LIVENESS));
+    expect(USAGE).toContain(`${describeLiveness(PG_LIVENESS)} with --pg`);
+    expect(USAGE).toContain(`${describeLiveness(DEFAULT_LIVENESS)} for DuckDB`);
   });
 });

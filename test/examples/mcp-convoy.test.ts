@@ -12,6 +12,7 @@ import {
   ENDLESS_QUERY,
   type HttpServer,
   livenessFlags,
+  type Status,
   serverLog,
   startHttpServer,
   TEST_TIMEOUT,
@@ -80,9 +81,13 @@ describe('example server: a write waiting behind a long query', () => {
         { sql: 'create table convoy_probe(x int)' },
         { onprogress: (p) => messages.push(p.message ?? '') },
       );
-      // The write is queued, and status says what it waits for.
-      await sleep(600);
-      const queued = (await status()).status.guard.queued.find((op) => op.kind === 'write');
+      // The write is queued (once its request reached the server: polled, not slept for), and
+      // status says what it waits for.
+      let queued: Status['guard']['queued'][number] | undefined;
+      while (queued === undefined && performance.now() < deadline) {
+        queued = (await status()).status.guard.queued.find((op) => op.kind === 'write');
+        if (queued === undefined) await sleep(50);
+      }
       expect(queued?.waitingFor.map((op) => op.id)).toContain(longOp!.id);
 
       // Queries arriving after the waiting write are not held back by it.

@@ -6,6 +6,7 @@ import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_LIVENESS } from '../../src/index.js';
 import {
   callTool as call,
   ENDLESS_QUERY,
@@ -87,6 +88,15 @@ describe('example MCP server over Streamable HTTP', () => {
   afterAll(async () => {
     await server?.stop();
   }, TEST_TIMEOUT);
+
+  it('a --liveness-* flag replaces its one setting; the others stay the defaults', async () => {
+    const client = await connect();
+    expect((await ok<Status>(client, 'status')).liveness).toEqual({
+      interval: 300,
+      timeout: 2_000,
+      failures: DEFAULT_LIVENESS.failures,
+    });
+  });
 
   it(
     'serves two clients at once, sharing one engine',

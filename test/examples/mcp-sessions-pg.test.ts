@@ -8,6 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeLiveness } from '../../examples/mcp-server/cli.js';
+import { PG_LIVENESS } from '../../src/adapters/pg.js';
 import { adminQuery, pgConfig } from '../support/pg.js';
 import {
   burst,
@@ -46,6 +48,11 @@ describe('example MCP server on PostgreSQL: one engine session per MCP client', 
   afterAll(async () => {
     await server?.stop();
   }, TEST_TIMEOUT);
+
+  it("runs with the pg adapter's liveness defaults when no --liveness-* flag is given", async () => {
+    expect((await status(alice)).liveness).toEqual({ ...PG_LIVENESS });
+    expect(log.text()).toContain(`liveness=${describeLiveness(PG_LIVENESS)} `);
+  });
 
   it('a temporary table is seen by every read of its client and by no other client', async () => {
     await expectOwnTempTable(

@@ -346,6 +346,12 @@ describe('example MCP server over stdio (DuckDB)', () => {
       controller.abort();
       const settled = await outcome;
       expect('error' in settled).toBe(true);
+      // Logged as a cancel, not as a failure (the first cancel of this server).
+      const endless = 'label="query: SELECT count\\(\\*\\) AS n FROM range';
+      await expect
+        .poll(() => log.text(), { timeout: 10_000 })
+        .toMatch(new RegExp(`info  query cancelled ms=\\d+ ${endless}`));
+      expect(log.text()).not.toMatch(new RegExp(`query failed .*${endless}`));
       const after = await waitForStatus((s) => !s.guard.running.some((o) => o.id === op.id));
       expect(performance.now() - abortedAt).toBeLessThan(4_000); // < the 5 s cancel grace
       expect(after.guard.counters.aborts).toBeGreaterThan(before.guard.counters.aborts);

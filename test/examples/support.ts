@@ -63,6 +63,8 @@ export interface Status {
     lastProbe: { ok: boolean } | null;
     counters: Counters;
   };
+  /** The liveness settings the server runs with. */
+  liveness: { interval: number; timeout: number; failures: number };
   answeredInMs: number;
 }
 

@@ -2,7 +2,11 @@ import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { EngineGuard, EngineStalledError } from '../../src/index.js';
 import { FakeEngineFactory } from '../../src/testing/index.js';
-import { type FakeGuardOptions, fakeGuard as sharedFakeGuard } from '../support/guard.js';
+import {
+  captureWarnings,
+  type FakeGuardOptions,
+  fakeGuard as sharedFakeGuard,
+} from '../support/guard.js';
 
 /** The shared fake guard with this file's faster watchdog. */
 function fakeGuard(factory: FakeEngineFactory, extra: Partial<FakeGuardOptions> = {}) {
@@ -79,17 +83,11 @@ describe('EngineGuard: many ops sharing one caller signal', () => {
 
 describe('EngineGuard: liveness without a probe', () => {
   it('warns that the watchdog is off instead of silently never detecting a stall', async () => {
-    const warnings: Array<{ code?: string }> = [];
-    const onWarning = (warning: Error & { code?: string }) => warnings.push(warning);
-    process.on('warning', onWarning);
-    try {
-      const guard = new EngineGuard({ create: () => ({}), liveness: { interval: 100 } });
-      await new Promise((resolve) => setImmediate(resolve));
-      expect(warnings.map((w) => w.code)).toContain('ENGINE_GUARD_NO_PROBE');
-      await guard.close();
-    } finally {
-      process.off('warning', onWarning);
-    }
+    const { result: guard, warnings } = captureWarnings(
+      () => new EngineGuard({ create: () => ({}), liveness: { interval: 100 } }),
+    );
+    expect(warnings.map((w) => w.code)).toEqual(['ENGINE_GUARD_NO_PROBE']);
+    await guard.close();
   });
 });
 

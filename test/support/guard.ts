@@ -82,3 +82,28 @@ export function queued(guard: FakeGuard): number {
   const q = guard.status().queue;
   return q.readers + q.writers + q.forHandle;
 }
+
+/** A warning `process.emitWarning` was asked to emit. */
+export interface CapturedWarning {
+  message: string;
+  code: string | undefined;
+}
+
+/**
+ * Runs `fn` with `process.emitWarning` capturing instead of printing, for a test that expects a
+ * warning: it asserts on what it got, and `npm test` prints no warning that nobody needs to read.
+ * Only what `fn` emits synchronously is captured; a throw from `fn` is passed on after restoring.
+ */
+export function captureWarnings<T>(fn: () => T): { result: T; warnings: CapturedWarning[] } {
+  const warnings: CapturedWarning[] = [];
+  const emit = process.emitWarning;
+  process.emitWarning = ((warning: string | Error, options?: { code?: string } | string) => {
+    const code = typeof options === 'object' ? options.code : (warning as { code?: string }).code;
+    warnings.push({ message: String(warning instanceof Error ? warning.message : warning), code });
+  }) as typeof process.emitWarning;
+  try {
+    return { result: fn(), warnings };
+  } finally {
+    process.emitWarning = emit;
+  }
+}

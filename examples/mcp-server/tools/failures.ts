@@ -15,7 +15,8 @@ import type { App } from '../app.js';
 import { InputError } from '../engine.js';
 import { describeBlockers, describeState, formatAge, messageOf, toolError } from './text.js';
 
-function isAbort(error: unknown, signal: AbortSignal): boolean {
+/** Whether `error` is the call's own cancellation (the client sent `notifications/cancelled`). */
+export function isAbort(error: unknown, signal: AbortSignal): boolean {
   return signal.aborted && (error === signal.reason || (error as Error)?.name === 'AbortError');
 }
 
@@ -33,7 +34,7 @@ export function toolFailure<H>(
   switch ((error as { code?: unknown } | null)?.code as EngineGuardErrorCode | undefined) {
     case 'ERR_ENGINE_STALLED': {
       const stalled = error as EngineStalledError;
-      const { interval, timeout, failures } = settings.liveness;
+      const { interval, timeout, failures } = app.liveness;
       log.warn(`${tool}: engine stalled`, { op: stalled.opId });
       return toolError(
         `Engine stalled: ${tool} got no answer from the engine, and ${stalled.probeFailures} ` +

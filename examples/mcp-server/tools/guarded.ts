@@ -13,7 +13,7 @@ import type { EngineGuard, OpContext, SessionStatus } from 'engine-guard';
 import type { App } from '../app.js';
 import type { ClientSession, SessionNews } from '../client-session.js';
 import { newProgress, type QueryProgress } from '../engine.js';
-import { toolFailure } from './failures.js';
+import { isAbort, toolFailure } from './failures.js';
 import { startProgress } from './progress.js';
 import {
   describeBlockers,
@@ -56,11 +56,19 @@ export interface ToolContext<H> {
 
 /** What a client is told when its session's state went away (see client-session.ts). */
 function sessionNote(news: SessionNews, idleTimeout: number): string {
+  if (news.kind === 'lost' && news.completedCalls === 0) {
+    return (
+      `Your session's engine connection (generation ${news.generation}) is gone. None of your ` +
+      'calls had completed on it, so it held no state of yours and you lost nothing. Your next ' +
+      'call runs on a fresh connection.'
+    );
+  }
   if (news.kind === 'lost') {
     return (
       `Your session's state is LOST: its engine connection (generation ${news.generation}) is ` +
-      'gone, and with it your temporary tables, settings (SET), prepared statements and ' +
-      'advisory locks. Your next call runs in a fresh session: re-create what you need first.'
+      'gone, and with it whatever your calls left on it: temporary tables, settings (SET), ' +
+      'prepared statements, advisory locks. Your next call runs in a fresh session: re-create ' +
+      'what you need first.'
     );
   }
   return (
@@ -143,11 +151,17 @@ export function guardedRunner<H>(app: App<H>, client: ClientSession<H> | undefin
       if (news !== undefined) {
         result = toolError(`${textOf(result)}\n${sessionNote(news, settings.sessionIdleTimeout)}`);
       }
-      log.info(`${tool} failed`, {
-        ms: Math.round(performance.now() - started),
-        error: messageOf(error),
-        session: news?.kind,
-      });
+      const ms = Math.round(performance.now() - started);
+      // A cancel is the client's choice, not a failure: logged as what it is.
+      if (isAbort(error, extra.signal)) log.info(`${tool} cancelled`, { ms, label: options.label });
+      else {
+        log.info(`${tool} failed`, {
+          ms,
+          label: options.label,
+          error: messageOf(error),
+          session: news?.kind,
+        });
+      }
       return withNote(result, expiredNote(expired, settings.sessionIdleTimeout));
     } finally {
       stopProgress();

@@ -201,7 +201,7 @@ export function registerStatusTool<H>(server: McpServer, { app, client }: ToolCo
             heldState: session.heldState.map(({ kind, name }) => ({ kind, name })),
           })),
         },
-        liveness: { ...settings.liveness },
+        liveness: { ...app.liveness },
         uptimeMs: now - app.startedAt,
         answeredInMs: Math.round((performance.now() - t0) * 1000) / 1000,
       };
