@@ -30,12 +30,8 @@ const MAX_LABEL = 100;
 
 /** What a failed call did to the client's session state, for the tool error to say. */
 export type SessionNews =
-  /**
-   * The connection died, with whatever state the client's calls had left on it; the next call
-   * runs on a fresh connection. `completedCalls`: how many of the client's calls had completed
-   * on that connection; 0 means the client had made no state there, so it lost none.
-   */
-  | { kind: 'lost'; generation: number; completedCalls: number }
+  /** The connection died: the state is gone; the next call runs on a fresh connection. */
+  | { kind: 'lost'; generation: number }
   /** The session expired while idle between this call's check and its start. */
   | { kind: 'expired' };
 
@@ -54,8 +50,6 @@ export class ClientSession<H> {
   /** The state the session held after its last call: an expiry loses it, and the client is told. */
   #held: SessionStatus['heldState'] = [];
   #closed = false;
-  /** Calls that completed, by the generation of the connection they ran on. */
-  readonly #completed = new Map<number, number>();
 
   /** `label` is read when a session opens: the client's name is known only after `initialize`. */
   constructor(guard: EngineGuard<H>, idleTimeout: number, label: () => string) {
@@ -99,13 +93,7 @@ export class ClientSession<H> {
       this.#session = session;
     }
     const opened = session;
-    // Counted by connection: only what completed can have left state the client relies on.
-    const counted = async (handle: H, ctx: OpContext): Promise<T> => {
-      const value = await fn(handle, ctx);
-      this.#completed.set(ctx.generation, (this.#completed.get(ctx.generation) ?? 0) + 1);
-      return value;
-    };
-    const result = kind === 'read' ? opened.read(counted, options) : opened.write(counted, options);
+    const result = kind === 'read' ? opened.read(fn, options) : opened.write(fn, options);
     const remember = (): void => {
       if (this.#session === opened && opened.status().state !== 'closed') {
         this.#held = opened.status().heldState;
@@ -126,9 +114,11 @@ export class ClientSession<H> {
     const state = session.status();
     if (state.state === 'lost' || code === 'ERR_SESSION_LOST') {
       if (state.state === 'lost') session.reopen();
-      const lost = field(error, 'generation');
-      const generation = typeof lost === 'number' ? lost : state.generation;
-      return { kind: 'lost', generation, completedCalls: this.#completed.get(generation) ?? 0 };
+      const generation = field(error, 'generation');
+      return {
+        kind: 'lost',
+        generation: typeof generation === 'number' ? generation : state.generation,
+      };
     }
     if (
       code === 'ERR_SESSION_CLOSED' &&

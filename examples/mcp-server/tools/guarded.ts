@@ -56,19 +56,11 @@ export interface ToolContext<H> {
 
 /** What a client is told when its session's state went away (see client-session.ts). */
 function sessionNote(news: SessionNews, idleTimeout: number): string {
-  if (news.kind === 'lost' && news.completedCalls === 0) {
-    return (
-      `Your session's engine connection (generation ${news.generation}) is gone. None of your ` +
-      'calls had completed on it, so it held no state of yours and you lost nothing. Your next ' +
-      'call runs on a fresh connection.'
-    );
-  }
   if (news.kind === 'lost') {
     return (
       `Your session's state is LOST: its engine connection (generation ${news.generation}) is ` +
-      'gone, and with it whatever your calls left on it: temporary tables, settings (SET), ' +
-      'prepared statements, advisory locks. Your next call runs in a fresh session: re-create ' +
-      'what you need first.'
+      'gone, and with it your temporary tables, settings (SET), prepared statements and ' +
+      'advisory locks. Your next call runs in a fresh session: re-create what you need first.'
     );
   }
   return (
