@@ -13,7 +13,6 @@
  * @packageDocumentation
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
-import type { GuardEvents } from './guard/types.js';
 import type { LockMode } from './lock/lease.js';
 
 /** Names of the plain channels. */
@@ -29,7 +28,10 @@ export const channelNames = {
    * `asyncStart`, `asyncEnd` and `error` events with an {@link OpTraceContext}.
    */
   op: 'engine-guard:op',
-  /** {@link GuardEventMessage}: every guard event (stall, replace, probe failure, ...). */
+  /**
+   * `GuardEventMessage` (exported by the package, defined with the guard's events): every guard
+   * event (stall, replace, probe failure, ...).
+   */
   guardEvent: 'engine-guard:guard:event',
 } as const;
 
@@ -82,30 +84,6 @@ export interface OpTraceContext {
 }
 
 /**
- * Message on `engine-guard:guard:event`: a union discriminated by `type`, one member per entry of
- * {@link GuardEvents} (derived from it, so a new event type shows up here by itself). Narrow it
- * with `switch (msg.type)`.
- *
- * @example
- * ```ts
- * diagnostics_channel.subscribe(channelNames.guardEvent, (message) => {
- *   const msg = message as GuardEventMessage;
- *   if (msg.type === 'stall') log(msg.guard, msg.event.error.opId);
- * });
- * ```
- */
-export type GuardEventMessage = {
-  [K in keyof GuardEvents]: {
-    /** Name of the guard that emitted it, when it has one. */
-    guard: string | undefined;
-    /** The event type, as given to `guard.on()`. */
-    type: K;
-    /** The event's payload: what `guard.on(type)` listeners receive. */
-    event: GuardEvents[K];
-  };
-}[keyof GuardEvents];
-
-/**
  * The publishing side of a channel, typed by its message: a `Channel` (whose `publish` takes
  * `unknown`) narrowed so that a publisher cannot send a message of the wrong shape.
  *
@@ -134,8 +112,8 @@ export const opTracing = diagnosticsChannel.tracingChannel<unknown, OpTraceConte
 
 /**
  * Left as a plain `Channel` (publish takes `unknown`) because `TypedEvents` publishes for a
- * generic event map; the guard instantiates it with {@link GuardEvents} only, so what it sends is
- * a {@link GuardEventMessage}.
+ * generic event map; the guard instantiates it with `GuardEvents` only, so what it sends is a
+ * `GuardEventMessage` (guard/events.ts).
  *
  * @internal
  */

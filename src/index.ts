@@ -13,7 +13,6 @@ export type {
 } from './coordination/coordinator.js';
 export {
   channelNames,
-  type GuardEventMessage,
   type LockAcquireMessage,
   type LockCancelMessage,
   type LockReleaseMessage,
@@ -26,6 +25,7 @@ export type {
   CachedValueOptions,
 } from './guard/cached-value.js';
 export { DEFAULT_LIVENESS, EngineGuard } from './guard/engine-guard.js';
+export type { GuardEventMessage } from './guard/events.js';
 export type {
   EngineGuardOptions,
   GuardCounters,

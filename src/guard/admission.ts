@@ -11,10 +11,9 @@ import type { Lease } from '../lock/lease.js';
 import type { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool } from '../pool/handle-pool.js';
 import type { GuardHealth } from './health.js';
-import { LEFT, type Op } from './op.js';
-import type { OpContext } from './types.js';
+import { LEFT, type Op, type OpFn } from './op.js';
 
-export type OpFn<E> = (engine: E, ctx: OpContext) => unknown;
+export type { OpFn } from './op.js';
 
 /** Starts an op that holds its lease and handle (the guard's `run`). */
 export type StartOp<E> = (

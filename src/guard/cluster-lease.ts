@@ -13,8 +13,7 @@ import type { ClusterLease, Coordinator, CoordinatorStatus } from '../coordinati
 import { LeaseLostError } from '../errors.js';
 import { attempt, noop } from '../internal/promises.js';
 import type { LockMode } from '../lock/lease.js';
-import type { OpFn } from './admission.js';
-import type { Op } from './op.js';
+import type { Op, OpFn } from './op.js';
 
 /**
  * True while the op may keep its cluster lease: it runs (it was not convicted, abandoned or

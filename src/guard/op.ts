@@ -61,6 +61,9 @@ interface Ended {
   readonly tag: 'left' | 'done' | 'stalled' | 'abandoned' | 'closed';
 }
 
+/** What an op runs: the caller's `fn`, or a wrapper of it (a cluster lease, a restore). */
+export type OpFn<E> = (engine: E, ctx: OpContext) => unknown;
+
 /** Where an op is in its life; see the module documentation. */
 export type OpState<E> = Waiting | Leased | Running<E> | Cancelling<E> | Ended;
 type Tag = OpState<unknown>['tag'];
