@@ -16,6 +16,7 @@ export {
   type LockAcquireMessage,
   type LockCancelMessage,
   type LockReleaseMessage,
+  type OpOutcome,
   type OpTraceContext,
 } from './diagnostics.js';
 export * from './errors.js';

@@ -63,14 +63,17 @@ export class GuardHealth<E> {
   #state: GuardState = 'idle';
   #lastProbe: GuardStatus['lastProbe'] = null;
   #lastError: GuardStatus['lastError'] = null;
+  readonly #limits: GuardStatus['limits'];
 
   constructor(
     name: string | undefined,
     events: TypedEvents<GuardEvents>,
     running: WaiterQueue<Op<E>>,
     queued: WaiterQueue<Op<E>>,
+    limits: GuardStatus['limits'],
   ) {
     this.#name = name;
+    this.#limits = Object.freeze({ ...limits });
     this.#events = events;
     this.#running = running;
     this.#queued = queued;
@@ -84,8 +87,8 @@ export class GuardHealth<E> {
   /** How the pool's happenings show up in events, counters and state. */
   poolEvents(): PoolEvents<E> {
     return {
-      onConnect: (generation) => {
-        this.#events.emit('connect', { generation });
+      onConnect: (generation, durationMs) => {
+        this.#events.emit('connect', { generation, durationMs });
         this.update();
       },
       onConnectError: (error, attempts, retryInMs) => {
@@ -216,6 +219,7 @@ export class GuardHealth<E> {
         connecting: pool.connecting,
         retiring: pool.retiring,
       },
+      limits: this.#limits,
       running,
       queued,
       queue,

@@ -169,6 +169,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   onHandleLost: ((handle: Handle<E>, cause: unknown) => void) | undefined = undefined;
   /** True when `restore` rebuilt its session's state just before it (see `ctx.restored`). */
   restored = false;
+  /** ms it waited for its cluster lease, once it asked for one (for its trace). */
+  clusterWaitMs: number | undefined = undefined;
   /** Fencing token of its cluster lease, while it holds one. */
   fence: Fence | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */

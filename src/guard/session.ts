@@ -11,11 +11,13 @@
  * This module owns the session's queue and state; the guard owns the lock, the slots and the op
  * (through {@link SessionHost}).
  */
+import { opTracing } from '../diagnostics.js';
 import { LockTimeoutError, SessionClosedError, SessionLostError } from '../errors.js';
 import { attempt, noop, type Timer } from '../internal/promises.js';
 import { validateFunction } from '../internal/validate.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import type { Handle } from '../pool/handle-pool.js';
+import { refuse, traceCall } from './op-trace.js';
 import { type OpSettings, parseOpOptions } from './options.js';
 import type {
   GuardEvents,
@@ -35,6 +37,8 @@ const NO_STATE: readonly HeldState[] = Object.freeze([]);
 
 /** What a session needs from its guard. */
 export interface SessionHost<E> {
+  /** The guard (what traces name as the op's `source`). */
+  readonly owner: object;
   readonly name: string | undefined;
   readonly opDefaults: OpSettings;
   /**
@@ -256,9 +260,21 @@ export class GuardSession<E> implements Session<E> {
     const settings = parseOpOptions(options, this.#host.opDefaults);
     const nested = this.#host.nested(this, kind, fn, settings.signal);
     if (nested !== undefined) return nested;
-    if (this.#state === 'closed') return Promise.reject(this.#closedError(this.#closedReason));
+    // Traced from here, in the caller's context, whenever its turn comes.
+    if (opTracing.hasSubscribers) {
+      const host = this.#host;
+      return traceCall(host.owner, host.name, kind, settings, this.id, (traced) =>
+        this.#enqueue(kind, fn, traced),
+      );
+    }
+    return this.#enqueue(kind, fn, settings);
+  }
+
+  /** A call that joins no op: refused at once, or queued in the session. */
+  #enqueue(kind: OpKind, fn: SessionFn<E>, settings: OpSettings): Promise<unknown> {
+    if (this.#state === 'closed') return refuse(settings, this.#closedError(this.#closedReason));
     const signal = settings.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (signal?.aborted) return refuse(settings, signal.reason);
     return new Promise<unknown>((resolve, reject) => {
       const call = new SessionCall(this, kind, fn, settings, resolve, reject);
       this.#queue.push(call);
