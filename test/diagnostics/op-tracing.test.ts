@@ -21,7 +21,7 @@ import {
 } from '../../src/index.js';
 import { FakeEngineFactory } from '../../src/testing/index.js';
 import { FakeCoordinator } from '../coordination/fake-coordinator.js';
-import { errorOf, fakeGuard, waitFor } from '../support/guard.js';
+import { errorOf, fakeGuard, gate, stalledRead, waitFor } from '../support/guard.js';
 
 type Phase = 'start' | 'end' | 'asyncStart' | 'asyncEnd' | 'error';
 
@@ -91,15 +91,6 @@ function at(events: readonly Seen[], phase: Phase): OpTraceContext {
   const event = events.find((e) => e.phase === phase);
   if (event === undefined) throw new Error(`no ${phase} event`);
   return event.copy;
-}
-
-/** A promise and its resolver: a gate a test opens by hand. */
-function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { promise, open };
 }
 
 const OK: Phase[] = ['start', 'end', 'asyncStart', 'asyncEnd'];
@@ -324,15 +315,7 @@ describe('engine-guard:op tracing channel', () => {
     const guard = fakeGuard(factory, { name: 'stalls', pool: 1 });
     const seen = trace(guard);
     try {
-      await guard.read((e) => e.call('warm'));
-      const engine = factory.created[0]!;
-      engine.wedge();
-      engine.nextCall('ignore-abort');
-      const error = await errorOf(
-        guard.read((e, ctx) => e.call('r', { signal: ctx.signal, duration: 60_000 }), {
-          label: 'wedged',
-        }),
-      );
+      const error = await stalledRead(guard, factory, { label: 'wedged' });
       expect(error).toBeInstanceOf(EngineStalledError);
       const events = call(seen, 'wedged');
       expect(phases(events)).toEqual(FAILED);
