@@ -11,6 +11,7 @@
  * This module owns the session's queue and state; the guard owns the lock, the slots and the op
  * (through {@link SessionHost}).
  */
+import { AsyncResource } from 'node:async_hooks';
 import { opTracing } from '../diagnostics.js';
 import { LockTimeoutError, SessionClosedError, SessionLostError } from '../errors.js';
 import { attempt, noop, type Timer } from '../internal/promises.js';
@@ -103,6 +104,12 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
   next: SessionCall<E> | null = null;
   queued = false;
   timer: Timer | undefined = undefined;
+  /**
+   * Its caller's async context, kept while it waits behind the session's earlier calls: its turn
+   * comes in whichever context the previous call ended in, and its op must run in its caller's
+   * (AsyncLocalStorage stores, OpenTelemetry spans, re-entrancy).
+   */
+  scope: AsyncResource | undefined = undefined;
   readonly enqueuedAt = performance.now();
   constructor(
     readonly session: GuardSession<E>,
@@ -279,6 +286,7 @@ export class GuardSession<E> implements Session<E> {
       const call = new SessionCall(this, kind, fn, settings, resolve, reject);
       this.#queue.push(call);
       if (this.#current !== undefined) {
+        call.scope = new AsyncResource('engine-guard:session-call');
         // Waits for the session's earlier calls; its own signal and timeout bound that too.
         signal?.addEventListener('abort', call, { once: true });
         if (settings.timeout !== undefined) {
@@ -318,7 +326,11 @@ export class GuardSession<E> implements Session<E> {
     });
     // The session's bookkeeping is done before its caller hears back: a caller that awaits the
     // op and then reads status() sees it ended.
-    this.#start(call).then(
+    const scope = call.scope;
+    call.scope = undefined;
+    const started =
+      scope === undefined ? this.#start(call) : scope.runInAsyncScope(() => this.#start(call));
+    started.then(
       (value) => {
         this.#ended();
         call.resolve(value);

@@ -136,6 +136,42 @@ describe('engine-guard/otel spans', () => {
     }
   });
 
+  it("spans made inside a queued session op's fn join its own caller's trace", async () => {
+    const { tracerProvider, tracer, spans } = traceHarness();
+    const guard = new EngineGuard<object>({ name: 'orders', create: () => ({}), maxSessions: 1 });
+    using _instrumentation = instrumentGuard(guard, { tracerProvider });
+    const hold = gate();
+    // What a database client's instrumentation does inside fn: a span under the active one.
+    const query = (name: string) => tracer.startSpan(name).end();
+    try {
+      const session = guard.session();
+      const traces: Record<string, string> = {};
+      const a = inSpan(tracer, 'caller A', (span) => {
+        traces.A = span.spanContext().traceId;
+        return session.write(async () => {
+          query('query of A');
+          await hold.promise;
+        });
+      });
+      const b = inSpan(tracer, 'caller B', (span) => {
+        traces.B = span.spanContext().traceId;
+        return session.read(() => query('query of B'));
+      });
+      hold.open();
+      await Promise.all([a, b]);
+      const traceOf = (name: string) =>
+        spans()
+          .find((span) => span.name === name)
+          ?.spanContext().traceId;
+      expect(traceOf('query of A')).toBe(traces.A);
+      // Its turn came when A's op ended, in A's context: it still runs in B's.
+      expect(traceOf('query of B')).toBe(traces.B);
+    } finally {
+      hold.open();
+      await guard.close();
+    }
+  });
+
   it('a failed or refused op: error status and error.type from its code', async () => {
     const { tracerProvider, spans } = traceHarness();
     const guard = new EngineGuard<object>({ name: 'orders', create: () => ({}) });
