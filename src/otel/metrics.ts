@@ -94,11 +94,16 @@ export class GuardMetrics {
       '{session}',
       'Open sessions, by whether they are pinned to a handle of their own.',
     );
+    const sessionLimit = gauge(
+      GUARD_METRICS.sessionLimit,
+      '{session}',
+      'Most sessions pinned to a handle at once (maxSessions): more wait for a slot.',
+    );
     const idle = withPool({ [ATTR.connectionState]: CONNECTION_STATE.idle });
     const used = withPool({ [ATTR.connectionState]: CONNECTION_STATE.used });
     const pinnedAttributes = withPool({ [ATTR.sessionPinned]: true });
     const unpinnedAttributes = withPool({ [ATTR.sessionPinned]: false });
-    this.#observables = [count, limit, max, idleMax, pending, sessions];
+    this.#observables = [count, limit, max, idleMax, pending, sessions, sessionLimit];
     this.#observe = (observer) => {
       const status = guard.status();
       const { pool: shared, maxSessions } = status.limits;
@@ -112,6 +117,7 @@ export class GuardMetrics {
       observer.observe(pending, pendingRequests(status), pool);
       observer.observe(sessions, pinned, pinnedAttributes);
       observer.observe(sessions, status.sessions.length - pinned, unpinnedAttributes);
+      observer.observe(sessionLimit, maxSessions, pool);
     };
     meter.addBatchObservableCallback(this.#observe, this.#observables);
 

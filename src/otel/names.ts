@@ -44,6 +44,8 @@ export const GUARD_METRICS = {
   resetFailures: 'engine_guard.reset.failures',
   /** UpDownCounter `{session}`: open sessions, by whether they are pinned to a handle. */
   sessions: 'engine_guard.session.count',
+  /** UpDownCounter `{session}`: most sessions pinned at once (`maxSessions`). */
+  sessionLimit: 'engine_guard.session.limit',
   /** Histogram, s: the wait of ops for their cluster lease (with a `coordinator`). */
   clusterLeaseWait: 'engine_guard.cluster.lease.wait_time',
 } as const;

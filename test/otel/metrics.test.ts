@@ -297,6 +297,7 @@ describe('engine-guard/otel metrics', () => {
       expect(
         pointValue(metrics, 'db.client.connection.count', { 'db.client.connection.state': 'used' }),
       ).toBe(1);
+      expect(pointValue(metrics, 'engine_guard.session.limit', POOL)).toBe(2);
       await fresh.close();
       await holding.close();
       const closed = await collect();
