@@ -31,7 +31,7 @@ import { HandleReset } from './handle-reset.js';
 import { GuardHealth } from './health.js';
 import { ABANDONED, CLOSED, DONE, Op, type OpFn, STALLED } from './op.js';
 import { refuse, traceCall } from './op-trace.js';
-import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
+import { type OpSettings, parseGuardOptions, parseOpOptions, withTrace } from './options.js';
 import { openPool, type SharedPoolParts } from './pool-hooks.js';
 import { GuardSession, type SessionHost } from './session.js';
 import type {
@@ -379,8 +379,8 @@ export class EngineGuard<E> implements AsyncDisposable {
     }
     // Traced from here, in the caller's context: joined calls above are part of their op.
     if (opTracing.hasSubscribers) {
-      return traceCall(this, this.name, kind, settings, undefined, (traced) =>
-        this.#enter(kind, fn, traced),
+      return traceCall(this, this.name, kind, settings, undefined, (trace) =>
+        this.#enter(kind, fn, withTrace(settings, trace)),
       ) as Promise<Awaited<T>>;
     }
     return this.#enter(kind, fn, settings) as Promise<Awaited<T>>;

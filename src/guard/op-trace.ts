@@ -119,22 +119,21 @@ export class OpTrace {
 
 /**
  * Runs `call` traced: `start` now, in the caller's context; the rest as the call goes. `call`
- * gets `settings` with the trace in them, to hand to the op it makes.
+ * gets the trace, to hand to the op it makes (through its settings, see `withTrace`).
  */
-export function traceCall<S extends CallSettings>(
+export function traceCall(
   source: object,
   guard: string | undefined,
   kind: OpKind,
-  settings: S,
+  settings: CallSettings,
   sessionId: number | undefined,
-  call: (traced: S) => Promise<unknown>,
+  call: (trace: OpTrace) => Promise<unknown>,
 ): Promise<unknown> {
   const trace = new OpTrace(source, guard, kind, settings, sessionId);
-  const traced: S = { ...settings, trace };
   return opTracing.tracePromise(() => {
     let promise: Promise<unknown>;
     try {
-      promise = call(traced);
+      promise = call(trace);
     } catch (error) {
       trace.settle(false, error);
       throw error;

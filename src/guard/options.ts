@@ -204,6 +204,18 @@ export interface OpSettings {
   trace?: OpTrace | undefined;
 }
 
+/** `settings` carrying the call's trace (a copy: `settings` may be the shared defaults). */
+export function withTrace(settings: OpSettings, trace: OpTrace): OpSettings {
+  return {
+    signal: settings.signal,
+    timeout: settings.timeout,
+    label: settings.label,
+    waitForReady: settings.waitForReady,
+    key: settings.key,
+    trace,
+  };
+}
+
 /**
  * Validates the options of one `read`/`write`. Returns `defaults` itself when there are none,
  * so the common call allocates nothing.

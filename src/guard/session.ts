@@ -19,7 +19,7 @@ import { validateFunction } from '../internal/validate.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import type { Handle } from '../pool/handle-pool.js';
 import { refuse, traceCall } from './op-trace.js';
-import { type OpSettings, parseOpOptions } from './options.js';
+import { type OpSettings, parseOpOptions, withTrace } from './options.js';
 import type {
   GuardEvents,
   HeldState,
@@ -270,8 +270,8 @@ export class GuardSession<E> implements Session<E> {
     // Traced from here, in the caller's context, whenever its turn comes.
     if (opTracing.hasSubscribers) {
       const host = this.#host;
-      return traceCall(host.owner, host.name, kind, settings, this.id, (traced) =>
-        this.#enqueue(kind, fn, traced),
+      return traceCall(host.owner, host.name, kind, settings, this.id, (trace) =>
+        this.#enqueue(kind, fn, withTrace(settings, trace)),
       );
     }
     return this.#enqueue(kind, fn, settings);

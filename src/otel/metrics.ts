@@ -12,7 +12,7 @@ import type {
   Observable,
 } from '@opentelemetry/api';
 import type { OpTraceContext } from '../diagnostics.js';
-import type { GuardStatus, Subscription } from '../guard/types.js';
+import type { GuardStatus, OpKind, Subscription } from '../guard/types.js';
 import type { InstrumentableGuard } from './guard-like.js';
 import {
   ATTR,
@@ -41,7 +41,6 @@ function pendingRequests(status: GuardStatus): number {
 
 /** The metrics of one guard; `dispose()` stops them. */
 export class GuardMetrics {
-  readonly #pool: Attributes;
   readonly #meter: Meter;
   readonly #observe: BatchObservableCallback;
   readonly #observables: Observable[];
@@ -51,11 +50,13 @@ export class GuardMetrics {
   readonly #clusterWait: Histogram;
   readonly #timeouts: Counter;
   readonly #ops: Counter;
+  /** Attribute sets made once: most ops end the same way. */
+  readonly #byKind: Readonly<Record<OpKind, Attributes>>;
+  readonly #okByKind: Readonly<Record<OpKind, Attributes>>;
 
   constructor(meter: Meter, guard: InstrumentableGuard, poolName: string) {
     this.#meter = meter;
     const pool: Attributes = { [ATTR.poolName]: poolName };
-    this.#pool = pool;
     const withPool = (attributes: Attributes): Attributes => ({ ...pool, ...attributes });
     const gauge = (name: string, unit: string, description: string) =>
       meter.createObservableUpDownCounter(name, { unit, description });
@@ -171,6 +172,11 @@ export class GuardMetrics {
       read: withPool({ [ATTR.opKind]: 'read' }),
       write: withPool({ [ATTR.opKind]: 'write' }),
     };
+    this.#byKind = byKind;
+    this.#okByKind = {
+      read: { ...byKind.read, [ATTR.opOutcome]: 'ok' },
+      write: { ...byKind.write, [ATTR.opOutcome]: 'ok' },
+    };
     this.#subscriptions = [
       guard.on('connect', ({ durationMs }) => createTime.record(durationMs / 1000, pool)),
       guard.on('stall', ({ op }) => stalls.add(1, byKind[op.kind])),
@@ -186,7 +192,7 @@ export class GuardMetrics {
 
   /** An op of the guard was answered. */
   record(ctx: OpTraceContext): void {
-    const kind = { ...this.#pool, [ATTR.opKind]: ctx.kind };
+    const kind = this.#byKind[ctx.kind];
     if (ctx.runMs !== undefined) {
       this.#waitTime.record((ctx.waitMs ?? 0) / 1000, kind);
       this.#useTime.record(ctx.runMs / 1000, kind);
@@ -197,7 +203,7 @@ export class GuardMetrics {
     this.#ops.add(
       1,
       outcome === 'ok'
-        ? { ...kind, [ATTR.opOutcome]: outcome }
+        ? this.#okByKind[ctx.kind]
         : { ...kind, [ATTR.opOutcome]: outcome, [ATTR.errorType]: errorType(ctx.error) },
     );
   }

@@ -41,7 +41,7 @@ describe('j. events and diagnostics channels', () => {
         { error: expect.any(FakeEngineConnectionError), attempts: 1, retryInMs: 10 },
       ]);
       const generation = guard.status().generation;
-      expect(seen.connect).toEqual([{ generation }]);
+      expect(seen.connect).toEqual([{ generation, durationMs: expect.any(Number) }]);
       // The exact sequence of states is checked in 'state events follow status().state'.
       expect(seen.state?.slice(0, 2)).toEqual([
         { from: 'idle', to: 'connecting' },
