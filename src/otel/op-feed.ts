@@ -17,12 +17,13 @@ export interface OpListener {
 
 const listeners = new Map<object, Set<OpListener>>();
 
-function forEach(ctx: OpTraceContext, call: (listener: OpListener) => void): void {
+/** Hands `ctx` to the `start` or `end` of each listener of its guard. */
+function dispatch(ctx: OpTraceContext, event: keyof OpListener): void {
   const set = listeners.get(ctx.source);
   if (set === undefined) return;
   for (const listener of set) {
     try {
-      call(listener);
+      listener[event](ctx);
     } catch (error) {
       // A telemetry failure must never reach the guard's caller.
       process.emitWarning(
@@ -38,24 +39,16 @@ function forEach(ctx: OpTraceContext, call: (listener: OpListener) => void): voi
  * `start`, `end`, and `asyncEnd`.
  */
 const handlers: readonly (readonly [string, (message: unknown) => void])[] = [
-  [
-    `tracing:${channelNames.op}:start`,
-    (ctx) => forEach(ctx as OpTraceContext, (listener) => listener.start(ctx as OpTraceContext)),
-  ],
+  [`tracing:${channelNames.op}:start`, (ctx) => dispatch(ctx as OpTraceContext, 'start')],
   [
     // A call that threw instead of returning its promise has no asyncEnd: only then is `error`
     // set by `end` (a rejection sets it later, before asyncEnd).
     `tracing:${channelNames.op}:end`,
     (ctx) => {
-      if (Object.hasOwn(ctx as object, 'error')) {
-        forEach(ctx as OpTraceContext, (listener) => listener.end(ctx as OpTraceContext));
-      }
+      if (Object.hasOwn(ctx as object, 'error')) dispatch(ctx as OpTraceContext, 'end');
     },
   ],
-  [
-    `tracing:${channelNames.op}:asyncEnd`,
-    (ctx) => forEach(ctx as OpTraceContext, (listener) => listener.end(ctx as OpTraceContext)),
-  ],
+  [`tracing:${channelNames.op}:asyncEnd`, (ctx) => dispatch(ctx as OpTraceContext, 'end')],
 ];
 
 function subscribe(): void {

@@ -172,6 +172,36 @@ describe('engine-guard/otel spans', () => {
     }
   });
 
+  it("a tracer that throws costs the caller nothing: the op's answer stands, a warning says why", async () => {
+    // A broken tracer (no real SDK breaks on purpose): startSpan throws.
+    const tracerProvider = {
+      getTracer: () => ({
+        startSpan: () => {
+          throw new Error('exporter misconfigured');
+        },
+        startActiveSpan: () => {
+          throw new Error('unused');
+        },
+      }),
+    };
+    const guard = new EngineGuard<object>({ name: 'orders', create: () => ({}) });
+    using _instrumentation = instrumentGuard(guard, { tracerProvider });
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      await expect(guard.read(() => 'fine')).resolves.toBe('fine');
+      await waitFor(() => warnings.length > 0, 5_000, 'the warning');
+      expect(warnings[0]).toMatchObject({
+        code: 'ENGINE_GUARD_OTEL_ERROR',
+        message: expect.stringContaining('exporter misconfigured'),
+      });
+    } finally {
+      process.off('warning', onWarning);
+      await guard.close();
+    }
+  });
+
   it('a failed or refused op: error status and error.type from its code', async () => {
     const { tracerProvider, spans } = traceHarness();
     const guard = new EngineGuard<object>({ name: 'orders', create: () => ({}) });
