@@ -13,6 +13,8 @@ export interface CliOptions {
   http: number | undefined;
   /** Bearer token required on every HTTP request. */
   token: string | undefined;
+  /** Serve the guard's OpenTelemetry metrics as Prometheus text at /metrics (with --http). */
+  metrics: boolean;
   /** Engine handles (connections) shared by calls outside a client session; default per engine (see USAGE). */
   pool: number | undefined;
   /** Most client sessions holding a connection at once; 0: no sessions. Default per engine (see USAGE). */
@@ -80,6 +82,8 @@ Transport (stdio unless --http is given):
   --http <port>                serve Streamable HTTP on http://127.0.0.1:<port>/mcp (0: any free port)
   --token <secret>             require "Authorization: Bearer <secret>" over HTTP
                                (or set ${TOKEN_ENV})
+  --metrics                    with --http: the guard's metrics as Prometheus text at
+                               http://127.0.0.1:<port>/metrics (same Host and token checks)
 
   --log-level <level>          ${LOG_LEVELS.join(' | ')} (logs go to stderr)   [default info]
   -h, --help                   show this help
@@ -109,6 +113,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
         pg: { type: 'string' },
         http: { type: 'string' },
         token: { type: 'string' },
+        metrics: { type: 'boolean' },
         pool: { type: 'string' },
         'max-sessions': { type: 'string' },
         'session-idle-timeout': { type: 'string' },
@@ -146,6 +151,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     throw new UsageError('--token only applies to --http (stdio has no network exposure)');
   }
   if (tokenFlag === '') throw new UsageError('--token must not be empty');
+  const metrics = values.metrics === true;
+  if (metrics && http === undefined) {
+    throw new UsageError('--metrics only applies to --http (it is served at /metrics)');
+  }
   const token = http === undefined ? undefined : (tokenFlag ?? (env[TOKEN_ENV] || undefined));
   const logLevel = (str('log-level') ?? 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
@@ -156,6 +165,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     pg,
     http,
     token,
+    metrics,
     pool: str('pool') === undefined ? undefined : integer('pool', str('pool'), 0, 1),
     maxSessions:
       str('max-sessions') === undefined
