@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { EngineGuard, EngineStalledError, LockTimeoutError } from '../../src/index.js';
 import { instrumentGuard } from '../../src/otel/index.js';
 import { FakeEngineFactory } from '../../src/testing/index.js';
+import { FakeCoordinator } from '../coordination/fake-coordinator.js';
 import { errorOf, fakeGuard, gate, stalledRead, waitFor } from '../support/guard.js';
 import { meterHarness, pointValue } from './support.js';
 
@@ -248,6 +249,45 @@ describe('engine-guard/otel metrics', () => {
         'error.type': 'ERR_ENGINE_STALLED',
       }),
     ).toBe(1);
+  });
+
+  it('records the cluster lease wait of a coordinated write', async () => {
+    const { meterProvider, collect } = meterHarness();
+    const coordinator = new FakeCoordinator({ autoGrant: false });
+    const guard = new EngineGuard<object>({ name: 'orders', create: () => ({}), coordinator });
+    using _instrumentation = instrumentGuard(guard, { meterProvider });
+    let asked = 0;
+    let granted = 0;
+    try {
+      const write = guard.write(() => 'w');
+      await waitFor(() => coordinator.pending.length === 1, 5_000, 'the cluster acquire');
+      asked = performance.now();
+      await sleep(30);
+      granted = performance.now();
+      coordinator.pending[0]?.settle(true);
+      await write;
+      await guard.read(() => 'r'); // takes no cluster lease
+    } finally {
+      await guard.close();
+    }
+    const metrics = await collect();
+    expect(metrics.get('engine_guard.cluster.lease.wait_time')).toMatchObject({
+      unit: 's',
+      kind: 'Histogram',
+    });
+    const wait = histogram(
+      pointValue(metrics, 'engine_guard.cluster.lease.wait_time', {
+        ...POOL,
+        'engine_guard.op.kind': 'write',
+      }),
+    );
+    expect(wait.count).toBe(1);
+    expect(wait.sum).toBeGreaterThanOrEqual((granted - asked) / 1000);
+    expect(
+      pointValue(metrics, 'engine_guard.cluster.lease.wait_time', {
+        'engine_guard.op.kind': 'read',
+      }),
+    ).toBeUndefined();
   });
 
   it('counts reset failures', async () => {
