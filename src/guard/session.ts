@@ -105,11 +105,11 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
   queued = false;
   timer: Timer | undefined = undefined;
   /**
-   * Its caller's async context, kept while it waits behind the session's earlier calls: its turn
-   * comes in whichever context the previous call ended in, and its op must run in its caller's
-   * (AsyncLocalStorage stores, OpenTelemetry spans, re-entrancy).
+   * Its caller's async context, taken at the call: its turn may come in whichever context the
+   * session's previous call ended in, and its op must run in its caller's (AsyncLocalStorage
+   * stores, OpenTelemetry spans, re-entrancy).
    */
-  scope: AsyncResource | undefined = undefined;
+  readonly scope = new AsyncResource('engine-guard:session-call');
   readonly enqueuedAt = performance.now();
   constructor(
     readonly session: GuardSession<E>,
@@ -271,14 +271,14 @@ export class GuardSession<E> implements Session<E> {
     if (opTracing.hasSubscribers) {
       const host = this.#host;
       return traceCall(host.owner, host.name, kind, settings, this.id, (trace) =>
-        this.#enqueue(kind, fn, withTrace(settings, trace)),
+        this.#accept(kind, fn, withTrace(settings, trace)),
       );
     }
-    return this.#enqueue(kind, fn, settings);
+    return this.#accept(kind, fn, settings);
   }
 
   /** A call that joins no op: refused at once, or queued in the session. */
-  #enqueue(kind: OpKind, fn: SessionFn<E>, settings: OpSettings): Promise<unknown> {
+  #accept(kind: OpKind, fn: SessionFn<E>, settings: OpSettings): Promise<unknown> {
     if (this.#state === 'closed') return refuse(settings, this.#closedError(this.#closedReason));
     const signal = settings.signal;
     if (signal?.aborted) return refuse(settings, signal.reason);
@@ -286,7 +286,6 @@ export class GuardSession<E> implements Session<E> {
       const call = new SessionCall(this, kind, fn, settings, resolve, reject);
       this.#queue.push(call);
       if (this.#current !== undefined) {
-        call.scope = new AsyncResource('engine-guard:session-call');
         // Waits for the session's earlier calls; its own signal and timeout bound that too.
         signal?.addEventListener('abort', call, { once: true });
         if (settings.timeout !== undefined) {
@@ -326,29 +325,27 @@ export class GuardSession<E> implements Session<E> {
     });
     // The session's bookkeeping is done before its caller hears back: a caller that awaits the
     // op and then reads status() sees it ended.
-    const scope = call.scope;
-    call.scope = undefined;
-    const started =
-      scope === undefined ? this.#start(call) : scope.runInAsyncScope(() => this.#start(call));
-    started.then(
-      (value) => {
-        this.#ended();
-        call.resolve(value);
-        ended();
-      },
-      (error: unknown) => {
-        const finish = (): void => {
+    call.scope
+      .runInAsyncScope(() => this.#start(call))
+      .then(
+        (value) => {
           this.#ended();
+          call.resolve(value);
           ended();
-        };
-        // Aborted: its caller hears back at once, but the engine still winds the op down on the
-        // session's handle, and the session's next op must not start there before it let go.
-        // Deferred to a later turn: the guard finishes its own bookkeeping of the op first.
-        const waiting = this.#op?.onEnd(() => queueMicrotask(finish)) === true;
-        call.reject(callerTimeout(error, call.settings.timeout));
-        if (!waiting) finish();
-      },
-    );
+        },
+        (error: unknown) => {
+          const finish = (): void => {
+            this.#ended();
+            ended();
+          };
+          // Aborted: its caller hears back at once, but the engine still winds the op down on the
+          // session's handle, and the session's next op must not start there before it let go.
+          // Deferred to a later turn: the guard finishes its own bookkeeping of the op first.
+          const waiting = this.#op?.onEnd(() => queueMicrotask(finish)) === true;
+          call.reject(callerTimeout(error, call.settings.timeout));
+          if (!waiting) finish();
+        },
+      );
   }
 
   #ended(): void {
