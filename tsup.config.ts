@@ -6,6 +6,7 @@ export default defineConfig({
     'testing/index': 'src/testing/index.ts',
     'adapters/pg': 'src/adapters/pg.ts',
     'adapters/duckdb': 'src/adapters/duckdb.ts',
+    'otel/index': 'src/otel/index.ts',
   },
   format: ['esm', 'cjs'],
   // Users see only what they call: members tagged `@internal` (the lock's release hook, the

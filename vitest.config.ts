@@ -12,6 +12,7 @@ export default defineConfig({
       { find: /^engine-guard\/testing$/, replacement: src('testing/index.ts') },
       { find: /^engine-guard\/pg$/, replacement: src('adapters/pg.ts') },
       { find: /^engine-guard\/duckdb$/, replacement: src('adapters/duckdb.ts') },
+      { find: /^engine-guard\/otel$/, replacement: src('otel/index.ts') },
     ],
   },
   test: {

@@ -11,7 +11,9 @@
  *      on; B is told what its session lost with the connection (nothing: it had made no state),
  *   4. the long query finishing,
  *   5. sessions: B's temporary table, seen by all of B's reads and by none of A's,
- *   6. normal service again.
+ *   6. normal service again,
+ *   7. a few lines of the guard's metrics, as Prometheus scrapes them from `/metrics`
+ *      (`--metrics`: engine-guard/otel and the OpenTelemetry Prometheus exporter).
  *
  * Exits 0 when done, 1 if anything went wrong (and then prints the server's log).
  */
@@ -47,6 +49,7 @@ const section = (title: string): void => console.log(`\n${bold(title)}`);
 const serverLog: string[] = [];
 const SERVER_FLAGS = [
   '--demo-faults',
+  '--metrics',
   '--liveness-interval',
   String(LIVENESS.interval),
   '--liveness-timeout',
@@ -133,6 +136,31 @@ function statusLine(view: StatusView, ms: number): string {
     `${cyan('status')} answered (${answered(view, ms)}): ${state}, running: ${describeRunning(view)}` +
     (c.stalls ? `; stalls ${c.stalls}, connections replaced ${c.replacements}` : '')
   );
+}
+
+/** The metric families shown by the demo, in this order. */
+const SHOWN_METRICS = [
+  'db_client_connection_count{',
+  'db_client_connection_pending_requests{',
+  'db_client_connection_wait_time_count{',
+  'engine_guard_stalls_total{',
+  'engine_guard_replacements_total{',
+  'engine_guard_session_count{',
+];
+
+/** Scrapes `/metrics`: a few lines worth showing, the stall count, and how many samples. */
+async function scrape(url: URL): Promise<{ shown: string[]; stalls: number; total: number }> {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`GET ${url.pathname}: ${response.status}`);
+  const samples = (await response.text()).split('\n').filter((l) => l !== '' && !l.startsWith('#'));
+  const shown = SHOWN_METRICS.flatMap((prefix) =>
+    samples
+      .filter((l) => l.startsWith(prefix))
+      // The scope label is the same on every line: left out to keep them short.
+      .map((l) => l.replace(/,?otel_scope_name="[^"]*"/, '')),
+  );
+  const stalls = samples.find((l) => l.startsWith('engine_guard_stalls_total{'));
+  return { shown, stalls: Number(stalls?.split(' ').at(-1) ?? 0), total: samples.length };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,6 +293,16 @@ async function main(): Promise<void> {
   say(statusLine(s4.view, s4.ms));
   const c = s4.view.guard.counters;
   if (c.stalls !== 1) throw new Error(`expected exactly one stall, status says ${c.stalls}`);
+
+  section('7. Metrics: what a Prometheus scrape of /metrics sees (--metrics)');
+  const scraped = await scrape(new URL('/metrics', server?.url));
+  for (const line of scraped.shown) console.log(`      ${dim(line)}`);
+  if (scraped.stalls !== 1) {
+    throw new Error(`expected one stall in the metrics, they say ${scraped.stalls}`);
+  }
+  say(
+    `${scraped.total} samples in all; dashboards and alerts on them: docs/recipes/observability.md`,
+  );
 
   console.log(
     `\n${green('Done')} in ${((performance.now() - t0) / 1000).toFixed(1)} s: the silent call was ` +

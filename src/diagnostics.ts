@@ -13,7 +13,6 @@
  * @packageDocumentation
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
-import type { GuardEvents } from './guard/types.js';
 import type { LockMode } from './lock/lease.js';
 
 /** Names of the plain channels. */
@@ -29,7 +28,10 @@ export const channelNames = {
    * `asyncStart`, `asyncEnd` and `error` events with an {@link OpTraceContext}.
    */
   op: 'engine-guard:op',
-  /** {@link GuardEventMessage}: every guard event (stall, replace, probe failure, ...). */
+  /**
+   * `GuardEventMessage` (exported by the package, defined with the guard's events): every guard
+   * event (stall, replace, probe failure, ...).
+   */
   guardEvent: 'engine-guard:guard:event',
 } as const;
 
@@ -66,44 +68,76 @@ export interface LockCancelMessage {
   reason: unknown;
 }
 
-/** Context object of the `engine-guard:op` tracing channel. */
+/**
+ * How a traced op ended, from its caller's side (set with the op's times, before `asyncEnd`):
+ * - `'ok'`: `fn` returned; its value is the context's `result`.
+ * - `'error'`: `fn` threw or rejected, or anything not listed below (a lost cluster lease, a
+ *   failed `restore`).
+ * - `'aborted'`: the caller's `signal` aborted it, queued or running.
+ * - `'timeout'`: its `timeout` passed before it ran (`LockTimeoutError`, `SessionLimitError`).
+ * - `'stalled'`: convicted of a stall (`EngineStalledError`).
+ * - `'closed'`: the guard or the session closed (`GuardClosedError`, `SessionClosedError`).
+ * - `'refused'`: it was never queued or given up before it ran: queue full, engine down,
+ *   a session whose handle was lost, a deadlock (`QueueFullError`, `EngineUnavailableError`,
+ *   `SessionLostError`, `DeadlockError`).
+ */
+export type OpOutcome = 'ok' | 'error' | 'aborted' | 'timeout' | 'stalled' | 'closed' | 'refused';
+
+/**
+ * Context object of the `engine-guard:op` tracing channel: one per call of `read`/`write` (on a
+ * guard or a session), the same object in all five events of that call. Calls made inside a
+ * running op of the same guard (which join it) are not traced apart: they are part of that op.
+ *
+ * What is known when the call is made is set before `start`; the rest (the op's `id` once it is
+ * made, its times, `generation`, `outcome`) is filled in as the op goes, and all of it is set
+ * before `error` and `asyncEnd`. `end` fires when the call returns its promise, which is before
+ * the op ends; for a call refused at once, the outcome is set before `end` already.
+ */
 export interface OpTraceContext {
   /** Name of the guard, when it has one. */
   guard: string | undefined;
-  /** Id of the op within its guard. */
-  id: number;
+  /**
+   * The `EngineGuard` that runs the op (a session's guard for a session's op). Tell guards apart
+   * by identity (`ctx.source === guard`): names need not be unique, nor set.
+   */
+  source: object;
+  /**
+   * Id of the op within its guard, as in `status()`, events and errors. `undefined` until the op
+   * is made (a session's call waits for its turn first), and for a call refused before that.
+   */
+  id: number | undefined;
   kind: LockMode;
   /** The op's `label` option. */
   label: string | undefined;
-  /** Set on `asyncEnd` when the op succeeded. */
+  /** Id of the session the op runs in; `undefined` for a stateless op. */
+  sessionId: number | undefined;
+  /** The op's fair-share `key` option (stateless ops only: a session's ops share its own). */
+  key: string | number | undefined;
+  /**
+   * ms from the call to the start of its run: its wait for a lease and a handle (for a session's
+   * op, also for the session's earlier ops and for a session slot). For an op that never ran,
+   * how long it waited before it was answered. Set at the end.
+   */
+  waitMs: number | undefined;
+  /**
+   * ms from the start of its run (lease and handle held) to its caller's answer, its cluster
+   * lease wait included; `undefined` when it never ran. Set at the end.
+   */
+  runMs: number | undefined;
+  /**
+   * ms the op waited for its cluster lease (see the guard's `coordinator`), inside its run;
+   * `undefined` when it took none. Set at the end.
+   */
+  clusterWaitMs: number | undefined;
+  /** Generation of the handle it ran on; `undefined` when it never ran. Set at the end. */
+  generation: number | undefined;
+  /** How it ended (see {@link OpOutcome}); `undefined` until then. */
+  outcome: OpOutcome | undefined;
+  /** Set (by `diagnostics_channel`) before `asyncStart` when the op succeeded. */
   result?: unknown;
-  /** Set on `error`. */
+  /** Set (by `diagnostics_channel`) before `error` when it failed: what its promise rejects with. */
   error?: unknown;
 }
-
-/**
- * Message on `engine-guard:guard:event`: a union discriminated by `type`, one member per entry of
- * {@link GuardEvents} (derived from it, so a new event type shows up here by itself). Narrow it
- * with `switch (msg.type)`.
- *
- * @example
- * ```ts
- * diagnostics_channel.subscribe(channelNames.guardEvent, (message) => {
- *   const msg = message as GuardEventMessage;
- *   if (msg.type === 'stall') log(msg.guard, msg.event.error.opId);
- * });
- * ```
- */
-export type GuardEventMessage = {
-  [K in keyof GuardEvents]: {
-    /** Name of the guard that emitted it, when it has one. */
-    guard: string | undefined;
-    /** The event type, as given to `guard.on()`. */
-    type: K;
-    /** The event's payload: what `guard.on(type)` listeners receive. */
-    event: GuardEvents[K];
-  };
-}[keyof GuardEvents];
 
 /**
  * The publishing side of a channel, typed by its message: a `Channel` (whose `publish` takes
@@ -134,8 +168,8 @@ export const opTracing = diagnosticsChannel.tracingChannel<unknown, OpTraceConte
 
 /**
  * Left as a plain `Channel` (publish takes `unknown`) because `TypedEvents` publishes for a
- * generic event map; the guard instantiates it with {@link GuardEvents} only, so what it sends is
- * a {@link GuardEventMessage}.
+ * generic event map; the guard instantiates it with `GuardEvents` only, so what it sends is a
+ * `GuardEventMessage` (guard/events.ts).
  *
  * @internal
  */

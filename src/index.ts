@@ -13,10 +13,10 @@ export type {
 } from './coordination/coordinator.js';
 export {
   channelNames,
-  type GuardEventMessage,
   type LockAcquireMessage,
   type LockCancelMessage,
   type LockReleaseMessage,
+  type OpOutcome,
   type OpTraceContext,
 } from './diagnostics.js';
 export * from './errors.js';
@@ -26,6 +26,7 @@ export type {
   CachedValueOptions,
 } from './guard/cached-value.js';
 export { DEFAULT_LIVENESS, EngineGuard } from './guard/engine-guard.js';
+export type { GuardEventMessage } from './guard/events.js';
 export type {
   EngineGuardOptions,
   GuardCounters,

@@ -13,6 +13,8 @@ export interface CliOptions {
   http: number | undefined;
   /** Bearer token required on every HTTP request. */
   token: string | undefined;
+  /** Serve the guard's OpenTelemetry metrics as Prometheus text at /metrics (with --http). */
+  metrics: boolean;
   /** Engine handles (connections) shared by calls outside a client session; default per engine (see USAGE). */
   pool: number | undefined;
   /**
@@ -113,6 +115,8 @@ Transport (stdio unless --http is given):
   --http <port>                serve Streamable HTTP on http://127.0.0.1:<port>/mcp (0: any free port)
   --token <secret>             require "Authorization: Bearer <secret>" over HTTP
                                (or set ${TOKEN_ENV})
+  --metrics                    with --http: the guard's metrics as Prometheus text at
+                               http://127.0.0.1:<port>/metrics (same Host and token checks)
 
   --log-level <level>          ${LOG_LEVELS.join(' | ')} (logs go to stderr)   [default info]
   -h, --help                   show this help
@@ -163,6 +167,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
         pg: { type: 'string' },
         http: { type: 'string' },
         token: { type: 'string' },
+        metrics: { type: 'boolean' },
         pool: { type: 'string' },
         'max-sessions': { type: 'string' },
         'session-idle-timeout': { type: 'string' },
@@ -200,6 +205,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     throw new UsageError('--token only applies to --http (stdio has no network exposure)');
   }
   if (tokenFlag === '') throw new UsageError('--token must not be empty');
+  const metrics = values.metrics === true;
+  if (metrics && http === undefined) {
+    throw new UsageError('--metrics only applies to --http (it is served at /metrics)');
+  }
   const token = http === undefined ? undefined : (tokenFlag ?? (env[TOKEN_ENV] || undefined));
   const logLevel = (str('log-level') ?? 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
@@ -210,6 +219,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     pg,
     http,
     token,
+    metrics,
     pool: str('pool') === undefined ? undefined : integer('pool', str('pool'), 0, 1),
     maxSessions:
       str('max-sessions') === undefined

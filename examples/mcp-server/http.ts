@@ -7,6 +7,8 @@
  *    `localhost` or `[::1]`, any port) and an `Origin` header, when present, too. A page on
  *    another site that rebinds its DNS name to 127.0.0.1 sends its own name: 403.
  * 2. With a token: `Authorization: Bearer <token>`, compared in constant time: else 401.
+ *
+ * With `metrics`, `GET /metrics` is served by it, under the same two checks.
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -19,6 +21,8 @@ import { createMcpServer } from './server.js';
 export interface HttpOptions {
   port: number;
   token: string | undefined;
+  /** Serves `GET /metrics` (see metrics.ts); without it, /metrics is a 404 like any other path. */
+  metrics?: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
 }
 
 export interface HttpHandle {
@@ -98,11 +102,18 @@ export async function startHttp<H>(app: App<H>, options: HttpOptions): Promise<H
       return reject(res, 403, 'Forbidden: invalid Origin header (DNS-rebinding protection)');
     }
     const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/mcp') return reject(res, 404, 'Not found: the MCP endpoint is /mcp');
+    const metrics = path === '/metrics' ? options.metrics : undefined;
+    if (path !== '/mcp' && metrics === undefined) {
+      return reject(res, 404, 'Not found: the MCP endpoint is /mcp');
+    }
     if (expected !== undefined && !tokenMatches(req.headers.authorization, expected)) {
       log.warn('http: refused a request without a valid bearer token');
       res.setHeader('www-authenticate', 'Bearer realm="engine-guard-mcp"');
       return reject(res, 401, 'Unauthorized: missing or wrong bearer token');
+    }
+    if (metrics !== undefined) {
+      if (req.method !== 'GET') return reject(res, 405, 'Method not allowed: GET /metrics');
+      return metrics(req, res);
     }
 
     const sessionId = req.headers['mcp-session-id'];

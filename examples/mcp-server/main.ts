@@ -18,6 +18,7 @@ import type { Engine } from './engine.js';
 import { startHttp } from './http.js';
 import { watchStarters } from './lifeline.js';
 import { createLogger } from './log.js';
+import { type MetricsEndpoint, startMetrics } from './metrics.js';
 import { createMcpServer } from './server.js';
 
 // Nothing but protocol on stdout: a stray console.log from a dependency must not corrupt it.
@@ -115,9 +116,23 @@ const settings = {
 
 if (options.http !== undefined) {
   try {
-    const http = await startHttp(app, { port: options.http, token: options.token });
-    stopTransport = () => http.close();
-    log.info(`listening on ${http.url}`, { ...settings, token: options.token !== undefined });
+    const metrics: MetricsEndpoint | undefined = options.metrics
+      ? startMetrics(app.guard)
+      : undefined;
+    const http = await startHttp(app, {
+      port: options.http,
+      token: options.token,
+      metrics: metrics?.handle,
+    });
+    stopTransport = async () => {
+      await http.close();
+      await metrics?.close();
+    };
+    log.info(`listening on ${http.url}`, {
+      ...settings,
+      token: options.token !== undefined,
+      metrics: metrics === undefined ? undefined : new URL('/metrics', http.url).href,
+    });
   } catch (error) {
     log.error('could not start the HTTP server', { error });
     await app.close();

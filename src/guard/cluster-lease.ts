@@ -94,12 +94,18 @@ export class ClusterLeases<E> {
       const since = op.enqueuedAt || op.startedAt;
       const left =
         timeout === undefined ? undefined : Math.max(0, timeout - (performance.now() - since));
-      const lease = await this.#coordinator.acquire(mode, {
-        signal: op.signal,
-        timeout: left,
-        isAlive: () => isOpAlive(op),
-        label: op.label,
-      });
+      const asked = performance.now();
+      let lease: ClusterLease;
+      try {
+        lease = await this.#coordinator.acquire(mode, {
+          signal: op.signal,
+          timeout: left,
+          isAlive: () => isOpAlive(op),
+          label: op.label,
+        });
+      } finally {
+        op.clusterWaitMs = performance.now() - asked;
+      }
       this.#hold(op, lease);
       // The op ended (close, caller abort) in the turn the grant took to reach us.
       op.signal.throwIfAborted();

@@ -1,4 +1,4 @@
-import { type OpTraceContext, opTracing } from '../diagnostics.js';
+import { opTracing } from '../diagnostics.js';
 import {
   DeadlockError,
   EngineStalledError,
@@ -22,15 +22,16 @@ import { Watchdog } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import { RWLock } from '../lock/rwlock.js';
 import type { Handle, HandlePool, RetireReason } from '../pool/handle-pool.js';
-import { Admission, type OpFn } from './admission.js';
+import { Admission } from './admission.js';
 import { Bootstrap, BootstrapHold } from './bootstrap.js';
 import { type CachedValue, type CachedValueOptions, GuardCachedValue } from './cached-value.js';
 import { ClusterLeases, claimCoordinator } from './cluster-lease.js';
 import { TypedEvents } from './events.js';
 import { HandleReset } from './handle-reset.js';
 import { GuardHealth } from './health.js';
-import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
-import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
+import { ABANDONED, CLOSED, DONE, Op, type OpFn, STALLED } from './op.js';
+import { refuse, traceCall } from './op-trace.js';
+import { type OpSettings, parseGuardOptions, parseOpOptions, withTrace } from './options.js';
 import { openPool, type SharedPoolParts } from './pool-hooks.js';
 import { GuardSession, type SessionHost } from './session.js';
 import { StateCheck } from './state-check.js';
@@ -147,7 +148,10 @@ export class EngineGuard<E> implements AsyncDisposable {
       waitForReady: settings.waitForReady,
     };
     this.#events = new TypedEvents<GuardEvents>(this.name);
-    this.#health = new GuardHealth(this.name, this.#events, this.#running, this.#queued);
+    this.#health = new GuardHealth(this.name, this.#events, this.#running, this.#queued, {
+      pool: settings.pool,
+      maxSessions: settings.maxSessions,
+    });
     this.#counters = this.#health.counters;
     this.#lock = new RWLock(settings.lock);
     const poolEvents = this.#health.poolEvents();
@@ -408,26 +412,34 @@ export class EngineGuard<E> implements AsyncDisposable {
         return this.#join(outer, held.handle, kind, fn, settings.signal);
       }
     }
-    if (this.#closed) return Promise.reject(new GuardClosedError(this.name));
+    // Traced from here, in the caller's context: joined calls above are part of their op.
+    if (opTracing.hasSubscribers) {
+      return traceCall(this, this.name, kind, settings, undefined, (trace) =>
+        this.#enter(kind, fn, withTrace(settings, trace)),
+      ) as Promise<Awaited<T>>;
+    }
+    return this.#enter(kind, fn, settings) as Promise<Awaited<T>>;
+  }
+
+  /** A stateless call that joins no op: refused at once, or made an op and started. */
+  #enter(kind: OpKind, fn: OpFn<E>, settings: OpSettings): Promise<unknown> {
+    if (this.#closed) return refuse(settings, new GuardClosedError(this.name));
     const signal = settings.signal;
     if (signal?.aborted) {
       this.#counters.aborts++;
-      return Promise.reject(signal.reason);
+      return refuse(settings, signal.reason);
     }
     if (this.#pool.isDown && !settings.waitForReady) {
-      return Promise.reject(this.#pool.unavailableError());
+      return refuse(settings, this.#pool.unavailableError());
     }
     const op = new Op<E>(++this.#nextId, kind, settings.label, signal, settings.waitForReady);
     op.key = settings.key;
-    return this.#launch(op, fn, settings.timeout) as Promise<Awaited<T>>;
+    return this.#launch(op, fn, settings);
   }
 
-  #launch(op: Op<E>, fn: OpFn<E>, timeout: number | undefined): Promise<unknown> {
-    if (opTracing.hasSubscribers) {
-      const trace: OpTraceContext = { guard: this.name, id: op.id, kind: op.kind, label: op.label };
-      return opTracing.tracePromise(() => this.#start(op, fn, timeout), trace);
-    }
-    return this.#start(op, fn, timeout);
+  #launch(op: Op<E>, fn: OpFn<E>, settings: OpSettings): Promise<unknown> {
+    settings.trace?.attach(op);
+    return this.#start(op, fn, settings.timeout);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -451,6 +463,7 @@ export class EngineGuard<E> implements AsyncDisposable {
 
   #makeSessionHost(): SessionHost<E> {
     return {
+      owner: this,
       name: this.name,
       opDefaults: this.#opDefaults,
       maxSessions: this.#maxSessions,
@@ -503,7 +516,7 @@ export class EngineGuard<E> implements AsyncDisposable {
           op.onHandleLost = (lost, cause) => session.lose(lost, cause);
         }
         return {
-          result: this.#launch(op, fn, settings.timeout),
+          result: this.#launch(op, fn, settings),
           op,
           leave: (reason) => this.#admission.leave(op, reason),
         };

@@ -1,5 +1,29 @@
 import { guardEventChannel } from '../diagnostics.js';
-import type { Subscription } from './types.js';
+import type { GuardEvents, Subscription } from './types.js';
+
+/**
+ * Message on `engine-guard:guard:event`: a union discriminated by `type`, one member per entry of
+ * {@link GuardEvents} (derived from it, so a new event type shows up here by itself). Narrow it
+ * with `switch (msg.type)`.
+ *
+ * @example
+ * ```ts
+ * diagnostics_channel.subscribe(channelNames.guardEvent, (message) => {
+ *   const msg = message as GuardEventMessage;
+ *   if (msg.type === 'stall') log(msg.guard, msg.event.error.opId);
+ * });
+ * ```
+ */
+export type GuardEventMessage = {
+  [K in keyof GuardEvents]: {
+    /** Name of the guard that emitted it, when it has one. */
+    guard: string | undefined;
+    /** The event type, as given to `guard.on()`. */
+    type: K;
+    /** The event's payload: what `guard.on(type)` listeners receive. */
+    event: GuardEvents[K];
+  };
+}[keyof GuardEvents];
 
 /**
  * A tiny typed event emitter. `on()` returns a {@link Subscription} (cockatiel style) instead of

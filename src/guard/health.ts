@@ -82,14 +82,17 @@ export class GuardHealth<E> {
   #state: GuardState = 'idle';
   #lastProbe: GuardStatus['lastProbe'] = null;
   #lastError: GuardStatus['lastError'] = null;
+  readonly #limits: GuardStatus['limits'];
 
   constructor(
     name: string | undefined,
     events: TypedEvents<GuardEvents>,
     running: WaiterQueue<Op<E>>,
     queued: WaiterQueue<Op<E>>,
+    limits: GuardStatus['limits'],
   ) {
     this.#name = name;
+    this.#limits = Object.freeze({ ...limits });
     this.#events = events;
     this.#running = running;
     this.#queued = queued;
@@ -103,8 +106,8 @@ export class GuardHealth<E> {
   /** How the pool's happenings show up in events, counters and state. */
   poolEvents(): PoolEvents<E> {
     return {
-      onConnect: (generation) => {
-        this.#events.emit('connect', { generation });
+      onConnect: (generation, durationMs) => {
+        this.#events.emit('connect', { generation, durationMs });
         this.update();
       },
       onConnectError: (error, attempts, retryInMs) => {
@@ -245,6 +248,7 @@ export class GuardHealth<E> {
         retiring: pool.retiring,
         sessions: sessionHandles,
       },
+      limits: this.#limits,
       running,
       queued,
       queue,

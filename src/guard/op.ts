@@ -61,7 +61,7 @@ interface Ended {
   readonly tag: 'left' | 'done' | 'stalled' | 'abandoned' | 'closed';
 }
 
-/** What an op runs: the caller's `fn`, or the guard's wrapper around it. */
+/** What an op runs: the caller's `fn`, or a wrapper of it (a cluster lease, a restore). */
 export type OpFn<E> = (engine: E, ctx: OpContext) => unknown;
 
 /** Where an op is in its life; see the module documentation. */
@@ -177,6 +177,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   onHandleLost: ((handle: Handle<E>, cause: unknown) => void) | undefined = undefined;
   /** True when `restore` rebuilt its session's state just before it (see `ctx.restored`). */
   restored = false;
+  /** ms it waited for its cluster lease, once it asked for one (for its trace). */
+  clusterWaitMs: number | undefined = undefined;
   /** Fencing token of its cluster lease, while it holds one. */
   fence: Fence | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */

@@ -21,6 +21,7 @@ import type { WatchdogSettings } from '../liveness/watchdog.js';
 import type { RWLockOptions } from '../lock/rwlock.js';
 import { type BackoffPolicy, resolveBackoff } from '../pool/backoff.js';
 import { validateCoordinator } from './cluster-lease.js';
+import type { OpTrace } from './op-trace.js';
 import type { EngineGuardOptions, OpOptions } from './types.js';
 
 /** Liveness defaults: a silent op is convicted within 3 × 5 s + 3 s = 18 s. */
@@ -200,6 +201,20 @@ export interface OpSettings {
   waitForReady: boolean;
   /** Fair-share key; undefined: the keyless group. */
   key?: string | number | undefined;
+  /** The call's trace, while `engine-guard:op` has subscribers (see op-trace.ts). */
+  trace?: OpTrace | undefined;
+}
+
+/** `settings` carrying the call's trace (a copy: `settings` may be the shared defaults). */
+export function withTrace(settings: OpSettings, trace: OpTrace): OpSettings {
+  return {
+    signal: settings.signal,
+    timeout: settings.timeout,
+    label: settings.label,
+    waitForReady: settings.waitForReady,
+    key: settings.key,
+    trace,
+  };
 }
 
 /**

@@ -26,6 +26,8 @@
  * This module owns the session's queue and state; the guard owns the lock, the pools, the check
  * and the op (through {@link SessionHost}).
  */
+import { AsyncResource } from 'node:async_hooks';
+import { opTracing } from '../diagnostics.js';
 import {
   type BlockingOp,
   LockTimeoutError,
@@ -39,7 +41,8 @@ import { validateFunction } from '../internal/validate.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import type { Handle } from '../pool/handle-pool.js';
 import type { Op } from './op.js';
-import { type OpSettings, parseOpOptions } from './options.js';
+import { refuse, traceCall } from './op-trace.js';
+import { type OpSettings, parseOpOptions, withTrace } from './options.js';
 import type {
   GuardEvents,
   HeldState,
@@ -88,6 +91,8 @@ export interface SessionRun<E> {
 
 /** What a session needs from its guard. */
 export interface SessionHost<E> {
+  /** The guard (what traces name as the op's `source`). */
+  readonly owner: object;
   readonly name: string | undefined;
   readonly opDefaults: OpSettings;
   /** The guard's `maxSessions` (for messages). */
@@ -166,7 +171,13 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
   op: Op<E> | undefined = undefined;
   /** Takes its floating op out of the guard's queue. */
   leave: ((reason: unknown) => void) | undefined = undefined;
-  enqueuedAt = performance.now();
+  /**
+   * Its caller's async context, taken at the call: its turn may come in whichever context the
+   * session's previous call ended in, and its op must run in its caller's (AsyncLocalStorage
+   * stores, OpenTelemetry spans, re-entrancy).
+   */
+  readonly scope = new AsyncResource('engine-guard:session-call');
+  readonly enqueuedAt = performance.now();
   constructor(
     readonly id: number,
     readonly session: GuardSession<E>,
@@ -373,9 +384,21 @@ export class GuardSession<E> implements Session<E> {
     const settings = parseOpOptions(options, this.#host.opDefaults);
     const nested = this.#host.nested(this, kind, fn, settings.signal);
     if (nested !== undefined) return nested;
-    if (this.#state === 'closed') return Promise.reject(this.#closedError(this.#closedReason));
+    // Traced from here, in the caller's context, whenever its turn comes.
+    if (opTracing.hasSubscribers) {
+      const host = this.#host;
+      return traceCall(host.owner, host.name, kind, settings, this.id, (trace) =>
+        this.#accept(kind, fn, withTrace(settings, trace)),
+      );
+    }
+    return this.#accept(kind, fn, settings);
+  }
+
+  /** A call that joins no op: refused at once, or queued in the session. */
+  #accept(kind: OpKind, fn: SessionFn<E>, settings: OpSettings): Promise<unknown> {
+    if (this.#state === 'closed') return refuse(settings, this.#closedError(this.#closedReason));
     const signal = settings.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (signal?.aborted) return refuse(settings, signal.reason);
     return new Promise<unknown>((resolve, reject) => {
       const id = this.#host.nextOpId();
       const call = new SessionCall(id, this, kind, fn, settings, resolve, reject);
@@ -450,7 +473,9 @@ export class GuardSession<E> implements Session<E> {
     if (this.#floats()) {
       for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
         this.#unqueue(call);
-        this.#float(call);
+        // In its caller's context, not in the one the session's previous call ended in.
+        const floating = call;
+        floating.scope.runInAsyncScope(() => this.#float(floating));
       }
       this.#armIdle();
       return;
@@ -470,25 +495,27 @@ export class GuardSession<E> implements Session<E> {
     });
     // The session's bookkeeping is done before its caller hears back: a caller that awaits the
     // op and then reads status() sees it ended.
-    this.#start(call).then(
-      (value) => {
-        this.#ended();
-        call.resolve(value);
-        ended();
-      },
-      (error: unknown) => {
-        const finish = (): void => {
+    call.scope
+      .runInAsyncScope(() => this.#start(call))
+      .then(
+        (value) => {
           this.#ended();
+          call.resolve(value);
           ended();
-        };
-        // Aborted: its caller hears back at once, but the engine still winds the op down on the
-        // session's handle, and the session's next op must not start there before it let go.
-        // Deferred to a later turn: the guard finishes its own bookkeeping of the op first.
-        const waiting = this.#op?.onEnd(() => queueMicrotask(finish)) === true;
-        call.reject(callerTimeout(error, call.settings.timeout));
-        if (!waiting) finish();
-      },
-    );
+        },
+        (error: unknown) => {
+          const finish = (): void => {
+            this.#ended();
+            ended();
+          };
+          // Aborted: its caller hears back at once, but the engine still winds the op down on the
+          // session's handle, and the session's next op must not start there before it let go.
+          // Deferred to a later turn: the guard finishes its own bookkeeping of the op first.
+          const waiting = this.#op?.onEnd(() => queueMicrotask(finish)) === true;
+          call.reject(callerTimeout(error, call.settings.timeout));
+          if (!waiting) finish();
+        },
+      );
   }
 
   #ended(): void {

@@ -473,6 +473,11 @@ export interface GuardStatus {
     retiring: number;
     sessions: number;
   };
+  /**
+   * How many handles the guard may hold: `pool` shared ones (for reads and writes) and
+   * `maxSessions` for sessions, as configured. Frozen.
+   */
+  limits: { readonly pool: number; readonly maxSessions: number };
   running: RunningOpStatus[];
   /** Queued ops, oldest first, with what each waits for. */
   queued: QueuedOpStatus[];
@@ -507,8 +512,8 @@ export interface GuardEvents {
   abandon: { op: OpInfo; reason: unknown };
   /** `create` or `setup` failed. */
   connectError: { error: unknown; attempts: number; retryInMs: number };
-  /** A new handle is ready. */
-  connect: { generation: number };
+  /** A new handle is ready; `durationMs` is how long its `create` + `setup` (+ `bootstrap`) took. */
+  connect: { generation: number; durationMs: number };
   /** `status().state` changed. */
   state: { from: GuardState; to: GuardState };
   /** `destroy` failed or timed out. */

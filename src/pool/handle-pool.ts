@@ -62,7 +62,8 @@ export interface PoolHooks<E> {
   isAlive: ((engine: E) => boolean) | undefined;
   /** Probes an idle handle before reuse; undefined when there is no probe. */
   probeIdle: ((engine: E, signal: AbortSignal) => Promise<unknown>) | undefined;
-  onConnect(generation: number): void;
+  /** A handle is open; `durationMs` is how long its `create` + `setup` took. */
+  onConnect(generation: number, durationMs: number): void;
   onConnectError(error: unknown, attempts: number, retryInMs: number): void;
   onRetire(
     handle: Handle<E>,
@@ -524,6 +525,7 @@ export class HandlePool<E> {
 
   #connect(): void {
     this.#connecting++;
+    const startedAt = performance.now();
     const generation = ++this.settings.generations.value;
     const controller = new AbortController();
     this.#attempts.add(controller);
@@ -552,7 +554,7 @@ export class HandlePool<E> {
         this.#nextAttemptAt = undefined;
         const handle = new Handle(engine, generation);
         this.#offer(handle);
-        if (!this.#closed) this.#hooks.onConnect(generation);
+        if (!this.#closed) this.#hooks.onConnect(generation, performance.now() - startedAt);
         this.#pump();
       },
       (error: unknown) => {

@@ -1,20 +1,19 @@
 /**
- * The drivers are optional peers: in a project where `@duckdb/node-api` is not installed,
- * `engine-guard` and `engine-guard/pg` load (and load no DuckDB), and in a project with neither
- * driver, `engine-guard` loads. Built with tsup into a temporary package (no type
+ * The drivers and `@opentelemetry/api` are optional peers: in a project where `@duckdb/node-api`
+ * is not installed, `engine-guard` and `engine-guard/pg` load (and load no DuckDB), and in a
+ * project with neither driver, `engine-guard` loads. `@opentelemetry/api` is loaded by
+ * `engine-guard/otel` only: the core and the adapters never load it, installed or not. Built with tsup into a temporary package (no type
  * declarations: this is about what runs), installed by copying, and run by a fresh `node`, from
  * `import` and from `require`.
  */
 import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const requireHere = createRequire(import.meta.url);
 let work: string;
 
 /** A project in `work/name` with engine-guard and the given packages (linked from the repo). */
@@ -25,7 +24,8 @@ function project(name: string, linked: readonly string[]): string {
   cpSync(path.join(work, 'dist'), path.join(modules, 'engine-guard', 'dist'), { recursive: true });
   cpSync(path.join(root, 'package.json'), path.join(modules, 'engine-guard', 'package.json'));
   for (const pkg of linked) {
-    const target = path.dirname(requireHere.resolve(`${pkg}/package.json`));
+    // The repo's own copy (not every package exports its package.json to resolve it by).
+    const target = path.join(root, 'node_modules', pkg);
     mkdirSync(path.dirname(path.join(modules, pkg)), { recursive: true });
     symlinkSync(target, path.join(modules, pkg), 'dir');
   }
@@ -44,12 +44,13 @@ function run(dir: string, file: string, code: string): string {
   });
 }
 
-/** Prints the drivers found among the loaded modules (CJS cache, what pg and duckdb load). */
+/** Prints the optional peers found among the loaded modules (CJS cache). */
 const LOADED = `
 const loaded = Object.keys(require.cache);
 console.log(JSON.stringify({
   pg: loaded.some((f) => /[\\\\/]node_modules[\\\\/]pg[\\\\/]/.test(f)),
   duckdb: loaded.some((f) => /[\\\\/]@duckdb[\\\\/]/.test(f)),
+  otel: loaded.some((f) => /[\\\\/]@opentelemetry[\\\\/]api[\\\\/]/.test(f)),
 }));`;
 
 beforeAll(() => {
@@ -83,11 +84,59 @@ describe('optional peer dependencies', () => {
     );
     expect(esm.trim()).toBe('function function');
     const cjs = run(dir, 'a.cjs', `const { EngineGuard } = require('engine-guard');${LOADED}`);
-    expect(JSON.parse(cjs)).toEqual({ pg: false, duckdb: false });
+    expect(JSON.parse(cjs)).toEqual({ pg: false, duckdb: false, otel: false });
     // And the adapters say clearly what is missing.
     expect(() => run(dir, 'b.cjs', `require('engine-guard/pg');`)).toThrow(
       /Cannot find module 'pg'/,
     );
+    expect(() => run(dir, 'c.cjs', `require('engine-guard/otel');`)).toThrow(
+      /Cannot find module '@opentelemetry\/api'/,
+    );
+    expect(() => run(dir, 'c.mjs', `import 'engine-guard/otel';`)).toThrow(
+      /Cannot find (package|module) '@opentelemetry\/api'/,
+    );
+  });
+
+  it('engine-guard/otel loads with @opentelemetry/api (import and require) and loads no driver; the core and pg never load the api', () => {
+    const dir = project('otel', ['@opentelemetry/api', 'pg']);
+    const cjs = run(
+      dir,
+      'a.cjs',
+      `const { EngineGuard } = require('engine-guard');
+       require('engine-guard/pg');
+       ${LOADED}`,
+    );
+    expect(JSON.parse(cjs)).toEqual({ pg: true, duckdb: false, otel: false });
+    // With the global no-op providers of the api: instruments, records an op, disposes.
+    const body = `
+      const guard = new EngineGuard({ name: 'peers', create: () => ({}) });
+      const instrumentation = instrumentGuard(guard);
+      const value = await guard.read(() => 42);
+      instrumentation.dispose();
+      await guard.close();`;
+    const withOtel = run(
+      dir,
+      'b.cjs',
+      `const { EngineGuard } = require('engine-guard');
+       const { instrumentGuard } = require('engine-guard/otel');
+       (async () => {${body}
+         const loaded = Object.keys(require.cache);
+         console.log(value, JSON.stringify({
+           otel: loaded.some((f) => /[\\\\/]@opentelemetry[\\\\/]api[\\\\/]/.test(f)),
+           pg: loaded.some((f) => /[\\\\/]node_modules[\\\\/]pg[\\\\/]/.test(f)),
+         }));
+       })();`,
+    );
+    expect(withOtel.trim()).toBe('42 {"otel":true,"pg":false}');
+    const esm = run(
+      dir,
+      'c.mjs',
+      `import { EngineGuard } from 'engine-guard';
+       import { instrumentGuard } from 'engine-guard/otel';
+       ${body}
+       console.log(value, typeof instrumentation[Symbol.dispose]);`,
+    );
+    expect(esm.trim()).toBe('42 function');
   });
 
   it('engine-guard and engine-guard/pg load where @duckdb/node-api is absent, loading no DuckDB', () => {
@@ -101,7 +150,7 @@ describe('optional peer dependencies', () => {
        if (typeof options.probe !== 'function' || typeof EngineGuard !== 'function') process.exit(2);
        ${LOADED}`,
     );
-    expect(JSON.parse(cjs)).toEqual({ pg: true, duckdb: false });
+    expect(JSON.parse(cjs)).toEqual({ pg: true, duckdb: false, otel: false });
     const esm = run(
       dir,
       'a.mjs',
@@ -126,6 +175,6 @@ describe('optional peer dependencies', () => {
        if (typeof duckdbGuardOptions !== 'function') process.exit(2);
        ${LOADED}`,
     );
-    expect(JSON.parse(cjs)).toEqual({ pg: false, duckdb: true });
+    expect(JSON.parse(cjs)).toEqual({ pg: false, duckdb: true, otel: false });
   });
 });

@@ -41,6 +41,7 @@ describe('diagnostics channels', () => {
     >();
     expectTypeOf<Extract<GuardEventMessage, { type: 'connect' }>['event']>().toEqualTypeOf<{
       generation: number;
+      durationMs: number;
     }>();
     expectTypeOf<GuardEventMessage['guard']>().toEqualTypeOf<string | undefined>();
   });
@@ -52,7 +53,11 @@ describe('diagnostics channels', () => {
       await guard.close();
     });
     const connect = messages.find((m) => m.type === 'connect');
-    expect(connect).toEqual({ guard: 'diag', type: 'connect', event: { generation: 1 } });
+    expect(connect).toEqual({
+      guard: 'diag',
+      type: 'connect',
+      event: { generation: 1, durationMs: expect.any(Number) },
+    });
     const states = messages.filter((m) => m.type === 'state').map((m) => m.event);
     expect(states.at(-1)).toMatchObject({ to: 'closed' });
   });

@@ -41,7 +41,7 @@ describe('j. events and diagnostics channels', () => {
         { error: expect.any(FakeEngineConnectionError), attempts: 1, retryInMs: 10 },
       ]);
       const generation = guard.status().generation;
-      expect(seen.connect).toEqual([{ generation }]);
+      expect(seen.connect).toEqual([{ generation, durationMs: expect.any(Number) }]);
       // The exact sequence of states is checked in 'state events follow status().state'.
       expect(seen.state?.slice(0, 2)).toEqual([
         { from: 'idle', to: 'connecting' },
@@ -168,20 +168,28 @@ describe('j. events and diagnostics channels', () => {
         type: 'connectError',
         event: { error: expect.any(FakeEngineConnectionError), attempts: 1, retryInMs: 10 },
       });
-      expect(events).toContainEqual({ guard: 'traced', type: 'connect', event: { generation: 2 } });
+      expect(events).toContainEqual({
+        guard: 'traced',
+        type: 'connect',
+        event: { generation: 2, durationMs: expect.any(Number) },
+      });
 
       const good = trace.filter((t) => t.ctx.label === 'good');
       expect(good.map((t) => t.phase)).toEqual(
         expect.arrayContaining(['start', 'end', 'asyncStart', 'asyncEnd']),
       );
       expect(good.map((t) => t.phase)).not.toContain('error');
+      // The op is made inside the call: its id is there once the call returned (`end`).
       expect(good.find((t) => t.phase === 'start')?.ctx).toMatchObject({
         guard: 'traced',
         kind: 'read',
         label: 'good',
-        id: expect.any(Number),
       });
-      expect(good.find((t) => t.phase === 'asyncEnd')?.ctx.result).toBe('ok');
+      expect(good.find((t) => t.phase === 'end')?.ctx.id).toEqual(expect.any(Number));
+      expect(good.find((t) => t.phase === 'asyncEnd')?.ctx).toMatchObject({
+        result: 'ok',
+        outcome: 'ok',
+      });
       const bad = trace.filter((t) => t.ctx.label === 'bad');
       expect(bad.map((t) => t.phase)).toEqual(expect.arrayContaining(['start', 'error']));
       expect(bad.find((t) => t.phase === 'error')?.ctx).toMatchObject({

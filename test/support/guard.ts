@@ -3,7 +3,12 @@
  * `FakeEngineFactory.guardOptions()`), one `waitFor`, one `flush`, one way to record events.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { EngineGuard, type EngineGuardOptions, type GuardEvents } from '../../src/index.js';
+import {
+  EngineGuard,
+  type EngineGuardOptions,
+  type GuardEvents,
+  type OpOptions,
+} from '../../src/index.js';
 import type { FakeEngine, FakeEngineFactory } from '../../src/testing/index.js';
 
 export type FakeGuardOptions = EngineGuardOptions<FakeEngine>;
@@ -106,4 +111,32 @@ export function captureWarnings<T>(fn: () => T): { result: T; warnings: Captured
   } finally {
     process.emitWarning = emit;
   }
+}
+
+/** A promise and its opener: a gate a test holds an op at until it opens it. */
+export function gate(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
+/**
+ * A read on `guard`'s first handle (opened by a warm-up read) whose engine then stops answering
+ * and ignores aborts: resolves with what the read rejects with (`EngineStalledError` once the
+ * watchdog convicts it).
+ */
+export async function stalledRead(
+  guard: FakeGuard,
+  factory: FakeEngineFactory,
+  options?: OpOptions,
+): Promise<unknown> {
+  await guard.read((e) => e.call('warm'));
+  const engine = factory.created[0]!;
+  engine.wedge();
+  engine.nextCall('ignore-abort');
+  return errorOf(
+    guard.read((e, ctx) => e.call('r', { signal: ctx.signal, duration: 60_000 }), options),
+  );
 }
