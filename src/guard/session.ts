@@ -545,8 +545,10 @@ export class GuardSession<E> implements Session<E> {
    * in call order, ahead of anything queued since.
    */
   #requeueFloating(): void {
+    // A call with no op yet is being started in this very turn, and its own check pinned the
+    // session (a sync fn on an idle handle, a sync check): it ran, it is not taken back.
     const waiting = [...this.#floating].filter(
-      (call) => call.op === undefined || !isStarted(call.op),
+      (call) => call.op !== undefined && !isStarted(call.op),
     );
     for (const call of waiting.reverse()) {
       this.#floating.delete(call);
