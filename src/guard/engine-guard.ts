@@ -742,8 +742,11 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (state.tag !== 'cancelling' || state.cancelInFlight || state.outcome === undefined) return;
     clearTimeout(state.grace);
     this.#endRun(op);
-    op.to(DONE);
-    this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value, false);
+    // A checked op (an on-state session's) ends once its check has answered: its session's next
+    // op waits for its end, and must not start on the handle while the `state` hook runs there.
+    if (!this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value, false)) {
+      op.to(DONE);
+    }
     state.lease.release();
   }
 
@@ -783,8 +786,8 @@ export class EngineGuard<E> implements AsyncDisposable {
 
   /**
    * Where the op's handle goes now that the op let go of it. True when it is being checked for
-   * session state (a `pin: 'on-state'` session's op): then, if `answer`, the check answers the
-   * op's caller.
+   * session state (a `pin: 'on-state'` session's op): then the check answers the op's caller if
+   * `answer`, else (an aborted op, answered already) moves the op to `done`.
    */
   #returnHandle(
     op: Op<E>,
@@ -799,7 +802,11 @@ export class EngineGuard<E> implements AsyncDisposable {
     } else if (afterCheck !== undefined && this.#stateCheck !== undefined) {
       this.#stateCheck.run(handle.engine, op, ok, op.sessionId ?? 0, (found) => {
         const refused = afterCheck(op, handle, found, ok);
-        if (!answer) return;
+        // Its caller was answered when it aborted: the op ends now.
+        if (!answer) {
+          op.to(DONE);
+          return;
+        }
         if (refused === undefined) this.#answer(op, ok, value);
         else this.#answer(op, false, refused);
       });

@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { EngineGuard, type EngineGuardOptions, type HeldState } from '../../src/index.js';
+import { errorOf, flush } from '../support/guard.js';
 
 /** A connection whose state is a set of temp tables. */
 interface Conn {
@@ -14,6 +15,15 @@ interface Conn {
   /** Most calls that ran on it at once. */
   most: number;
   destroyed: number;
+}
+
+/** A promise and its resolver, for holding an op or a hook where the test wants it. */
+function gate(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
 }
 
 function held(conn: Conn): HeldState[] {
@@ -82,6 +92,60 @@ describe('pin on state, attacked by hand', () => {
     expect(runs).toBe(1);
     expect(result).toBe(1);
     expect(session.status().ops).toBe(1);
+    await guard.close();
+  });
+
+  it('starts a pinned session next op only once the state check of its aborted op has answered', async () => {
+    // The aborted op's caller hears back at once; its fn winds down, then the state hook runs on
+    // the pinned handle. The next op must not run there meanwhile, nor find the handle moved back
+    // to the pool by that check.
+    const checks: { conn: Conn; open: () => void }[] = [];
+    let holdChecks = false;
+    const { guard } = guardWith({
+      pool: 1,
+      state: (conn) =>
+        use(conn, async () => {
+          if (holdChecks) {
+            const held = gate();
+            checks.push({ conn, open: held.open });
+            await held.promise;
+          }
+          return [...conn.tables].map((name) => ({ kind: 'temp table', name }));
+        }),
+    });
+    const session = guard.session();
+    let home: Conn | undefined;
+    await session.write((conn) => {
+      home = conn;
+      conn.tables.add('t');
+    });
+    expect(session.status().pinned).toBe(true);
+    const caller = new AbortController();
+    const long = gate();
+    const aborted = session.read((conn) => use(conn, () => long.promise), {
+      signal: caller.signal,
+    });
+    await flush();
+    holdChecks = true;
+    const next = session.read((conn) => use(conn, () => conn.tables.has('t')));
+    caller.abort(new Error('caller left'));
+    expect(await errorOf(aborted)).toMatchObject({ message: 'caller left' });
+    // The aborted op winds down: its state check starts, and is held.
+    long.open();
+    await flush();
+    expect(checks).toHaveLength(1);
+    expect(home?.busy).toBe(1);
+    holdChecks = false;
+    // The check finds the table gone (dropped meanwhile): the session unpins. The next op then
+    // floats on a shared handle, and nothing else ever ran beside the check.
+    home?.tables.delete('t');
+    checks[0]?.open();
+    expect(await next).toBe(false);
+    expect(home?.most).toBe(1);
+    expect(session.status().pinned).toBe(false);
+    // The handle went back to the pool once, and serves one caller at a time.
+    await Promise.all([guard.read(() => 1), guard.read(() => 2)]);
+    expect(guard.status().handles).toMatchObject({ busy: 0, sessions: 0 });
     await guard.close();
   });
 });
