@@ -449,7 +449,9 @@ export class GuardSession<E> implements Session<E> {
   #next(): void {
     if (this.#current !== undefined || this.#state === 'closed') return;
     if (this.#floats()) {
-      for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
+      // Each in turn: one that runs and is checked in this very turn (a sync fn on an idle
+      // handle, a sync check) may pin the session, and the calls after it then run serially.
+      for (let call = this.#queue.head; call !== null && this.#floats(); call = this.#queue.head) {
         this.#unqueue(call);
         this.#float(call);
       }

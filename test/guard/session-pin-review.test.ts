@@ -148,4 +148,38 @@ describe('pin on state, attacked by hand', () => {
     expect(guard.status().handles).toMatchObject({ busy: 0, sessions: 0 });
     await guard.close();
   });
+
+  it('stops floating the calls it had queued once one of them pins the session in its turn', async () => {
+    // Pinned, with calls queued behind the op that drops the state. That op unpins the session,
+    // which floats its queued calls: the first runs at once on the handle just returned (a sync
+    // fn and check) and pins the session again. The calls after it must then run where its state
+    // is, not float to a shared handle.
+    const { guard } = guardWith({ pool: 1 });
+    const session = guard.session();
+    await session.write((conn) => {
+      conn.tables.add('t');
+    });
+    const dropping = gate();
+    const drop = session.write(async (conn) => {
+      await dropping.promise;
+      conn.tables.delete('t');
+    });
+    await flush();
+    const make = session.write((conn) => {
+      conn.tables.add('u');
+      return conn.generation;
+    });
+    const after = [1, 2].map(() =>
+      session.read((conn) => ({ generation: conn.generation, u: conn.tables.has('u') })),
+    );
+    dropping.open();
+    await drop;
+    const home = await make;
+    expect(session.status()).toMatchObject({ pinned: true, generation: home });
+    expect(await Promise.all(after)).toEqual([
+      { generation: home, u: true },
+      { generation: home, u: true },
+    ]);
+    await guard.close();
+  });
 });
