@@ -32,7 +32,7 @@ import { GuardHealth } from './health.js';
 import { ABANDONED, CLOSED, DONE, Op, STALLED } from './op.js';
 import { type OpSettings, parseGuardOptions, parseOpOptions } from './options.js';
 import { openPool, type SharedPoolParts } from './pool-hooks.js';
-import { GuardSession, type SessionHost } from './session.js';
+import { GuardSession, REQUEUED, type SessionHost } from './session.js';
 import { StateCheck } from './state-check.js';
 import type {
   EngineGuardOptions,
@@ -777,6 +777,9 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (ok) {
       this.#counters.succeeded++;
       op.resolve(value);
+    } else if (value === REQUEUED) {
+      // Taken back by its session before its fn ran: not a failure, the call runs again.
+      op.reject(value);
     } else {
       this.#counters.failed++;
       this.#health.recordError(value);
@@ -797,7 +800,10 @@ export class EngineGuard<E> implements AsyncDisposable {
     answer: boolean,
   ): boolean {
     const afterCheck = op.afterCheck;
-    if (!ok && this.#isFatal(op, value)) {
+    if (value === REQUEUED) {
+      // Its fn never ran (its session took it back): the handle holds nothing of it.
+      this.#pool.release(handle, op.lastBeat);
+    } else if (!ok && this.#isFatal(op, value)) {
       this.#retire(op, handle, 'fatal', value);
     } else if (afterCheck !== undefined && this.#stateCheck !== undefined) {
       this.#stateCheck.run(handle.engine, op, ok, op.sessionId ?? 0, (found) => {

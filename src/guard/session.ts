@@ -63,7 +63,7 @@ const NO_BLOCKERS: readonly BlockingOp[] = Object.freeze([]);
  * What a floating op's caller gets when the op is taken back from the guard's queue because its
  * session pinned meanwhile: never seen by users (the call runs again, serially).
  */
-const REQUEUED = Symbol('requeued');
+export const REQUEUED = Symbol('requeued');
 
 /**
  * Decides, after the `state` check of one of the session's ops, where the handle goes; returns
@@ -511,15 +511,13 @@ export class GuardSession<E> implements Session<E> {
     this.#floating.add(call);
     this.#ops++;
     const settings: OpSettings = { ...call.settings, timeout: call.remaining(performance.now()) };
-    const run = this.#host.run(
-      this,
-      call,
-      call.fn,
-      settings,
-      undefined,
-      false,
-      this.#checkOf(false),
-    );
+    // Its op may start well before fn does (a cluster lease wait): a session that pinned (or lost
+    // its state) meanwhile takes it back then, to run where the state is.
+    const fn: SessionFn<E> = (engine, ctx) => {
+      if (this.#handle !== undefined || this.#state === 'lost') throw REQUEUED;
+      return call.fn(engine, ctx);
+    };
+    const run = this.#host.run(this, call, fn, settings, undefined, false, this.#checkOf(false));
     call.op = run.op;
     call.leave = run.leave;
     run.result.then(
@@ -529,7 +527,11 @@ export class GuardSession<E> implements Session<E> {
       },
       (error: unknown) => {
         // Taken back to run serially on the pinned handle: it is not over.
-        if (error === REQUEUED) return;
+        if (error === REQUEUED) {
+          if (this.#floating.has(call)) this.#takeBack(call);
+          this.#next();
+          return;
+        }
         this.#floatEnded(call);
         call.reject(callerTimeout(error, call.settings.timeout));
       },
@@ -553,14 +555,19 @@ export class GuardSession<E> implements Session<E> {
       (call) => call.op !== undefined && !isStarted(call.op),
     );
     for (const call of waiting.reverse()) {
-      this.#floating.delete(call);
-      call.op = undefined;
       call.leave?.(REQUEUED);
-      call.leave = undefined;
-      this.#ops--;
-      this.#enqueue(call, true);
+      this.#takeBack(call);
     }
     this.#next();
+  }
+
+  /** A floating call that did not run goes to the head of the serial queue. */
+  #takeBack(call: SessionCall<E>): void {
+    this.#floating.delete(call);
+    call.op = undefined;
+    call.leave = undefined;
+    this.#ops--;
+    this.#enqueue(call, true);
   }
 
   /**

@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { EngineGuard, type EngineGuardOptions, type HeldState } from '../../src/index.js';
+import { FakeCoordinator } from '../coordination/fake-coordinator.js';
 import { errorOf, flush } from '../support/guard.js';
 
 /** A connection whose state is a set of temp tables. */
@@ -180,6 +181,42 @@ describe('pin on state, attacked by hand', () => {
       { generation: home, u: true },
       { generation: home, u: true },
     ]);
+    await guard.close();
+  });
+
+  it('runs a call where the state is when its fn is due after the session pinned (a cluster lease wait)', async () => {
+    // With a coordinator that coordinates reads, a floating read has started (it holds its lease
+    // and a shared handle) but waits for its cluster lease before fn runs. Another read of the
+    // session leaves state and is answered meanwhile: the first one's fn, due after that, must
+    // run on the pinned handle, not on the shared one it was given.
+    const coordinator = new FakeCoordinator({ coordinatesReads: true, autoGrant: false });
+    const { guard } = guardWith({ coordinator });
+    const session = guard.session();
+    const make = session.read((conn) => {
+      conn.tables.add('t');
+      return conn.generation;
+    });
+    await flush();
+    const after = session.read((conn) => ({
+      generation: conn.generation,
+      t: conn.tables.has('t'),
+    }));
+    await flush();
+    expect(coordinator.pending).toHaveLength(2);
+    coordinator.grant();
+    const home = await make;
+    expect(session.status()).toMatchObject({ pinned: true, generation: home });
+    coordinator.grant();
+    await flush();
+    // It runs again, serially: a new cluster lease for it.
+    coordinator.grant();
+    expect(await after).toEqual({ generation: home, t: true });
+    // The shared handle it had held is back in the pool, clean, and counted nowhere as a failure.
+    expect(guard.status()).toMatchObject({
+      handles: { busy: 0, sessions: 1 },
+      counters: { failed: 0 },
+      lastError: null,
+    });
     await guard.close();
   });
 });
