@@ -525,8 +525,11 @@ export class EngineGuard<E> implements AsyncDisposable {
           slots.retire(handle, 'session-end', undefined);
         }
       },
-      discard: (handle, op, ok) => {
-        if (this.#reset !== undefined) this.#reset.run(handle, op, ok, op.lastBeat);
+      discard: (handle, op, ok, answer) => {
+        if (answer.running === true) {
+          // The state hook overran (or the guard closed under it): no reset beside it.
+          this.#pool.retire(handle, this.#closed ? 'close' : 'reset', answer.error);
+        } else if (this.#reset !== undefined) this.#reset.run(handle, op, ok, op.lastBeat);
         else this.#pool.retire(handle, 'session-end', undefined);
       },
       release: (handle, aliveAt) => this.#pool.release(handle, aliveAt),

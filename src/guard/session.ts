@@ -130,12 +130,15 @@ export interface SessionHost<E> {
   pin(handle: Handle<E>): boolean;
   /** Moves a session slot's handle, clean, back to the shared pool (or destroys it). */
   unpin(handle: Handle<E>): void;
-  /** A shared handle holding state nobody may keep: reset it (or retire it) after `op`. */
-  discard(handle: Handle<E>, op: Op<E>, ok: boolean): void;
+  /**
+   * A shared handle holding state nobody may keep: reset it (or retire it) after `op`. Retired
+   * when the check's hook may still run on it (`answer.running`).
+   */
+  discard(handle: Handle<E>, op: Op<E>, ok: boolean, answer: StateAnswer): void;
   /** Gives a clean shared handle back to the pool. */
   release(handle: Handle<E>, aliveAt: number): void;
   /** Takes a session's handle out of service for good. */
-  retire(handle: Handle<E>, reason: 'session-end' | 'idle-check', cause: unknown): void;
+  retire(handle: Handle<E>, reason: 'session-end' | 'idle-check' | 'reset', cause: unknown): void;
   emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose' | 'sessionPin' | 'sessionUnpin'>(
     type: K,
     event: GuardEvents[K],
@@ -583,8 +586,16 @@ export class GuardSession<E> implements Session<E> {
   ): unknown {
     const held = answer.held;
     if (handle === this.#handle) {
-      // On the pinned handle. Unknown: the state may still be there, so the pin stays.
-      if (held === undefined) return undefined;
+      if (held === undefined) {
+        // On the pinned handle. Unknown: the state may still be there, so the pin stays; unless
+        // the hook still runs there (it overran): then the handle can serve no other op, and
+        // the session's state is lost with it.
+        if (answer.running === true) {
+          this.#host.retire(handle, 'reset', answer.error);
+          this.lose(handle, answer.error);
+        }
+        return undefined;
+      }
       if (held.length > 0) {
         this.#held = held;
         return undefined;
@@ -614,7 +625,7 @@ export class GuardSession<E> implements Session<E> {
       this.#requeueFloating();
       return undefined;
     }
-    this.#host.discard(handle, op, ok);
+    this.#host.discard(handle, op, ok, answer);
     if (reason === 'closed') return undefined;
     return new SessionStateDiscardedError({
       sessionId: this.id,
@@ -715,7 +726,7 @@ export class GuardSession<E> implements Session<E> {
       if (rebuilt) return this.afterCheck(op, handle, answer, ok, true);
       // restore failed: what it made is not the session's state. Its caller gets restore's
       // error, and the session stays lost.
-      this.#host.discard(handle, op, ok);
+      this.#host.discard(handle, op, ok, answer);
       return undefined;
     };
     return this.#run(call, restoring, this.#settingsNow(call), undefined, true, check);

@@ -3,7 +3,14 @@
  * or that a hostile caller would try, each pinned down as one deterministic scenario.
  */
 import { describe, expect, it } from 'vitest';
-import { EngineGuard, type EngineGuardOptions, type HeldState } from '../../src/index.js';
+import {
+  EngineGuard,
+  type EngineGuardOptions,
+  type HeldState,
+  HookTimeoutError,
+  SessionLostError,
+  SessionStateDiscardedError,
+} from '../../src/index.js';
 import { FakeCoordinator } from '../coordination/fake-coordinator.js';
 import { errorOf, flush } from '../support/guard.js';
 
@@ -218,5 +225,69 @@ describe('pin on state, attacked by hand', () => {
       lastError: null,
     });
     await guard.close();
+  });
+
+  describe('a state check that overruns its bound, its hook still running on the handle', () => {
+    /** A guard whose state hook hangs once `hang` is set, deaf to its signal, until `release`. */
+    function hanging() {
+      const hung: (() => void)[] = [];
+      const control = { hang: false, resets: [] as { conn: Conn; busy: number }[] };
+      const made = guardWith({
+        resetTimeout: 50,
+        reset: (conn) => {
+          control.resets.push({ conn, busy: conn.busy });
+          conn.tables.clear();
+        },
+        state: (conn) =>
+          use(conn, () => {
+            if (!control.hang) return held(conn);
+            const until = gate();
+            hung.push(until.open);
+            return until.promise.then(() => held(conn));
+          }),
+      });
+      const release = (): void => {
+        for (const open of hung.splice(0)) open();
+      };
+      return { ...made, control, release };
+    }
+
+    it('retires a shared handle instead of resetting it under the hook', async () => {
+      const { guard, conns, control, release } = hanging();
+      const session = guard.session();
+      control.hang = true;
+      const error = await errorOf(session.write((conn) => conn.tables.add('t')));
+      expect(error).toBeInstanceOf(SessionStateDiscardedError);
+      expect((error as Error).cause).toBeInstanceOf(HookTimeoutError);
+      // Nothing else ran on the handle while the hook did: no reset, and no other caller.
+      expect(control.resets.filter((r) => r.busy > 0)).toEqual([]);
+      control.hang = false;
+      await guard.read((conn) => {
+        expect(conn).not.toBe(conns[0]);
+      });
+      await flush();
+      expect(conns[0]?.destroyed).toBe(1);
+      release();
+      await guard.close();
+    });
+
+    it('gives up a pinned handle: the session is lost rather than run beside the hook', async () => {
+      const { guard, conns, control, release } = hanging();
+      const session = guard.session();
+      await session.write((conn) => conn.tables.add('t'));
+      expect(session.status().pinned).toBe(true);
+      control.hang = true;
+      const checked = session.read(() => 'read');
+      const next = session.read((conn) => ({ busy: conn.busy, generation: conn.generation }));
+      // The read's own answer stands (its fn succeeded); the handle cannot serve the next one.
+      expect(await checked).toBe('read');
+      expect(await errorOf(next)).toBeInstanceOf(SessionLostError);
+      expect(session.status()).toMatchObject({ state: 'lost', pinned: false });
+      await flush();
+      expect(conns[0]?.destroyed).toBe(1);
+      expect(guard.status().handles.sessions).toBe(0);
+      release();
+      await guard.close();
+    });
   });
 });
