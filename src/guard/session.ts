@@ -515,9 +515,10 @@ export class GuardSession<E> implements Session<E> {
     this.#ops++;
     const settings: OpSettings = { ...call.settings, timeout: call.remaining(performance.now()) };
     // Its op may start well before fn does (a cluster lease wait): a session that pinned (or lost
-    // its state) meanwhile takes it back then, to run where the state is.
+    // its state) meanwhile takes it back then, to run where the state is; a closed one answers it
+    // as it answers the calls it had queued (fn never starts).
     const fn: SessionFn<E> = (engine, ctx) => {
-      if (this.#handle !== undefined || this.#state === 'lost') throw REQUEUED;
+      if (this.#state !== 'open' || this.#handle !== undefined) throw REQUEUED;
       return call.fn(engine, ctx);
     };
     const run = this.#host.run(this, call, fn, settings, undefined, false, this.#checkOf(false));
@@ -531,8 +532,15 @@ export class GuardSession<E> implements Session<E> {
       (error: unknown) => {
         // Taken back to run serially on the pinned handle: it is not over.
         if (error === REQUEUED) {
-          if (this.#floating.has(call)) this.#takeBack(call);
-          this.#next();
+          if (!this.#floating.has(call)) return;
+          if (this.#state !== 'closed') {
+            this.#takeBack(call);
+            this.#next();
+            return;
+          }
+          // Closed before its fn started: answered as the calls it had queued were.
+          this.#floatEnded(call);
+          call.reject(this.#closedError(this.#closedReason));
           return;
         }
         this.#floatEnded(call);

@@ -8,6 +8,7 @@ import {
   type EngineGuardOptions,
   type HeldState,
   HookTimeoutError,
+  SessionClosedError,
   SessionLostError,
   SessionStateDiscardedError,
 } from '../../src/index.js';
@@ -224,6 +225,36 @@ describe('pin on state, attacked by hand', () => {
       counters: { failed: 0 },
       lastError: null,
     });
+    await guard.close();
+  });
+
+  it('answers a floating call of a session closed while pinned, when its cluster lease comes', async () => {
+    // Pinned by one read while another, started, waits for its cluster lease; the session closes
+    // while its serial op waits for its own. The floating read must settle, its fn never run (as
+    // for the calls the session had queued), and the serial one, started, finishes.
+    const coordinator = new FakeCoordinator({ coordinatesReads: true, autoGrant: false });
+    const { guard } = guardWith({ coordinator });
+    const session = guard.session();
+    const make = session.read((conn) => conn.tables.add('t'));
+    await flush();
+    let ran = false;
+    const started = session.read(() => {
+      ran = true;
+    });
+    await flush();
+    coordinator.grant();
+    await make;
+    expect(session.status().pinned).toBe(true);
+    const serial = session.read(() => 'serial');
+    await flush();
+    expect(coordinator.pending).toHaveLength(2);
+    const closed = session.close();
+    coordinator.grant();
+    coordinator.grant();
+    expect(await errorOf(started)).toBeInstanceOf(SessionClosedError);
+    expect(await serial).toBe('serial');
+    expect(ran).toBe(false);
+    await closed;
     await guard.close();
   });
 
