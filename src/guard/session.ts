@@ -217,6 +217,11 @@ export class GuardSession<E> implements Session<E> {
   #lastActive = this.#createdAt;
   /** The serial call running now (slot, lock wait or op), settled when it ends. */
   #current: Promise<void> | undefined = undefined;
+  /**
+   * The serial call runs on a shared handle (a lost session's restore): once `reopen()` has
+   * accepted the loss, calls float beside it.
+   */
+  #currentShared = false;
   /** State was lost and `restore` has not rebuilt it yet on the new handle. */
   #needsRestore = false;
   /** The running serial call's op, once it has one: its caller may hear back before it let go of the handle. */
@@ -317,8 +322,8 @@ export class GuardSession<E> implements Session<E> {
     if (this.#state === 'lost') {
       this.#state = this.#fresh();
       this.#needsRestore = false;
-      // Calls queued behind the loss may float now.
-      if (this.#current === undefined) this.#next();
+      // Calls queued behind the loss may float now (beside a restore still running).
+      this.#next();
       return;
     }
     if (this.#handle === undefined) return;
@@ -393,13 +398,16 @@ export class GuardSession<E> implements Session<E> {
     });
   }
 
-  /** True when calls may float now: on-state, not pinned, not lost, no serial call running. */
+  /**
+   * True when calls may float now: on-state, not pinned, not lost, and no serial call running
+   * but one on a shared handle.
+   */
   #floats(): boolean {
     return (
       this.pin === 'on-state' &&
       this.#handle === undefined &&
       this.#state === 'open' &&
-      this.#current === undefined
+      (this.#current === undefined || this.#currentShared)
     );
   }
 
@@ -450,7 +458,7 @@ export class GuardSession<E> implements Session<E> {
 
   /** Starts what may start now: every queued call when they may float, else the next one. */
   #next(): void {
-    if (this.#current !== undefined || this.#state === 'closed') return;
+    if (this.#state === 'closed') return;
     if (this.#floats()) {
       // Each in turn: one that runs and is checked in this very turn (a sync fn on an idle
       // handle, a sync check) may pin the session, and the calls after it then run serially.
@@ -461,6 +469,7 @@ export class GuardSession<E> implements Session<E> {
       this.#armIdle();
       return;
     }
+    if (this.#current !== undefined) return;
     const call = this.#queue.head;
     if (call === null) {
       this.#armIdle();
@@ -499,6 +508,7 @@ export class GuardSession<E> implements Session<E> {
 
   #ended(): void {
     this.#current = undefined;
+    this.#currentShared = false;
     this.#op = undefined;
     this.#leaveQueue = undefined;
     this.#lastActive = performance.now();
@@ -726,6 +736,7 @@ export class GuardSession<E> implements Session<E> {
     restore: NonNullable<SessionOptions<E>['restore']>,
   ): Promise<unknown> {
     this.#ops++;
+    this.#currentShared = true;
     let rebuilt = false;
     const restoring = this.#restoring(call, restore, () => {
       rebuilt = true;

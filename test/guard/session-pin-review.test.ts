@@ -258,6 +258,34 @@ describe('pin on state, attacked by hand', () => {
     await guard.close();
   });
 
+  it('floats its calls again after reopen() accepts a loss, while the restoring call still runs', async () => {
+    // Lost, with restore: the next call restores on a shared handle, serially. reopen() gives
+    // the state up: the session is unpinned and open, and a call made now runs beside that one.
+    const dead = new Set<Conn>();
+    const { guard } = guardWith({ isAlive: (conn) => !dead.has(conn) });
+    const session = guard.session({
+      restore: (conn) => {
+        conn.tables.add('t');
+      },
+    });
+    let home: Conn | undefined;
+    await session.write((conn) => {
+      home = conn;
+      conn.tables.add('t');
+    });
+    if (home !== undefined) dead.add(home);
+    const long = gate();
+    const restoring = session.read((_conn, ctx) => long.promise.then(() => ctx.restored));
+    await flush();
+    expect(session.status().state).toBe('lost');
+    session.reopen();
+    expect(session.status()).toMatchObject({ state: 'open', pinned: false });
+    expect(await session.read(() => 'beside', { timeout: 1_000 })).toBe('beside');
+    long.open();
+    expect(await restoring).toBe(true);
+    await guard.close();
+  });
+
   describe('a state check that overruns its bound, its hook still running on the handle', () => {
     /** A guard whose state hook hangs once `hang` is set, deaf to its signal, until `release`. */
     function hanging() {
