@@ -230,16 +230,35 @@ class LockModel {
       this.outcomes.set(id, { status: 'rejected', why: 'abort' });
     } else if (this.uncappedEnters(id, false)) {
       this.grant(id, 'read', true);
-    } else if (timeout === 0) {
-      this.outcomes.set(id, { status: 'rejected', why: 'timeout' });
-    } else if (this.queue.length + this.uqueue.length >= this.maxQueue) {
-      this.outcomes.set(id, { status: 'rejected', why: 'full' });
     } else {
-      const deadline = timeout === undefined ? undefined : this.now + timeout;
-      const timerSeq = timeout === undefined ? -1 : this.timers++;
-      this.uqueue.push({ id, mode: 'read', group: 'uncapped', signal, deadline, timerSeq });
-      this.outcomes.set(id, { status: 'pending' });
+      const waiter = this.waiter(id, 'read', 'uncapped', signal, timeout);
+      if (waiter !== undefined) this.uqueue.push(waiter);
     }
+  }
+
+  /**
+   * An arrival that does not enter at once: rejected now (`timeout: 0`, a full queue), or the
+   * waiter to queue.
+   */
+  private waiter(
+    id: number,
+    mode: Mode,
+    group: string,
+    signal: number | undefined,
+    timeout: number | undefined,
+  ): ModelWaiter | undefined {
+    if (timeout === 0) {
+      this.outcomes.set(id, { status: 'rejected', why: 'timeout' });
+      return undefined;
+    }
+    if (this.queue.length + this.uqueue.length >= this.maxQueue) {
+      this.outcomes.set(id, { status: 'rejected', why: 'full' });
+      return undefined;
+    }
+    this.outcomes.set(id, { status: 'pending' });
+    const deadline = timeout === undefined ? undefined : this.now + timeout;
+    const timerSeq = timeout === undefined ? -1 : this.timers++;
+    return { id, mode, group, signal, deadline, timerSeq };
   }
 
   tryAcquireUncapped(id: number): boolean {
@@ -398,19 +417,14 @@ class LockModel {
       this.outcomes.set(id, { status: 'rejected', why: 'abort' });
     } else if (this.grantsNow(mode)) {
       this.grant(id, mode);
-    } else if (timeout === 0) {
-      this.outcomes.set(id, { status: 'rejected', why: 'timeout' });
-    } else if (this.queue.length + this.uqueue.length >= this.maxQueue) {
-      this.outcomes.set(id, { status: 'rejected', why: 'full' });
     } else {
-      const deadline = timeout === undefined ? undefined : this.now + timeout;
-      const timerSeq = timeout === undefined ? -1 : this.timers++;
       const group = key ?? NO_KEY;
+      const waiter = this.waiter(id, mode, group, signal, timeout);
+      if (waiter === undefined) return;
       if (mode === 'read' && this.oldest(group) === undefined) {
         (this.firstWriter() === undefined ? this.front : this.behind).push(group);
       }
-      this.queue.push({ id, mode, group, signal, deadline, timerSeq });
-      this.outcomes.set(id, { status: 'pending' });
+      this.queue.push(waiter);
       // A writer first in line behind reads only starts its patience at once.
       if (mode === 'write' && this.queue.length === 1 && this.fairness !== 'fifo') {
         if (!this.writing && this.readers > 0) this.startWatch(id);
