@@ -286,6 +286,38 @@ describe('pin on state, attacked by hand', () => {
     await guard.close();
   });
 
+  it('pins into a slot that only an idle handle holds (opened for a pin: always session that left)', async () => {
+    // A pin: 'always' session's first op waits for its handle to open, and its caller leaves:
+    // the handle opens anyway and waits idle in the sessions' pool. No session holds it, so an
+    // on-state session that makes state may take the slot.
+    let opening: (() => void) | undefined;
+    const { guard } = guardWith({
+      maxSessions: 1,
+      create: async ({ generation }) => {
+        if (opening === undefined) {
+          await new Promise<void>((resolve) => {
+            opening = resolve;
+          });
+        }
+        return { generation, tables: new Set<string>(), busy: 0, most: 0, destroyed: 0 };
+      },
+    });
+    const always = guard.session({ pin: 'always' });
+    const caller = new AbortController();
+    const left = always.read(() => 1, { signal: caller.signal });
+    await flush();
+    caller.abort(new Error('caller left'));
+    await errorOf(left);
+    opening?.();
+    await flush();
+    expect(guard.status().handles.sessions).toBe(1);
+    const session = guard.session();
+    await session.write((conn) => conn.tables.add('t'));
+    expect(session.status().pinned).toBe(true);
+    expect(guard.status().handles.sessions).toBe(1);
+    await guard.close();
+  });
+
   describe('a state check that overruns its bound, its hook still running on the handle', () => {
     /** A guard whose state hook hangs once `hang` is set, deaf to its signal, until `release`. */
     function hanging() {
