@@ -8,12 +8,13 @@ import {
   type EngineGuardOptions,
   type HeldState,
   HookTimeoutError,
+  type Session,
   SessionClosedError,
   SessionLostError,
   SessionStateDiscardedError,
 } from '../../src/index.js';
 import { FakeCoordinator } from '../coordination/fake-coordinator.js';
-import { errorOf, flush } from '../support/guard.js';
+import { errorOf, flush, waitFor } from '../support/guard.js';
 
 /** A connection whose state is a set of temp tables. */
 interface Conn {
@@ -378,6 +379,69 @@ describe('pin on state, attacked by hand', () => {
       expect(conns[0]?.destroyed).toBe(1);
       expect(guard.status().handles.sessions).toBe(0);
       release();
+      await guard.close();
+    });
+  });
+
+  describe('a state hook that calls back into the guard', () => {
+    for (const mode of ['sync', 'async'] as const) {
+      it(`closes the guard (${mode}): the call is answered, every handle destroyed once, no reset under the hook`, async () => {
+        const resets: number[] = [];
+        let closing: Promise<void> | undefined;
+        const box: { guard?: EngineGuard<Conn> } = {};
+        const { guard, conns } = guardWith({
+          reset: (conn) => {
+            resets.push(conn.busy);
+            conn.tables.clear();
+          },
+          state: (conn) =>
+            use(conn, () => {
+              closing ??= box.guard?.close();
+              if (mode === 'sync') return held(conn);
+              return new Promise<HeldState[]>((resolve) =>
+                setTimeout(() => resolve(held(conn)), 20),
+              );
+            }),
+        });
+        box.guard = guard;
+        const session = guard.session();
+        const made = await session.write((conn) => {
+          conn.tables.add('t');
+          return 'made';
+        });
+        expect(made).toBe('made');
+        await closing;
+        await waitFor(() => conns.every((conn) => conn.busy === 0), 2_000, 'the hook');
+        expect(conns.map((conn) => conn.destroyed)).toEqual(conns.map(() => 1));
+        expect(resets.filter((busy) => busy > 0)).toEqual([]);
+      });
+    }
+
+    it('waits for its own pinned session: bounded by resetTimeout, then the session is lost', async () => {
+      const box: { session?: Session<Conn>; callBack: boolean } = { callBack: false };
+      let nested: Promise<unknown> | undefined;
+      const { guard } = guardWith({
+        resetTimeout: 50,
+        state: (conn) =>
+          use(conn, async () => {
+            if (box.callBack && nested === undefined) {
+              // Queued behind the very op this check follows.
+              nested = box.session?.read(() => 'nested');
+              await nested?.catch(() => undefined);
+            }
+            return held(conn);
+          }),
+      });
+      const session = guard.session();
+      box.session = session;
+      await session.write((conn) => {
+        conn.tables.add('t');
+      });
+      expect(session.status().pinned).toBe(true);
+      box.callBack = true;
+      expect(await session.read(() => 'read')).toBe('read');
+      expect(await errorOf(nested as Promise<unknown>)).toBeInstanceOf(SessionLostError);
+      expect(session.status().state).toBe('lost');
       await guard.close();
     });
   });
