@@ -516,8 +516,10 @@ class Run extends ModelObserver<Conn> {
       // Restore runs when the session's state died: never while it lives on another handle.
       for (const [name, entry] of model.entries) {
         if (!entry.creator.acked || entry.creator.epoch !== model.epoch) continue;
+        // (A restored table whose pin was refused was reset: it lives nowhere.)
+        const there = entry.conn.tables.get(name) === model.id;
         const gone = entry.conn.dead || entry.conn.retired || entry.conn.destroyed > 0;
-        if (!gone && entry.conn !== conn) {
+        if (there && !gone && entry.conn !== conn) {
           this.fail(
             `restore of session ${model.id} on ${conn.generation} while its table ${name} lives on ${entry.conn.generation}`,
           );
