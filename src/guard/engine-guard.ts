@@ -529,8 +529,11 @@ export class EngineGuard<E> implements AsyncDisposable {
         if (answer.running === true) {
           // The state hook overran (or the guard closed under it): no reset beside it.
           this.#pool.retire(handle, this.#closed ? 'close' : 'reset', answer.error);
-        } else if (this.#reset !== undefined) this.#reset.run(handle, op, ok, op.lastBeat);
-        else this.#pool.retire(handle, 'session-end', undefined);
+        } else if (this.#reset !== undefined) {
+          this.#reset.run(handle, op, ok, op.lastBeat);
+        } else {
+          this.#pool.retire(handle, 'session-end', undefined);
+        }
       },
       release: (handle, aliveAt) => this.#pool.release(handle, aliveAt),
       retire: (handle, reason, cause) => this.#sessionPool?.retire(handle, reason, cause),

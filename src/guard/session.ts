@@ -14,8 +14,9 @@
  * on its handle, and {@link GuardSession.afterCheck} decides where the handle goes:
  * - a floating op left nothing: the handle goes back to the pool as it is;
  * - it left state: the session keeps that handle (a `maxSessions` slot) and is pinned. Its calls
- *   that have not started yet are taken back from the guard's queue and run serially on the
- *   pinned handle, so every op that starts after one that left state ended runs where the
+ *   that have not started yet are taken back from the guard's queue, and so is one whose op had
+ *   started but whose fn comes due only now (it waited for a cluster lease); they run serially
+ *   on the pinned handle, so every op that starts after one that left state ended runs where the
  *   state is;
  * - it left state the session cannot keep (no free slot; or the session is pinned to, or lost,
  *   another handle): the guard resets the handle and that call rejects with
@@ -60,8 +61,9 @@ const NO_STATE: readonly HeldState[] = Object.freeze([]);
 const NO_BLOCKERS: readonly BlockingOp[] = Object.freeze([]);
 
 /**
- * What a floating op's caller gets when the op is taken back from the guard's queue because its
- * session pinned meanwhile: never seen by users (the call runs again, serially).
+ * What a floating op's caller gets when the op is taken back because its session pinned
+ * meanwhile (from the guard's queue, or when its fn comes due): never seen by users (the call
+ * runs again, serially). The guard releases the handle of an op that ends with it as it is.
  */
 export const REQUEUED = Symbol('requeued');
 
@@ -609,7 +611,9 @@ export class GuardSession<E> implements Session<E> {
         // the hook still runs there (it overran): then the handle can serve no other op, and
         // the session's state is lost with it.
         if (answer.running === true) {
-          this.#host.retire(handle, 'reset', answer.error);
+          // (A closing session's handle goes anyway: that is no replacement to report.)
+          const reason = this.#state === 'closed' ? 'session-end' : 'reset';
+          this.#host.retire(handle, reason, answer.error);
           this.lose(handle, answer.error);
         }
         return undefined;
