@@ -14,7 +14,7 @@ import {
   SessionStateDiscardedError,
 } from '../../src/index.js';
 import { FakeCoordinator } from '../coordination/fake-coordinator.js';
-import { errorOf, flush, waitFor } from '../support/guard.js';
+import { errorOf, flush, gate, waitFor } from '../support/guard.js';
 
 /** A connection whose state is a set of temp tables. */
 interface Conn {
@@ -25,15 +25,6 @@ interface Conn {
   /** Most calls that ran on it at once. */
   most: number;
   destroyed: number;
-}
-
-/** A promise and its resolver, for holding an op or a hook where the test wants it. */
-function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { promise, open };
 }
 
 function held(conn: Conn): HeldState[] {
