@@ -65,7 +65,7 @@ interface Scenario {
 // Reference model
 // ---------------------------------------------------------------------------------------------
 
-/** What the runs reached with uncapped readers, summed: their properties must not hold vacuously. */
+/** What the runs reached with uncapped readers: their properties must not hold vacuously. */
 const uncappedReached = {
   /** Granted while capped readers were queued. */
   passedCapped: 0,
@@ -921,6 +921,10 @@ describe('RWLock against a reference model', () => {
       fc.asyncProperty(scenarioArb(false), (scenario) => runScenario(scenario, false)),
       { numRuns: 400 },
     );
+    // Uncapped readers met every case (each about twenty times or more per run).
+    for (const [what, count] of Object.entries(uncappedReached)) {
+      expect(count, `uncapped readers: ${what}`).toBeGreaterThan(0);
+    }
     // A bound for a loaded machine (about 20 s on a shared one), not a speed assertion.
   }, 120_000);
 
@@ -930,12 +934,6 @@ describe('RWLock against a reference model', () => {
       { numRuns: 300 },
     );
   }, 120_000);
-
-  it('reached every case of uncapped readers in the runs above', () => {
-    for (const [what, count] of Object.entries(uncappedReached)) {
-      expect(count, `uncapped readers: ${what}`).toBeGreaterThan(0);
-    }
-  });
 
   it('the model checks itself: phases, abort and timeout in a fixed scenario', async () => {
     // A hand-checked run, so that a model bug cannot hide behind a matching lock bug.
