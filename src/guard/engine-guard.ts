@@ -33,7 +33,7 @@ import { ABANDONED, CLOSED, DONE, Op, type OpFn, STALLED } from './op.js';
 import { refuse, traceCall } from './op-trace.js';
 import { type OpSettings, parseGuardOptions, parseOpOptions, withTrace } from './options.js';
 import { openPool, type SharedPoolParts } from './pool-hooks.js';
-import { GuardSession, type SessionHost } from './session.js';
+import { GuardSession, REQUEUED, type SessionHost } from './session.js';
 import { StateCheck } from './state-check.js';
 import type {
   EngineGuardOptions,
@@ -538,9 +538,15 @@ export class EngineGuard<E> implements AsyncDisposable {
           slots.retire(handle, 'session-end', undefined);
         }
       },
-      discard: (handle, op, ok) => {
-        if (this.#reset !== undefined) this.#reset.run(handle, op, ok, op.lastBeat);
-        else this.#pool.retire(handle, 'session-end', undefined);
+      discard: (handle, op, ok, answer) => {
+        if (answer.running === true) {
+          // The state hook overran (or the guard closed under it): no reset beside it.
+          this.#pool.retire(handle, this.#closed ? 'close' : 'reset', answer.error);
+        } else if (this.#reset !== undefined) {
+          this.#reset.run(handle, op, ok, op.lastBeat);
+        } else {
+          this.#pool.retire(handle, 'session-end', undefined);
+        }
       },
       release: (handle, aliveAt) => this.#pool.release(handle, aliveAt),
       retire: (handle, reason, cause) => this.#sessionPool?.retire(handle, reason, cause),
@@ -756,8 +762,11 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (state.tag !== 'cancelling' || state.cancelInFlight || state.outcome === undefined) return;
     clearTimeout(state.grace);
     this.#endRun(op);
-    op.to(DONE);
-    this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value, false);
+    // A checked op (an on-state session's) ends once its check has answered: its session's next
+    // op waits for its end, and must not start on the handle while the `state` hook runs there.
+    if (!this.#returnHandle(op, state.handle, state.outcome.ok, state.outcome.value, false)) {
+      op.to(DONE);
+    }
     state.lease.release();
   }
 
@@ -788,6 +797,9 @@ export class EngineGuard<E> implements AsyncDisposable {
     if (ok) {
       this.#counters.succeeded++;
       op.resolve(value);
+    } else if (value === REQUEUED) {
+      // Taken back by its session before its fn ran: not a failure, the call runs again.
+      op.reject(value);
     } else {
       this.#counters.failed++;
       this.#health.recordError(value);
@@ -797,8 +809,8 @@ export class EngineGuard<E> implements AsyncDisposable {
 
   /**
    * Where the op's handle goes now that the op let go of it. True when it is being checked for
-   * session state (a `pin: 'on-state'` session's op): then, if `answer`, the check answers the
-   * op's caller.
+   * session state (a `pin: 'on-state'` session's op): then the check answers the op's caller if
+   * `answer`, else (an aborted op, answered already) moves the op to `done`.
    */
   #returnHandle(
     op: Op<E>,
@@ -808,12 +820,19 @@ export class EngineGuard<E> implements AsyncDisposable {
     answer: boolean,
   ): boolean {
     const afterCheck = op.afterCheck;
-    if (!ok && this.#isFatal(op, value)) {
+    if (value === REQUEUED) {
+      // Its fn never ran (its session took it back): the handle holds nothing of it.
+      this.#pool.release(handle, op.lastBeat);
+    } else if (!ok && this.#isFatal(op, value)) {
       this.#retire(op, handle, 'fatal', value);
     } else if (afterCheck !== undefined && this.#stateCheck !== undefined) {
       this.#stateCheck.run(handle.engine, op, ok, op.sessionId ?? 0, (found) => {
         const refused = afterCheck(op, handle, found, ok);
-        if (!answer) return;
+        // Its caller was answered when it aborted: the op ends now.
+        if (!answer) {
+          op.to(DONE);
+          return;
+        }
         if (refused === undefined) this.#answer(op, ok, value);
         else this.#answer(op, false, refused);
       });

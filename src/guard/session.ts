@@ -14,8 +14,9 @@
  * on its handle, and {@link GuardSession.afterCheck} decides where the handle goes:
  * - a floating op left nothing: the handle goes back to the pool as it is;
  * - it left state: the session keeps that handle (a `maxSessions` slot) and is pinned. Its calls
- *   that have not started yet are taken back from the guard's queue and run serially on the
- *   pinned handle, so every op that starts after one that left state ended runs where the
+ *   that have not started yet are taken back from the guard's queue, and so is one whose op had
+ *   started but whose fn comes due only now (it waited for a cluster lease); they run serially
+ *   on the pinned handle, so every op that starts after one that left state ended runs where the
  *   state is;
  * - it left state the session cannot keep (no free slot; or the session is pinned to, or lost,
  *   another handle): the guard resets the handle and that call rejects with
@@ -63,10 +64,11 @@ const NO_STATE: readonly HeldState[] = Object.freeze([]);
 const NO_BLOCKERS: readonly BlockingOp[] = Object.freeze([]);
 
 /**
- * What a floating op's caller gets when the op is taken back from the guard's queue because its
- * session pinned meanwhile: never seen by users (the call runs again, serially).
+ * What a floating op's caller gets when the op is taken back because its session pinned
+ * meanwhile (from the guard's queue, or when its fn comes due): never seen by users (the call
+ * runs again, serially). The guard releases the handle of an op that ends with it as it is.
  */
-const REQUEUED = Symbol('requeued');
+export const REQUEUED = Symbol('requeued');
 
 /**
  * Decides, after the `state` check of one of the session's ops, where the handle goes; returns
@@ -135,12 +137,15 @@ export interface SessionHost<E> {
   pin(handle: Handle<E>): boolean;
   /** Moves a session slot's handle, clean, back to the shared pool (or destroys it). */
   unpin(handle: Handle<E>): void;
-  /** A shared handle holding state nobody may keep: reset it (or retire it) after `op`. */
-  discard(handle: Handle<E>, op: Op<E>, ok: boolean): void;
+  /**
+   * A shared handle holding state nobody may keep: reset it (or retire it) after `op`. Retired
+   * when the check's hook may still run on it (`answer.running`).
+   */
+  discard(handle: Handle<E>, op: Op<E>, ok: boolean, answer: StateAnswer): void;
   /** Gives a clean shared handle back to the pool. */
   release(handle: Handle<E>, aliveAt: number): void;
   /** Takes a session's handle out of service for good. */
-  retire(handle: Handle<E>, reason: 'session-end' | 'idle-check', cause: unknown): void;
+  retire(handle: Handle<E>, reason: 'session-end' | 'idle-check' | 'reset', cause: unknown): void;
   emit<K extends 'sessionOpen' | 'sessionLost' | 'sessionClose' | 'sessionPin' | 'sessionUnpin'>(
     type: K,
     event: GuardEvents[K],
@@ -225,6 +230,11 @@ export class GuardSession<E> implements Session<E> {
   #lastActive = this.#createdAt;
   /** The serial call running now (slot, lock wait or op), settled when it ends. */
   #current: Promise<void> | undefined = undefined;
+  /**
+   * The serial call runs on a shared handle (a lost session's restore): once `reopen()` has
+   * accepted the loss, calls float beside it.
+   */
+  #currentShared = false;
   /** State was lost and `restore` has not rebuilt it yet on the new handle. */
   #needsRestore = false;
   /** The running serial call's op, once it has one: its caller may hear back before it let go of the handle. */
@@ -324,8 +334,8 @@ export class GuardSession<E> implements Session<E> {
     if (this.#state === 'lost') {
       this.#state = this.#fresh();
       this.#needsRestore = false;
-      // Calls queued behind the loss may float now.
-      if (this.#current === undefined) this.#next();
+      // Calls queued behind the loss may float now (beside a restore still running).
+      this.#next();
       return;
     }
     if (this.#handle === undefined) return;
@@ -412,13 +422,16 @@ export class GuardSession<E> implements Session<E> {
     });
   }
 
-  /** True when calls may float now: on-state, not pinned, not lost, no serial call running. */
+  /**
+   * True when calls may float now: on-state, not pinned, not lost, and no serial call running
+   * but one on a shared handle.
+   */
   #floats(): boolean {
     return (
       this.pin === 'on-state' &&
       this.#handle === undefined &&
       this.#state === 'open' &&
-      this.#current === undefined
+      (this.#current === undefined || this.#currentShared)
     );
   }
 
@@ -469,9 +482,11 @@ export class GuardSession<E> implements Session<E> {
 
   /** Starts what may start now: every queued call when they may float, else the next one. */
   #next(): void {
-    if (this.#current !== undefined || this.#state === 'closed') return;
+    if (this.#state === 'closed') return;
     if (this.#floats()) {
-      for (let call = this.#queue.head; call !== null; call = this.#queue.head) {
+      // Each in turn: one that runs and is checked in this very turn (a sync fn on an idle
+      // handle, a sync check) may pin the session, and the calls after it then run serially.
+      for (let call = this.#queue.head; call !== null && this.#floats(); call = this.#queue.head) {
         this.#unqueue(call);
         // In its caller's context, not in the one the session's previous call ended in.
         const floating = call;
@@ -480,6 +495,7 @@ export class GuardSession<E> implements Session<E> {
       this.#armIdle();
       return;
     }
+    if (this.#current !== undefined) return;
     const call = this.#queue.head;
     if (call === null) {
       this.#armIdle();
@@ -520,6 +536,7 @@ export class GuardSession<E> implements Session<E> {
 
   #ended(): void {
     this.#current = undefined;
+    this.#currentShared = false;
     this.#op = undefined;
     this.#leaveQueue = undefined;
     this.#lastActive = performance.now();
@@ -535,15 +552,14 @@ export class GuardSession<E> implements Session<E> {
     this.#floating.add(call);
     this.#ops++;
     const settings: OpSettings = { ...call.settings, timeout: call.remaining(performance.now()) };
-    const run = this.#host.run(
-      this,
-      call,
-      call.fn,
-      settings,
-      undefined,
-      false,
-      this.#checkOf(false),
-    );
+    // Its op may start well before fn does (a cluster lease wait): a session that pinned (or lost
+    // its state) meanwhile takes it back then, to run where the state is; a closed one answers it
+    // as it answers the calls it had queued (fn never starts).
+    const fn: SessionFn<E> = (engine, ctx) => {
+      if (this.#state !== 'open' || this.#handle !== undefined) throw REQUEUED;
+      return call.fn(engine, ctx);
+    };
+    const run = this.#host.run(this, call, fn, settings, undefined, false, this.#checkOf(false));
     call.op = run.op;
     call.leave = run.leave;
     run.result.then(
@@ -553,7 +569,18 @@ export class GuardSession<E> implements Session<E> {
       },
       (error: unknown) => {
         // Taken back to run serially on the pinned handle: it is not over.
-        if (error === REQUEUED) return;
+        if (error === REQUEUED) {
+          if (!this.#floating.has(call)) return;
+          if (this.#state !== 'closed') {
+            this.#takeBack(call);
+            this.#next();
+            return;
+          }
+          // Closed before its fn started: answered as the calls it had queued were.
+          this.#floatEnded(call);
+          call.reject(this.#closedError(this.#closedReason));
+          return;
+        }
         this.#floatEnded(call);
         call.reject(callerTimeout(error, call.settings.timeout));
       },
@@ -571,18 +598,25 @@ export class GuardSession<E> implements Session<E> {
    * in call order, ahead of anything queued since.
    */
   #requeueFloating(): void {
+    // A call with no op yet is being started in this very turn, and its own check pinned the
+    // session (a sync fn on an idle handle, a sync check): it ran, it is not taken back.
     const waiting = [...this.#floating].filter(
-      (call) => call.op === undefined || !isStarted(call.op),
+      (call) => call.op !== undefined && !isStarted(call.op),
     );
     for (const call of waiting.reverse()) {
-      this.#floating.delete(call);
-      call.op = undefined;
       call.leave?.(REQUEUED);
-      call.leave = undefined;
-      this.#ops--;
-      this.#enqueue(call, true);
+      this.#takeBack(call);
     }
     this.#next();
+  }
+
+  /** A floating call that did not run goes to the head of the serial queue. */
+  #takeBack(call: SessionCall<E>): void {
+    this.#floating.delete(call);
+    call.op = undefined;
+    call.leave = undefined;
+    this.#ops--;
+    this.#enqueue(call, true);
   }
 
   /**
@@ -598,8 +632,18 @@ export class GuardSession<E> implements Session<E> {
   ): unknown {
     const held = answer.held;
     if (handle === this.#handle) {
-      // On the pinned handle. Unknown: the state may still be there, so the pin stays.
-      if (held === undefined) return undefined;
+      if (held === undefined) {
+        // On the pinned handle. Unknown: the state may still be there, so the pin stays; unless
+        // the hook still runs there (it overran): then the handle can serve no other op, and
+        // the session's state is lost with it.
+        if (answer.running === true) {
+          // (A closing session's handle goes anyway: that is no replacement to report.)
+          const reason = this.#state === 'closed' ? 'session-end' : 'reset';
+          this.#host.retire(handle, reason, answer.error);
+          this.lose(handle, answer.error);
+        }
+        return undefined;
+      }
       if (held.length > 0) {
         this.#held = held;
         return undefined;
@@ -629,7 +673,7 @@ export class GuardSession<E> implements Session<E> {
       this.#requeueFloating();
       return undefined;
     }
-    this.#host.discard(handle, op, ok);
+    this.#host.discard(handle, op, ok, answer);
     if (reason === 'closed') return undefined;
     return new SessionStateDiscardedError({
       sessionId: this.id,
@@ -724,6 +768,7 @@ export class GuardSession<E> implements Session<E> {
     restore: NonNullable<SessionOptions<E>['restore']>,
   ): Promise<unknown> {
     this.#ops++;
+    this.#currentShared = true;
     let rebuilt = false;
     const restoring = this.#restoring(call, restore, () => {
       rebuilt = true;
@@ -732,7 +777,7 @@ export class GuardSession<E> implements Session<E> {
       if (rebuilt) return this.afterCheck(op, handle, answer, ok, true);
       // restore failed: what it made is not the session's state. Its caller gets restore's
       // error, and the session stays lost.
-      this.#host.discard(handle, op, ok);
+      this.#host.discard(handle, op, ok, answer);
       return undefined;
     };
     return this.#run(call, restoring, this.#settingsNow(call), undefined, true, check);

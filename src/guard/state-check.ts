@@ -9,6 +9,8 @@
  *   flight); past it, or when the hook throws, rejects, or answers something that is not a list
  *   of `{ kind, name }`, the state is unknown.
  * - `close()` gives up every check in flight: unknown, with `GuardClosedError`.
+ * - A check given up before its hook returned (its bound, `close()`) says so (`running`): the
+ *   hook may still be using the handle, which then serves nobody again.
  */
 import { GuardClosedError, HookTimeoutError } from '../errors.js';
 import { isThenable } from '../internal/promises.js';
@@ -84,7 +86,11 @@ export class StateCheck<E> {
   readonly #hook: StateHook<E>;
   readonly #timeout: number;
   readonly #inFlight = new DeadlineSweep<StateCall<E>>((call) =>
-    this.#finish(call, { held: undefined, error: new HookTimeoutError('state', this.#timeout) }),
+    this.#finish(call, {
+      held: undefined,
+      error: new HookTimeoutError('state', this.#timeout),
+      running: true,
+    }),
   );
   #closed = false;
 
@@ -114,7 +120,10 @@ export class StateCheck<E> {
       return;
     }
     if (this.#closed) {
-      done({ held: undefined, error: new GuardClosedError(undefined) });
+      // The hook closed the guard itself: given up at once, and told so if it listens.
+      const error = new GuardClosedError(undefined);
+      call.controller?.abort(error);
+      done({ held: undefined, error, running: true });
       return;
     }
     call.deadline = performance.now() + this.#timeout;
@@ -130,8 +139,9 @@ export class StateCheck<E> {
   close(name: string | undefined): void {
     this.#closed = true;
     const closed = new GuardClosedError(name);
-    for (const call of this.#inFlight.items())
-      this.#finish(call, { held: undefined, error: closed });
+    for (const call of this.#inFlight.items()) {
+      this.#finish(call, { held: undefined, error: closed, running: true });
+    }
   }
 
   #finish(call: StateCall<E>, answer: StateAnswer): void {

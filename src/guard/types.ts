@@ -89,11 +89,13 @@ export interface StateContext {
 
 /**
  * What a `state` check found: the state held (empty: clean), or `undefined` with the reason it
- * is unknown. Internal to the guard (not exported by the package).
+ * is unknown; `running` when the guard gave up on the hook (its bound, or `close()`) before it
+ * returned, so it may still be using the handle. Internal to the guard (not exported by the
+ * package).
  */
 export type StateAnswer =
-  | { readonly held: readonly HeldState[]; readonly error?: undefined }
-  | { readonly held: undefined; readonly error: unknown };
+  | { readonly held: readonly HeldState[]; readonly error?: undefined; readonly running?: false }
+  | { readonly held: undefined; readonly error: unknown; readonly running?: boolean };
 
 /**
  * When a session takes a handle of its own:
@@ -305,7 +307,9 @@ export interface EngineGuardOptions<E> {
    * goes back to the pool as it is; state found pins the session to the handle, and a pinned
    * session whose handle is clean again lets it go. An answer given synchronously (the adapter
    * knows the op left nothing) costs no round trip. Throwing (or rejecting) means "unknown": the
-   * state is discarded and the op's caller is told so. Bounded by `resetTimeout`.
+   * state is discarded and the op's caller is told so. Bounded by `resetTimeout`: past it the
+   * hook may still be using the handle, so the handle is retired (a pinned session's state is
+   * lost with it, as when its handle dies).
    */
   state?:
     | ((

@@ -389,14 +389,19 @@ export class HandlePool<E> {
   /**
    * Takes `handle`, busy and opened by another pool of the same guard, into this pool's service,
    * still busy, if a slot is free. A session that pins a shared handle moves it into the
-   * sessions' pool this way, and an unpinned one moves it back. False when the pool is full or
+   * sessions' pool this way, and an unpinned one moves it back. A slot that only an idle handle
+   * holds is free: that handle is retired for it (in the sessions' pool, one opened for a
+   * session that left before it came). False when the pool is busy or opening to its size, or
    * closed: the caller keeps the handle where it was.
    */
   tryAdopt(handle: Handle<E>): boolean {
-    if (this.#closed || handle.state !== 'busy' || this.#inService() >= this.settings.size) {
-      return false;
-    }
+    if (this.#closed || handle.state !== 'busy') return false;
+    const full = this.#inService() >= this.settings.size;
+    const idle = full ? this.#idle[0] : undefined;
+    if (full && idle === undefined) return false;
     this.#busy++;
+    // Counted busy first: the pool never looks empty (down) in between.
+    if (idle !== undefined) this.retire(idle, 'session-end', undefined);
     return true;
   }
 

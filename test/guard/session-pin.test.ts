@@ -15,7 +15,7 @@ import {
   SessionLostError,
   SessionStateDiscardedError,
 } from '../../src/index.js';
-import { errorOf, flush, waitFor } from '../support/guard.js';
+import { errorOf, flush, gate, waitFor } from '../support/guard.js';
 
 /** A connection whose state is a set of temp tables, as a database session's would be. */
 interface Conn {
@@ -25,15 +25,6 @@ interface Conn {
   busy: number;
   dead: boolean;
   destroyed: boolean;
-}
-
-/** Resolved by the test: holds an op (or a state check) open. */
-function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { promise, open };
 }
 
 function guardWith(extra: Partial<EngineGuardOptions<Conn>> = {}): EngineGuard<Conn> {

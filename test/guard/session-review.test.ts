@@ -13,7 +13,7 @@ import {
   SessionClosedError,
   SessionLostError,
 } from '../../src/index.js';
-import { errorOf, flush, waitFor } from '../support/guard.js';
+import { errorOf, flush, gate, waitFor } from '../support/guard.js';
 
 interface Conn {
   generation: number;
@@ -41,15 +41,6 @@ function guardWith(extra: Partial<EngineGuardOptions<Conn>> = {}): {
     ...extra,
   });
   return { guard, conns };
-}
-
-/** A promise and its resolver, for holding an op or a hook where the test wants it. */
-function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { promise, open };
 }
 
 describe('session review', () => {

@@ -25,6 +25,7 @@ import {
   SessionLostError,
 } from '../../src/index.js';
 import { activeTimeouts, flush } from '../support/guard.js';
+import { FATAL, ModelObserver, throwingThen } from '../support/model-engine.js';
 
 /** Who used a handle: a session's id, or 'stateless' (each stateless op is a caller of its own). */
 type User = number | 'stateless';
@@ -81,8 +82,6 @@ interface Scenario {
   commands: Command[];
 }
 
-const FATAL = 'connection lost';
-
 /** What the runs reached, summed over all of them: the property must not hold vacuously. */
 const reached = {
   sessionLost: 0,
@@ -92,22 +91,6 @@ const reached = {
   cancelledSessionOps: 0,
   slotWaits: 0,
 };
-
-/** A value whose `then` getter throws `error`: a hostile result of fn or a hook. */
-function throwingThen(error: Error): unknown {
-  return {
-    // biome-ignore lint/suspicious/noThenProperty: the hostile value under test
-    get then(): never {
-      throw error;
-    },
-  };
-}
-
-/** A held fn: the command `settle` ends it. */
-interface Gate {
-  readonly conn: Conn;
-  readonly settle: (how: 'ok' | 'error' | 'fatal') => void;
-}
 
 interface SessionModel {
   readonly session: Session<Conn>;
@@ -132,19 +115,16 @@ interface SessionModel {
   restorePending: boolean;
 }
 
-class Run {
-  readonly conns: Conn[] = [];
+class Run extends ModelObserver<Conn> {
   readonly sessions: SessionModel[] = [];
-  readonly gates: Gate[] = [];
   readonly controllers: AbortController[] = [];
-  readonly pending = new Set<Promise<unknown>>();
-  readonly violations: string[] = [];
   readonly guard: EngineGuard<Conn>;
   #resets = 0;
   #restores = 0;
   #gated = 0;
 
   constructor(readonly scenario: Scenario) {
+    super();
     this.guard = new EngineGuard<Conn>({
       create: ({ generation }) => {
         const conn: Conn = {
@@ -173,33 +153,6 @@ class Run {
       pool: scenario.pool,
       maxSessions: scenario.maxSessions,
     });
-  }
-
-  fail(message: string): void {
-    this.violations.push(message);
-  }
-
-  /**
-   * Uses `conn` for one call, checking nobody else does, it was not retired, and (for an op's
-   * call, of `kind`) that a write runs alone and a read beside no write.
-   */
-  enter(conn: Conn, what: string, kind?: 'read' | 'write'): void {
-    if (conn.active > 0) this.fail(`${what} on handle ${conn.generation} while another call runs`);
-    if (conn.destroyed > 0) this.fail(`${what} on handle ${conn.generation} after its destroy`);
-    if (kind !== undefined) {
-      for (const other of this.conns) {
-        if (other.kind === 'write' || (kind === 'write' && other.kind === 'read')) {
-          this.fail(`${what} (${kind}) beside a ${other.kind} on handle ${other.generation}`);
-        }
-      }
-    }
-    conn.active++;
-    conn.kind = kind;
-  }
-
-  exit(conn: Conn): void {
-    conn.active--;
-    conn.kind = undefined;
   }
 
   reset(conn: Conn): unknown {
@@ -252,17 +205,11 @@ class Run {
         this.exit(conn);
         throw new Error(FATAL);
       }
-      const end = (how: 'ok' | 'error' | 'fatal'): unknown => {
-        this.exit(conn);
-        if (how === 'ok') return conn.generation;
-        if (how === 'fatal') conn.dead = true;
-        throw new Error(how === 'fatal' ? FATAL : 'op failed');
-      };
       switch (body) {
         case 'sync-ok':
-          return end('ok');
+          return this.endCall(conn, 'ok');
         case 'sync-throw':
-          return end('error');
+          return this.endCall(conn, 'error');
         case 'bad-then':
           this.exit(conn);
           return throwingThen(new Error('then getter threw'));
@@ -274,31 +221,8 @@ class Run {
 
   gate(conn: Conn, ctx: OpContext, inSession: boolean): Promise<unknown> {
     const honors = this.scenario.honorsAbort[this.#gated++ % this.scenario.honorsAbort.length];
-    return new Promise((resolve, reject) => {
-      let open = true;
-      const gate: Gate = {
-        conn,
-        settle: (how) => {
-          if (!open) return;
-          open = false;
-          this.gates.splice(this.gates.indexOf(gate), 1);
-          this.exit(conn);
-          if (how === 'ok') resolve(conn.generation);
-          else {
-            if (how === 'fatal') conn.dead = true;
-            reject(new Error(how === 'fatal' ? FATAL : 'op failed'));
-          }
-        },
-      };
-      this.gates.push(gate);
-      ctx.signal.addEventListener(
-        'abort',
-        () => {
-          if (open && inSession) reached.cancelledSessionOps++;
-          if (honors) gate.settle('error');
-        },
-        { once: true },
-      );
+    return this.hold(conn, ctx.signal, honors === true, undefined, () => {
+      if (inSession) reached.cancelledSessionOps++;
     });
   }
 
@@ -426,20 +350,6 @@ class Run {
           return Promise.reject(new Error(FATAL));
       }
     };
-  }
-
-  /** Tracks a caller's promise; `onError` checks how it failed. */
-  track(promise: Promise<unknown>, onError?: (error: unknown) => void): void {
-    const settled = promise.then(
-      () => {
-        this.pending.delete(settled);
-      },
-      (error: unknown) => {
-        this.pending.delete(settled);
-        onError?.(error);
-      },
-    );
-    this.pending.add(settled);
   }
 
   options(abortable: boolean): { signal?: AbortSignal; controller?: AbortController } {

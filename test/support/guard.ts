@@ -57,6 +57,15 @@ export async function waitFor(
   }
 }
 
+/** A promise and its resolver, for holding an op or a hook where the test wants it. */
+export function gate(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
 /** Lets pending promise callbacks and immediates run (`turns` event-loop turns). */
 export async function flush(turns = 5): Promise<void> {
   for (let i = 0; i < turns; i++) await new Promise<void>((resolve) => setImmediate(resolve));
