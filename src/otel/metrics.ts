@@ -32,7 +32,6 @@ function pinnedSessions(status: GuardStatus): number {
   return pinned;
 }
 
-
 /** The metrics of one guard; `dispose()` stops them. */
 export class GuardMetrics {
   readonly #meter: Meter;

@@ -122,15 +122,6 @@ export function captureWarnings<T>(fn: () => T): { result: T; warnings: Captured
   }
 }
 
-/** A promise and its opener: a gate a test holds an op at until it opens it. */
-export function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { promise, open };
-}
-
 /**
  * A read on `guard`'s first handle (opened by a warm-up read) whose engine then stops answering
  * and ignores aborts: resolves with what the read rejects with (`EngineStalledError` once the
