@@ -5,12 +5,15 @@
  * Streamable HTTP, connects two agents to it with the MCP SDK client (each its own MCP session,
  * hence its own engine session), and shows side by side:
  *   1. agent A's long analytics query with live progress notifications,
- *   2. `status` answering at once meanwhile,
+ *   2. `status` answering at once meanwhile, and agent A's own short query too: A holds no
+ *      connection state, so its calls run side by side,
  *   3. agent B's call whose engine connection goes silent (a demo-only injected fault), convicted
  *      by the guard's liveness watchdog and its connection replaced, while the long query carries
  *      on; B is told what its session lost with the connection (nothing: it had made no state),
  *   4. the long query finishing,
- *   5. sessions: B's temporary table, seen by all of B's reads and by none of A's,
+ *   5. sessions that pin on state: B's temporary table pins B's session to its connection, where
+ *      all of B's reads see it and none of A's do; a call B sends while its own query runs there
+ *      is told what it waits for and why; dropping the table unpins B,
  *   6. normal service again,
  *   7. a few lines of the guard's metrics, as Prometheus scrapes them from `/metrics`
  *      (`--metrics`: engine-guard/otel and the OpenTelemetry Prometheus exporter).
@@ -81,7 +84,17 @@ interface StatusView {
   };
   /** How long the server took to build the answer (the round trip adds the transport's). */
   answeredInMs: number;
-  sessions: { yours: number | null; list: { id: number; label: string | null; ops: number }[] };
+  sessions: {
+    yours: number | null;
+    pinned: number;
+    list: {
+      id: number;
+      label: string | null;
+      ops: number;
+      pinned: boolean;
+      heldState: { kind: string; name: string }[];
+    }[];
+  };
 }
 
 function textOf(result: CallToolResult): string {
@@ -214,9 +227,18 @@ async function main(): Promise<void> {
   );
 
   await new Promise((r) => setTimeout(r, 700));
-  section('2. Meanwhile, status answers at once (it never waits on the engine)');
+  section("2. Meanwhile, status answers at once, and so does agent A's own short query");
   const s1 = await status(b);
   say(statusLine(s1.view, s1.ms));
+  const shortStarted = performance.now();
+  const own = await call(a, 'query', { sql: 'SELECT count(*) AS n FROM products' });
+  if (own.isError) throw new Error(`agent A's short query failed: ${textOf(own)}`);
+  const ownRows = (own.structuredContent as { rows: { n: number }[] }).rows;
+  say(
+    `agent A: its own "SELECT count(*) FROM products" → ${ownRows[0]?.n} in ` +
+      `${(performance.now() - shortStarted).toFixed(0)} ms, beside its long query (A holds no ` +
+      'connection state, so its calls run side by side on shared connections)',
+  );
 
   section('3. Agent B makes a call whose connection goes silent (injected fault)');
   say('agent B: demo_wedge (the call never answers; neither do liveness probes of its connection)');
@@ -260,12 +282,12 @@ async function main(): Promise<void> {
     );
   }
 
-  section('5. Sessions: each agent has a connection of its own, and its state with it');
+  section('5. Sessions: an agent keeps a connection of its own only while it holds state');
   const created = await call(b, 'execute', {
     sql: 'CREATE TEMP TABLE shortlist AS SELECT id, name FROM products ORDER BY price DESC LIMIT 5',
   });
   if (created.isError) throw new Error(`execute failed: ${textOf(created)}`);
-  say('agent B: execute "CREATE TEMP TABLE shortlist AS ... LIMIT 5" (in a fresh session)');
+  say('agent B: execute "CREATE TEMP TABLE shortlist AS ... LIMIT 5"');
   const count = 'SELECT count(*) AS n FROM shortlist';
   const reads = await Promise.all([1, 2, 3].map(() => call(b, 'query', { sql: count })));
   const counts = reads.map((r) =>
@@ -279,7 +301,39 @@ async function main(): Promise<void> {
   const s3 = await status(a);
   say(
     `${cyan('status')} sessions: ` +
-      s3.view.sessions.list.map((row) => `#${row.id} ${row.label} (${row.ops} ops)`).join(', '),
+      s3.view.sessions.list
+        .map(
+          (row) =>
+            `#${row.id} ${row.label} (${row.ops} ops${
+              row.pinned
+                ? `, pinned by ${row.heldState.map((h) => `${h.kind} ${h.name}`).join(', ')}`
+                : ''
+            })`,
+        )
+        .join(', '),
+  );
+  // Pinned: B's calls run one at a time on its connection, and a waiting one says why.
+  say('agent B: a slower query on its pinned connection, and right after it a short one');
+  const slow = call(b, 'query', { sql: longAnalyticsQuery(buckets, 0.15) });
+  let told: string | undefined;
+  const waited = await call(b, 'query', { sql: count }, (message) => {
+    if (told === undefined && message.startsWith('waiting')) {
+      told = message;
+      say(yellow(`   agent B progress: ${message}`));
+    }
+  });
+  await slow;
+  if (waited.isError) throw new Error(`agent B's short query failed: ${textOf(waited)}`);
+  if (told === undefined || !told.includes('temp table shortlist')) {
+    throw new Error(`agent B's waiting call did not say why it waits: ${told ?? '(nothing)'}`);
+  }
+  const dropped = await call(b, 'execute', { sql: 'DROP TABLE shortlist' });
+  if (dropped.isError) throw new Error(`drop failed: ${textOf(dropped)}`);
+  const s3b = await status(a);
+  if (s3b.view.sessions.pinned !== 0) throw new Error('agent B is still pinned after the drop');
+  say(
+    'agent B: execute "DROP TABLE shortlist" → unpinned: its connection went back to the pool ' +
+      'and its calls run side by side again',
   );
 
   section('6. Normal service');
