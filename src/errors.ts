@@ -440,7 +440,9 @@ export class SessionStateDiscardedError extends EngineGuardError {
         : info.discarded.map((entry) => `${entry.kind} ${entry.name}`).join(', ');
     const why =
       info.reason === 'no-slot'
-        ? `every session slot is taken (maxSessions ${info.maxSessions ?? '?'}): close idle sessions or raise maxSessions`
+        ? info.maxSessions === 0
+          ? 'the guard has no session slots (maxSessions is 0): set maxSessions to let sessions keep state'
+          : `every session slot is taken (maxSessions ${info.maxSessions ?? '?'}): close idle sessions or raise maxSessions`
         : info.reason === 'split'
           ? 'the session already holds state on another connection (left by a call that ran at the same time): run calls that make state one at a time'
           : `its state could not be checked${info.cause instanceof Error ? `: ${info.cause.message}` : ''}`;

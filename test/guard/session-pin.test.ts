@@ -93,6 +93,9 @@ describe('a session that pins on state', () => {
     const slotless = guardWith({ maxSessions: 0 });
     const session = slotless.session();
     expect(await session.read(() => 42)).toBe(42);
+    const refused = await errorOf(session.write((conn) => conn.tables.add('t')));
+    expect(refused).toMatchObject({ reason: 'no-slot' });
+    expect((refused as Error).message).toMatch(/no session slots \(maxSessions is 0\)/);
     expect(() => slotless.session({ pin: 'always' })).toThrow(/no session slots/);
     await slotless.close();
   });
