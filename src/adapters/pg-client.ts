@@ -3,8 +3,16 @@
  * they are gone and whether a query is in flight, and {@link pgQuery}.
  */
 import pg from 'pg';
-import { noop, raceSignal } from './pg-signal.js';
-import { takeTurn, watchTurns } from './pg-turns.js';
+import {
+  type AbortSource,
+  abortReason,
+  abortSourceOf,
+  noop,
+  onAbort,
+  raceSignal,
+  throwIfAborted,
+} from './pg-signal.js';
+import { type Turn, takeTurn, watchTurns } from './pg-turns.js';
 import type { PgClient, PgClientConfig, PgHandle, PgQueryResult, PgRow } from './pg-types.js';
 
 export { noop, onAbort, raceSignal } from './pg-signal.js';
@@ -47,23 +55,21 @@ interface ClientState {
   inFlight: number;
   /** `performance.now()` when the adapter last sent a query on it (-Infinity before any). */
   sentAt: number;
-  /** Heartbeats of the queries in flight on it, called when bytes arrive. */
-  readonly beats: Set<() => void>;
-  readonly onData: () => void;
+  /**
+   * Heartbeats of the queries in flight on it (how many of its queries use each), called when
+   * bytes arrive: one `data` listener for the client's life, not one added and removed per query.
+   */
+  readonly beats: Map<{ heartbeat(): void }, number>;
 }
 
 export const clients = new WeakMap<PgClient, ClientState>();
 
 function track(client: RawClient): ClientState {
-  const beats = new Set<() => void>();
   const state: ClientState = {
     gone: undefined,
     inFlight: 0,
     sentAt: Number.NEGATIVE_INFINITY,
-    beats,
-    onData: () => {
-      for (const beat of beats) beat();
-    },
+    beats: new Map(),
   };
   clients.set(client, state);
   // Without an 'error' listener, a socket error on an idle client would crash the process.
@@ -136,6 +142,10 @@ export async function connect(
     syncAfterCopyIn(client);
     // After pg's own listeners: a query end seen there finds pg's next query sent already.
     watchTurns(client);
+    const { beats } = clients.get(client)!;
+    client.connection?.stream?.on('data', () => {
+      if (beats.size > 0) for (const beating of beats.keys()) beating.heartbeat();
+    });
     return client;
   } catch (error) {
     destroySocket(client);
@@ -183,6 +193,58 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   return promise;
 }
 
+/** `pg.Client#query` in its callback form. */
+type CallbackQuery = (
+  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
+  values: unknown[] | undefined,
+  callback: (error: Error | null, result?: unknown) => void,
+) => void;
+
+/**
+ * Hands one query to `pg` (its callback form: no promise of `pg`'s own) and settles with it, or
+ * rejects at once when `signal` aborts (the query's outcome is then swallowed). While it is in
+ * flight the busy-handle probe sees it; `turn` ends when it settles.
+ */
+function send(
+  client: RawClient,
+  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
+  values: unknown[] | undefined,
+  signal: AbortSource,
+  turn: Turn | undefined,
+): Promise<unknown> {
+  return new Promise<unknown>((resolve, reject) => {
+    const state = clients.get(client);
+    let answered = false;
+    let unsubscribe = noop;
+    const settle = (error: Error | null, result?: unknown): void => {
+      if (state !== undefined) state.inFlight--;
+      turn?.finish();
+      if (answered) return;
+      answered = true;
+      unsubscribe();
+      if (error !== null && error !== undefined) reject(error);
+      else resolve(result);
+    };
+    if (state !== undefined) {
+      state.inFlight++;
+      state.sentAt = performance.now();
+    }
+    turn?.sent();
+    try {
+      (client.query as unknown as CallbackQuery).call(client, text, values, settle);
+    } catch (error) {
+      settle(error as Error);
+      return;
+    }
+    if (answered) return;
+    unsubscribe = onAbort(signal, () => {
+      if (answered) return;
+      answered = true;
+      reject(abortReason(signal));
+    });
+  });
+}
+
 /**
  * Runs one query on a guarded handle, honouring `ctx`:
  *
@@ -212,30 +274,23 @@ export async function pgQuery<R extends object = PgRow>(
   text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
   values?: unknown[],
 ): Promise<PgQueryResult<R>> {
-  const { signal } = ctx;
-  signal.throwIfAborted();
+  // The guard's op context tells of its abort without an AbortSignal (see pg-signal.ts).
+  const signal = abortSourceOf(ctx);
+  throwIfAborted(signal);
   refuseNul(typeof text === 'string' ? text : text.text);
   const client = handle.client as RawClient;
-  const beat = (): void => ctx.heartbeat();
-  const state = clients.get(client);
-  const stream = client.connection?.stream;
-  // One 'data' listener per client, shared by the queries in flight on it.
-  if (state !== undefined && stream !== undefined) {
-    if (state.beats.size === 0) stream.on('data', state.onData);
-    state.beats.add(beat);
-  }
+  const beats = clients.get(client)?.beats;
+  beats?.set(ctx, (beats.get(ctx) ?? 0) + 1);
   const turn = takeTurn(client);
   try {
     if (turn !== undefined && !turn.now) {
       await raceSignal(turn.ready, signal);
       // Aborted in the turn the one before settled: never sent.
-      signal.throwIfAborted();
+      throwIfAborted(signal);
     }
-    const query = client.query(text, values);
-    turn?.sent(query);
     try {
-      const result = await raceSignal(inFlight(client, query), signal);
-      beat();
+      const result = await send(client, text, values, signal, turn);
+      ctx.heartbeat();
       if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
       return result as PgQueryResult<R>;
     } catch (error) {
@@ -249,9 +304,10 @@ export async function pgQuery<R extends object = PgRow>(
   } finally {
     turn?.leave();
     turn?.settled();
-    if (state !== undefined && stream !== undefined) {
-      state.beats.delete(beat);
-      if (state.beats.size === 0) stream.removeListener('data', state.onData);
+    if (beats !== undefined) {
+      const uses = beats.get(ctx) ?? 1;
+      if (uses > 1) beats.set(ctx, uses - 1);
+      else beats.delete(ctx);
     }
   }
 }

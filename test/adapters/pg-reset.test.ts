@@ -318,13 +318,13 @@ describe('pgReset skips its round trip only when the op provably left nothing', 
       const { handle } = await openHandle(overrides);
       const sent: string[] = [];
       const client = raw(handle);
-      const query = client.query.bind(client) as (text: unknown) => Promise<unknown>;
-      // Records the SQL text of each query the helper sends.
-      (handle.client as unknown as { query: (text: unknown) => Promise<unknown> }).query = (
-        text,
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+      // Records the SQL text of each query the helper sends (all of pg's arguments passed on).
+      (handle.client as unknown as { query: (...args: unknown[]) => unknown }).query = (
+        ...args
       ) => {
-        if (typeof text === 'string') sent.push(text);
-        return query(text);
+        if (typeof args[0] === 'string') sent.push(args[0]);
+        return query(...args);
       };
       await pgReadOnly(handle, ctx(), 'SELECT 1');
       return sent.filter((sql) => sql.startsWith('ROLLBACK'));
