@@ -1,19 +1,12 @@
 /**
  * The `pg` clients the adapter creates: connecting and closing them bounded, tracking whether
- * they are gone and whether a query is in flight, and {@link pgQuery}.
+ * they are gone and whether a query is in flight (what `pgQuery`, in pg-query.ts, and the
+ * busy-handle probe read).
  */
 import pg from 'pg';
-import {
-  type AbortSource,
-  abortReason,
-  abortSourceOf,
-  noop,
-  onAbort,
-  raceSignal,
-  throwIfAborted,
-} from './pg-signal.js';
-import { type Turn, takeTurn, watchTurns } from './pg-turns.js';
-import type { PgClient, PgClientConfig, PgHandle, PgQueryResult, PgRow } from './pg-types.js';
+import { noop, raceSignal } from './pg-signal.js';
+import { watchTurns } from './pg-turns.js';
+import type { PgClient, PgClientConfig } from './pg-types.js';
 
 export { noop, onAbort, raceSignal } from './pg-signal.js';
 
@@ -48,7 +41,7 @@ export interface RawClient extends PgClient {
 }
 
 /** What the adapter remembers about a client it created. */
-interface ClientState {
+export interface ClientState {
   /** Set once the connection failed or ended: the handle is dead. */
   gone: Error | undefined;
   /** Queries the adapter's helpers sent on it that have not settled yet. */
@@ -191,123 +184,4 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   };
   promise.then(done, done);
   return promise;
-}
-
-/** `pg.Client#query` in its callback form. */
-type CallbackQuery = (
-  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
-  values: unknown[] | undefined,
-  callback: (error: Error | null, result?: unknown) => void,
-) => void;
-
-/**
- * Hands one query to `pg` (its callback form: no promise of `pg`'s own) and settles with it, or
- * rejects at once when `signal` aborts (the query's outcome is then swallowed). While it is in
- * flight the busy-handle probe sees it; `turn` ends when it settles.
- */
-function send(
-  client: RawClient,
-  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
-  values: unknown[] | undefined,
-  signal: AbortSource,
-  turn: Turn | undefined,
-): Promise<unknown> {
-  return new Promise<unknown>((resolve, reject) => {
-    const state = clients.get(client);
-    let answered = false;
-    let unsubscribe = noop;
-    const settle = (error: Error | null, result?: unknown): void => {
-      if (state !== undefined) state.inFlight--;
-      turn?.finish();
-      if (answered) return;
-      answered = true;
-      unsubscribe();
-      if (error !== null && error !== undefined) reject(error);
-      else resolve(result);
-    };
-    if (state !== undefined) {
-      state.inFlight++;
-      state.sentAt = performance.now();
-    }
-    turn?.sent();
-    try {
-      (client.query as unknown as CallbackQuery).call(client, text, values, settle);
-    } catch (error) {
-      settle(error as Error);
-      return;
-    }
-    if (answered) return;
-    unsubscribe = onAbort(signal, () => {
-      if (answered) return;
-      answered = true;
-      reject(abortReason(signal));
-    });
-  });
-}
-
-/**
- * Runs one query on a guarded handle, honouring `ctx`:
- *
- * - The queries of concurrent calls on one handle are sent one at a time, in call order (as
- *   `pg` would), but each is handed to `pg` only once the one before it settled.
- * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. A query not sent yet is
- *   never sent. The one running is left to the server-side cancel (the guard's `cancel` hook,
- *   which also waits until nothing of the op runs on the handle any more); whatever it ends with
- *   later is swallowed.
- * - When its query fails, it rejects once the calls queued behind it on the handle are done:
- *   `Promise.all` of several calls then settles only after all of their statements ended, so the
- *   op never ends (and gives up its lease) while some still run. Calls settle in call order, so
- *   `Promise.all` still reports the first statement that failed (in a transaction, those after
- *   it fail too: "current transaction is aborted").
- * - It reports progress with `ctx.heartbeat()` whenever bytes arrive from the server (a large
- *   result streaming in) and when the query completes.
- * - While it runs, the busy-handle probe knows a query is in flight on the handle.
- *
- * `text` is sent with the simple protocol when there are no `values` (several statements may
- * then run in one call, and `pg` resolves to the last one's result... typed here as one result;
- * use {@link pgTransaction} for several statements), with the extended protocol otherwise. An
- * empty query (`''`, `'  '`, `'-- c'`, `';'`) resolves to an empty result (`command` null, no rows).
- */
-export async function pgQuery<R extends object = PgRow>(
-  handle: PgHandle,
-  ctx: { signal: AbortSignal; heartbeat(): void },
-  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
-  values?: unknown[],
-): Promise<PgQueryResult<R>> {
-  // The guard's op context tells of its abort without an AbortSignal (see pg-signal.ts).
-  const signal = abortSourceOf(ctx);
-  throwIfAborted(signal);
-  refuseNul(typeof text === 'string' ? text : text.text);
-  const client = handle.client as RawClient;
-  const beats = clients.get(client)?.beats;
-  beats?.set(ctx, (beats.get(ctx) ?? 0) + 1);
-  const turn = takeTurn(client);
-  try {
-    if (turn !== undefined && !turn.now) {
-      await raceSignal(turn.ready, signal);
-      // Aborted in the turn the one before settled: never sent.
-      throwIfAborted(signal);
-    }
-    try {
-      const result = await send(client, text, values, signal, turn);
-      ctx.heartbeat();
-      if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
-      return result as PgQueryResult<R>;
-    } catch (error) {
-      if (turn !== undefined && !signal.aborted) {
-        const behind = turn.behind();
-        if (behind !== undefined) await raceSignal(behind, signal);
-        if (!turn.now) await raceSignal(turn.previous, signal);
-      }
-      throw error;
-    }
-  } finally {
-    turn?.leave();
-    turn?.settled();
-    if (beats !== undefined) {
-      const uses = beats.get(ctx) ?? 1;
-      if (uses > 1) beats.set(ctx, uses - 1);
-      else beats.delete(ctx);
-    }
-  }
 }

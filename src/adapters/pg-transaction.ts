@@ -1,6 +1,7 @@
 /** engine-guard/pg's read-only helper and all-or-nothing helper. */
-import { pgQuery, type RawClient } from './pg-client.js';
+import type { RawClient } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
+import { pgQuery } from './pg-query.js';
 import { cleanSince, drained, rollbackReadOnly } from './pg-reset.js';
 import { splitStatements } from './pg-split.js';
 import type { PgHandle, PgQueryResult, PgRow } from './pg-types.js';

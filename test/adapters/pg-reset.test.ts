@@ -9,6 +9,7 @@ import type { ResetContext } from 'engine-guard';
 import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly, pgReset } from 'engine-guard/pg';
 import type pg from 'pg';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { isClean, readyCount } from '../../src/adapters/pg-reset.js';
 import { adminQuery, backendPid, clientConfig, closeClient, connectClient } from '../support/pg.js';
 import type { PgOptions } from '../support/pg-faults-kit.js';
 
@@ -65,11 +66,26 @@ async function advisoryLocks(pid: number): Promise<number> {
   return rows[0]?.n ?? -1;
 }
 
-/** Runs pgReset and reports whether it skipped the round trip (answered synchronously). */
+/**
+ * Runs pgReset and reports whether it skipped (the handle was provably clean) or reset. A reset
+ * put off to the next query (pgReset answers synchronously then too) is waited for as the idle
+ * handle sends it alone: one event-loop turn, then its round trip.
+ */
 async function reset(handle: PgHandle, signal?: AbortSignal): Promise<'skipped' | 'ran'> {
+  const clean = isClean(handle.client);
   const result = pgReset(handle, resetCtx(signal));
-  if (result === undefined) return 'skipped';
-  await result;
+  if (clean) {
+    expect(result).toBeUndefined();
+    return 'skipped';
+  }
+  if (result !== undefined) {
+    await result;
+  } else {
+    await new Promise((resolve) => setImmediate(resolve));
+    await idle(handle);
+  }
+  // A handle the adapter did not create is never known clean.
+  expect(isClean(handle.client)).toBe(readyCount(handle.client) !== undefined);
   return 'ran';
 }
 
