@@ -185,3 +185,18 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
   promise.then(done, done);
   return promise;
 }
+
+/**
+ * Makes `ctx.heartbeat()` be called whenever bytes arrive on `client` (a large result streaming
+ * in) until the returned function is called: one map entry, on the client's one data listener.
+ */
+export function beatWhileRunning(client: PgClient, ctx: { heartbeat(): void }): () => void {
+  const beats = clients.get(client)?.beats;
+  if (beats === undefined) return noop;
+  beats.set(ctx, (beats.get(ctx) ?? 0) + 1);
+  return () => {
+    const uses = beats.get(ctx) ?? 1;
+    if (uses > 1) beats.set(ctx, uses - 1);
+    else beats.delete(ctx);
+  };
+}

@@ -3,7 +3,7 @@
  * `pgQuery` calls, raced against the op's abort, carrying the reset `pgReset` put off when one is
  * owed (see pg-reset.ts).
  */
-import { clients, type RawClient, refuseNul } from './pg-client.js';
+import { beatWhileRunning, clients, type RawClient, refuseNul } from './pg-client.js';
 import { type MainStatement, sendGroup } from './pg-group.js';
 import { giveBackReset, PgResetError, resetCarried, resetNow, takeOwedReset } from './pg-reset.js';
 import {
@@ -16,7 +16,7 @@ import {
   throwIfAborted,
 } from './pg-signal.js';
 import { splitStatements } from './pg-split.js';
-import { type Turn, takeTurn } from './pg-turns.js';
+import { type Turn, takeTurn, waitForTurn } from './pg-turns.js';
 import type { PgHandle, PgQueryResult, PgRow } from './pg-types.js';
 
 /** `pg.Client#query` in its callback form. */
@@ -216,15 +216,10 @@ export async function pgQuery<R extends object = PgRow>(
   throwIfAborted(signal);
   refuseNul(typeof text === 'string' ? text : text.text);
   const client = handle.client as RawClient;
-  const beats = clients.get(client)?.beats;
-  beats?.set(ctx, (beats.get(ctx) ?? 0) + 1);
+  const stopBeats = beatWhileRunning(client, ctx);
   const turn = takeTurn(client);
   try {
-    if (turn !== undefined && !turn.now) {
-      await raceSignal(turn.ready, signal);
-      // Aborted in the turn the one before settled: never sent.
-      throwIfAborted(signal);
-    }
+    await waitForTurn(turn, signal);
     try {
       const result = await send(client, text, values, signal, turn);
       ctx.heartbeat();
@@ -241,10 +236,6 @@ export async function pgQuery<R extends object = PgRow>(
   } finally {
     turn?.leave();
     turn?.settled();
-    if (beats !== undefined) {
-      const uses = beats.get(ctx) ?? 1;
-      if (uses > 1) beats.set(ctx, uses - 1);
-      else beats.delete(ctx);
-    }
+    stopBeats();
   }
 }

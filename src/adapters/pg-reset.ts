@@ -20,6 +20,7 @@ import {
 } from './pg-client.js';
 import type { GroupOutcome, Hidden } from './pg-group.js';
 import { SettingNames, watchSettingNames } from './pg-setting-names.js';
+import type { AbortSource } from './pg-signal.js';
 import type { PgClient, PgHandle } from './pg-types.js';
 
 /**
@@ -513,6 +514,7 @@ export async function rollbackReadOnly(
   handle: PgHandle,
   cleanAt: number | undefined,
   inSession = false,
+  ranBefore = 2,
 ): Promise<void> {
   const client = handle.client;
   if (cleanAt === undefined || !sessions.has(client)) {
@@ -523,13 +525,70 @@ export async function rollbackReadOnly(
     const results = (await inFlight(client, client.query(ROLLBACK_CHECK_SQL))) as unknown as {
       rows: { held?: boolean }[];
     }[];
-    if (results.at(-1)?.rows[0]?.held === false) markCleanAt(client, cleanAt + 3);
+    if (results.at(-1)?.rows[0]?.held === false) markCleanAt(client, cleanAt + ranBefore + 1);
     return;
   }
   await inFlight(client, client.query(ROLLBACK_CLEAN_SQL));
   forgetNamedStatements(client as RawClient);
-  markCleanAt(client, cleanAt + 3);
+  markCleanAt(client, cleanAt + ranBefore + 1);
 }
+
+/**
+ * The statements that end `pgReadOnly`'s transaction in its batch (see pg-read-only.ts), as
+ * {@link rollbackReadOnly} would: a ROLLBACK, and on a handle known clean at BEGIN, outside a
+ * session, the drop of what a rolled-back read-only transaction can leave (advisory locks, a
+ * seed; prepared statements are only asked about: `DEALLOCATE ALL` follows, alone, when there
+ * are some), in a session the question whether any of it is there, and a new seed either way.
+ * `cleanAt` undefined: the ROLLBACK alone.
+ */
+export function readOnlyEnd(cleanAt: number | undefined, inSession: boolean): Hidden[] {
+  if (cleanAt === undefined) return [ROLLBACK];
+  const seed = [newSeed()];
+  return [
+    ROLLBACK,
+    inSession ? { text: CHECK_HELD_SQL, values: seed } : { text: CLEAN_SQL, values: seed },
+  ];
+}
+
+/**
+ * How `pgReadOnly`'s batch ended for the handle's cleanliness (`rows`: the raw rows of the
+ * statements of {@link readOnlyEnd}): marks the handle clean when nothing is left, or says that
+ * prepared statements are left to deallocate (`'deallocate'`).
+ */
+export function readOnlyEnded(
+  client: PgClient,
+  cleanAt: number,
+  inSession: boolean,
+  rows: GroupOutcome['rows'],
+): 'deallocate' | undefined {
+  const row = rows.at(-1)?.[0];
+  if (row === undefined) return undefined;
+  if (inSession) {
+    if (row[1] === 'f') markCleanAt(client, cleanAt + 1);
+    return undefined;
+  }
+  if (row[2] === 't') return 'deallocate';
+  markCleanAt(client, cleanAt + 1);
+  return undefined;
+}
+
+/** After {@link readOnlyEnded} said so: the prepared statements go, and the handle is clean. */
+export async function deallocateAfterReadOnly(client: PgClient, cleanAt: number): Promise<void> {
+  await inFlight(client, client.query('DEALLOCATE ALL'));
+  forgetNamedStatements(client as RawClient);
+  markCleanAt(client, cleanAt + 2);
+}
+
+const ROLLBACK: Hidden = { text: 'ROLLBACK' };
+/** Outside a session: drop what survives a rolled-back read-only transaction ($1: a new seed). */
+const CLEAN_SQL =
+  'SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed($1),' +
+  ' EXISTS (SELECT FROM pg_catalog.pg_prepared_statement())';
+/** In a session: a new seed, and whether an advisory lock or a prepared statement is held. */
+const CHECK_HELD_SQL =
+  'SELECT pg_catalog.setseed($1), EXISTS (SELECT FROM pg_catalog.pg_lock_status() k' +
+  " WHERE k.locktype = 'advisory' AND k.pid = pg_catalog.pg_backend_pid())" +
+  ' OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statement())';
 
 /** After `DEALLOCATE ALL`: `pg` would Bind the statements it believes parsed, unparsed. */
 function forgetNamedStatements(client: RawClient): void {
@@ -539,7 +598,7 @@ function forgetNamedStatements(client: RawClient): void {
 }
 
 /** Resolves once `client` has nothing queued or running (an aborted op's query may still be). */
-export function drained(client: RawClient, signal: AbortSignal | undefined): Promise<void> {
+export function drained(client: RawClient, signal: AbortSource | undefined): Promise<void> {
   if (client.readyForQuery !== false) return Promise.resolve();
   const drain = new Promise<void>((resolve) => {
     (client as unknown as NodeJS.EventEmitter).once('drain', resolve);

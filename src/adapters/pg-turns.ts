@@ -7,7 +7,7 @@
  * it waits here, not in `pg`'s own queue (which pg 8 deprecates and pg 9 removes), so that an
  * abort withdraws it for sure.
  */
-import { onAbort, raceSignal } from './pg-signal.js';
+import { type AbortSource, onAbort, raceSignal, throwIfAborted } from './pg-signal.js';
 import type { PgClient } from './pg-types.js';
 
 /** What this module needs of a `pg.Client`. */
@@ -211,4 +211,15 @@ function nextChange(state: Queue, signal: AbortSignal): Promise<void> {
     });
     state.changes.add(done);
   });
+}
+
+/**
+ * Waits until every call queued before `turn` is done with the client; rejects with the abort's
+ * reason when `signal` aborts first, or aborted in the turn the one before settled (its query is
+ * then never sent).
+ */
+export async function waitForTurn(turn: Turn | undefined, signal: AbortSource): Promise<void> {
+  if (turn === undefined || turn.now) return;
+  await raceSignal(turn.ready, signal);
+  throwIfAborted(signal);
 }

@@ -75,6 +75,7 @@ export { isFatalPgError } from './pg-fatal.js';
 export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
 export { type PgRoute, pgRoute } from './pg-pooler.js';
 export { pgQuery } from './pg-query.js';
+export { pgReadOnly } from './pg-read-only.js';
 export { PgResetError, pgReset } from './pg-reset.js';
 export { PgPoolerStateError, pgState } from './pg-state.js';
 export {
@@ -82,7 +83,6 @@ export {
   PgTransactionEndedError,
   type PgTransactionRefusal,
   PgTransactionRefusedError,
-  pgReadOnly,
   pgTransaction,
 } from './pg-transaction.js';
 export type {

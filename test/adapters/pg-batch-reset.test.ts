@@ -5,13 +5,15 @@
  */
 import type { ResetContext } from 'engine-guard';
 import { EngineGuard } from 'engine-guard';
-import { type PgHandle, pgGuardOptions, pgQuery, pgReset } from 'engine-guard/pg';
+import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly, pgReset } from 'engine-guard/pg';
+import type pg from 'pg';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { isClean, readyCount } from '../../src/adapters/pg-reset.js';
 import { adminQuery, clientConfig } from '../support/pg.js';
 import type { PgOptions } from '../support/pg-faults-kit.js';
 
 const ctx = () => ({ signal: new AbortController().signal, heartbeat() {} });
+const raw = (handle: PgHandle): pg.Client => handle.client as unknown as pg.Client;
 
 function resetCtx(): ResetContext {
   return {
@@ -173,5 +175,83 @@ describe('a reset put off to the next query', () => {
       "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'",
     );
     expect(activity.rows[0]!.n).toBe(0);
+  });
+});
+
+describe('pgReadOnly in one batch', () => {
+  it('BEGIN READ ONLY, the statement, the ROLLBACK and the clean-up: one round trip, the handle clean after', async () => {
+    const handle = await openHandle();
+    const before = readyCount(handle.client)!;
+    const { rows } = await pgReadOnly<{ n: number }>(handle, ctx(), 'SELECT $1::int AS n', [3]);
+    expect(rows).toEqual([{ n: 3 }]);
+    expect(readyCount(handle.client)).toBe(before + 1);
+    expect(isClean(handle.client)).toBe(true);
+    expect(raw(handle).getTransactionStatus()).toBe('I');
+  });
+
+  it('a statement that fails mid-batch: nothing after it ran, the ROLLBACK follows, the handle serves the next call', async () => {
+    const handle = await openHandle();
+    await expect(
+      pgReadOnly(handle, ctx(), 'CREATE TABLE never_made_here (x int)'),
+    ).rejects.toMatchObject({ code: '25006' });
+    expect(raw(handle).getTransactionStatus()).toBe('I');
+    await expect(pgReadOnly(handle, ctx(), 'SELECT 1/0')).rejects.toMatchObject({ code: '22012' });
+    expect(raw(handle).getTransactionStatus()).toBe('I');
+    const { rows } = await pgReadOnly<{ n: number }>(handle, ctx(), 'SELECT 2 AS n');
+    expect(rows[0]!.n).toBe(2);
+    const made = await adminQuery<{ t: string | null }>(
+      "SELECT to_regclass('never_made_here')::text AS t",
+    );
+    expect(made.rows[0]!.t).toBeNull();
+  });
+
+  it('a prepared statement it left goes in a second round trip; the handle is clean after', async () => {
+    const handle = await openHandle();
+    const before = readyCount(handle.client)!;
+    await pgReadOnly(handle, ctx(), 'PREPARE left_behind AS SELECT 1');
+    expect(readyCount(handle.client)).toBe(before + 2);
+    expect(isClean(handle.client)).toBe(true);
+    const { rows } = await pgQuery<{ n: number }>(
+      handle,
+      ctx(),
+      'SELECT count(*)::int AS n FROM pg_prepared_statements',
+    );
+    expect(rows[0]!.n).toBe(0);
+  });
+
+  it('carries a reset put off on the handle at the head of its batch', async () => {
+    const handle = await openHandle();
+    await pgQuery(handle, ctx(), 'SET search_path TO nowhere; SELECT pg_advisory_lock(4812)');
+    pgReset(handle, resetCtx());
+    const before = readyCount(handle.client)!;
+    const { rows } = await pgReadOnly<{ sp: string; locks: number }>(
+      handle,
+      ctx(),
+      "SELECT current_setting('search_path') AS sp, (SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks",
+    );
+    expect(rows[0]!.sp).not.toContain('nowhere');
+    expect(rows[0]!.locks).toBe(0);
+    expect(readyCount(handle.client)).toBe(before + 1);
+  });
+
+  it('a cancel during its batch: the op rejects, the transaction is rolled back before the handle serves again', async () => {
+    const guard = new EngineGuard(pgGuardOptions({ config: clientConfig() }, { pool: 1 }));
+    onTestFinished(() => guard.close());
+    const controller = new AbortController();
+    const op = guard.read(
+      (pg, c) => {
+        setTimeout(() => controller.abort(new Error('enough')), 150);
+        return pgReadOnly(pg, c, 'SELECT pg_sleep(5)');
+      },
+      { signal: controller.signal },
+    );
+    const started = performance.now();
+    await expect(op).rejects.toThrow('enough');
+    const status = await guard.read(async (pg, c) => {
+      const { rows } = await pgQuery<{ n: number }>(pg, c, 'SELECT 1 AS n');
+      return { n: rows[0]!.n, tx: pg.client.getTransactionStatus?.() };
+    });
+    expect(status).toEqual({ n: 1, tx: 'I' });
+    expect(performance.now() - started).toBeLessThan(4_000);
   });
 });
