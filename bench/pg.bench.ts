@@ -25,17 +25,17 @@ import {
 } from './harness.js';
 
 /** Engine handles of the guard, connections of `pg.Pool`. */
-const POOL = 4;
-const SHORT_SQL = 'select 1';
+export const POOL = 4;
+export const SHORT_SQL = 'select 1';
 
 /** What a contender hands the timing loops: one query, and how to let go of its connections. */
-interface Client {
+export interface Client {
   query(sql: string): Promise<unknown>;
   close(): Promise<void>;
 }
 
 /** One way of sending queries from many callers to one PostgreSQL. */
-interface PgContender {
+export interface PgContender {
   name: string;
   open(config: pg.ClientConfig): Promise<Client>;
 }
@@ -97,7 +97,7 @@ const listenerGuardContender = guardWith(
   },
 );
 
-const poolContender: PgContender = {
+export const poolContender: PgContender = {
   name: `\`pg.Pool\` (max ${POOL}) \`pool.query\``,
   async open(config) {
     const pool = new pg.Pool({ ...config, max: POOL });
@@ -190,7 +190,7 @@ async function roundsOf(
  * per contender (queries/s, spread, Node CPU, ratio to `pg.Pool`), and the checks `checksAt`
  * makes of each concurrency's medians (`of(contender)`).
  */
-function throughputTable(
+export function throughputTable(
   contenders: readonly PgContender[],
   concurrency: readonly number[],
   checksAt: (callers: number, of: (c: PgContender) => number) => Check[],

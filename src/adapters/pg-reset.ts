@@ -630,10 +630,20 @@ export function drained(client: RawClient, signal: AbortSource | undefined): Pro
  *   user is no security boundary against the op itself: when the login role may switch to it,
  *   the op may switch back (`RESET ROLE`).
  *
- * All of it is one round trip. It is skipped (and returns synchronously) when the handle is
- * known clean: nothing ran on it since the last reset, or only a {@link pgReadOnly} outside a
- * session, whose ROLLBACK round trip also dropped the advisory locks and prepared statements it
- * may have left and drew a new seed (what survives a rolled-back read-only transaction).
+ * When it runs: put off. `pgReset` marks the handle as owing the reset and returns synchronously;
+ * the reset travels at the head of the handle's next query, in the same round trip, as one batch
+ * closed by a single Sync (see pg-group.ts): the server skips the query when the reset fails
+ * there, and the reset is then sent alone (the whole list spelled out, `RESET ALL` early) before
+ * the query is sent again, or the query rejects with {@link PgResetError}. Queries that cannot
+ * carry it (an op's own `client.query`, a probe, a state check) make `client.query` send it alone
+ * first, and a handle left idle for an event-loop turn sends it alone then (bounded by the guard's
+ * `resetTimeout`; past it the connection is closed). It goes alone at once (a promise) when the
+ * op left a transaction open or a query on its way, and it throws on a connection known dead.
+ *
+ * It is skipped (and returns synchronously) when the handle is known clean: nothing ran on it
+ * since the last reset, or only a {@link pgReadOnly} outside a session, whose batch also dropped
+ * the advisory locks and prepared statements it may have left and drew a new seed (what
+ * survives a rolled-back read-only transaction).
  * `pgReadOnly` does that only on handles of a guard whose `reset` is `pgReset` itself (a reset of
  * your own that calls `pgReset` still gets the settings of `setup` back, without that skip).
  *
