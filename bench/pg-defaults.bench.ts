@@ -7,13 +7,14 @@
 import type pg from 'pg';
 import { type PgHandle, pgGuardOptions, pgQuery, pgReadOnly } from '../src/adapters/pg.js';
 import { EngineGuard, type OpContext, type Session } from '../src/index.js';
-import type { Check, Section } from './harness.js';
+import type { Section } from './harness.js';
 import { fmtRatio } from './harness.js';
 import {
   type Client,
   type PgContender,
   POOL,
   poolContender,
+  ratioCheck,
   SHORT_SQL,
   throughputTable,
 } from './pg.bench.js';
@@ -72,15 +73,13 @@ const safePath: Section = {
   run: async () => {
     const contenders = [poolContender, readOnlyDefaults, pgQueryDefaults, pgQueryNoReset];
     const { table, checks } = await throughputTable(contenders, CALLERS, (callers, of) =>
-      [...TARGETS].map(([contender, [what, target]]): Check => {
-        const ratio = of(contender) / of(poolContender);
-        return {
-          name: `${what} vs pg.Pool, ${callers} callers`,
-          target: `>= ${target}x`,
-          actual: fmtRatio(ratio),
-          pass: ratio >= target,
-        };
-      }),
+      [...TARGETS].map(([contender, [what, target]]) =>
+        ratioCheck(
+          `${what} vs pg.Pool, ${callers} callers`,
+          of(contender) / of(poolContender),
+          target,
+        ),
+      ),
     );
     return {
       table,

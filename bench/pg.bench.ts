@@ -151,6 +151,11 @@ async function openAll(contenders: readonly PgContender[], config: pg.ClientConf
   }
 }
 
+/** A target on a throughput ratio: at least `target` times. */
+export function ratioCheck(name: string, ratio: number, target: number): Check {
+  return { name, target: `>= ${target}x`, actual: fmtRatio(ratio), pass: ratio >= target };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Throughput of `select 1` by concurrency
 // ---------------------------------------------------------------------------------------------
@@ -256,15 +261,13 @@ const throughput: Section = {
             [guardContender, 'guard + pgQuery (engine-guard/pg)'],
             [bareGuardContender, 'guard alone (bare client.query)'],
           ] as const
-        ).map(([c, what]) => {
-          const ratio = of(c) / of(poolContender);
-          return {
-            name: `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
-            target: `>= ${THROUGHPUT_TARGET}x`,
-            actual: fmtRatio(ratio),
-            pass: ratio >= THROUGHPUT_TARGET,
-          };
-        }),
+        ).map(([c, what]) =>
+          ratioCheck(
+            `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
+            of(c) / of(poolContender),
+            THROUGHPUT_TARGET,
+          ),
+        ),
     );
     return {
       table,
