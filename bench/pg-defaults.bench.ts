@@ -162,7 +162,7 @@ function sessionsOf(kind: SessionContender['kind'], name: string, run: Run): Ses
 
 const stateless = sessionsOf(
   'stateless',
-  'stateless `guard.read` + `pgQuery` (reset after each op)',
+  "stateless `guard.read` + `pgQuery` (the reset carried in the next op's batch)",
   onPgQuery,
 );
 const unpinned = sessionsOf(
