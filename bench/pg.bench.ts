@@ -25,17 +25,17 @@ import {
 } from './harness.js';
 
 /** Engine handles of the guard, connections of `pg.Pool`. */
-const POOL = 4;
-const SHORT_SQL = 'select 1';
+export const POOL = 4;
+export const SHORT_SQL = 'select 1';
 
 /** What a contender hands the timing loops: one query, and how to let go of its connections. */
-interface Client {
+export interface Client {
   query(sql: string): Promise<unknown>;
   close(): Promise<void>;
 }
 
 /** One way of sending queries from many callers to one PostgreSQL. */
-interface PgContender {
+export interface PgContender {
   name: string;
   open(config: pg.ClientConfig): Promise<Client>;
 }
@@ -97,7 +97,7 @@ const listenerGuardContender = guardWith(
   },
 );
 
-const poolContender: PgContender = {
+export const poolContender: PgContender = {
   name: `\`pg.Pool\` (max ${POOL}) \`pool.query\``,
   async open(config) {
     const pool = new pg.Pool({ ...config, max: POOL });
@@ -151,6 +151,11 @@ async function openAll(contenders: readonly PgContender[], config: pg.ClientConf
   }
 }
 
+/** A target on a throughput ratio: at least `target` times. */
+export function ratioCheck(name: string, ratio: number, target: number): Check {
+  return { name, target: `>= ${target}x`, actual: fmtRatio(ratio), pass: ratio >= target };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Throughput of `select 1` by concurrency
 // ---------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ async function roundsOf(
  * per contender (queries/s, spread, Node CPU, ratio to `pg.Pool`), and the checks `checksAt`
  * makes of each concurrency's medians (`of(contender)`).
  */
-function throughputTable(
+export function throughputTable(
   contenders: readonly PgContender[],
   concurrency: readonly number[],
   checksAt: (callers: number, of: (c: PgContender) => number) => Check[],
@@ -256,15 +261,13 @@ const throughput: Section = {
             [guardContender, 'guard + pgQuery (engine-guard/pg)'],
             [bareGuardContender, 'guard alone (bare client.query)'],
           ] as const
-        ).map(([c, what]) => {
-          const ratio = of(c) / of(poolContender);
-          return {
-            name: `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
-            target: `>= ${THROUGHPUT_TARGET}x`,
-            actual: fmtRatio(ratio),
-            pass: ratio >= THROUGHPUT_TARGET,
-          };
-        }),
+        ).map(([c, what]) =>
+          ratioCheck(
+            `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
+            of(c) / of(poolContender),
+            THROUGHPUT_TARGET,
+          ),
+        ),
     );
     return {
       table,

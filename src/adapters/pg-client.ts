@@ -1,11 +1,12 @@
 /**
  * The `pg` clients the adapter creates: connecting and closing them bounded, tracking whether
- * they are gone and whether a query is in flight, and {@link pgQuery}.
+ * they are gone and whether a query is in flight (what `pgQuery`, in pg-query.ts, and the
+ * busy-handle probe read).
  */
 import pg from 'pg';
 import { noop, raceSignal } from './pg-signal.js';
-import { takeTurn, watchTurns } from './pg-turns.js';
-import type { PgClient, PgClientConfig, PgHandle, PgQueryResult, PgRow } from './pg-types.js';
+import { watchTurns } from './pg-turns.js';
+import type { PgClient, PgClientConfig } from './pg-types.js';
 
 export { noop, onAbort, raceSignal } from './pg-signal.js';
 
@@ -40,30 +41,28 @@ export interface RawClient extends PgClient {
 }
 
 /** What the adapter remembers about a client it created. */
-interface ClientState {
+export interface ClientState {
   /** Set once the connection failed or ended: the handle is dead. */
   gone: Error | undefined;
   /** Queries the adapter's helpers sent on it that have not settled yet. */
   inFlight: number;
   /** `performance.now()` when the adapter last sent a query on it (-Infinity before any). */
   sentAt: number;
-  /** Heartbeats of the queries in flight on it, called when bytes arrive. */
-  readonly beats: Set<() => void>;
-  readonly onData: () => void;
+  /**
+   * Heartbeats of the queries in flight on it (how many of its queries use each), called when
+   * bytes arrive: one `data` listener for the client's life, not one added and removed per query.
+   */
+  readonly beats: Map<{ heartbeat(): void }, number>;
 }
 
 export const clients = new WeakMap<PgClient, ClientState>();
 
 function track(client: RawClient): ClientState {
-  const beats = new Set<() => void>();
   const state: ClientState = {
     gone: undefined,
     inFlight: 0,
     sentAt: Number.NEGATIVE_INFINITY,
-    beats,
-    onData: () => {
-      for (const beat of beats) beat();
-    },
+    beats: new Map(),
   };
   clients.set(client, state);
   // Without an 'error' listener, a socket error on an idle client would crash the process.
@@ -136,6 +135,10 @@ export async function connect(
     syncAfterCopyIn(client);
     // After pg's own listeners: a query end seen there finds pg's next query sent already.
     watchTurns(client);
+    const { beats } = clients.get(client)!;
+    client.connection?.stream?.on('data', () => {
+      if (beats.size > 0) for (const beating of beats.keys()) beating.heartbeat();
+    });
     return client;
   } catch (error) {
     destroySocket(client);
@@ -184,74 +187,16 @@ export function inFlight<T>(client: PgClient, promise: Promise<T>): Promise<T> {
 }
 
 /**
- * Runs one query on a guarded handle, honouring `ctx`:
- *
- * - The queries of concurrent calls on one handle are sent one at a time, in call order (as
- *   `pg` would), but each is handed to `pg` only once the one before it settled.
- * - When `ctx.signal` aborts, it rejects at once with `signal.reason`. A query not sent yet is
- *   never sent. The one running is left to the server-side cancel (the guard's `cancel` hook,
- *   which also waits until nothing of the op runs on the handle any more); whatever it ends with
- *   later is swallowed.
- * - When its query fails, it rejects once the calls queued behind it on the handle are done:
- *   `Promise.all` of several calls then settles only after all of their statements ended, so the
- *   op never ends (and gives up its lease) while some still run. Calls settle in call order, so
- *   `Promise.all` still reports the first statement that failed (in a transaction, those after
- *   it fail too: "current transaction is aborted").
- * - It reports progress with `ctx.heartbeat()` whenever bytes arrive from the server (a large
- *   result streaming in) and when the query completes.
- * - While it runs, the busy-handle probe knows a query is in flight on the handle.
- *
- * `text` is sent with the simple protocol when there are no `values` (several statements may
- * then run in one call, and `pg` resolves to the last one's result... typed here as one result;
- * use {@link pgTransaction} for several statements), with the extended protocol otherwise. An
- * empty query (`''`, `'  '`, `'-- c'`, `';'`) resolves to an empty result (`command` null, no rows).
+ * Makes `ctx.heartbeat()` be called whenever bytes arrive on `client` (a large result streaming
+ * in) until the returned function is called: one map entry, on the client's one data listener.
  */
-export async function pgQuery<R extends object = PgRow>(
-  handle: PgHandle,
-  ctx: { signal: AbortSignal; heartbeat(): void },
-  text: string | { text: string; values?: unknown[]; queryMode?: 'extended' },
-  values?: unknown[],
-): Promise<PgQueryResult<R>> {
-  const { signal } = ctx;
-  signal.throwIfAborted();
-  refuseNul(typeof text === 'string' ? text : text.text);
-  const client = handle.client as RawClient;
-  const beat = (): void => ctx.heartbeat();
-  const state = clients.get(client);
-  const stream = client.connection?.stream;
-  // One 'data' listener per client, shared by the queries in flight on it.
-  if (state !== undefined && stream !== undefined) {
-    if (state.beats.size === 0) stream.on('data', state.onData);
-    state.beats.add(beat);
-  }
-  const turn = takeTurn(client);
-  try {
-    if (turn !== undefined && !turn.now) {
-      await raceSignal(turn.ready, signal);
-      // Aborted in the turn the one before settled: never sent.
-      signal.throwIfAborted();
-    }
-    const query = client.query(text, values);
-    turn?.sent(query);
-    try {
-      const result = await raceSignal(inFlight(client, query), signal);
-      beat();
-      if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
-      return result as PgQueryResult<R>;
-    } catch (error) {
-      if (turn !== undefined && !signal.aborted) {
-        const behind = turn.behind();
-        if (behind !== undefined) await raceSignal(behind, signal);
-        if (!turn.now) await raceSignal(turn.previous, signal);
-      }
-      throw error;
-    }
-  } finally {
-    turn?.leave();
-    turn?.settled();
-    if (state !== undefined && stream !== undefined) {
-      state.beats.delete(beat);
-      if (state.beats.size === 0) stream.removeListener('data', state.onData);
-    }
-  }
+export function beatWhileRunning(client: PgClient, ctx: { heartbeat(): void }): () => void {
+  const beats = clients.get(client)?.beats;
+  if (beats === undefined) return noop;
+  beats.set(ctx, (beats.get(ctx) ?? 0) + 1);
+  return () => {
+    const uses = beats.get(ctx) ?? 1;
+    if (uses > 1) beats.set(ctx, uses - 1);
+    else beats.delete(ctx);
+  };
 }

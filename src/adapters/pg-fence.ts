@@ -4,7 +4,7 @@
  * inside its transaction so that a holder whose lease was since granted to another is refused.
  */
 import type { Fence } from '../coordination/coordinator.js';
-import { pgQuery } from './pg-client.js';
+import { pgQuery } from './pg-query.js';
 import type { PgHandle } from './pg-types.js';
 
 /** Default schema of the coordinator's sequence and fence table. */

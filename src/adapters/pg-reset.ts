@@ -7,10 +7,38 @@
  * client ran, whoever sent it); any later query, the op's own `client.query` included, makes it
  * unknown again, and unknown means dirty.
  */
+import { randomFillSync } from 'node:crypto';
 import type { ResetContext } from '../guard/types.js';
-import { inFlight, pgQuery, type RawClient, raceSignal } from './pg-client.js';
+import {
+  clients,
+  destroySocket,
+  inFlight,
+  noop,
+  queryInFlight,
+  type RawClient,
+  raceSignal,
+} from './pg-client.js';
+import type { GroupOutcome, Hidden } from './pg-group.js';
 import { SettingNames, watchSettingNames } from './pg-setting-names.js';
+import type { AbortSource } from './pg-signal.js';
 import type { PgClient, PgHandle } from './pg-types.js';
+
+/**
+ * The reset {@link pgReset} put off until a handle's next query failed, at the head of that
+ * query's batch and again alone: the query was not run, and the handle's connection is closed
+ * (the guard replaces it). `cause` is the error of the last try.
+ */
+export class PgResetError extends Error {
+  override readonly name = 'PgResetError';
+  /** Stable code: `ERR_PG_RESET`. */
+  readonly code = 'ERR_PG_RESET';
+  constructor(options?: ErrorOptions) {
+    super(
+      'The reset between two callers, sent with this query, failed: the query was not run and the connection is closed',
+      options,
+    );
+  }
+}
 
 /**
  * The settings `setup` made on a handle (see {@link pgCaptureBaseline}): what every stateless op
@@ -19,6 +47,11 @@ import type { PgClient, PgHandle } from './pg-types.js';
 export interface Baseline {
   /** Statements re-applying it after `DISCARD ALL`, each starting with `; `; '' for none. */
   readonly sql: string;
+  /**
+   * The same as one statement with parameters (the names and values), set in the order of `sql`
+   * (a target list is evaluated left to right); undefined for none.
+   */
+  readonly statement: Hidden | undefined;
   /** Settings (`pg_settings` rows set in the session, and custom ones) by name: their value. */
   readonly settings: ReadonlyMap<string, string>;
   /** The session user `setup` switched to (`SET SESSION AUTHORIZATION`), if it did. */
@@ -30,6 +63,7 @@ export interface Baseline {
 /** The baseline of a handle whose `setup` (if any) changed no setting. */
 export const NO_BASELINE: Baseline = {
   sql: '',
+  statement: undefined,
   settings: new Map(),
   authorization: undefined,
   role: undefined,
@@ -41,6 +75,17 @@ interface SessionState {
   ready: number;
   /** `ready` when the client was last known clean (0: when it connected). */
   cleanAt: number;
+  /**
+   * The reset {@link pgReset} put off: `'owed'` until the client's next query carries it (or the
+   * client sat idle for an event-loop turn and it went alone), `'sending'` while it is on its way.
+   */
+  reset: 'none' | 'owed' | 'sending';
+  /** The reset that went alone succeeded: the client is clean at its ReadyForQuery. */
+  cleanAtNextReady: boolean;
+  /** Bound of a reset sent alone, ms (the guard's `resetTimeout`): past it the connection is cut. */
+  readonly bound: number;
+  /** Sends the whole reset alone, ahead of anything else (see {@link sendWholeReset}). */
+  sendWhole: () => Promise<void>;
   baseline: Baseline;
   /**
    * Custom setting names the SQL sent since the client was last known clean may have set (see
@@ -64,6 +109,9 @@ interface SessionState {
 }
 
 const sessions = new WeakMap<PgClient, SessionState>();
+
+/** The guard's default `resetTimeout`, ms: the bound of a reset sent alone when none is given. */
+export const DEFAULT_RESET_BOUND_MS = 5_000;
 
 /**
  * A new random seed for `random()`, drawn from the server's strong random source: a `setseed()`
@@ -131,10 +179,15 @@ export function trackSession(
   client: RawClient,
   checks: { readOnly: boolean; state: boolean },
   declared: readonly string[] = [],
+  bound = DEFAULT_RESET_BOUND_MS,
 ): void {
   const state: SessionState = {
+    bound,
     ready: 0,
     cleanAt: 0,
+    reset: 'none',
+    cleanAtNextReady: false,
+    sendWhole: () => Promise.resolve(),
     baseline: NO_BASELINE,
     names: new SettingNames(),
     declared,
@@ -145,12 +198,174 @@ export function trackSession(
   sessions.set(client, state);
   client.connection?.on?.('readyForQuery', () => {
     state.ready++;
+    if (state.cleanAtNextReady) {
+      state.cleanAtNextReady = false;
+      setClean(state);
+    }
   });
   watchSettingNames(client, () => state.names);
+  payOwedResetFirst(client, state);
 }
 
 /**
- * True when `client` is tracked and no query ran on it since it was last known clean. A query
+ * Wraps `client.query` (on the instance) so that a query sent while a reset is owed, whoever
+ * sends it (the op's own `client.query`, a probe, a state check), goes after the reset: the reset
+ * is handed to `pg` first, and when it fails the connection is cut before the query leaves (`pg`
+ * sends a query only after the ReadyForQuery of the one before it). The adapter's own queries
+ * that carry the reset in their batch (see {@link takeOwedReset}) pass as they are.
+ */
+function payOwedResetFirst(client: RawClient, state: SessionState): void {
+  const query = client.query;
+  state.sendWhole = () => sendWholeReset(client, state, query);
+  const gated = function (this: PgClient, ...args: unknown[]): unknown {
+    if (state.reset === 'owed') state.sendWhole().catch(noop);
+    return (query as (...a: unknown[]) => unknown).apply(this, args);
+  };
+  (client as { query: unknown }).query = gated;
+}
+
+/**
+ * Sends the whole reset alone, ahead of anything queued after it, by the simple protocol (one
+ * round trip: see {@link robustResetSql}); resolves once it is through, rejects when it failed,
+ * after cutting the connection: a query `pg` holds behind it is then never sent.
+ */
+function sendWholeReset(
+  client: RawClient,
+  state: SessionState,
+  query: PgClient['query'],
+): Promise<void> {
+  state.reset = 'sending';
+  return new Promise<void>((resolve, reject) => {
+    // Bounded like the guard's own reset: a reset lost on a dead link retires the handle.
+    const timer = setTimeout(() => destroySocket(client), state.bound);
+    timer.unref();
+    const done = (error: Error | null): void => {
+      clearTimeout(timer);
+      if (error !== null && error !== undefined) {
+        // Nothing may run on the state the reset was to clear.
+        destroySocket(client);
+        state.reset = 'owed';
+        reject(error);
+        return;
+      }
+      state.reset = 'none';
+      forgetNamedStatements(client);
+      state.cleanAtNextReady = true;
+      resolve();
+    };
+    (query as unknown as (text: string, values: undefined, cb: typeof done) => void).call(
+      client,
+      robustResetSql(client, state),
+      undefined,
+      done,
+    );
+  });
+}
+
+/**
+ * The reset as one simple-protocol string: a ROLLBACK when a transaction is open, what `DISCARD
+ * ALL` does spelled out (RESET ALL early, so a `statement_timeout` the op set does not bound the
+ * rest), a new random seed, and the setup's baseline.
+ */
+function robustResetSql(client: RawClient, state: SessionState | undefined): string {
+  const open = client.getTransactionStatus?.() !== 'I';
+  return `${open ? 'ROLLBACK; ' : ''}${DISCARD_ALL_SQL}${state?.baseline.sql ?? ''}`;
+}
+
+/**
+ * Resets `client` now, alone (after what is on its way on it): for a reset that failed at the
+ * head of a batch (see {@link resetCarried}). Rejects when it failed (the connection is then cut).
+ */
+export async function resetNow(client: PgClient, signal: AbortSignal | undefined): Promise<void> {
+  const raw = client as RawClient;
+  if (raw.readyForQuery === false) await drained(raw, signal);
+  const state = sessions.get(client);
+  if (state === undefined) {
+    await inFlight(client, client.query(robustResetSql(raw, undefined)));
+    forgetNamedStatements(raw);
+    return;
+  }
+  await state.sendWhole();
+}
+
+/**
+ * The reset put off on `client`, as statements to send at the head of the batch of its next
+ * query, or undefined when none is owed. Carried so, it is part of that query: a reset that waits
+ * (for a lock another connection holds on a temporary table) makes the query wait, within the
+ * op's own bounds (its abort cancels the batch, and nothing after the reset runs then), and a
+ * dead link is the op's liveness business. Cutting the connection would not stop the server from
+ * running the rest of the batch once the reset is through. Taking it marks it on its way: call
+ * {@link resetCarried} with the batch's outcome, or {@link giveBackReset} if not sending it.
+ */
+export function takeOwedReset(client: PgClient): Hidden[] | undefined {
+  const state = sessions.get(client);
+  if (state?.reset !== 'owed') return undefined;
+  state.reset = 'sending';
+  return resetStatements(state.baseline);
+}
+
+/** The reset taken with {@link takeOwedReset} is not sent after all: still owed. */
+export function giveBackReset(client: PgClient): void {
+  const state = sessions.get(client);
+  if (state?.reset === 'sending') state.reset = 'owed';
+}
+
+/**
+ * The batch that carried the reset taken with {@link takeOwedReset} ended with `outcome`: true
+ * when the reset went through, false when it failed (nothing after it ran, and it is owed again:
+ * send it alone with {@link resetNow}; an op's `statement_timeout` can bound `DISCARD ALL`, not
+ * the whole reset, which clears it first).
+ */
+export function resetCarried(client: PgClient, outcome: GroupOutcome): boolean {
+  const state = sessions.get(client);
+  if (state === undefined) return true;
+  if (outcome.failed === 'before') {
+    // Nothing after the failed statement ran: still owed, to be sent alone (resetNow).
+    state.reset = 'owed';
+    return false;
+  }
+  state.reset = 'none';
+  forgetNamedStatements(client as RawClient);
+  return true;
+}
+
+/** Random words from Node's strong random source, drawn 512 seeds at a time. */
+const seedWords = new Uint32Array(1024);
+let seedNext = seedWords.length;
+
+/** A new random seed for `setseed()`, in [-1, 1), from Node's strong random source. */
+function newSeed(): string {
+  if (seedNext >= seedWords.length) {
+    randomFillSync(seedWords);
+    seedNext = 0;
+  }
+  const high = seedWords[seedNext++]!;
+  const low = seedWords[seedNext++]!;
+  // 53 random bits: a double in [0, 1), then [-1, 1).
+  const unit = ((high >>> 5) * 67108864 + (low >>> 6)) / 9007199254740992;
+  return String(unit * 2 - 1);
+}
+
+/**
+ * The reset as the first statements of a batch (see pg-group.ts): `DISCARD ALL` (which a batch
+ * takes only as its first statement, and commits at once), a new random seed, and the setup's
+ * baseline, inside BEGIN ... COMMIT when there is one, so that a `BEGIN` ... `ROLLBACK` of the
+ * query behind them cannot roll the baseline back. The seed is a parameter: a query's parameters
+ * are not shown in `pg_stat_activity`, where another connection could read a literal one.
+ */
+function resetStatements(baseline: Baseline): Hidden[] {
+  const seed = { text: 'SELECT pg_catalog.setseed($1)', values: [newSeed()] };
+  if (baseline.statement === undefined) return [DISCARD_ALL, seed];
+  return [DISCARD_ALL, BEGIN, seed, baseline.statement, COMMIT];
+}
+
+const DISCARD_ALL: Hidden = { text: 'DISCARD ALL' };
+const BEGIN: Hidden = { text: 'BEGIN' };
+const COMMIT: Hidden = { text: 'COMMIT' };
+
+/**
+ * True when `client` is tracked and no query ran on it since it was last known clean, or a reset
+ * is owed on it (see {@link pgReset}): whatever runs on it next runs after that reset. A query
  * still on its way (sent by an op that returned without waiting for it) has not been counted
  * yet: the client is not known clean while one is.
  */
@@ -158,7 +373,7 @@ export function isClean(client: PgClient): boolean {
   const state = sessions.get(client);
   return (
     state !== undefined &&
-    state.cleanAt === state.ready &&
+    (state.cleanAt === state.ready || state.reset === 'owed') &&
     (client as RawClient).readyForQuery !== false
   );
 }
@@ -203,6 +418,7 @@ export function markCleanAt(client: PgClient, count: number): void {
 
 function setClean(state: SessionState): void {
   state.cleanAt = state.ready;
+  if (state.reset === 'owed') state.reset = 'none';
   if (state.names.names.size > 0 || state.names.overflow) state.names = new SettingNames();
 }
 
@@ -225,12 +441,12 @@ export async function pgCaptureBaseline(handle: PgHandle, signal: AbortSignal): 
   const state = sessions.get(handle.client);
   if (state === undefined) return;
   const names = [...new Set([...state.names.names, ...state.declared])];
-  const { rows } = await pgQuery<{ name: string; value: string }>(
-    handle,
-    { signal, heartbeat() {} },
-    BASELINE_SQL,
-    [names],
-  );
+  // Right after `setup` (or `create`): nothing else runs on the client, no pgQuery turn needed.
+  const client = handle.client;
+  const { rows } = (await raceSignal(
+    inFlight(client, client.query(BASELINE_SQL, [names])),
+    signal,
+  )) as unknown as { rows: { name: string; value: string }[] };
   const settings = new Map<string, string>();
   let authorization: string | undefined;
   let role: string | undefined;
@@ -240,6 +456,13 @@ export async function pgCaptureBaseline(handle: PgHandle, signal: AbortSignal): 
     else settings.set(name, value);
   }
   state.baseline = {
+    statement:
+      rows.length === 0
+        ? undefined
+        : {
+            text: `SELECT ${rows.map((_, i) => `pg_catalog.set_config($${2 * i + 1}, $${2 * i + 2}, false)`).join(', ')}`,
+            values: rows.flatMap(({ name, value }) => [name, value]),
+          },
     sql: rows
       .map(
         ({ name, value }) =>
@@ -291,6 +514,7 @@ export async function rollbackReadOnly(
   handle: PgHandle,
   cleanAt: number | undefined,
   inSession = false,
+  ranBefore = 2,
 ): Promise<void> {
   const client = handle.client;
   if (cleanAt === undefined || !sessions.has(client)) {
@@ -301,13 +525,70 @@ export async function rollbackReadOnly(
     const results = (await inFlight(client, client.query(ROLLBACK_CHECK_SQL))) as unknown as {
       rows: { held?: boolean }[];
     }[];
-    if (results.at(-1)?.rows[0]?.held === false) markCleanAt(client, cleanAt + 3);
+    if (results.at(-1)?.rows[0]?.held === false) markCleanAt(client, cleanAt + ranBefore + 1);
     return;
   }
   await inFlight(client, client.query(ROLLBACK_CLEAN_SQL));
   forgetNamedStatements(client as RawClient);
-  markCleanAt(client, cleanAt + 3);
+  markCleanAt(client, cleanAt + ranBefore + 1);
 }
+
+/**
+ * The statements that end `pgReadOnly`'s transaction in its batch (see pg-read-only.ts), as
+ * {@link rollbackReadOnly} would: a ROLLBACK, and on a handle known clean at BEGIN, outside a
+ * session, the drop of what a rolled-back read-only transaction can leave (advisory locks, a
+ * seed; prepared statements are only asked about: `DEALLOCATE ALL` follows, alone, when there
+ * are some), in a session the question whether any of it is there, and a new seed either way.
+ * `cleanAt` undefined: the ROLLBACK alone.
+ */
+export function readOnlyEnd(cleanAt: number | undefined, inSession: boolean): Hidden[] {
+  if (cleanAt === undefined) return [ROLLBACK];
+  const seed = [newSeed()];
+  return [
+    ROLLBACK,
+    inSession ? { text: CHECK_HELD_SQL, values: seed } : { text: CLEAN_SQL, values: seed },
+  ];
+}
+
+/**
+ * How `pgReadOnly`'s batch ended for the handle's cleanliness (`rows`: the raw rows of the
+ * statements of {@link readOnlyEnd}): marks the handle clean when nothing is left, or says that
+ * prepared statements are left to deallocate (`'deallocate'`).
+ */
+export function readOnlyEnded(
+  client: PgClient,
+  cleanAt: number,
+  inSession: boolean,
+  rows: GroupOutcome['rows'],
+): 'deallocate' | undefined {
+  const row = rows.at(-1)?.[0];
+  if (row === undefined) return undefined;
+  if (inSession) {
+    if (row[1] === 'f') markCleanAt(client, cleanAt + 1);
+    return undefined;
+  }
+  if (row[2] === 't') return 'deallocate';
+  markCleanAt(client, cleanAt + 1);
+  return undefined;
+}
+
+/** After {@link readOnlyEnded} said so: the prepared statements go, and the handle is clean. */
+export async function deallocateAfterReadOnly(client: PgClient, cleanAt: number): Promise<void> {
+  await inFlight(client, client.query('DEALLOCATE ALL'));
+  forgetNamedStatements(client as RawClient);
+  markCleanAt(client, cleanAt + 2);
+}
+
+const ROLLBACK: Hidden = { text: 'ROLLBACK' };
+/** Outside a session: drop what survives a rolled-back read-only transaction ($1: a new seed). */
+const CLEAN_SQL =
+  'SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed($1),' +
+  ' EXISTS (SELECT FROM pg_catalog.pg_prepared_statement())';
+/** In a session: a new seed, and whether an advisory lock or a prepared statement is held. */
+const CHECK_HELD_SQL =
+  'SELECT pg_catalog.setseed($1), EXISTS (SELECT FROM pg_catalog.pg_lock_status() k' +
+  " WHERE k.locktype = 'advisory' AND k.pid = pg_catalog.pg_backend_pid())" +
+  ' OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statement())';
 
 /** After `DEALLOCATE ALL`: `pg` would Bind the statements it believes parsed, unparsed. */
 function forgetNamedStatements(client: RawClient): void {
@@ -317,14 +598,12 @@ function forgetNamedStatements(client: RawClient): void {
 }
 
 /** Resolves once `client` has nothing queued or running (an aborted op's query may still be). */
-export function drained(client: RawClient, signal: AbortSignal): Promise<void> {
+export function drained(client: RawClient, signal: AbortSource | undefined): Promise<void> {
   if (client.readyForQuery !== false) return Promise.resolve();
-  return raceSignal(
-    new Promise<void>((resolve) => {
-      (client as unknown as NodeJS.EventEmitter).once('drain', resolve);
-    }),
-    signal,
-  );
+  const drain = new Promise<void>((resolve) => {
+    (client as unknown as NodeJS.EventEmitter).once('drain', resolve);
+  });
+  return signal === undefined ? drain : raceSignal(drain, signal);
 }
 
 /**
@@ -351,10 +630,20 @@ export function drained(client: RawClient, signal: AbortSignal): Promise<void> {
  *   user is no security boundary against the op itself: when the login role may switch to it,
  *   the op may switch back (`RESET ROLE`).
  *
- * All of it is one round trip. It is skipped (and returns synchronously) when the handle is
- * known clean: nothing ran on it since the last reset, or only a {@link pgReadOnly} outside a
- * session, whose ROLLBACK round trip also dropped the advisory locks and prepared statements it
- * may have left and drew a new seed (what survives a rolled-back read-only transaction).
+ * When it runs: put off. `pgReset` marks the handle as owing the reset and returns synchronously;
+ * the reset travels at the head of the handle's next query, in the same round trip, as one batch
+ * closed by a single Sync (see pg-group.ts): the server skips the query when the reset fails
+ * there, and the reset is then sent alone (the whole list spelled out, `RESET ALL` early) before
+ * the query is sent again, or the query rejects with {@link PgResetError}. Queries that cannot
+ * carry it (an op's own `client.query`, a probe, a state check) make `client.query` send it alone
+ * first, and a handle left idle for an event-loop turn sends it alone then (bounded by the guard's
+ * `resetTimeout`; past it the connection is closed). It goes alone at once (a promise) when the
+ * op left a transaction open or a query on its way, and it throws on a connection known dead.
+ *
+ * It is skipped (and returns synchronously) when the handle is known clean: nothing ran on it
+ * since the last reset, or only a {@link pgReadOnly} outside a session, whose batch also dropped
+ * the advisory locks and prepared statements it may have left and drew a new seed (what
+ * survives a rolled-back read-only transaction).
  * `pgReadOnly` does that only on handles of a guard whose `reset` is `pgReset` itself (a reset of
  * your own that calls `pgReset` still gets the settings of `setup` back, without that skip).
  *
@@ -365,8 +654,39 @@ export function drained(client: RawClient, signal: AbortSignal): Promise<void> {
  * `reset: undefined`.
  */
 export function pgReset(handle: PgHandle, ctx: ResetContext): Promise<void> | undefined {
-  if (isClean(handle.client)) return undefined;
+  const client = handle.client as RawClient;
+  if (isClean(client)) return undefined;
+  const gone = clients.get(client)?.gone;
+  // A connection known dead cannot be reset: the guard retires the handle.
+  if (gone !== undefined) throw gone;
+  const state = sessions.get(client);
+  // Put off to the head of the next query's batch when that batch can carry all of it: nothing
+  // still on its way, no transaction to roll back first (DISCARD ALL must open a batch).
+  if (
+    state !== undefined &&
+    state.reset === 'none' &&
+    client.readyForQuery !== false &&
+    client.getTransactionStatus?.() === 'I'
+  ) {
+    owe(client, state);
+    return undefined;
+  }
   return discardAll(handle, ctx);
+}
+
+/**
+ * Records the reset as owed on `client`. If the client is still idle after this event-loop turn
+ * (no next op took it at once), the reset goes alone then: whatever the op left (a session
+ * advisory lock above all) is not kept for long on an idle connection.
+ */
+function owe(client: RawClient, state: SessionState): void {
+  state.reset = 'owed';
+  // Safe whoever holds the handle by then: while the reset is owed nothing ran on it since.
+  setImmediate(() => {
+    if (state.reset === 'owed' && client.readyForQuery !== false && !queryInFlight(client)) {
+      state.sendWhole().catch(noop);
+    }
+  });
 }
 
 async function discardAll(handle: PgHandle, ctx: ResetContext): Promise<void> {
@@ -375,10 +695,10 @@ async function discardAll(handle: PgHandle, ctx: ResetContext): Promise<void> {
   // itself, and an AbortSignal per op is a measurable share of a loopback round trip.
   if (client.readyForQuery === false) await drained(client, ctx.signal);
   const state = sessions.get(client);
-  const open = client.getTransactionStatus?.() !== 'I';
-  const baseline = state?.baseline.sql ?? '';
-  const sql = `${open ? 'ROLLBACK; ' : ''}${DISCARD_ALL_SQL}${baseline}`;
-  await inFlight(client, client.query(sql));
-  forgetNamedStatements(client);
-  markClean(client);
+  if (state === undefined) {
+    await inFlight(client, client.query(robustResetSql(client, undefined)));
+    forgetNamedStatements(client);
+    return;
+  }
+  await inFlight(client, state.sendWhole());
 }

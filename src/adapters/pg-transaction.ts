@@ -1,9 +1,11 @@
-/** engine-guard/pg's read-only helper and all-or-nothing helper. */
-import { pgQuery, type RawClient } from './pg-client.js';
+/** engine-guard/pg's all-or-nothing helper (and the check `pgReadOnly` shares with it). */
+import type { RawClient } from './pg-client.js';
 import { isFatalPgError } from './pg-fatal.js';
-import { cleanSince, drained, rollbackReadOnly } from './pg-reset.js';
+import { pgQuery } from './pg-query.js';
+import { drained, rollbackReadOnly } from './pg-reset.js';
+import type { AbortSource } from './pg-signal.js';
 import { splitStatements } from './pg-split.js';
-import type { PgHandle, PgQueryResult, PgRow } from './pg-types.js';
+import type { PgHandle, PgQueryResult } from './pg-types.js';
 
 /**
  * Thrown by {@link pgTransaction} when a statement ended or escaped the transaction (`COMMIT`,
@@ -78,9 +80,9 @@ export class PgTransactionRefusedError extends Error {
  * transaction status it reads is the server's latest.
  * @throws TypeError when the connection is inside a transaction (open or failed).
  */
-function refuseOpenTransaction(
+export function refuseOpenTransaction(
   handle: PgHandle,
-  signal: AbortSignal,
+  signal: AbortSource,
   helper: string,
 ): Promise<void> | undefined {
   const client = handle.client as RawClient;
@@ -112,50 +114,6 @@ async function rollback(handle: PgHandle, cleanAt?: number, inSession = false): 
     await rollbackReadOnly(handle, cleanAt, inSession);
   } catch {
     // The connection failed: the op's own error says so and `isFatal` retires the handle.
-  }
-}
-
-/**
- * Runs ONE statement inside `BEGIN READ ONLY ... ROLLBACK`, so the server itself refuses writes
- * (SQLSTATE 25006). It is sent with the extended protocol, which takes exactly one statement: the
- * server rejects `COMMIT; DELETE ...` ("cannot insert multiple commands into a prepared
- * statement"), so the statement cannot leave the read-only transaction either.
- *
- * What it does not undo: session state that outlives a transaction. `SELECT
- * pg_advisory_lock(1)` keeps the lock held, `PREPARE` keeps its statement, within a session.
- * Outside a session (no `ctx.sessionId`), on a handle of a guard whose `reset` is `pgReset` and
- * that was clean when it began, the ROLLBACK's round trip also drops them (`DEALLOCATE ALL`,
- * `pg_advisory_unlock_all()`) and draws a new random seed (a `setseed()` is not rolled back),
- * which leaves the handle clean: `pgReset` then skips its round trip. Otherwise the guard's
- * `reset` clears them before the next caller. In a session, on a handle of a guard whose `state`
- * check is `pgState` and that was clean when it began, the ROLLBACK's round trip asks instead
- * whether any such lock or statement is there (and draws a new seed): when none is, the handle is
- * clean and `pgState` answers at once, with no round trip of its own.
- *
- * Inside a transaction the caller left open (a session that ran `BEGIN` in an earlier call), it
- * refuses to run (a `TypeError`, nothing sent): its own ROLLBACK would roll back the session's
- * uncommitted work. Run the statement with `pgQuery` there, or end that transaction first.
- */
-export async function pgReadOnly<R extends object = PgRow>(
-  handle: PgHandle,
-  ctx: { signal: AbortSignal; heartbeat(): void; readonly sessionId?: number | undefined },
-  text: string,
-  values?: unknown[],
-): Promise<PgQueryResult<R>> {
-  ctx.signal.throwIfAborted();
-  const waiting = refuseOpenTransaction(handle, ctx.signal, 'pgReadOnly');
-  if (waiting !== undefined) await waiting;
-  // A session keeps its locks and statements: only a shared handle is cleaned on the way; a
-  // session's is asked whether it holds any.
-  const inSession = ctx.sessionId !== undefined;
-  const cleanAt = cleanSince(handle.client, inSession);
-  // BEGIN inside the try: whatever happens next, the ROLLBACK is queued behind it, so the
-  // handle never goes back to the pool inside a transaction.
-  try {
-    await pgQuery(handle, ctx, 'BEGIN READ ONLY');
-    return await pgQuery<R>(handle, ctx, { text, values: values ?? [], queryMode: 'extended' });
-  } finally {
-    await rollback(handle, cleanAt, inSession);
   }
 }
 

@@ -7,7 +7,7 @@
  * it waits here, not in `pg`'s own queue (which pg 8 deprecates and pg 9 removes), so that an
  * abort withdraws it for sure.
  */
-import { onAbort, raceSignal } from './pg-signal.js';
+import { type AbortSource, onAbort, raceSignal, throwIfAborted } from './pg-signal.js';
 import type { PgClient } from './pg-types.js';
 
 /** What this module needs of a `pg.Client`. */
@@ -23,10 +23,8 @@ interface TurnClient {
 interface Queue {
   /** Calls that are not done with the client: waiting for their turn, or sent. */
   queued: number;
-  /** Settles once the last call queued is done with the client. */
-  tail: Promise<void>;
-  /** Settles once the last call queued has settled (for its caller). */
-  settledTail: Promise<void>;
+  /** The last call queued (undefined before the first). */
+  last: Turn | undefined;
   /** True once the connection failed or ended. */
   gone: boolean;
   /** Told when a query ends, a call is done, or the connection goes. */
@@ -40,13 +38,7 @@ const queues = new WeakMap<object, Queue>();
  * after `pg`'s own listeners: a query end seen here finds `pg`'s next query sent already.
  */
 export function watchTurns(client: TurnClient): void {
-  const queue: Queue = {
-    queued: 0,
-    tail: Promise.resolve(),
-    settledTail: Promise.resolve(),
-    gone: false,
-    changes: new Set(),
-  };
+  const queue: Queue = { queued: 0, last: undefined, gone: false, changes: new Set() };
   queues.set(client, queue);
   const gone = (): void => {
     queue.gone = true;
@@ -61,22 +53,104 @@ function changed(queue: Queue): void {
   for (const listener of queue.changes) listener();
 }
 
-/** One {@link pgQuery} call's place in its client's queue (see {@link takeTurn}). */
-export interface Turn {
+/** A promise made only when someone waits for it (most calls have nobody behind them). */
+class Moment {
+  #done = false;
+  #promise: Promise<void> | undefined = undefined;
+  #resolve: (() => void) | undefined = undefined;
+
+  get done(): boolean {
+    return this.#done;
+  }
+
+  /** Settles once {@link Moment.reach} was called (at once if it was). */
+  get promise(): Promise<void> {
+    if (this.#promise === undefined) {
+      this.#promise = this.#done
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => {
+            this.#resolve = resolve;
+          });
+    }
+    return this.#promise;
+  }
+
+  reach(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#resolve?.();
+  }
+}
+
+/**
+ * One {@link pgQuery} call's place in its client's queue (see {@link takeTurn}). Its promises are
+ * made only for a call that has to wait: a call with nothing queued before it (the usual case)
+ * sends at once and makes none.
+ */
+export class Turn {
+  readonly #queue: Queue;
+  readonly #before: Turn | undefined;
+  /** It is done with the client (its query settled, or it sent none and those before it are done). */
+  readonly #finished = new Moment();
+  /** It settled for its caller. */
+  readonly #settled = new Moment();
+  #sent = false;
+
+  constructor(queue: Queue, before: Turn | undefined) {
+    this.#queue = queue;
+    this.#before = before;
+  }
+
   /** True when nothing was queued before it: it may send at once. */
-  readonly now: boolean;
+  get now(): boolean {
+    return this.#before === undefined;
+  }
+
   /** Settles once every call queued before it is done with the client. */
-  readonly ready: Promise<void>;
+  get ready(): Promise<void> {
+    const before = this.#before;
+    return before === undefined ? Promise.resolve() : before.#finished.promise;
+  }
+
   /** Settles once the call queued just before it has settled for its caller. */
-  readonly previous: Promise<void>;
+  get previous(): Promise<void> {
+    const before = this.#before;
+    return before === undefined ? Promise.resolve() : before.#settled.promise;
+  }
+
   /** It settled for its caller: the next call may settle now. */
-  settled(): void;
-  /** It sent `query`: its turn ends when the query settles. */
-  sent(query: Promise<unknown>): void;
+  settled(): void {
+    this.#settled.reach();
+  }
+
+  /** It sent its query: its turn ends when {@link Turn.finish} is called, once the query settled. */
+  sent(): void {
+    this.#sent = true;
+  }
+
+  /** Its query settled: its turn ends. */
+  finish(): void {
+    if (this.#finished.done) return;
+    this.#finished.reach();
+    const queue = this.#queue;
+    queue.queued--;
+    if (queue.last === this) queue.last = undefined;
+    changed(queue);
+  }
+
   /** It is done: when it sent nothing, its turn ends once the calls before it are done. */
-  leave(): void;
+  leave(): void {
+    if (this.#sent) return;
+    const before = this.#before;
+    if (before === undefined || before.#finished.done) this.finish();
+    else before.#finished.promise.then(() => this.finish());
+  }
+
   /** What settles once every call queued behind it by now is done, or undefined when none is. */
-  behind(): Promise<void> | undefined;
+  behind(): Promise<void> | undefined {
+    const last = this.#queue.last;
+    return last === undefined || last === this ? undefined : last.#finished.promise;
+  }
 }
 
 /**
@@ -88,44 +162,13 @@ export interface Turn {
  * of a batch must still reach `Promise.all` first).
  */
 export function takeTurn(client: PgClient): Turn | undefined {
-  const state = queues.get(client);
-  if (state === undefined) return undefined;
-  const ready = state.tail;
-  const previous = state.settledTail;
-  let settled!: () => void;
-  state.settledTail = new Promise<void>((resolve) => {
-    settled = resolve;
-  });
-  const now = state.queued === 0;
-  state.queued++;
-  let sent = false;
-  let finished = false;
-  let settle!: () => void;
-  const mine = new Promise<void>((resolve) => {
-    settle = resolve;
-  });
-  state.tail = mine;
-  const finish = (): void => {
-    if (finished) return;
-    finished = true;
-    state.queued--;
-    settle();
-    changed(state);
-  };
-  return {
-    now,
-    ready,
-    previous,
-    settled,
-    sent(query) {
-      sent = true;
-      query.then(finish, finish);
-    },
-    leave() {
-      if (!sent) ready.then(finish, finish);
-    },
-    behind: () => (state.tail === mine ? undefined : state.tail),
-  };
+  const queue = queues.get(client);
+  if (queue === undefined) return undefined;
+  // `last` is undefined once every call before it is done with the client.
+  const turn = new Turn(queue, queue.last);
+  queue.queued++;
+  queue.last = turn;
+  return turn;
 }
 
 /**
@@ -168,4 +211,15 @@ function nextChange(state: Queue, signal: AbortSignal): Promise<void> {
     });
     state.changes.add(done);
   });
+}
+
+/**
+ * Waits until every call queued before `turn` is done with the client; rejects with the abort's
+ * reason when `signal` aborts first, or aborted in the turn the one before settled (its query is
+ * then never sent).
+ */
+export async function waitForTurn(turn: Turn | undefined, signal: AbortSource): Promise<void> {
+  if (turn === undefined || turn.now) return;
+  await raceSignal(turn.ready, signal);
+  throwIfAborted(signal);
 }

@@ -64,7 +64,6 @@ import { pgState } from './pg-state.js';
 import { cancelUntilDrained } from './pg-turns.js';
 import type { PgClientConfig, PgHandle } from './pg-types.js';
 
-export { pgQuery } from './pg-client.js';
 export {
   PgCoordinator,
   PgCoordinatorError,
@@ -75,14 +74,15 @@ export {
 export { isFatalPgError } from './pg-fatal.js';
 export { type FenceContext, PgFenceRefusedError, pgCheckFence } from './pg-fence.js';
 export { type PgRoute, pgRoute } from './pg-pooler.js';
-export { pgReset } from './pg-reset.js';
+export { pgQuery } from './pg-query.js';
+export { pgReadOnly } from './pg-read-only.js';
+export { PgResetError, pgReset } from './pg-reset.js';
 export { PgPoolerStateError, pgState } from './pg-state.js';
 export {
   type PgStatement,
   PgTransactionEndedError,
   type PgTransactionRefusal,
   PgTransactionRefusedError,
-  pgReadOnly,
   pgTransaction,
 } from './pg-transaction.js';
 export type {
@@ -236,6 +236,7 @@ export function pgGuardOptions(
           client,
           { readOnly: options.reset === pgReset, state: options.state === pgState },
           customSettings,
+          options.resetTimeout,
         );
         // A pooler sets the client's startup parameters (application_name...) in the server
         // session: they are the handle's baseline, not state an op left.

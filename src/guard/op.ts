@@ -25,6 +25,7 @@
  */
 
 import type { Fence } from '../coordination/coordinator.js';
+import { ABORT_WATCH, type AbortWatch } from '../internal/abort-watch.js';
 import type { Timer } from '../internal/promises.js';
 import type { QueueNode } from '../internal/waiter-queue.js';
 import type { WatchedSubject } from '../liveness/watchdog.js';
@@ -80,6 +81,8 @@ const NEXT: { readonly [T in Tag]: readonly Tag[] } = {
   closed: [],
 };
 
+function noop(): void {}
+
 export const WAITING: Waiting = { tag: 'waiting' };
 export const LEFT: Ended = { tag: 'left' };
 export const DONE: Ended = { tag: 'done' };
@@ -129,6 +132,11 @@ class RunContext<E> implements OpContext {
     return this.#op.signal;
   }
 
+  /** The op's abort without its `AbortSignal` (see internal/abort-watch.ts). @internal */
+  get [ABORT_WATCH](): AbortWatch {
+    return this.#op;
+  }
+
   get restored(): boolean {
     return this.#op.restored;
   }
@@ -143,7 +151,7 @@ class RunContext<E> implements OpContext {
 }
 
 /** One guarded operation: its state, its caller's promise, and the watchdog's bookkeeping. */
-export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
+export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch {
   prev: Op<E> | null = null;
   next: Op<E> | null = null;
   queued = false;
@@ -196,6 +204,8 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
   #controller: AbortController | undefined = undefined;
   #aborted = false;
   #reason: unknown = undefined;
+  /** Told once the op aborts (see {@link Op.onAbort}). */
+  #abortListeners: Set<() => void> | undefined = undefined;
   /** Told once the op has ended (see {@link Op.onEnd}). */
   #endListeners: (() => void)[] | undefined = undefined;
 
@@ -298,6 +308,25 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>> {
     this.#aborted = true;
     this.#reason = reason;
     this.#controller?.abort(reason);
+    const listeners = this.#abortListeners;
+    this.#abortListeners = undefined;
+    if (listeners !== undefined) for (const listener of listeners) listener();
+  }
+
+  /**
+   * Calls `listener` once, when the op aborts, as `ctx.signal`'s listeners would be, without
+   * making the signal (see internal/abort-watch.ts). Never called when the op aborted already.
+   */
+  onAbort(listener: () => void): () => void {
+    if (this.#aborted) return noop;
+    this.#abortListeners ??= new Set();
+    const listeners = this.#abortListeners;
+    // A function may be added twice: each add gets its own entry, as with separate listeners.
+    const entry = listeners.has(listener) ? () => listener() : listener;
+    listeners.add(entry);
+    return () => {
+      this.#abortListeners?.delete(entry);
+    };
   }
 
   /** A plain snapshot, so hooks and events never hold the live op. */

@@ -15,6 +15,7 @@ import {
 } from 'engine-guard/pg';
 import type pg from 'pg';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { isClean } from '../../src/adapters/pg-reset.js';
 import { resetCtx, stateCtx } from '../support/hook-context.js';
 import { adminQuery, clientConfig } from '../support/pg.js';
 import type { PgOptions } from '../support/pg-faults-kit.js';
@@ -246,7 +247,8 @@ describe('"no state" means what pgReset leaves', () => {
     'custom', current_setting('app.tenant', true),
     'temporary', (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),
     'prepared', (SELECT json_agg(name ORDER BY name) FROM pg_prepared_statements),
-    'cursors', (SELECT count(*) FROM pg_cursors),
+    -- not the snapshot's own unnamed portal, listed when it is sent by the extended protocol
+    'cursors', (SELECT count(*) FROM pg_cursors WHERE name <> ''),
     'listening', (SELECT json_agg(c) FROM pg_listening_channels() c),
     'locks', (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())
   )::text AS v`;
@@ -269,10 +271,10 @@ describe('"no state" means what pgReset leaves', () => {
     for (const sql of sqls) await run(handle, sql);
     const clean = (await held(handle)).length === 0;
     const before = (await run(handle, SNAPSHOT_SQL)).rows[0]?.v;
-    // The snapshot ran a query: the reset is not skipped.
-    const reset = pgReset(handle, resetCtx());
-    expect(reset).toBeInstanceOf(Promise);
-    await reset;
+    // The snapshot ran a query: the reset is not skipped (it may be put off to the next query,
+    // which the snapshot below then carries).
+    expect(isClean(handle.client)).toBe(false);
+    await pgReset(handle, resetCtx());
     const after = (await run(handle, SNAPSHOT_SQL)).rows[0]?.v;
     expect(clean).toBe(after === before);
   });

@@ -14,6 +14,7 @@ import {
   pgQuery,
 } from '../../src/adapters/pg.js';
 import { EngineGuard, EngineStalledError, type OpInfo } from '../../src/index.js';
+import { ABORT_WATCH, type MaybeWatched } from '../../src/internal/abort-watch.js';
 import { FaultProxy } from '../../src/testing/index.js';
 import { adminQuery, clientConfig, pgConfig, terminateBackend } from '../support/pg.js';
 import { activity, type PgOptions, settle, viaProxy, waitFor } from '../support/pg-faults-kit.js';
@@ -520,7 +521,9 @@ describe('pgQuery', () => {
     const r = recipe(clientConfig());
     const handle = await openHandle(r);
     const stream = raw(handle).connection.stream;
+    // pg's own, and the adapter's one for heartbeats, added when the client connected.
     const baseline = stream.listenerCount('data');
+    expect(baseline).toBe(2);
     const warnings: Error[] = [];
     const onWarning = (w: Error) => warnings.push(w);
     process.on('warning', onWarning);
@@ -533,7 +536,7 @@ describe('pgQuery', () => {
         pgQuery<{ n: number }>(handle, ctx, 'SELECT $1::int AS n', [i]),
       ),
     );
-    expect(stream.listenerCount('data')).toBe(baseline + 1);
+    expect(stream.listenerCount('data')).toBe(baseline);
     expect((await results).map((res) => res.rows[0]!.n)).toEqual(
       Array.from({ length: 20 }, (_, i) => i),
     );
@@ -541,6 +544,66 @@ describe('pgQuery', () => {
     expect(getEventListeners(ctx.signal, 'abort')).toHaveLength(0);
     await sleep(10);
     expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+  });
+});
+
+describe("pgQuery on a guard op's abort watch (no AbortSignal made)", () => {
+  it('rejects at the caller abort with its reason, once, and the handle serves the next op', async () => {
+    const guard = new EngineGuard(pgGuardOptions({ config: clientConfig() }, { pool: 1 }));
+    onTestFinished(() => guard.close());
+    const controller = new AbortController();
+    const reason = new Error('caller gave up');
+    const told: string[] = [];
+    const op = guard.read(
+      async (handle, ctx) => {
+        const watch = (ctx as MaybeWatched)[ABORT_WATCH];
+        expect(watch?.aborted).toBe(false);
+        const stop = watch!.onAbort(() => told.push('stopped'));
+        stop();
+        watch!.onAbort(() => told.push('told'));
+        setTimeout(() => controller.abort(reason), 100);
+        try {
+          return await pgQuery(handle, ctx, 'SELECT pg_sleep(5)');
+        } finally {
+          told.push(`aborted: ${watch!.aborted}, reason: ${(watch!.abortReason as Error).message}`);
+        }
+      },
+      { signal: controller.signal },
+    );
+    const started = performance.now();
+    await expect(op).rejects.toBe(reason);
+    expect(performance.now() - started).toBeLessThan(3_000);
+    expect(told).toEqual(['told', 'aborted: true, reason: caller gave up']);
+    const { rows } = await guard.read((handle, ctx) =>
+      pgQuery<{ n: number }>(handle, ctx, 'SELECT 2 AS n'),
+    );
+    expect(rows[0]!.n).toBe(2);
+  });
+
+  it('a query queued behind one the abort hit is never sent', async () => {
+    const guard = new EngineGuard(pgGuardOptions({ config: clientConfig() }, { pool: 1 }));
+    onTestFinished(() => guard.close());
+    const table = `abort_watch_${process.pid}_${Date.now()}`;
+    await adminQuery(`CREATE TABLE ${table} (n int)`);
+    onTestFinished(async () => {
+      await adminQuery(`DROP TABLE IF EXISTS ${table}`);
+    });
+    const controller = new AbortController();
+    const op = guard.write(
+      (handle, ctx) => {
+        setTimeout(() => controller.abort(new Error('stop')), 100);
+        return Promise.all([
+          pgQuery(handle, ctx, 'SELECT pg_sleep(5)'),
+          pgQuery(handle, ctx, `INSERT INTO ${table} VALUES (1)`),
+        ]);
+      },
+      { signal: controller.signal },
+    );
+    await expect(op).rejects.toThrow('stop');
+    // The next op on the same (only) handle runs once the aborted one drained.
+    await guard.read((handle, ctx) => pgQuery(handle, ctx, 'SELECT 1'));
+    const { rows } = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`);
+    expect(rows[0]!.n).toBe(0);
   });
 });
 
