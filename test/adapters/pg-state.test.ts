@@ -4,6 +4,8 @@
  * nothing is reported once it is gone (clean means what pgReset would leave), the settings setup
  * established are not state, and a provably clean handle is answered at once.
  */
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { HeldState } from 'engine-guard';
 import {
   type PgHandle,
@@ -13,7 +15,7 @@ import {
   pgReset,
   pgState,
 } from 'engine-guard/pg';
-import type pg from 'pg';
+import pg from 'pg';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { isClean } from '../../src/adapters/pg-reset.js';
 import { resetCtx, stateCtx } from '../support/hook-context.js';
@@ -199,16 +201,40 @@ describe('pgState reports each kind of state an op leaves, and none once it is g
   });
 
   it("the op's own statement_timeout and lock_timeout do not fail the check", async () => {
-    const handle = await openHandle();
-    await run(handle, "SET statement_timeout = '1ms'; SET lock_timeout = '1ms'");
-    // The check reads every setting: well over a millisecond on a loaded machine.
-    expect(await held(handle)).toEqual([
+    // The check is made to outlast the op's timeouts for sure, whatever the machine's load: in
+    // a database of its own, another session holds a lock on a catalog the check reads.
+    const database = `engine_guard_state_timeouts_${process.pid}`;
+    await adminQuery(`DROP DATABASE IF EXISTS ${database}`);
+    await adminQuery(`CREATE DATABASE ${database}`);
+    onTestFinished(() => adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`));
+    const options = pgGuardOptions({ config: clientConfig({ database }) });
+    const signal = AbortSignal.timeout(10_000);
+    const handle = await options.create({ signal, generation: 1 });
+    onTestFinished(() => options.destroy?.(handle, { reason: 'test' }));
+    await options.setup?.(handle, { signal, generation: 1 });
+    const blocker = new pg.Client(clientConfig({ database }));
+    await blocker.connect();
+    onTestFinished(() => blocker.end());
+
+    // statement_timeout last: the SET after it would run under it.
+    await run(handle, "SET lock_timeout = '100ms'; SET statement_timeout = '100ms'");
+    await blocker.query('BEGIN; LOCK TABLE pg_catalog.pg_depend IN ACCESS EXCLUSIVE MODE');
+    const t0 = performance.now();
+    const checked = held(handle);
+    await sleep(600);
+    await blocker.query('COMMIT');
+    expect(await checked).toEqual([
       { kind: 'setting', name: 'lock_timeout' },
       { kind: 'setting', name: 'statement_timeout' },
     ]);
+    // It waited for the lock well past both timeouts, and was not cancelled by either.
+    expect(performance.now() - t0).toBeGreaterThan(500);
     // And the op's settings are as it left them.
-    const { rows } = await run(handle, "SELECT current_setting('statement_timeout') AS v");
-    expect(rows[0]?.v).toBe('1ms');
+    const { rows } = await run(
+      handle,
+      "SELECT current_setting('statement_timeout') AS s, current_setting('lock_timeout') AS l",
+    );
+    expect(rows[0]).toEqual({ s: '100ms', l: '100ms' });
   });
 
   it('a custom setting hidden behind more dotted names than it keeps is never called clean', async () => {
