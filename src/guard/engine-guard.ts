@@ -375,7 +375,10 @@ export class EngineGuard<E> implements AsyncDisposable {
   /**
    * Closes the guard: queued ops reject with {@link GuardClosedError}, running ops have
    * `ctx.signal` aborted and their callers rejected, handles are destroyed. Resolves once every
-   * destroy settled, bounded by `closeTimeout`; idempotent (every call returns the same promise).
+   * destroy settled and every `create` in flight settled (its signal aborted; a handle it still
+   * returns is destroyed), bounded by `closeTimeout`; idempotent (every call returns the same
+   * promise). So the resource the handles come from (a DuckDB instance, a driver's pool) can be
+   * freed once it resolved.
    */
   close(): Promise<void> {
     if (this.#closing !== undefined) return this.#closing;

@@ -23,7 +23,7 @@ import {
   LockTimeoutError,
   ProbeTimeoutError,
 } from '../errors.js';
-import { bounded, type Timer } from '../internal/promises.js';
+import { bounded, noop, type Timer } from '../internal/promises.js';
 import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
 import { type BackoffPolicy, backoffDelay } from './backoff.js';
 
@@ -551,7 +551,7 @@ export class HandlePool<E> {
       });
     });
     this.#hooks.onChange();
-    Promise.race([opened, abandoned]).then(
+    const handled = Promise.race([opened, abandoned]).then(
       (engine) => {
         this.#attemptEnded(controller, timer);
         this.#failures = 0;
@@ -564,12 +564,17 @@ export class HandlePool<E> {
       },
       (error: unknown) => {
         this.#attemptEnded(controller, timer);
-        // A late success of an abandoned attempt still owns a handle: close it.
-        opened.then(
-          (engine) => this.#destroy(new Handle(engine, generation), error),
-          () => {},
+        // A late success of an abandoned attempt still owns a handle: close it. close() waits
+        // for the attempt as long as for a destroy (destroyTimeout), not for ever.
+        const late = bounded(
+          opened.then(
+            (engine) => this.#destroy(new Handle(engine, generation), error),
+            () => {},
+          ),
+          this.settings.destroyTimeout,
+          noop,
         );
-        if (this.#closed) return;
+        if (this.#closed) return late;
         this.#failures++;
         this.#lastError = error;
         const delay = backoffDelay(this.settings.backoff, this.#failures);
@@ -577,8 +582,14 @@ export class HandlePool<E> {
         this.#hooks.onConnectError(error, this.#failures, delay);
         if (this.isDown) this.#failFast();
         this.#scheduleRetry(delay);
+        return late;
       },
     );
+    // close() waits until the attempt settled and what it made was offered or destroyed
+    // (bounded as above, and by the guard's closeTimeout): a caller that frees the engine's resource after
+    // close() (a DuckDB instance, a driver's pool) must not free it under a connect still in
+    // flight; DuckDB's closeSync() crashed or hung the process there.
+    this.trackDestroy(handled);
   }
 
   /**
@@ -624,7 +635,8 @@ export class HandlePool<E> {
 
   /**
    * Stops the pool: rejects waiters, aborts attempts, destroys idle handles. Busy handles are
-   * destroyed when released or retired. Resolves when every destroy started so far settled.
+   * destroyed when released or retired. Resolves when every destroy started so far settled, and
+   * every attempt in flight settled (a handle it still made destroyed).
    */
   async close(): Promise<void> {
     if (!this.#closed) {
@@ -641,7 +653,7 @@ export class HandlePool<E> {
 
   /**
    * Counts `work` (a destroy made outside the pool: a handle whose setup failed inside an
-   * attempt) among the destroys that `close()` and `drained()` wait for.
+   * attempt; an attempt in flight) among the destroys that `close()` and `drained()` wait for.
    */
   trackDestroy(work: Promise<unknown>): void {
     const done: Promise<void> = work.then(
