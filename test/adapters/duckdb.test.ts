@@ -17,9 +17,21 @@ import {
   type OpContext,
 } from '../../src/index.js';
 
-/** ~0.5 s of hashing per 100M rows on the test machine; an aggregate: silent until done. */
+/** Hashing `rows` rows: an aggregate, silent until done. */
 const aggregate = (rows: number): string =>
   `select sum(hash(i)) as s, count(*) as n from range(${rows}) t(i)`;
+
+/** Rows this machine hashes per millisecond, measured once in beforeAll. */
+let rowsPerMs = 0;
+
+/**
+ * An aggregate sized to run for about `ms` on this machine: fixed row counts ran 5× longer than
+ * needed on a slow machine (CPU every run pays for) and could end too soon on a fast one.
+ */
+function aggregateFor(ms: number): { sql: string; rows: bigint } {
+  const rows = Math.max(1_000_000, Math.round((rowsPerMs * ms) / 1_000_000) * 1_000_000);
+  return { sql: aggregate(rows), rows: BigInt(rows) };
+}
 /** A 1e10-row nested-loop join: tens of seconds, only ever stopped by an interrupt. */
 const ENDLESS =
   'select count(*) as n from range(100000) a, range(100000) b where a.range + b.range < 0';
@@ -28,6 +40,16 @@ let instance: DuckDBInstance;
 
 beforeAll(async () => {
   instance = await DuckDBInstance.create(':memory:');
+  const conn = await instance.connect();
+  try {
+    await conn.run(aggregate(5_000_000)); // warm-up
+    const rows = 50_000_000;
+    const t0 = performance.now();
+    await conn.run(aggregate(rows));
+    rowsPerMs = rows / Math.max(1, performance.now() - t0);
+  } finally {
+    conn.closeSync();
+  }
 });
 
 afterAll(() => {
@@ -137,6 +159,7 @@ describe('DuckDB recipe under an EngineGuard', () => {
       let maxActive = 0;
       const generations = new Set<number>();
       const windows: Array<[number, number]> = [];
+      const concurrent = aggregateFor(500);
       const read = () =>
         guard.read(async (conn, ctx) => {
           active++;
@@ -144,7 +167,7 @@ describe('DuckDB recipe under an EngineGuard', () => {
           generations.add(ctx.generation);
           const start = performance.now();
           try {
-            return await duckdbQuery(conn, ctx, aggregate(100_000_000));
+            return await duckdbQuery(conn, ctx, concurrent.sql);
           } finally {
             windows.push([start, performance.now()]);
             active--;
@@ -152,7 +175,7 @@ describe('DuckDB recipe under an EngineGuard', () => {
         });
       const results = await Promise.all([read(), read(), read(), read()]);
       for (const rows of results)
-        expect(rows).toEqual([{ s: expect.any(BigInt), n: 100_000_000n }]);
+        expect(rows).toEqual([{ s: expect.any(BigInt), n: concurrent.rows }]);
       expect(maxActive).toBe(2);
       expect(stats.created).toBe(2);
       expect(generations.size).toBe(2);
@@ -227,10 +250,11 @@ describe('DuckDB recipe under an EngineGuard', () => {
     });
     const stalls = record(guard, 'stall');
     try {
+      const long = aggregateFor(3_000);
       const t0 = performance.now();
-      const rows = await guard.read((conn, ctx) => duckdbQuery(conn, ctx, aggregate(600_000_000)));
+      const rows = await guard.read((conn, ctx) => duckdbQuery(conn, ctx, long.sql));
       const elapsed = performance.now() - t0;
-      expect(rows).toEqual([{ s: expect.any(BigInt), n: 600_000_000n }]);
+      expect(rows).toEqual([{ s: expect.any(BigInt), n: long.rows }]);
       // It ran silent for many intervals: probed from the side, never convicted.
       expect(elapsed).toBeGreaterThan(1_000);
       expect(stats.sideProbes).toBeGreaterThanOrEqual(3);
@@ -284,7 +308,7 @@ describe('DuckDB recipe under an EngineGuard', () => {
       let runningDuringWrite: number | undefined;
       const longRead = guard.read(async (conn, ctx) => {
         events.push('read:start');
-        const rows = await duckdbQuery(conn, ctx, aggregate(200_000_000));
+        const rows = await duckdbQuery(conn, ctx, aggregateFor(1_500).sql);
         events.push('read:end');
         return rows;
       });
@@ -340,7 +364,7 @@ describe('DuckDB recipe under an EngineGuard', () => {
       liveness: { interval: 200, timeout: 1_000, failures: 3 },
     });
     try {
-      const long = guard.read((conn, ctx) => duckdbQuery(conn, ctx, aggregate(400_000_000)), {
+      const long = guard.read((conn, ctx) => duckdbQuery(conn, ctx, aggregateFor(3_000).sql), {
         label: 'long',
       });
       await waitFor(() => guard.status().running.length === 1, 10_000, 'the long query');
