@@ -206,7 +206,9 @@ describe('pgState reports each kind of state an op leaves, and none once it is g
     const database = `engine_guard_state_timeouts_${process.pid}`;
     await adminQuery(`DROP DATABASE IF EXISTS ${database}`);
     await adminQuery(`CREATE DATABASE ${database}`);
-    onTestFinished(() => adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`));
+    onTestFinished(async () => {
+      await adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+    });
     const options = pgGuardOptions({ config: clientConfig({ database }) });
     const signal = AbortSignal.timeout(10_000);
     const handle = await options.create({ signal, generation: 1 });
