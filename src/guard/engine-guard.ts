@@ -695,7 +695,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   /**
    * Once the engine counts as down, ops still queued for the lock get the answer new callers
    * get, unless they opted into waiting for it (the pool tells the ops waiting for a handle).
-   * Their lock waiters stay queued; a lease granted later to an op that left is given back.
+   * Their lock waiters leave the lock's queue with them.
    */
   #failFastQueued(): void {
     if (!this.#pool.isDown) return;

@@ -1,0 +1,153 @@
+import { describe, expect, it } from 'vitest';
+import {
+  EngineGuard,
+  type EngineGuardOptions,
+  type HeldState,
+  QueueFullError,
+  SessionClosedError,
+} from '../../src/index.js';
+import { errorOf, flush, gate } from '../support/guard.js';
+
+/** A connection whose state is a set of temp tables. */
+interface Conn {
+  readonly generation: number;
+  readonly tables: Set<string>;
+}
+
+function held(conn: Conn): HeldState[] {
+  return [...conn.tables].sort().map((name) => ({ kind: 'temp table', name }));
+}
+
+function guardWith(extra: Partial<EngineGuardOptions<Conn>> = {}): EngineGuard<Conn> {
+  return new EngineGuard<Conn>({
+    create: ({ generation }) => ({ generation, tables: new Set() }),
+    destroy: () => undefined,
+    reset: (conn) => {
+      conn.tables.clear();
+    },
+    state: (conn) => held(conn),
+    cancel: () => undefined,
+    pool: 2,
+    maxSessions: 1,
+    ...extra,
+  });
+}
+
+/** Settles `promise` within a few turns, or says it is still pending. */
+async function settledSoon(promise: Promise<unknown>): Promise<unknown> {
+  const pending = Symbol('pending');
+  return Promise.race([
+    promise.then(
+      (value) => ({ value }),
+      (error: unknown) => ({ error }),
+    ),
+    flush(10).then(() => pending),
+  ]).then((outcome) => (outcome === pending ? 'still pending' : outcome));
+}
+
+describe('floating calls taken back or left before they ran', () => {
+  it('leaves no ghost writer in the lock when the session closes under a queued floating write', async () => {
+    const guard = guardWith({ fairness: 'fifo', maxQueue: 2 });
+    const long = gate();
+    const reading = guard.read(() => long.promise);
+    await flush();
+    const session = guard.session();
+    const write = session.write(() => 'never');
+    await flush();
+    // Held back by the queued write (fifo), for as long as the long read runs.
+    const behind = guard.read(() => 'behind');
+    await flush();
+    expect(guard.status().queue).toMatchObject({ writers: 1, readers: 1 });
+    const closed = session.close();
+    expect(await errorOf(write)).toBeInstanceOf(SessionClosedError);
+    // Gone from the lock as from the guard's queue, and the read it held back is let in.
+    expect(await settledSoon(behind)).toEqual({ value: 'behind' });
+    expect(guard.status()).toMatchObject({ queued: [], queue: { writers: 0, readers: 0 } });
+    // Its maxQueue slot is free.
+    const queuedWrites = [guard.write(() => 1), guard.write(() => 2)];
+    await flush();
+    expect(guard.status().queue.writers).toBe(2);
+    expect(await errorOf(guard.write(() => 'full'))).toBeInstanceOf(QueueFullError);
+    long.open();
+    await reading;
+    expect(await Promise.all(queuedWrites)).toEqual([1, 2]);
+    await closed;
+    await guard.close();
+  });
+
+  it('leaves no ghost writer in the lock when the session pins and takes a queued floating write back', async () => {
+    const checking = gate();
+    const guard = guardWith({
+      state: async (conn) => {
+        await checking.promise;
+        return held(conn);
+      },
+    });
+    const session = guard.session();
+    const make = session.write((conn) => {
+      conn.tables.add('t');
+      return conn.generation;
+    });
+    await flush();
+    // Its state check runs (held back); a long read takes the lock meanwhile.
+    const long = gate();
+    const reading = guard.read(() => long.promise);
+    await flush();
+    const write = session.write((conn) => conn.tables.has('t'));
+    await flush();
+    expect(guard.status().queue.writers).toBe(1);
+    checking.open();
+    const home = await make;
+    expect(session.status()).toMatchObject({ pinned: true, generation: home });
+    await flush();
+    // Taken back, it waits for the lock again, serially: once, not twice.
+    const status = guard.status();
+    expect(status.queued).toHaveLength(1);
+    expect(status.queue).toEqual({ readers: 0, writers: 1, forHandle: 0 });
+    long.open();
+    await reading;
+    expect(await write).toBe(true);
+    expect(guard.status().queue).toEqual({ readers: 0, writers: 0, forHandle: 0 });
+    await session.close();
+    await guard.close();
+  });
+
+  it('leaves no ghost waiter in the pool when the session pins and takes back a floating call that waited for a handle', async () => {
+    const checking = gate();
+    const connecting = gate();
+    const guard = guardWith({
+      pool: 1,
+      create: async ({ generation }) => {
+        if (generation > 1) await connecting.promise;
+        return { generation, tables: new Set<string>() };
+      },
+      state: async (conn) => {
+        await checking.promise;
+        return held(conn);
+      },
+    });
+    const session = guard.session();
+    const make = session.write((conn) => {
+      conn.tables.add('t');
+      return conn.generation;
+    });
+    await flush();
+    // The only handle is in the state check: the next floating call holds its lease and waits
+    // for a handle.
+    const write = session.write((conn) => conn.tables.has('t'));
+    await flush();
+    expect(guard.status().queue.forHandle).toBe(1);
+    checking.open();
+    const home = await make;
+    expect(session.status()).toMatchObject({ pinned: true, generation: home });
+    expect(await write).toBe(true);
+    expect(guard.status()).toMatchObject({
+      queued: [],
+      queue: { readers: 0, writers: 0, forHandle: 0 },
+    });
+    connecting.open();
+    await flush();
+    await session.close();
+    await guard.close();
+  });
+});
