@@ -599,9 +599,11 @@ export class GuardSession<E> implements Session<E> {
    */
   #requeueFloating(): void {
     // A call with no op yet is being started in this very turn, and its own check pinned the
-    // session (a sync fn on an idle handle, a sync check): it ran, it is not taken back.
+    // session (a sync fn on an idle handle, a sync check): it ran, it is not taken back. Nor is
+    // one whose op left already (its caller gave up, or a `sessionPin` listener closed the
+    // session): its caller has its answer, and it must not run again.
     const waiting = [...this.#floating].filter(
-      (call) => call.op !== undefined && !isStarted(call.op),
+      (call) => call.op !== undefined && isQueued(call.op),
     );
     for (const call of waiting.reverse()) {
       call.leave?.(REQUEUED);
@@ -909,6 +911,12 @@ function waitingCall<E>(call: SessionCall<E>, now: number, waitingFor: readonly 
     waitingMs: now - call.enqueuedAt,
     waitingFor,
   };
+}
+
+/** The op still waits in the guard's queue: for the lock (`waiting`) or a handle (`leased`). */
+function isQueued<E>(op: Op<E>): boolean {
+  const tag = op.state.tag;
+  return tag === 'waiting' || tag === 'leased';
 }
 
 /** The op holds its lease and handle (or held them): it is past waiting. */

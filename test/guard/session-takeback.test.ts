@@ -150,4 +150,43 @@ describe('floating calls taken back or left before they ran', () => {
     await session.close();
     await guard.close();
   });
+
+  it('does not take back a floating call that a sessionPin listener closed the session under', async () => {
+    const checking = gate();
+    const guard = guardWith({
+      state: async (conn) => {
+        await checking.promise;
+        return held(conn);
+      },
+    });
+    const session = guard.session();
+    let closing: Promise<void> | undefined;
+    guard.on('sessionPin', () => {
+      closing = session.close();
+    });
+    const make = session.write((conn) => conn.tables.add('t'));
+    await flush();
+    const long = gate();
+    const reading = guard.read(() => long.promise);
+    await flush();
+    let ran = false;
+    const write = session.write(
+      () => {
+        ran = true;
+      },
+      { timeout: 60_000 },
+    );
+    await flush();
+    checking.open();
+    await make;
+    expect(await errorOf(write)).toBeInstanceOf(SessionClosedError);
+    await closing;
+    // Nothing left in the closed session: no call queued, no timer running.
+    expect(session.status()).toMatchObject({ state: 'closed', queued: 0, running: false });
+    long.open();
+    await reading;
+    await flush();
+    expect(ran).toBe(false);
+    await guard.close();
+  });
 });
