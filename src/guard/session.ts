@@ -437,12 +437,18 @@ export class GuardSession<E> implements Session<E> {
 
   /**
    * Queues `call` to run serially (at the head when it was called before everything queued);
-   * its own signal and timeout bound its wait.
+   * its own signal and timeout bound its wait. A caller that gave up already (a floating call
+   * taken back in the turn its caller aborted) gets its answer now: an abort listener added to
+   * an aborted signal never fires, and it would wait behind the session's running op.
    */
   #enqueue(call: SessionCall<E>, first = false): void {
     if (first) this.#queue.unshift(call);
     else this.#queue.push(call);
     const signal = call.settings.signal;
+    if (signal?.aborted) {
+      this.giveUp(call, signal.reason);
+      return;
+    }
     signal?.addEventListener('abort', call, { once: true });
     const left = call.remaining(performance.now());
     if (left !== undefined) {

@@ -1,11 +1,19 @@
+/**
+ * Floating calls of a `pin: 'on-state'` session that are taken back (the session pinned) or left
+ * (the session closed) before they ran: nothing of them may stay queued in the guard's lock or
+ * pool, nothing already answered may run again, and each call counts once.
+ */
+import diagnosticsChannel from 'node:diagnostics_channel';
 import { describe, expect, it } from 'vitest';
 import {
+  channelNames,
   EngineGuard,
   type EngineGuardOptions,
   type HeldState,
   QueueFullError,
   SessionClosedError,
 } from '../../src/index.js';
+import { FakeCoordinator } from '../coordination/fake-coordinator.js';
 import { errorOf, flush, gate } from '../support/guard.js';
 
 /** A connection whose state is a set of temp tables. */
@@ -187,6 +195,50 @@ describe('floating calls taken back or left before they ran', () => {
     await reading;
     await flush();
     expect(ran).toBe(false);
+    await guard.close();
+  });
+
+  it('answers at once a taken-back call whose caller aborted in the turn it was taken back', async () => {
+    // A floating read holds its lease and handle but waits for its cluster lease; the session
+    // pins meanwhile, so when the lease comes its fn is not run: it is taken back, behind the
+    // session's running op. Its caller aborts in that very turn (here: from a subscriber of the
+    // lock's release channel, told as the op gives its lease back).
+    const coordinator = new FakeCoordinator({ coordinatesReads: true, autoGrant: false });
+    const guard = guardWith({ coordinator, maxSessions: 2 });
+    const session = guard.session();
+    const make = session.read((conn) => conn.tables.add('t'));
+    await flush();
+    const controller = new AbortController();
+    let ran = false;
+    const after = session.read(
+      () => {
+        ran = true;
+      },
+      { signal: controller.signal },
+    );
+    await flush();
+    coordinator.grant();
+    await make;
+    expect(session.status().pinned).toBe(true);
+    // The pinned session runs a call of its own (waiting for its cluster lease, after the
+    // floating one's): the taken-back call would wait behind it.
+    const serial = session.read(() => 'serial');
+    await flush();
+    expect(coordinator.pending).toHaveLength(2);
+    const reason = new Error('caller gave up');
+    const abort = (): void => controller.abort(reason);
+    diagnosticsChannel.subscribe(channelNames.lockRelease, abort);
+    try {
+      coordinator.grant();
+      expect(await settledSoon(after)).toEqual({ error: reason });
+    } finally {
+      diagnosticsChannel.unsubscribe(channelNames.lockRelease, abort);
+    }
+    expect(ran).toBe(false);
+    coordinator.grant();
+    expect(await serial).toBe('serial');
+    expect(session.status()).toMatchObject({ queued: 0, running: false });
+    await session.close();
     await guard.close();
   });
 });
