@@ -512,6 +512,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         );
         op.key = session;
         op.sessionId = session.id;
+        op.counted = call.counted;
         op.restored = restored;
         op.afterCheck = afterCheck;
         if (handle !== undefined) {
@@ -636,7 +637,8 @@ export class EngineGuard<E> implements AsyncDisposable {
     op.generation = handle.generation;
     op.startedAt = now;
     op.lastBeat = now;
-    this.#counters.ops++;
+    // Each caller's call counts once, though a session may run it again (see `Op.counted`).
+    if (!op.counted) this.#counters.ops++;
     this.#watchdog?.watch(op, now);
     if (op.callerSignal !== undefined) this.#callerSignals.add(op.callerSignal, op);
     let result: unknown;

@@ -169,6 +169,11 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch, With
   fnSettled = false;
   /** Fair-share group: the op's `key`, or its session. */
   key: unknown = undefined;
+  /**
+   * Its call was counted in `counters.ops` already: an earlier op of it started, and its session
+   * took it back before its fn ran (the session pinned meanwhile).
+   */
+  counted = false;
   /** The session it runs in, if any. */
   sessionId: number | undefined = undefined;
   /** Its session's handle: the op runs on it instead of a shared one. */

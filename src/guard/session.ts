@@ -126,7 +126,13 @@ export interface SessionHost<E> {
    */
   run(
     session: GuardSession<E>,
-    call: { readonly id: number; readonly kind: OpKind; readonly label: string | undefined },
+    call: {
+      readonly id: number;
+      readonly kind: OpKind;
+      readonly label: string | undefined;
+      /** An earlier op of the call started (was counted in `counters.ops`), then was taken back. */
+      readonly counted: boolean;
+    },
     fn: SessionFn<E>,
     settings: OpSettings,
     handle: Handle<E> | undefined,
@@ -176,6 +182,11 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
   op: Op<E> | undefined = undefined;
   /** Takes its floating op out of the guard's queue. */
   leave: ((reason: unknown) => void) | undefined = undefined;
+  /**
+   * A floating op of it started (and was counted in the guard's `counters.ops`), then was taken
+   * back when its fn came due: the op that runs it again is not counted again.
+   */
+  counted = false;
   /**
    * Its caller's async context, taken at the call: its turn may come in whichever context the
    * session's previous call ended in, and its op must run in its caller's (AsyncLocalStorage
@@ -577,6 +588,8 @@ export class GuardSession<E> implements Session<E> {
         // Taken back to run serially on the pinned handle: it is not over.
         if (error === REQUEUED) {
           if (!this.#floating.has(call)) return;
+          // Its op started before its fn came due: counted already.
+          call.counted = true;
           if (this.#state !== 'closed') {
             this.#takeBack(call);
             this.#next();

@@ -241,4 +241,23 @@ describe('floating calls taken back or left before they ran', () => {
     await session.close();
     await guard.close();
   });
+
+  it('counts a call taken back after its op started as one op', async () => {
+    const coordinator = new FakeCoordinator({ coordinatesReads: true, autoGrant: false });
+    const guard = guardWith({ coordinator, maxSessions: 2 });
+    const session = guard.session();
+    const make = session.read((conn) => conn.tables.add('t'));
+    await flush();
+    const after = session.read((conn) => conn.tables.has('t'));
+    await flush();
+    coordinator.grant();
+    await make;
+    coordinator.grant();
+    await flush();
+    coordinator.grant();
+    expect(await after).toBe(true);
+    expect(guard.status().counters).toMatchObject({ ops: 2, succeeded: 2, failed: 0 });
+    await session.close();
+    await guard.close();
+  });
 });
