@@ -832,7 +832,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       this.#retire(op, handle, 'fatal', value);
     } else if (afterCheck !== undefined && this.#stateCheck !== undefined) {
       this.#stateCheck.run(handle.engine, op, ok, op.sessionId ?? 0, (found) => {
-        const refused = afterCheck(op, handle, found, ok);
+        const refused = afterCheck(op, handle, found, ok, ok ? undefined : value);
         // Its caller was answered when it aborted: the op ends now.
         if (!answer) {
           op.to(DONE);

@@ -184,7 +184,13 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch, With
    * result, or `undefined`. The guard answers the caller only then.
    */
   afterCheck:
-    | ((op: Op<E>, handle: Handle<E>, answer: StateAnswer, ok: boolean) => unknown)
+    | ((
+        op: Op<E>,
+        handle: Handle<E>,
+        answer: StateAnswer,
+        ok: boolean,
+        opError: unknown,
+      ) => unknown)
     | undefined = undefined;
   /** Told when the op's handle dies (its session loses its state). */
   onHandleLost: ((handle: Handle<E>, cause: unknown) => void) | undefined = undefined;

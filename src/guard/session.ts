@@ -72,13 +72,15 @@ export const REQUEUED = Symbol('requeued');
 
 /**
  * Decides, after the `state` check of one of the session's ops, where the handle goes; returns
- * the error its caller gets instead of its result, or `undefined`.
+ * the error its caller gets instead of its result, or `undefined`. `opError` is what the op's fn
+ * threw (`undefined` when it succeeded), kept in the error that replaces it.
  */
 export type AfterCheck<E> = (
   op: Op<E>,
   handle: Handle<E>,
   answer: StateAnswer,
   ok: boolean,
+  opError: unknown,
 ) => unknown;
 
 /** One op the guard runs for the session. */
@@ -649,6 +651,7 @@ export class GuardSession<E> implements Session<E> {
     handle: Handle<E>,
     answer: StateAnswer,
     ok: boolean,
+    opError: unknown,
     restoring: boolean,
   ): unknown {
     const held = answer.held;
@@ -704,6 +707,9 @@ export class GuardSession<E> implements Session<E> {
       maxSessions: this.#host.maxSessions,
       guardName: this.#host.name,
       cause: answer.error,
+      // What the call itself threw (a unique violation after it made a temp table) stays
+      // reachable: the caller must not lose it to the discard.
+      opError,
     });
   }
 
@@ -794,8 +800,8 @@ export class GuardSession<E> implements Session<E> {
     const restoring = this.#restoring(call, restore, () => {
       rebuilt = true;
     });
-    const check: AfterCheck<E> = (op, handle, answer, ok) => {
-      if (rebuilt) return this.afterCheck(op, handle, answer, ok, true);
+    const check: AfterCheck<E> = (op, handle, answer, ok, opError) => {
+      if (rebuilt) return this.afterCheck(op, handle, answer, ok, opError, true);
       // restore failed: what it made is not the session's state. Its caller gets restore's
       // error, and the session stays lost.
       this.#host.discard(handle, op, ok, answer);
@@ -812,7 +818,8 @@ export class GuardSession<E> implements Session<E> {
   }
 
   #checkOf(restoring: boolean): AfterCheck<E> {
-    return (op, handle, answer, ok) => this.afterCheck(op, handle, answer, ok, restoring);
+    return (op, handle, answer, ok, opError) =>
+      this.afterCheck(op, handle, answer, ok, opError, restoring);
   }
 
   #settingsNow(call: SessionCall<E>): OpSettings {

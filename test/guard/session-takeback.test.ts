@@ -12,6 +12,7 @@ import {
   type HeldState,
   QueueFullError,
   SessionClosedError,
+  SessionStateDiscardedError,
 } from '../../src/index.js';
 import { FakeCoordinator } from '../coordination/fake-coordinator.js';
 import { errorOf, flush, gate } from '../support/guard.js';
@@ -258,6 +259,53 @@ describe('floating calls taken back or left before they ran', () => {
     expect(await after).toBe(true);
     expect(guard.status().counters).toMatchObject({ ops: 2, succeeded: 2, failed: 0 });
     await session.close();
+    await guard.close();
+  });
+});
+
+describe("the call's own error, when its state is discarded", () => {
+  const violation = Object.assign(new Error('duplicate key value'), { code: '23505' });
+
+  it('is the cause when the state could not be kept (no slot)', async () => {
+    const guard = guardWith({ maxSessions: 0 });
+    const session = guard.session();
+    const error = await errorOf(
+      session.write((conn) => {
+        conn.tables.add('t');
+        throw violation;
+      }),
+    );
+    expect(error).toBeInstanceOf(SessionStateDiscardedError);
+    expect(error).toMatchObject({ reason: 'no-slot', cause: violation, opError: violation });
+    await guard.close();
+  });
+
+  it('is kept as opError when the check failed (its error is the cause)', async () => {
+    const checkError = new Error('state check failed');
+    const guard = guardWith({
+      state: () => {
+        throw checkError;
+      },
+    });
+    const session = guard.session();
+    const error = await errorOf(
+      session.write((conn) => {
+        conn.tables.add('t');
+        throw violation;
+      }),
+    );
+    expect(error).toBeInstanceOf(SessionStateDiscardedError);
+    expect(error).toMatchObject({ reason: 'unknown', cause: checkError, opError: violation });
+    await guard.close();
+  });
+
+  it('is undefined when the call succeeded', async () => {
+    const guard = guardWith({ maxSessions: 0 });
+    const session = guard.session();
+    const error = await errorOf(session.write((conn) => conn.tables.add('t')));
+    expect(error).toBeInstanceOf(SessionStateDiscardedError);
+    expect((error as SessionStateDiscardedError).opError).toBeUndefined();
+    expect((error as Error).cause).toBeUndefined();
     await guard.close();
   });
 });
