@@ -84,6 +84,43 @@ describe('floating calls taken back or left before they ran', () => {
     await guard.close();
   });
 
+  it('gives the lease back when the session closes in the turn the lock grants its floating write', async () => {
+    // The withdrawal finds the waiter granted already (here: closed from a subscriber of the
+    // lock's acquire channel, told as the grant is made): nothing to take out of the queue, and
+    // the lease that reaches the op that left is given straight back.
+    const guard = guardWith();
+    const long = gate();
+    const reading = guard.read(() => long.promise);
+    await flush();
+    const session = guard.session();
+    let ran = false;
+    const write = session.write(() => {
+      ran = true;
+    });
+    await flush();
+    let closing: Promise<void> | undefined;
+    const close = (message: unknown): void => {
+      if ((message as { mode?: string }).mode === 'write') closing ??= session.close();
+    };
+    diagnosticsChannel.subscribe(channelNames.lockAcquire, close);
+    try {
+      long.open();
+      await reading;
+      expect(await errorOf(write)).toBeInstanceOf(SessionClosedError);
+    } finally {
+      diagnosticsChannel.unsubscribe(channelNames.lockAcquire, close);
+    }
+    expect(closing).toBeDefined();
+    await closing;
+    expect(ran).toBe(false);
+    expect(await settledSoon(guard.write(() => 'free'))).toEqual({ value: 'free' });
+    expect(guard.status()).toMatchObject({
+      queued: [],
+      queue: { readers: 0, writers: 0, forHandle: 0 },
+    });
+    await guard.close();
+  });
+
   it('leaves no ghost writer in the lock when the session pins and takes a queued floating write back', async () => {
     const checking = gate();
     const guard = guardWith({
