@@ -399,14 +399,17 @@ export type StateDiscardReason = 'no-slot' | 'split' | 'unknown';
  * A session op left connection state on its handle (a temporary table, a `SET`...) that the
  * session could not keep, so the state was discarded (the handle was reset, or replaced) and
  * the op's caller gets this error instead of its result. Never a later "relation does not
- * exist". What the op committed stays committed: only connection state is discarded.
+ * exist". What the op committed stays committed: only connection state is discarded. When the
+ * op's `fn` failed (after it left the state), its error is `opError`, and the `cause` unless the
+ * state check failed too.
  *
  * `reason`:
  * - `'no-slot'`: pinning needs one of the guard's `maxSessions` slots and all were taken;
  * - `'split'`: the session already holds state on another handle (a concurrent op of the same
  *   session left it there first), and one session's state must live on one handle;
- * - `'unknown'`: the `state` check failed (see `cause`: the link failed, or the engine cannot keep
- *   connection state, as behind a transaction-mode pooler), so the state could not be trusted.
+ * - `'unknown'`: the `state` check failed (see `cause`, the check's error: the link failed, or
+ *   the engine cannot keep connection state, as behind a transaction-mode pooler), so the state
+ *   could not be trusted.
  */
 export class SessionStateDiscardedError extends EngineGuardError {
   override readonly name = 'SessionStateDiscardedError';
@@ -421,6 +424,12 @@ export class SessionStateDiscardedError extends EngineGuardError {
   readonly reason: StateDiscardReason;
   /** Name of the guard, when it has one. */
   readonly guardName: string | undefined;
+  /**
+   * What the call's own `fn` threw (a unique violation after it made a temp table, say), or
+   * `undefined` when it succeeded. The call rejects with this error instead, so its own error
+   * is kept here; it is also the `cause` when the state check gave no error of its own.
+   */
+  readonly opError: unknown;
 
   constructor(info: {
     sessionId: number;
@@ -429,7 +438,10 @@ export class SessionStateDiscardedError extends EngineGuardError {
     reason: StateDiscardReason;
     maxSessions?: number | undefined;
     guardName?: string | undefined;
+    /** The state check's error, when it failed. */
     cause?: unknown;
+    /** What the call's fn threw, when it failed. */
+    opError?: unknown;
   }) {
     const what = info.label
       ? `Session ${info.sessionId} "${info.label}"`
@@ -446,15 +458,21 @@ export class SessionStateDiscardedError extends EngineGuardError {
         : info.reason === 'split'
           ? 'the session already holds state on another connection (left by a call that ran at the same time): run calls that make state one at a time'
           : `its state could not be checked${info.cause instanceof Error ? `: ${info.cause.message}` : ''}`;
+    const failed =
+      info.opError === undefined
+        ? ''
+        : ` The call itself failed${info.opError instanceof Error ? `: ${info.opError.message}` : ''} (see opError).`;
+    const cause = info.cause === undefined ? info.opError : info.cause;
     super(
-      `${what}: discarded ${state}, because ${why}. What the call committed stays committed.`,
-      info.cause === undefined ? undefined : { cause: info.cause },
+      `${what}: discarded ${state}, because ${why}. What the call committed stays committed.${failed}`,
+      cause === undefined ? undefined : { cause },
     );
     this.sessionId = info.sessionId;
     this.label = info.label;
     this.discarded = info.discarded;
     this.reason = info.reason;
     this.guardName = info.guardName;
+    this.opError = info.opError;
   }
 }
 

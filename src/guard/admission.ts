@@ -97,11 +97,14 @@ export class Admission<E> {
       op.key,
       (error) => this.leave(op, error),
       own && op.kind === 'read',
+      op,
     );
     waiting?.then((granted) => this.#onLease(op, fn, granted, timeout));
   }
 
   #onLease(op: Op<E>, fn: OpFn<E>, lease: Lease, timeout: number | undefined): void {
+    // Granted: nothing left to withdraw from the lock.
+    op.withdraw = undefined;
     if (op.state.tag !== 'waiting') {
       lease.release();
       return;
@@ -130,7 +133,13 @@ export class Admission<E> {
     timeout: number | undefined,
     reportedTimeout: number | undefined,
   ): void {
-    const handle = this.#pool.acquire(op.callerSignal, timeout, reportedTimeout, op.waitForReady);
+    const handle = this.#pool.acquire(
+      op.callerSignal,
+      timeout,
+      reportedTimeout,
+      op.waitForReady,
+      op,
+    );
     if (!(handle instanceof Promise)) {
       this.#onHandle(op, fn, handle);
       return;
@@ -143,6 +152,7 @@ export class Admission<E> {
   }
 
   #onHandle(op: Op<E>, fn: OpFn<E>, handle: Handle<E>): void {
+    op.withdraw = undefined;
     if (op.callerSignal !== undefined) this.#handleWaits.remove(op.callerSignal, op);
     const state = op.state;
     if (state.tag !== 'leased') {
@@ -158,7 +168,12 @@ export class Admission<E> {
     this.#run(op, fn, state.lease, handle, performance.now());
   }
 
-  /** A queued op gives up (abort, timeout, refusal, close); its caller gets `error`. */
+  /**
+   * A queued op gives up (abort, timeout, refusal, close, taken back by its session); its caller
+   * gets `error`. Its waiter leaves the lock's or the pool's queue with it (when it is not the
+   * one leaving already): a waiter whose caller has its answer must not hold a queue slot, show
+   * in `status().queue`, or hold back the readers behind it.
+   */
   leave(op: Op<E>, error: unknown): void {
     const state = op.state;
     if (state.tag !== 'waiting' && state.tag !== 'leased') return;
@@ -177,6 +192,11 @@ export class Admission<E> {
     }
     this.#queued.remove(op);
     op.to(LEFT);
+    // After the move: the withdrawn waiter tells `leave` again, and finds the op gone. The lock
+    // wakes whom a withdrawn writer held back in this turn.
+    const withdraw = op.withdraw;
+    op.withdraw = undefined;
+    withdraw?.(reason);
     if (state.tag === 'leased') {
       if (op.callerSignal !== undefined) this.#handleWaits.remove(op.callerSignal, op);
       state.lease.release();

@@ -512,6 +512,7 @@ export class EngineGuard<E> implements AsyncDisposable {
         );
         op.key = session;
         op.sessionId = session.id;
+        op.counted = call.counted;
         op.restored = restored;
         op.afterCheck = afterCheck;
         if (handle !== undefined) {
@@ -636,7 +637,8 @@ export class EngineGuard<E> implements AsyncDisposable {
     op.generation = handle.generation;
     op.startedAt = now;
     op.lastBeat = now;
-    this.#counters.ops++;
+    // Each caller's call counts once, though a session may run it again (see `Op.counted`).
+    if (!op.counted) this.#counters.ops++;
     this.#watchdog?.watch(op, now);
     if (op.callerSignal !== undefined) this.#callerSignals.add(op.callerSignal, op);
     let result: unknown;
@@ -695,7 +697,7 @@ export class EngineGuard<E> implements AsyncDisposable {
   /**
    * Once the engine counts as down, ops still queued for the lock get the answer new callers
    * get, unless they opted into waiting for it (the pool tells the ops waiting for a handle).
-   * Their lock waiters stay queued; a lease granted later to an op that left is given back.
+   * Their lock waiters leave the lock's queue with them.
    */
   #failFastQueued(): void {
     if (!this.#pool.isDown) return;
@@ -830,7 +832,7 @@ export class EngineGuard<E> implements AsyncDisposable {
       this.#retire(op, handle, 'fatal', value);
     } else if (afterCheck !== undefined && this.#stateCheck !== undefined) {
       this.#stateCheck.run(handle.engine, op, ok, op.sessionId ?? 0, (found) => {
-        const refused = afterCheck(op, handle, found, ok);
+        const refused = afterCheck(op, handle, found, ok, ok ? undefined : value);
         // Its caller was answered when it aborted: the op ends now.
         if (!answer) {
           op.to(DONE);

@@ -27,7 +27,7 @@
 import type { Fence } from '../coordination/coordinator.js';
 import { ABORT_WATCH, type AbortWatch } from '../internal/abort-watch.js';
 import type { Timer } from '../internal/promises.js';
-import type { QueueNode } from '../internal/waiter-queue.js';
+import type { QueueNode, Withdrawable } from '../internal/waiter-queue.js';
 import type { WatchedSubject } from '../liveness/watchdog.js';
 import type { Lease } from '../lock/lease.js';
 import type { Handle } from '../pool/handle-pool.js';
@@ -151,7 +151,7 @@ class RunContext<E> implements OpContext {
 }
 
 /** One guarded operation: its state, its caller's promise, and the watchdog's bookkeeping. */
-export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch {
+export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch, Withdrawable {
   prev: Op<E> | null = null;
   next: Op<E> | null = null;
   queued = false;
@@ -169,6 +169,11 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch {
   fnSettled = false;
   /** Fair-share group: the op's `key`, or its session. */
   key: unknown = undefined;
+  /**
+   * Its call was counted in `counters.ops` already: an earlier op of it started, and its session
+   * took it back before its fn ran (the session pinned meanwhile).
+   */
+  counted = false;
   /** The session it runs in, if any. */
   sessionId: number | undefined = undefined;
   /** Its session's handle: the op runs on it instead of a shared one. */
@@ -179,7 +184,13 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch {
    * result, or `undefined`. The guard answers the caller only then.
    */
   afterCheck:
-    | ((op: Op<E>, handle: Handle<E>, answer: StateAnswer, ok: boolean) => unknown)
+    | ((
+        op: Op<E>,
+        handle: Handle<E>,
+        answer: StateAnswer,
+        ok: boolean,
+        opError: unknown,
+      ) => unknown)
     | undefined = undefined;
   /** Told when the op's handle dies (its session loses its state). */
   onHandleLost: ((handle: Handle<E>, cause: unknown) => void) | undefined = undefined;
@@ -189,6 +200,11 @@ export class Op<E> implements WatchedSubject, QueueNode<Op<E>>, AbortWatch {
   clusterWaitMs: number | undefined = undefined;
   /** Fencing token of its cluster lease, while it holds one. */
   fence: Fence | undefined = undefined;
+  /**
+   * While it waits in the lock's queue (`waiting`) or the pool's (`leased`): takes its waiter out
+   * of that queue (see `Admission.leave`).
+   */
+  withdraw: ((reason: unknown) => void) | undefined = undefined;
   /** Called once when `fn` settles (close() waits for it before destroying the handle). */
   onFnSettled: (() => void) | undefined = undefined;
   /**

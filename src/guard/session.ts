@@ -72,13 +72,15 @@ export const REQUEUED = Symbol('requeued');
 
 /**
  * Decides, after the `state` check of one of the session's ops, where the handle goes; returns
- * the error its caller gets instead of its result, or `undefined`.
+ * the error its caller gets instead of its result, or `undefined`. `opError` is what the op's fn
+ * threw (`undefined` when it succeeded), kept in the error that replaces it.
  */
 export type AfterCheck<E> = (
   op: Op<E>,
   handle: Handle<E>,
   answer: StateAnswer,
   ok: boolean,
+  opError: unknown,
 ) => unknown;
 
 /** One op the guard runs for the session. */
@@ -126,7 +128,13 @@ export interface SessionHost<E> {
    */
   run(
     session: GuardSession<E>,
-    call: { readonly id: number; readonly kind: OpKind; readonly label: string | undefined },
+    call: {
+      readonly id: number;
+      readonly kind: OpKind;
+      readonly label: string | undefined;
+      /** An earlier op of the call started (was counted in `counters.ops`), then was taken back. */
+      readonly counted: boolean;
+    },
     fn: SessionFn<E>,
     settings: OpSettings,
     handle: Handle<E> | undefined,
@@ -176,6 +184,11 @@ class SessionCall<E> implements QueueNode<SessionCall<E>> {
   op: Op<E> | undefined = undefined;
   /** Takes its floating op out of the guard's queue. */
   leave: ((reason: unknown) => void) | undefined = undefined;
+  /**
+   * A floating op of it started (and was counted in the guard's `counters.ops`), then was taken
+   * back when its fn came due: the op that runs it again is not counted again.
+   */
+  counted = false;
   /**
    * Its caller's async context, taken at the call: its turn may come in whichever context the
    * session's previous call ended in, and its op must run in its caller's (AsyncLocalStorage
@@ -437,12 +450,18 @@ export class GuardSession<E> implements Session<E> {
 
   /**
    * Queues `call` to run serially (at the head when it was called before everything queued);
-   * its own signal and timeout bound its wait.
+   * its own signal and timeout bound its wait. A caller that gave up already (a floating call
+   * taken back in the turn its caller aborted) gets its answer now: an abort listener added to
+   * an aborted signal never fires, and it would wait behind the session's running op.
    */
   #enqueue(call: SessionCall<E>, first = false): void {
     if (first) this.#queue.unshift(call);
     else this.#queue.push(call);
     const signal = call.settings.signal;
+    if (signal?.aborted) {
+      this.giveUp(call, signal.reason);
+      return;
+    }
     signal?.addEventListener('abort', call, { once: true });
     const left = call.remaining(performance.now());
     if (left !== undefined) {
@@ -571,6 +590,8 @@ export class GuardSession<E> implements Session<E> {
         // Taken back to run serially on the pinned handle: it is not over.
         if (error === REQUEUED) {
           if (!this.#floating.has(call)) return;
+          // Its op started before its fn came due: counted already.
+          call.counted = true;
           if (this.#state !== 'closed') {
             this.#takeBack(call);
             this.#next();
@@ -599,9 +620,11 @@ export class GuardSession<E> implements Session<E> {
    */
   #requeueFloating(): void {
     // A call with no op yet is being started in this very turn, and its own check pinned the
-    // session (a sync fn on an idle handle, a sync check): it ran, it is not taken back.
+    // session (a sync fn on an idle handle, a sync check): it ran, it is not taken back. Nor is
+    // one whose op left already (its caller gave up, or a `sessionPin` listener closed the
+    // session): its caller has its answer, and it must not run again.
     const waiting = [...this.#floating].filter(
-      (call) => call.op !== undefined && !isStarted(call.op),
+      (call) => call.op !== undefined && isQueued(call.op),
     );
     for (const call of waiting.reverse()) {
       call.leave?.(REQUEUED);
@@ -628,6 +651,7 @@ export class GuardSession<E> implements Session<E> {
     handle: Handle<E>,
     answer: StateAnswer,
     ok: boolean,
+    opError: unknown,
     restoring: boolean,
   ): unknown {
     const held = answer.held;
@@ -683,6 +707,9 @@ export class GuardSession<E> implements Session<E> {
       maxSessions: this.#host.maxSessions,
       guardName: this.#host.name,
       cause: answer.error,
+      // What the call itself threw (a unique violation after it made a temp table) stays
+      // reachable: the caller must not lose it to the discard.
+      opError,
     });
   }
 
@@ -773,8 +800,8 @@ export class GuardSession<E> implements Session<E> {
     const restoring = this.#restoring(call, restore, () => {
       rebuilt = true;
     });
-    const check: AfterCheck<E> = (op, handle, answer, ok) => {
-      if (rebuilt) return this.afterCheck(op, handle, answer, ok, true);
+    const check: AfterCheck<E> = (op, handle, answer, ok, opError) => {
+      if (rebuilt) return this.afterCheck(op, handle, answer, ok, opError, true);
       // restore failed: what it made is not the session's state. Its caller gets restore's
       // error, and the session stays lost.
       this.#host.discard(handle, op, ok, answer);
@@ -791,7 +818,8 @@ export class GuardSession<E> implements Session<E> {
   }
 
   #checkOf(restoring: boolean): AfterCheck<E> {
-    return (op, handle, answer, ok) => this.afterCheck(op, handle, answer, ok, restoring);
+    return (op, handle, answer, ok, opError) =>
+      this.afterCheck(op, handle, answer, ok, opError, restoring);
   }
 
   #settingsNow(call: SessionCall<E>): OpSettings {
@@ -909,6 +937,12 @@ function waitingCall<E>(call: SessionCall<E>, now: number, waitingFor: readonly 
     waitingMs: now - call.enqueuedAt,
     waitingFor,
   };
+}
+
+/** The op still waits in the guard's queue: for the lock (`waiting`) or a handle (`leased`). */
+function isQueued<E>(op: Op<E>): boolean {
+  const tag = op.state.tag;
+  return tag === 'waiting' || tag === 'leased';
 }
 
 /** The op holds its lease and handle (or held them): it is past waiting. */

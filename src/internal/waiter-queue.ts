@@ -13,6 +13,19 @@ export interface QueueNode<T> {
   queued: boolean;
 }
 
+/**
+ * Where a queue that takes `exit` (the lock's `queueFor`, the pool's `acquire`) puts the way to
+ * take a waiter back out before it is served: the guard's op was answered some other way (its
+ * session took the call back, or closed).
+ */
+export interface Withdrawable {
+  /**
+   * Set while the waiter may still be queued: removes it as an abort would (it is told `reason`,
+   * and whom it held back is served in the same turn). A no-op once it was served or left.
+   */
+  withdraw: ((reason: unknown) => void) | undefined;
+}
+
 /** FIFO of nodes that link themselves. */
 export class WaiterQueue<T extends QueueNode<T>> {
   head: T | null = null;

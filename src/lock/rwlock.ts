@@ -12,6 +12,7 @@ import {
   validateSignal,
   validateUnknownKeys,
 } from '../internal/validate.js';
+import type { Withdrawable } from '../internal/waiter-queue.js';
 
 const LOCK_KEYS = ['name', 'maxQueue', 'maxReaders', 'fairness', 'bypassAfter'];
 const ACQUIRE_KEYS = ['signal', 'timeout', 'key'];
@@ -162,6 +163,8 @@ type QueueFor = (
   leave: (reason: unknown) => void,
   /** A reader that brings its own resource (see {@link RWLock.tryAcquireReadUncapped}). */
   uncapped?: boolean,
+  /** Given the way to withdraw the waiter, when it queues. */
+  exit?: Withdrawable,
 ) => Promise<Lease> | undefined;
 
 // Set by the class's static block, which can reach its private queue.
@@ -175,8 +178,16 @@ let enqueueFor: QueueFor;
  * the guard's `status()` must not list a queued op whose caller already has its answer. Returns
  * the grant, which never rejects, or `undefined` when the waiter left at once.
  */
-export const queueFor: QueueFor = (lock, mode, signal, timeout, key, leave, uncapped = false) =>
-  enqueueFor(lock, mode, signal, timeout, key, leave, uncapped);
+export const queueFor: QueueFor = (
+  lock,
+  mode,
+  signal,
+  timeout,
+  key,
+  leave,
+  uncapped = false,
+  exit = undefined,
+) => enqueueFor(lock, mode, signal, timeout, key, leave, uncapped, exit);
 
 /** Why an acquire may neither be granted nor queue (see `#admit`). */
 class Refused {
@@ -254,12 +265,14 @@ function validateFairness(value: unknown): Fairness {
  */
 export class RWLock {
   static {
-    enqueueFor = (lock, mode, signal, timeout, key, leave, uncapped = false) => {
+    enqueueFor = (lock, mode, signal, timeout, key, leave, uncapped = false, exit = undefined) => {
       const now = lock.#admit(mode, signal, timeout, uncapped);
       if (now === undefined) {
-        return new Promise<HeldLease>((resolve) =>
-          lock.#wait(mode, signal, timeout, key, resolve, leave, uncapped),
-        );
+        return new Promise<HeldLease>((resolve) => {
+          const waiter = lock.#wait(mode, signal, timeout, key, resolve, leave, uncapped);
+          // The path an abort takes: unlinked with its listener and timer, the lock drained.
+          if (exit !== undefined) exit.withdraw = (reason) => lock.#cancel(waiter, reason);
+        });
       }
       if (now instanceof Refused) {
         leave(now.reason);
@@ -584,7 +597,7 @@ export class RWLock {
     resolve: (lease: HeldLease) => void,
     leave: (reason: unknown) => void,
     uncapped: boolean,
-  ): void {
+  ): Waiter {
     const queue = this.#queue;
     const group = uncapped ? this.#uncapped : mode === 'read' ? queue.groupOf(key) : queue.writers;
     const waiter = new Waiter(group, this.#seq++, resolve, leave);
@@ -596,7 +609,7 @@ export class RWLock {
     }
     if (uncapped) {
       this.#uncapped.push(waiter);
-      return;
+      return waiter;
     }
     queue.push(waiter);
     // A writer alone in the queue, held by reads only: its patience starts now. (With
@@ -604,6 +617,7 @@ export class RWLock {
     if (mode === 'write' && this.#readers > 0 && queue.size === 1) {
       this.#patience?.watch(waiter, this.#readers);
     }
+    return waiter;
   }
 
   /** Unlinks a waiter that is `granted` or gave up, with its listener and timer. */

@@ -24,7 +24,7 @@ import {
   ProbeTimeoutError,
 } from '../errors.js';
 import { bounded, noop, type Timer } from '../internal/promises.js';
-import { type QueueNode, WaiterQueue } from '../internal/waiter-queue.js';
+import { type QueueNode, WaiterQueue, type Withdrawable } from '../internal/waiter-queue.js';
 import { type BackoffPolicy, backoffDelay } from './backoff.js';
 
 /** One engine handle and its bookkeeping. */
@@ -251,19 +251,28 @@ export class HandlePool<E> {
    * Takes a handle: an idle one at once (after an idle check if it sat unused too long), else
    * waits for one to be opened or returned. `timeout` bounds the wait; `reportedTimeout` is the
    * bound named in the error when it runs out (the caller's whole bound, of which `timeout` is
-   * what was left after queueing for the lock).
+   * what was left after queueing for the lock). When it waits, `exit` (if given) gets the way
+   * to withdraw it (the promise then rejects with the reason given, as on abort).
    */
   acquire(
     signal: AbortSignal | undefined,
     timeout: number | undefined,
     reportedTimeout: number | undefined = timeout,
     waitForReady = false,
+    exit?: Withdrawable,
   ): Handle<E> | Promise<Handle<E>> {
     if (this.#closed) return Promise.reject(new GuardClosedError(this.settings.name));
     const handle = this.#takeLiveIdle(true);
     if (handle !== undefined) {
       if (this.#needsIdleCheck(handle, performance.now())) {
-        return this.#checkIdle(handle, signal, timeout, reportedTimeout ?? timeout, waitForReady);
+        return this.#checkIdle(
+          handle,
+          signal,
+          timeout,
+          reportedTimeout ?? timeout,
+          waitForReady,
+          exit,
+        );
       }
       handle.state = 'busy';
       this.#busy++;
@@ -274,6 +283,7 @@ export class HandlePool<E> {
     return new Promise<Handle<E>>((resolve, reject) => {
       const waiter = new HandleWaiter(this, waitForReady, resolve, reject);
       this.#waiters.push(waiter);
+      if (exit !== undefined) exit.withdraw = (reason) => this[kGiveUp](waiter, reason);
       if (signal !== undefined) {
         waiter.signal = signal;
         signal.addEventListener('abort', waiter, { once: true });
@@ -300,6 +310,7 @@ export class HandlePool<E> {
     timeout: number | undefined,
     reportedTimeout: number | undefined,
     waitForReady: boolean,
+    exit: Withdrawable | undefined,
   ): Promise<Handle<E>> {
     handle.state = 'busy';
     this.#busy++;
@@ -326,6 +337,14 @@ export class HandlePool<E> {
         reject(signal?.reason);
       };
       signal?.addEventListener('abort', onAbort, { once: true });
+      // Withdrawn: as on abort, the handle goes to the next caller once it passed its check.
+      if (exit !== undefined) {
+        exit.withdraw = (reason) => {
+          if (!waiting) return;
+          stopWaiting();
+          reject(reason);
+        };
+      }
       if (timeout !== undefined) {
         timer = setTimeout(() => {
           if (!waiting) return;
@@ -367,7 +386,7 @@ export class HandlePool<E> {
         stopWaiting();
         const remaining =
           timeout === undefined ? undefined : Math.max(0, timeout - (performance.now() - started));
-        Promise.resolve(this.acquire(signal, remaining, reportedTimeout, waitForReady)).then(
+        Promise.resolve(this.acquire(signal, remaining, reportedTimeout, waitForReady, exit)).then(
           resolve,
           reject,
         );
