@@ -597,13 +597,33 @@ function forgetNamedStatements(client: RawClient): void {
   if (connection?.submittedNamedStatements !== undefined) connection.submittedNamedStatements = {};
 }
 
-/** Resolves once `client` has nothing queued or running (an aborted op's query may still be). */
+/**
+ * Resolves once `client` has nothing queued or running (an aborted op's query may still be), or
+ * once its connection is gone: `pg` never emits 'drain' after a FATAL error (a backend terminated
+ * mid-query leaves `readyForQuery` false for good), only 'error' and 'end'.
+ */
 export function drained(client: RawClient, signal: AbortSource | undefined): Promise<void> {
-  if (client.readyForQuery !== false) return Promise.resolve();
+  if (client.readyForQuery !== false || isGone(client)) return Promise.resolve();
+  const emitter = client as unknown as NodeJS.EventEmitter;
   const drain = new Promise<void>((resolve) => {
-    (client as unknown as NodeJS.EventEmitter).once('drain', resolve);
+    const done = (): void => {
+      emitter.off('drain', done);
+      emitter.off('end', done);
+      emitter.off('error', done);
+      resolve();
+    };
+    emitter.on('drain', done);
+    emitter.on('end', done);
+    emitter.on('error', done);
   });
   return signal === undefined ? drain : raceSignal(drain, signal);
+}
+
+/** The connection of `client` failed or ended (as far as the adapter or `pg` knows). */
+function isGone(client: RawClient): boolean {
+  if (clients.get(client)?.gone !== undefined) return true;
+  const flags = client as unknown as { _ended?: boolean; _queryable?: boolean };
+  return flags._ended === true || flags._queryable === false;
 }
 
 /**

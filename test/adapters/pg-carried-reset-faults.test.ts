@@ -1,0 +1,168 @@
+/**
+ * Faults around the reset `pgReset` puts off to the head of the next query's batch, and around
+ * `pgReadOnly`'s batch, on the real PostgreSQL (code review of the pg adapter): every promise
+ * settles when the backend is terminated, nothing runs on a session whose reset failed, nothing is
+ * sent after the op aborted, and a statement is never run twice or reported with rows missing.
+ *
+ * A reset that waits is made with a lock another connection holds on `pg_depend` (dropping the
+ * op's temporary table reads it), in a database of this file's own, so that no other test waits.
+ */
+import type { ResetContext } from 'engine-guard';
+import {
+  isFatalPgError,
+  type PgHandle,
+  pgGuardOptions,
+  pgQuery,
+  pgReadOnly,
+  pgReset,
+} from 'engine-guard/pg';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { isClean } from '../../src/adapters/pg-reset.js';
+import { adminQuery, clientConfig, terminateBackend } from '../support/pg.js';
+import { settle, waitFor, within } from '../support/pg-faults-kit.js';
+
+const database = `engine_guard_carried_${process.pid}`;
+
+beforeAll(async () => {
+  await adminQuery(`DROP DATABASE IF EXISTS ${database}`);
+  await adminQuery(`CREATE DATABASE ${database}`);
+});
+
+afterAll(async () => {
+  await adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+});
+
+const config = (): pg.ClientConfig => clientConfig({ database });
+
+const ctx = (signal: AbortSignal = new AbortController().signal) => ({
+  signal,
+  heartbeat() {},
+});
+
+function resetCtx(): ResetContext {
+  return {
+    signal: AbortSignal.timeout(5_000),
+    ok: true,
+    op: { id: 1, kind: 'read', label: undefined, generation: 1, startedAt: performance.now() },
+  };
+}
+
+/** A handle as the guard makes it (no guard: no liveness to rescue a promise that hangs). */
+async function openHandle(): Promise<PgHandle> {
+  const options = pgGuardOptions({ config: config() });
+  const signal = AbortSignal.timeout(10_000);
+  const handle = await options.create({ signal, generation: 1 });
+  onTestFinished(() => options.destroy?.(handle, { reason: 'test' }));
+  await options.setup?.(handle, { signal, generation: 1 });
+  return handle;
+}
+
+/**
+ * Another connection holding `pg_depend`: a reset that drops a temporary table waits on it until
+ * `release()`.
+ */
+async function holdCatalog(): Promise<{ release(): Promise<void> }> {
+  const blocker = new pg.Client(config());
+  blocker.on('error', () => {});
+  await blocker.connect();
+  await blocker.query('BEGIN; LOCK TABLE pg_catalog.pg_depend IN ACCESS EXCLUSIVE MODE');
+  let released = false;
+  const release = async (): Promise<void> => {
+    if (released) return;
+    released = true;
+    await blocker.query('COMMIT').catch(() => {});
+    await blocker.end().catch(() => {});
+  };
+  onTestFinished(release);
+  return { release };
+}
+
+/** Waits until the backend `pid` waits on a lock. */
+function lockWaitOf(pid: number): Promise<void> {
+  return waitFor(
+    async () => {
+      const { rows } = await adminQuery<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+        [pid],
+      );
+      return rows[0]!.n === 1;
+    },
+    5_000,
+    `backend ${pid} waiting on a lock`,
+  );
+}
+
+/** Waits until the backend `pid` runs a statement holding `marker`. */
+function running(pid: number, marker: string): Promise<void> {
+  return waitFor(
+    async () => {
+      const { rows } = await adminQuery<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2",
+        [pid, `%${marker}%`],
+      );
+      return rows[0]!.n === 1;
+    },
+    5_000,
+    `backend ${pid} running ${marker}`,
+  );
+}
+
+/** Leaves state on the handle: a setting and a temporary table (dropping it reads pg_depend). */
+async function dirty(handle: PgHandle): Promise<void> {
+  await pgQuery(handle, ctx(), 'SET search_path TO nowhere; CREATE TEMP TABLE scratch (x int)');
+}
+
+/**
+ * Puts the handle's reset off: call it in the same event-loop turn as the query that is to carry
+ * it (a handle idle for a turn sends its reset alone).
+ */
+function owe(handle: PgHandle): void {
+  expect(pgReset(handle, resetCtx())).toBeUndefined();
+  expect(isClean(handle.client)).toBe(true);
+}
+
+describe('a backend terminated mid-batch (FATAL 57P01): every promise settles', () => {
+  it('pgReadOnly, terminated during its statement, rejects', async () => {
+    const handle = await openHandle();
+    const marker = 'ro_terminated_mid_statement';
+    const read = settle(pgReadOnly(handle, ctx(), `SELECT pg_sleep(10) AS ${marker}`));
+    await running(handle.pid, marker);
+    expect(await terminateBackend(handle.pid)).toBe(true);
+    const outcome = await within(read, 5_000, 'pgReadOnly');
+    expect(outcome.ok).toBe(false);
+    // The handle is known dead: the guard replaces it.
+    expect(isFatalPgError((outcome as { error: unknown }).error)).toBe(true);
+  });
+
+  it('pgQuery, terminated while the reset it carries waits on a lock, rejects', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const query = settle(pgQuery(handle, ctx(), 'SELECT 1 AS one'));
+    await lockWaitOf(handle.pid);
+    expect(await terminateBackend(handle.pid)).toBe(true);
+    // The backend drops its temporary table on its way out: it closes the socket once it can.
+    await catalog.release();
+    const outcome = await within(query, 5_000, 'pgQuery');
+    expect(outcome.ok).toBe(false);
+    // The handle is known dead: the guard replaces it.
+    expect(isFatalPgError((outcome as { error: unknown }).error)).toBe(true);
+  });
+
+  it('pgReadOnly, terminated while the reset it carries waits on a lock, rejects', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const read = settle(pgReadOnly(handle, ctx(), 'SELECT 1 AS one'));
+    await lockWaitOf(handle.pid);
+    expect(await terminateBackend(handle.pid)).toBe(true);
+    await catalog.release();
+    const outcome = await within(read, 5_000, 'pgReadOnly');
+    expect(outcome.ok).toBe(false);
+    // The handle is known dead: the guard replaces it.
+    expect(isFatalPgError((outcome as { error: unknown }).error)).toBe(true);
+  });
+});
