@@ -229,15 +229,24 @@ export class GroupedQuery extends Query {
 /**
  * Sends `before`, `main` and `after` on `client` as one batch (see the module documentation) and
  * resolves with how it ended; never rejects. Call it only when nothing else is queued on the
- * client.
+ * client. `answered`, when given, is called with the outcome synchronously, as soon as it is
+ * known: before `pg` sends a query it holds behind the batch (the promise settles later).
  */
 export function sendGroup(
   client: { query(query: unknown): unknown },
   before: readonly Hidden[],
   main: MainStatement | undefined,
   after: readonly Hidden[],
+  answered?: (outcome: GroupOutcome) => void,
 ): Promise<GroupOutcome> {
   return new Promise<GroupOutcome>((resolve) => {
-    client.query(new GroupedQuery(before, main, after, resolve));
+    const done =
+      answered === undefined
+        ? resolve
+        : (outcome: GroupOutcome): void => {
+            answered(outcome);
+            resolve(outcome);
+          };
+    client.query(new GroupedQuery(before, main, after, done));
   });
 }

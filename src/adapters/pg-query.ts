@@ -4,8 +4,15 @@
  * owed (see pg-reset.ts).
  */
 import { beatWhileRunning, clients, type RawClient, refuseNul } from './pg-client.js';
-import { type MainStatement, sendGroup } from './pg-group.js';
-import { giveBackReset, PgResetError, resetCarried, resetNow, takeOwedReset } from './pg-reset.js';
+import { type GroupOutcome, type MainStatement, sendGroup } from './pg-group.js';
+import {
+  carriedResetAnswered,
+  giveBackReset,
+  PgResetError,
+  resetCarried,
+  resetNow,
+  takeOwedReset,
+} from './pg-reset.js';
 import {
   type AbortSource,
   abortReason,
@@ -96,8 +103,10 @@ function dispatch(
     (client.query as unknown as CallbackQuery).call(client, text, values, settle);
     return;
   }
-  sendGroup(client, reset, main.statement, []).then(async (outcome) => {
-    if (!resetCarried(client, outcome)) {
+  const answered = (outcome: GroupOutcome): void =>
+    carriedResetAnswered(client, outcome, reset.length);
+  sendGroup(client, reset, main.statement, [], answered).then(async (outcome) => {
+    if (!resetCarried(client, outcome, reset.length)) {
       // The reset failed at the head of the batch and nothing after it ran: once more alone.
       const gone = clients.get(client)?.gone;
       if (gone !== undefined) {

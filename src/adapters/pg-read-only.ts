@@ -5,6 +5,7 @@
 import { beatWhileRunning, clients, type RawClient, refuseNul } from './pg-client.js';
 import { type GroupOutcome, type Hidden, sendGroup } from './pg-group.js';
 import {
+  carriedResetAnswered,
   cleanSince,
   deallocateAfterReadOnly,
   drained,
@@ -108,13 +109,17 @@ async function runBatch(
   try {
     let reset = takeOwedReset(client);
     for (;;) {
+      const carried = reset;
       const outcome = await sendGroup(
         client,
-        reset === undefined ? [BEGIN_READ_ONLY] : [...reset, BEGIN_READ_ONLY],
+        carried === undefined ? [BEGIN_READ_ONLY] : [...carried, BEGIN_READ_ONLY],
         main,
         readOnlyEnd(cleanAt, inSession),
+        carried === undefined
+          ? undefined
+          : (answer) => carriedResetAnswered(client, answer, carried.length),
       );
-      if (reset !== undefined && !resetCarried(client, outcome)) {
+      if (carried !== undefined && !resetCarried(client, outcome, carried.length)) {
         // The reset failed at the head of the batch: nothing after it ran. Once more alone.
         await endTransaction(client, undefined);
         if (clients.get(client)?.gone !== undefined)

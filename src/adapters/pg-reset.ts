@@ -18,7 +18,7 @@ import {
   type RawClient,
   raceSignal,
 } from './pg-client.js';
-import type { GroupOutcome, Hidden } from './pg-group.js';
+import { GroupedQuery, type GroupOutcome, type Hidden } from './pg-group.js';
 import { SettingNames, watchSettingNames } from './pg-setting-names.js';
 import type { AbortSource } from './pg-signal.js';
 import type { PgClient, PgHandle } from './pg-types.js';
@@ -80,6 +80,11 @@ interface SessionState {
    * client sat idle for an event-loop turn and it went alone), `'sending'` while it is on its way.
    */
   reset: 'none' | 'owed' | 'sending';
+  /**
+   * A query was handed to `client.query` while the reset travelled at the head of a batch: `pg`
+   * holds it, and sends it as soon as the batch ends, whatever the reset's outcome.
+   */
+  queuedBehindCarried: boolean;
   /** The reset that went alone succeeded: the client is clean at its ReadyForQuery. */
   cleanAtNextReady: boolean;
   /** Bound of a reset sent alone, ms (the guard's `resetTimeout`): past it the connection is cut. */
@@ -186,6 +191,7 @@ export function trackSession(
     ready: 0,
     cleanAt: 0,
     reset: 'none',
+    queuedBehindCarried: false,
     cleanAtNextReady: false,
     sendWhole: () => Promise.resolve(),
     baseline: NO_BASELINE,
@@ -219,6 +225,10 @@ function payOwedResetFirst(client: RawClient, state: SessionState): void {
   state.sendWhole = () => sendWholeReset(client, state, query);
   const gated = function (this: PgClient, ...args: unknown[]): unknown {
     if (state.reset === 'owed') state.sendWhole().catch(noop);
+    // Behind a batch carrying the reset (not that batch itself): see carriedResetAnswered.
+    else if (state.reset === 'sending' && !(args[0] instanceof GroupedQuery)) {
+      state.queuedBehindCarried = true;
+    }
     return (query as (...a: unknown[]) => unknown).apply(this, args);
   };
   (client as { query: unknown }).query = gated;
@@ -301,7 +311,41 @@ export function takeOwedReset(client: PgClient): Hidden[] | undefined {
   const state = sessions.get(client);
   if (state?.reset !== 'owed') return undefined;
   state.reset = 'sending';
+  state.queuedBehindCarried = false;
   return resetStatements(state.baseline);
+}
+
+/**
+ * Whether the batch that carried the reset (its first `length` statements) failed in the reset:
+ * a failure further on (`pgReadOnly`'s BEGIN READ ONLY, an adapter statement after the main one)
+ * finds the reset through.
+ */
+function resetFailed(outcome: GroupOutcome, length: number): boolean {
+  return outcome.failed === 'before' && (outcome.failedAt ?? 0) < length;
+}
+
+/**
+ * To pass to {@link sendGroup} as `answered` for a batch carrying the reset (its first `length`
+ * statements), called before `pg` sends what it holds behind the batch: when the reset failed and
+ * a query is held (the op's own `client.query`, not awaited), the connection is cut now, so that
+ * query never runs on the state the reset was to clear (it fails; the handle is replaced).
+ */
+export function carriedResetAnswered(
+  client: PgClient,
+  outcome: GroupOutcome,
+  length: number,
+): void {
+  const state = sessions.get(client);
+  if (state === undefined || !resetFailed(outcome, length)) return;
+  if (state.queuedBehindCarried || queuedInPg(client as RawClient)) destroySocket(client);
+}
+
+/** Whether `pg` holds a query not sent yet (its queue, as pg 8 keeps it). */
+function queuedInPg(client: RawClient): boolean {
+  const internals = client as unknown as { _queryQueue?: unknown[]; queryQueue?: unknown[] };
+  // pg 8.23 keeps `_queryQueue` (its `queryQueue` getter is deprecated); earlier 8.x `queryQueue`.
+  const queue = internals._queryQueue ?? internals.queryQueue;
+  return queue === undefined || queue.length > 0;
 }
 
 /** The reset taken with {@link takeOwedReset} is not sent after all: still owed. */
@@ -316,10 +360,10 @@ export function giveBackReset(client: PgClient): void {
  * send it alone with {@link resetNow}; an op's `statement_timeout` can bound `DISCARD ALL`, not
  * the whole reset, which clears it first).
  */
-export function resetCarried(client: PgClient, outcome: GroupOutcome): boolean {
+export function resetCarried(client: PgClient, outcome: GroupOutcome, length: number): boolean {
   const state = sessions.get(client);
   if (state === undefined) return true;
-  if (outcome.failed === 'before') {
+  if (resetFailed(outcome, length)) {
     // Nothing after the failed statement ran: still owed, to be sent alone (resetNow).
     state.reset = 'owed';
     return false;

@@ -166,3 +166,48 @@ describe('a backend terminated mid-batch (FATAL 57P01): every promise settles', 
     expect(isFatalPgError((outcome as { error: unknown }).error)).toBe(true);
   });
 });
+
+describe('a carried reset that fails: nothing runs on the state it was to clear', () => {
+  it("the op's own client.query, queued behind the batch, never runs on the previous caller's settings", async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const query = settle(pgQuery(handle, ctx(), 'SELECT 1 AS one'));
+    await lockWaitOf(handle.pid);
+    // Sent while the batch that carries the reset waits (not awaited): pg holds it behind it.
+    const raw = settle(
+      (handle.client as unknown as pg.Client).query<{ sp: string }>(
+        "SELECT current_setting('search_path') AS sp",
+      ),
+    );
+    // The reset fails at the head of the batch (as an op's cancel landing on it would).
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    const rawOutcome = await within(raw, 5_000, 'the queued query');
+    await catalog.release();
+    if (rawOutcome.ok) expect(rawOutcome.value.rows[0]!.sp).not.toContain('nowhere');
+    const outcome = await within(query, 5_000, 'pgQuery');
+    if (outcome.ok) expect(rawOutcome.ok).toBe(true);
+    else expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
+  });
+
+  it('the same behind a pgReadOnly batch', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const read = settle(pgReadOnly(handle, ctx(), 'SELECT 1 AS one'));
+    await lockWaitOf(handle.pid);
+    const raw = settle(
+      (handle.client as unknown as pg.Client).query<{ sp: string }>(
+        "SELECT current_setting('search_path') AS sp",
+      ),
+    );
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    const rawOutcome = await within(raw, 5_000, 'the queued query');
+    await catalog.release();
+    if (rawOutcome.ok) expect(rawOutcome.value.rows[0]!.sp).not.toContain('nowhere');
+    const outcome = await within(read, 5_000, 'pgReadOnly');
+    if (!outcome.ok) expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
+  });
+});
