@@ -123,9 +123,20 @@ function dispatch(
         settle(new PgResetError({ cause: error }));
         return;
       }
+      // The op may have aborted while the reset went alone (it waited on a lock): its caller was
+      // told so, and the statement must not run after all.
+      if (aborted()) {
+        settle(outcome.error as Error);
+        return;
+      }
       (client.query as unknown as CallbackQuery).call(client, text, values, settle);
     } else if (main.converted && outcome.failed === 'main' && refusedInBatch(outcome.error)) {
-      // The reset went through; the statement was refused before it ran: send it as it was.
+      // The reset went through; the statement was refused before it ran: send it as it was,
+      // unless the op aborted meanwhile.
+      if (aborted()) {
+        settle(outcome.error as Error);
+        return;
+      }
       (client.query as unknown as CallbackQuery).call(client, text, values, settle);
     } else {
       settle((outcome.error as Error | undefined) ?? null, outcome.result);
@@ -229,6 +240,9 @@ export async function pgQuery<R extends object = PgRow>(
   const turn = takeTurn(client);
   try {
     await waitForTurn(turn, signal);
+    // An abort between the turn's coming and this continuation (a microtask later) must stop the
+    // send: send's own abort listener only covers what comes after it.
+    throwIfAborted(signal);
     try {
       const result = await send(client, text, values, signal, turn);
       ctx.heartbeat();

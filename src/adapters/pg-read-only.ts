@@ -74,7 +74,7 @@ export async function pgReadOnly<R extends object = PgRow>(
     // Read once its turn came: the queries before it on the handle may have changed it.
     const inSession = ctx.sessionId !== undefined;
     const cleanAt = cleanSince(client, inSession);
-    const run = runBatch(handle, { text, values: values ?? [] }, cleanAt, inSession, turn);
+    const run = runBatch(handle, { text, values: values ?? [] }, cleanAt, inSession, turn, signal);
     const result = await raceSignal(run, signal);
     ctx.heartbeat();
     if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
@@ -98,6 +98,7 @@ async function runBatch(
   cleanAt: number | undefined,
   inSession: boolean,
   turn: Turn | undefined,
+  signal: AbortSource,
 ): Promise<unknown> {
   const client = handle.client as RawClient;
   const state = clients.get(client);
@@ -107,6 +108,8 @@ async function runBatch(
   }
   turn?.sent();
   try {
+    // Nothing is sent once the op aborted (its caller was told so): checked before each send.
+    throwIfAborted(signal);
     let reset = takeOwedReset(client);
     for (;;) {
       const carried = reset;
@@ -124,11 +127,13 @@ async function runBatch(
         await endTransaction(client, undefined);
         if (clients.get(client)?.gone !== undefined)
           throw new PgResetError({ cause: outcome.error });
+        throwIfAborted(signal);
         try {
           await resetNow(client, undefined);
         } catch (error) {
           throw new PgResetError({ cause: error });
         }
+        throwIfAborted(signal);
         reset = undefined;
         continue;
       }

@@ -7,6 +7,7 @@
  * A reset that waits is made with a lock another connection holds on `pg_depend` (dropping the
  * op's temporary table reads it), in a database of this file's own, so that no other test waits.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ResetContext } from 'engine-guard';
 import {
   isFatalPgError,
@@ -18,6 +19,7 @@ import {
 } from 'engine-guard/pg';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { queryInFlight } from '../../src/adapters/pg-client.js';
 import { isClean } from '../../src/adapters/pg-reset.js';
 import { adminQuery, clientConfig, terminateBackend } from '../support/pg.js';
 import { settle, waitFor, within } from '../support/pg-faults-kit.js';
@@ -56,6 +58,45 @@ async function openHandle(): Promise<PgHandle> {
   onTestFinished(() => options.destroy?.(handle, { reason: 'test' }));
   await options.setup?.(handle, { signal, generation: 1 });
   return handle;
+}
+
+/** A query as the superuser, in this file's database. */
+async function dbQuery<R extends pg.QueryResultRow>(sql: string, values?: unknown[]) {
+  const client = new pg.Client(config());
+  await client.connect();
+  try {
+    return await client.query<R>(sql, values);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A table in this file's database, dropped when the test finishes. */
+async function table(): Promise<string> {
+  const name = `t_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
+  await dbQuery(`CREATE TABLE public.${name} (n int)`);
+  onTestFinished(async () => {
+    await dbQuery(`DROP TABLE IF EXISTS public.${name}`);
+  });
+  return `public.${name}`;
+}
+
+/** Waits until nothing is queued or running on the handle's client. */
+function idle(handle: PgHandle): Promise<void> {
+  return waitFor(() => !queryInFlight(handle.client), 5_000, 'the handle idle');
+}
+
+/** Records the SQL of every query handed to the handle's `client.query` from now on. */
+function recordSent(handle: PgHandle): string[] {
+  const sent: string[] = [];
+  const client = handle.client as unknown as { query: (...args: unknown[]) => unknown };
+  const query = client.query;
+  client.query = function (this: unknown, ...args: unknown[]): unknown {
+    const first = args[0] as string | { text?: string };
+    sent.push(typeof first === 'string' ? first : String(first?.text));
+    return query.apply(this, args);
+  };
+  return sent;
 }
 
 /**
@@ -209,5 +250,82 @@ describe('a carried reset that fails: nothing runs on the state it was to clear'
     if (rawOutcome.ok) expect(rawOutcome.value.rows[0]!.sp).not.toContain('nowhere');
     const outcome = await within(read, 5_000, 'pgReadOnly');
     if (!outcome.ok) expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
+  });
+});
+
+describe('an op that aborted while its carried reset was retried alone: its statement is not sent', () => {
+  /** The backend runs the reset sent alone (simple protocol), waiting on the catalog lock. */
+  function resetAloneWaits(pid: number): Promise<void> {
+    return waitFor(
+      async () => {
+        const { rows } = await adminQuery<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE 'CLOSE ALL;%'",
+          [pid],
+        );
+        return rows[0]!.n === 1;
+      },
+      5_000,
+      'the reset sent alone waiting on the lock',
+    );
+  }
+
+  it('pgQuery: an INSERT the caller was told was aborted never runs', async () => {
+    const target = await table();
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const controller = new AbortController();
+    const query = settle(
+      pgQuery(handle, ctx(controller.signal), `INSERT INTO ${target} VALUES (1)`),
+    );
+    await lockWaitOf(handle.pid);
+    // The reset fails at the head of the batch; it is sent alone, and waits on the lock again.
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    await resetAloneWaits(handle.pid);
+    controller.abort(new Error('given up'));
+    const outcome = await within(query, 5_000, 'pgQuery');
+    expect(outcome).toMatchObject({ ok: false, error: { message: 'given up' } });
+    await catalog.release();
+    await idle(handle);
+    const { rows } = await dbQuery<{ n: number }>(`SELECT count(*)::int AS n FROM ${target}`);
+    expect(rows[0]!.n).toBe(0);
+  });
+
+  it('pgReadOnly: the statement is not sent again after the abort', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    const sent = recordSent(handle);
+    owe(handle);
+    const controller = new AbortController();
+    const marker = 'SELECT 1 AS not_after_abort';
+    const read = settle(pgReadOnly(handle, ctx(controller.signal), marker));
+    await lockWaitOf(handle.pid);
+    // The op aborts; the guard's cancel lands on the reset at the head of the batch.
+    controller.abort(new Error('given up'));
+    expect(await within(read, 5_000, 'pgReadOnly')).toMatchObject({ ok: false });
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    await sleep(100);
+    await catalog.release();
+    await idle(handle);
+    await sleep(100);
+    expect(sent.filter((text) => text === marker)).toHaveLength(1);
+  });
+
+  it('pgQuery: an abort in the microtask between its turn and its send stops the send', async () => {
+    const target = await table();
+    const handle = await openHandle();
+    const controller = new AbortController();
+    const first = pgQuery(handle, ctx(), 'SELECT 1');
+    const second = settle(
+      pgQuery(handle, ctx(controller.signal), `INSERT INTO ${target} VALUES (1)`),
+    );
+    // Runs as the first query settles, before the second one's continuation is sent.
+    void first.then(() => controller.abort(new Error('given up')));
+    expect(await within(second, 5_000, 'pgQuery')).toMatchObject({ ok: false });
+    await idle(handle);
+    const { rows } = await dbQuery<{ n: number }>(`SELECT count(*)::int AS n FROM ${target}`);
+    expect(rows[0]!.n).toBe(0);
   });
 });
