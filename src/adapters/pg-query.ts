@@ -189,7 +189,8 @@ function asMain(
       if (key !== 'text' && key !== 'values' && key !== 'queryMode') return undefined;
     }
     sql = text.text;
-    params = text.values ?? values;
+    // As pg's normalizeQueryConfig: the `values` argument wins over the config's.
+    params = values ?? text.values;
     extended = text.queryMode === 'extended';
   } else {
     return undefined;

@@ -329,3 +329,17 @@ describe('an op that aborted while its carried reset was retried alone: its stat
     expect(rows[0]!.n).toBe(0);
   });
 });
+
+describe('a query config with values, and a values argument', () => {
+  it('binds the argument, as pg does, whether a reset is owed or not', async () => {
+    const handle = await openHandle();
+    const config = { text: 'SELECT $1::int AS v', values: [1] };
+    const plain = await pgQuery<{ v: number }>(handle, ctx(), config, [2]);
+    await pgQuery(handle, ctx(), 'SET search_path TO nowhere');
+    owe(handle);
+    const carried = await pgQuery<{ v: number }>(handle, ctx(), config, [2]);
+    const direct = await (handle.client as unknown as pg.Client).query<{ v: number }>(config, [2]);
+    expect([plain.rows[0]!.v, carried.rows[0]!.v]).toEqual([direct.rows[0]!.v, direct.rows[0]!.v]);
+    expect(carried.rows[0]!.v).toBe(2);
+  });
+});
