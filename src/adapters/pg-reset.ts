@@ -418,7 +418,10 @@ export function isClean(client: PgClient): boolean {
   return (
     state !== undefined &&
     (state.cleanAt === state.ready || state.reset === 'owed') &&
-    (client as RawClient).readyForQuery !== false
+    (client as RawClient).readyForQuery !== false &&
+    // Outside any transaction (an open or failed one is no clean state), on a live connection.
+    ((client as RawClient).getTransactionStatus?.() ?? 'I') === 'I' &&
+    clients.get(client)?.gone === undefined
   );
 }
 
@@ -719,10 +722,11 @@ function isGone(client: RawClient): boolean {
  */
 export function pgReset(handle: PgHandle, ctx: ResetContext): Promise<void> | undefined {
   const client = handle.client as RawClient;
-  if (isClean(client)) return undefined;
+  // A connection known dead cannot be reset: the guard retires the handle. Checked first: a reset
+  // sent alone that failed cut the connection and left the reset owed, which reads as clean.
   const gone = clients.get(client)?.gone;
-  // A connection known dead cannot be reset: the guard retires the handle.
   if (gone !== undefined) throw gone;
+  if (isClean(client)) return undefined;
   const state = sessions.get(client);
   // Put off to the head of the next query's batch when that batch can carry all of it: nothing
   // still on its way, no transaction to roll back first (DISCARD ALL must open a batch).

@@ -12,6 +12,7 @@ import type { ResetContext } from 'engine-guard';
 import {
   isFatalPgError,
   type PgHandle,
+  PgResetError,
   pgGuardOptions,
   pgQuery,
   pgReadOnly,
@@ -19,7 +20,7 @@ import {
 } from 'engine-guard/pg';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { queryInFlight } from '../../src/adapters/pg-client.js';
+import { clients, queryInFlight } from '../../src/adapters/pg-client.js';
 import { isClean } from '../../src/adapters/pg-reset.js';
 import { adminQuery, clientConfig, terminateBackend } from '../support/pg.js';
 import { settle, waitFor, within } from '../support/pg-faults-kit.js';
@@ -149,6 +150,21 @@ function running(pid: number, marker: string): Promise<void> {
   );
 }
 
+/** The backend runs the reset sent alone (simple protocol), waiting on the catalog lock. */
+function resetAloneWaits(pid: number): Promise<void> {
+  return waitFor(
+    async () => {
+      const { rows } = await adminQuery<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE 'CLOSE ALL;%'",
+        [pid],
+      );
+      return rows[0]!.n === 1;
+    },
+    5_000,
+    'the reset sent alone waiting on the lock',
+  );
+}
+
 /** Leaves state on the handle: a setting and a temporary table (dropping it reads pg_depend). */
 async function dirty(handle: PgHandle): Promise<void> {
   await pgQuery(handle, ctx(), 'SET search_path TO nowhere; CREATE TEMP TABLE scratch (x int)');
@@ -254,21 +270,6 @@ describe('a carried reset that fails: nothing runs on the state it was to clear'
 });
 
 describe('an op that aborted while its carried reset was retried alone: its statement is not sent', () => {
-  /** The backend runs the reset sent alone (simple protocol), waiting on the catalog lock. */
-  function resetAloneWaits(pid: number): Promise<void> {
-    return waitFor(
-      async () => {
-        const { rows } = await adminQuery<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE 'CLOSE ALL;%'",
-          [pid],
-        );
-        return rows[0]!.n === 1;
-      },
-      5_000,
-      'the reset sent alone waiting on the lock',
-    );
-  }
-
   it('pgQuery: an INSERT the caller was told was aborted never runs', async () => {
     const target = await table();
     const handle = await openHandle();
@@ -341,5 +342,40 @@ describe('a query config with values, and a values argument', () => {
     const direct = await (handle.client as unknown as pg.Client).query<{ v: number }>(config, [2]);
     expect([plain.rows[0]!.v, carried.rows[0]!.v]).toEqual([direct.rows[0]!.v, direct.rows[0]!.v]);
     expect(carried.rows[0]!.v).toBe(2);
+  });
+});
+
+describe('a reset sent alone that failed: the handle is dead, never clean', () => {
+  it('pgReset throws on the handle instead of calling it clean', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    // Idle for an event-loop turn: the reset goes alone, and waits on the lock.
+    await resetAloneWaits(handle.pid);
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    await waitFor(() => clients.get(handle.client)?.gone !== undefined, 5_000, 'the handle gone');
+    await catalog.release();
+    expect(isClean(handle.client)).toBe(false);
+    expect(() => pgReset(handle, resetCtx())).toThrow();
+  });
+
+  it('a carried reset failing twice (cancelled, then cancelled alone): PgResetError, fatal', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const query = settle(pgQuery(handle, ctx(), 'SELECT 1 AS one'));
+    await lockWaitOf(handle.pid);
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    await resetAloneWaits(handle.pid);
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    const outcome = await within(query, 5_000, 'pgQuery');
+    await catalog.release();
+    expect(outcome.ok).toBe(false);
+    const error = (outcome as { error: unknown }).error;
+    expect(error).toBeInstanceOf(PgResetError);
+    // Its cause is a cancel (57014), yet the connection is closed: the guard must replace it.
+    expect(isFatalPgError(error)).toBe(true);
   });
 });
