@@ -113,6 +113,14 @@ export class GroupedQuery extends Query {
   readonly #rows: (string | null)[][][];
   #failed: GroupOutcome['failed'];
   #failedAt: number | undefined;
+  /** True while `prepare` writes the batch: an error then is `pg`'s, not the server's. */
+  #preparing = false;
+  /**
+   * A parameter of the main statement `pg` could not send (its `prepare` failed the query at
+   * once). The statements before it were written all the same and run: the answer waits for the
+   * batch's ReadyForQuery, which tells whether they went through.
+   */
+  #bindError: Error | undefined;
   #answered = false;
   readonly #done: (outcome: GroupOutcome) => void;
 
@@ -136,12 +144,16 @@ export class GroupedQuery extends Query {
   }
 
   #answer(error: Error | null, result: unknown): void {
-    // pg may call back twice (a parameter it cannot send fails the query at once, and the Sync
-    // it then sends brings a ReadyForQuery): the first answer stands.
+    // pg may call back twice: the first answer stands.
     if (this.#answered) return;
     this.#answered = true;
+    if ((error === null || error === undefined) && this.#bindError !== undefined) {
+      // The statements before the main one went through; the main one was never sent.
+      error = this.#bindError;
+      this.#failed = 'main';
+    }
     if (error !== null && error !== undefined && this.#failed === undefined) {
-      // Not the server's: a parameter of the main statement pg could not send.
+      // Not the server's: pg failed the main statement itself.
       this.#failed = 'main';
     }
     this.#done({
@@ -177,6 +189,7 @@ export class GroupedQuery extends Query {
       chunks.push(buffer);
       return true;
     };
+    this.#preparing = true;
     try {
       for (const statement of this.#before) writeHidden(connection, statement);
       if (this.#main) {
@@ -185,6 +198,7 @@ export class GroupedQuery extends Query {
         connection.sync();
       }
     } finally {
+      this.#preparing = false;
       connection._send = send;
     }
     if (connection.stream.writable) connection.stream.write(Buffer.concat(chunks));
@@ -217,6 +231,12 @@ export class GroupedQuery extends Query {
   }
 
   override handleError(error: Error, connection: Connection): void {
+    if (this.#preparing) {
+      // pg's own, from a parameter of the main statement it could not send (the Parse, a Close
+      // and the Sync still go): answered at the ReadyForQuery, once the rest is known.
+      this.#bindError ??= error;
+      return;
+    }
     if (this.#failed === undefined) {
       const [where, index] = this.#where();
       this.#failed = where;

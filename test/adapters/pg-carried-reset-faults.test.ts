@@ -21,7 +21,7 @@ import {
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { clients, queryInFlight } from '../../src/adapters/pg-client.js';
-import { isClean } from '../../src/adapters/pg-reset.js';
+import { isClean, readyCount } from '../../src/adapters/pg-reset.js';
 import { adminQuery, clientConfig, terminateBackend } from '../support/pg.js';
 import { settle, waitFor, within } from '../support/pg-faults-kit.js';
 
@@ -377,5 +377,57 @@ describe('a reset sent alone that failed: the handle is dead, never clean', () =
     expect(error).toBeInstanceOf(PgResetError);
     // Its cause is a cancel (57014), yet the connection is closed: the guard must replace it.
     expect(isFatalPgError(error)).toBe(true);
+  });
+});
+
+describe('a parameter pg cannot send, in a batch that carries the reset', () => {
+  const unsendable = {
+    toPostgres(): string {
+      throw new Error('cannot serialize');
+    },
+  };
+
+  it('pgQuery rejects with it; the reset went through in the batch and is not sent again', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const sent = recordSent(handle);
+    owe(handle);
+    const ready = readyCount(handle.client)!;
+    await expect(pgQuery(handle, ctx(), 'SELECT $1::text AS v', [unsendable])).rejects.toThrow(
+      'cannot serialize',
+    );
+    await idle(handle);
+    // One round trip: the batch (no reset sent alone after it).
+    expect(readyCount(handle.client)! - ready).toBe(1);
+    expect(sent.filter((text) => text === 'SELECT $1::text AS v')).toHaveLength(1);
+    const { rows } = await pgQuery<{ sp: string; tbl: string | null }>(
+      handle,
+      ctx(),
+      "SELECT current_setting('search_path') AS sp, to_regclass('pg_temp.scratch')::text AS tbl",
+    );
+    expect(rows[0]!.sp).not.toContain('nowhere');
+    expect(rows[0]!.tbl).toBeNull();
+  });
+
+  it('pgReadOnly rejects with it, rolls back, and the handle serves the next call clean', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const sent = recordSent(handle);
+    owe(handle);
+    const ready = readyCount(handle.client)!;
+    await expect(pgReadOnly(handle, ctx(), 'SELECT $1::text AS v', [unsendable])).rejects.toThrow(
+      'cannot serialize',
+    );
+    await idle(handle);
+    // The batch, then its ROLLBACK alone (no reset sent alone).
+    expect(readyCount(handle.client)! - ready).toBe(2);
+    expect(sent.filter((text) => text === 'SELECT $1::text AS v')).toHaveLength(1);
+    expect(handle.client.getTransactionStatus?.()).toBe('I');
+    const { rows } = await pgReadOnly<{ sp: string }>(
+      handle,
+      ctx(),
+      "SELECT current_setting('search_path') AS sp",
+    );
+    expect(rows[0]!.sp).not.toContain('nowhere');
   });
 });
