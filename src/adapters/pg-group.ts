@@ -239,8 +239,12 @@ export class GroupedQuery extends Query {
     }
     if (this.#failed === undefined) {
       const [where, index] = this.#where();
-      this.#failed = where;
-      this.#failedAt = where === 'main' ? undefined : index;
+      // A row of the main statement that pg could not parse (a type parser threw): pg keeps the
+      // error and reports it at ReadyForQuery, or in place of a later error, when the batch is
+      // past the main statement. It is the main statement's failure: its rows are incomplete.
+      const unparsed = (this as { _canceledDueToError?: unknown })._canceledDueToError;
+      this.#failed = unparsed ? 'main' : where;
+      this.#failedAt = this.#failed === 'main' ? undefined : index;
     }
     super.handleError(error, connection);
   }

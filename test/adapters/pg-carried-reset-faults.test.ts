@@ -431,3 +431,45 @@ describe('a parameter pg cannot send, in a batch that carries the reset', () => 
     expect(rows[0]!.sp).not.toContain('nowhere');
   });
 });
+
+describe('a type parser that throws on a row of the main statement', () => {
+  it('pgReadOnly rejects with its error instead of returning the rows before it', async () => {
+    const handle = await openHandle();
+    const client = handle.client as unknown as pg.Client;
+    client.setTypeParser(pg.types.builtins.INT4, (value: string) => {
+      if (value === '3') throw new Error('unparsable row');
+      return Number(value);
+    });
+    await expect(
+      pgReadOnly(handle, ctx(), 'SELECT g FROM generate_series(1, 5) AS g'),
+    ).rejects.toThrow('unparsable row');
+    expect(handle.client.getTransactionStatus?.()).toBe('I');
+    const { rows } = await pgReadOnly<{ g: number }>(handle, ctx(), 'SELECT 1::int AS g');
+    expect(rows).toEqual([{ g: 1 }]);
+  });
+
+  it('the same when the batch carries a reset (pgReadOnly and pgQuery)', async () => {
+    const handle = await openHandle();
+    const client = handle.client as unknown as pg.Client;
+    client.setTypeParser(pg.types.builtins.INT4, (value: string) => {
+      if (value === '3') throw new Error('unparsable row');
+      return Number(value);
+    });
+    await pgQuery(handle, ctx(), 'SET search_path TO nowhere');
+    owe(handle);
+    await expect(
+      pgReadOnly(handle, ctx(), 'SELECT g FROM generate_series(1, 5) AS g'),
+    ).rejects.toThrow('unparsable row');
+    await pgQuery(handle, ctx(), 'SET search_path TO nowhere');
+    owe(handle);
+    await expect(
+      pgQuery(handle, ctx(), 'SELECT g FROM generate_series(1, 5) AS g'),
+    ).rejects.toThrow('unparsable row');
+    const { rows } = await pgQuery<{ sp: string }>(
+      handle,
+      ctx(),
+      "SELECT current_setting('search_path') AS sp",
+    );
+    expect(rows[0]!.sp).not.toContain('nowhere');
+  });
+});
