@@ -148,11 +148,14 @@ function dispatch(
  * SQLSTATEs with which the server refuses, before running it, a statement sent as the main one of
  * a batch that `pg` would have sent by the simple protocol: 25001, a command that must run alone
  * (`VACUUM`, `CREATE DATABASE`, `CREATE INDEX CONCURRENTLY`...), and 42601 for text that held
- * more statements than the splitter found.
+ * more statements than the splitter found. Only when raised by the statement itself: the same
+ * codes raised from code it ran (a `DO` block, a function: the error then has a `where` context)
+ * come after work that is not undone (`nextval`, a notice sent) and must not run twice.
  */
 function refusedInBatch(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === '25001' || code === '42601';
+  const { code, where } = (error ?? {}) as { code?: unknown; where?: unknown };
+  if (code !== '25001' && code !== '42601') return false;
+  return where === undefined || where === null || where === '';
 }
 
 /** Texts `pg` sends by the simple protocol, and whether each holds exactly one statement. */

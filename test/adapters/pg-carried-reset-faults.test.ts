@@ -473,3 +473,30 @@ describe('a type parser that throws on a row of the main statement', () => {
     expect(rows[0]!.sp).not.toContain('nowhere');
   });
 });
+
+describe('a statement refused in the batch is sent again only when it was refused, not run', () => {
+  for (const [code, failing] of [
+    ['25001', 'VACUUM'],
+    ['42601', 'SELEC 1'],
+  ] as const) {
+    it(`a DO block raising ${code} after doing work runs once`, async () => {
+      const seq = `s_${code}_${Date.now()}`;
+      await dbQuery(`CREATE SEQUENCE public.${seq}`);
+      onTestFinished(async () => {
+        await dbQuery(`DROP SEQUENCE IF EXISTS public.${seq}`);
+      });
+      const handle = await openHandle();
+      await pgQuery(handle, ctx(), 'SET search_path TO nowhere');
+      owe(handle);
+      await expect(
+        pgQuery(
+          handle,
+          ctx(),
+          `DO $$ BEGIN PERFORM nextval('public.${seq}'); EXECUTE '${failing}'; END $$`,
+        ),
+      ).rejects.toMatchObject({ code });
+      const { rows } = await dbQuery<{ n: string }>(`SELECT last_value AS n FROM public.${seq}`);
+      expect(Number(rows[0]!.n)).toBe(1);
+    });
+  }
+});
