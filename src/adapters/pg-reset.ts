@@ -85,6 +85,8 @@ interface SessionState {
    * holds it, and sends it as soon as the batch ends, whatever the reset's outcome.
    */
   queuedBehindCarried: boolean;
+  /** The reset is on its way at the head of a batch, its outcome not yet applied. */
+  carrying: boolean;
   /** The reset that went alone succeeded: the client is clean at its ReadyForQuery. */
   cleanAtNextReady: boolean;
   /** Bound of a reset sent alone, ms (the guard's `resetTimeout`): past it the connection is cut. */
@@ -192,6 +194,7 @@ export function trackSession(
     cleanAt: 0,
     reset: 'none',
     queuedBehindCarried: false,
+    carrying: false,
     cleanAtNextReady: false,
     sendWhole: () => Promise.resolve(),
     baseline: NO_BASELINE,
@@ -226,7 +229,7 @@ function payOwedResetFirst(client: RawClient, state: SessionState): void {
   const gated = function (this: PgClient, ...args: unknown[]): unknown {
     if (state.reset === 'owed') state.sendWhole().catch(noop);
     // Behind a batch carrying the reset (not that batch itself): see carriedResetAnswered.
-    else if (state.reset === 'sending' && !(args[0] instanceof GroupedQuery)) {
+    else if (state.carrying && !(args[0] instanceof GroupedQuery)) {
       state.queuedBehindCarried = true;
     }
     return (query as (...a: unknown[]) => unknown).apply(this, args);
@@ -311,6 +314,7 @@ export function takeOwedReset(client: PgClient): Hidden[] | undefined {
   const state = sessions.get(client);
   if (state?.reset !== 'owed') return undefined;
   state.reset = 'sending';
+  state.carrying = true;
   state.queuedBehindCarried = false;
   return resetStatements(state.baseline);
 }
@@ -326,8 +330,10 @@ function resetFailed(outcome: GroupOutcome, length: number): boolean {
 
 /**
  * To pass to {@link sendGroup} as `answered` for a batch carrying the reset (its first `length`
- * statements), called before `pg` sends what it holds behind the batch: when the reset failed and
- * a query is held (the op's own `client.query`, not awaited), the connection is cut now, so that
+ * statements): applies the batch's outcome to the reset (see {@link resetCarried}) as soon as it
+ * is known, before `pg` sends what it holds behind the batch, and before any code of the op runs
+ * (a `client.query` then pays a reset owed again first). When the reset failed and a query is
+ * held already (the op's own `client.query`, not awaited), the connection is cut now, so that
  * query never runs on the state the reset was to clear (it fails; the handle is replaced).
  */
 export function carriedResetAnswered(
@@ -336,7 +342,15 @@ export function carriedResetAnswered(
   length: number,
 ): void {
   const state = sessions.get(client);
-  if (state === undefined || !resetFailed(outcome, length)) return;
+  if (state === undefined || !state.carrying) return;
+  state.carrying = false;
+  if (!resetFailed(outcome, length)) {
+    state.reset = 'none';
+    forgetNamedStatements(client as RawClient);
+    return;
+  }
+  // Nothing after the failed statement ran: still owed, to be sent alone (resetNow).
+  state.reset = 'owed';
   if (state.queuedBehindCarried || queuedInPg(client as RawClient)) destroySocket(client);
 }
 
@@ -351,7 +365,9 @@ function queuedInPg(client: RawClient): boolean {
 /** The reset taken with {@link takeOwedReset} is not sent after all: still owed. */
 export function giveBackReset(client: PgClient): void {
   const state = sessions.get(client);
-  if (state?.reset === 'sending') state.reset = 'owed';
+  if (state === undefined || !state.carrying) return;
+  state.carrying = false;
+  state.reset = 'owed';
 }
 
 /**
@@ -361,16 +377,10 @@ export function giveBackReset(client: PgClient): void {
  * the whole reset, which clears it first).
  */
 export function resetCarried(client: PgClient, outcome: GroupOutcome, length: number): boolean {
-  const state = sessions.get(client);
-  if (state === undefined) return true;
-  if (resetFailed(outcome, length)) {
-    // Nothing after the failed statement ran: still owed, to be sent alone (resetNow).
-    state.reset = 'owed';
-    return false;
-  }
-  state.reset = 'none';
-  forgetNamedStatements(client as RawClient);
-  return true;
+  if (!sessions.has(client)) return true;
+  // Applied already when the batch was answered (see carriedResetAnswered), or now.
+  carriedResetAnswered(client, outcome, length);
+  return !resetFailed(outcome, length);
 }
 
 /** Random words from Node's strong random source, drawn 512 seeds at a time. */

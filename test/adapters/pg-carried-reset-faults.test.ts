@@ -248,6 +248,31 @@ describe('a carried reset that fails: nothing runs on the state it was to clear'
     else expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
   });
 
+  it('a client.query made as the error of the reset arrives, before pgQuery sees it, runs after a reset', async () => {
+    const handle = await openHandle();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const query = settle(pgQuery(handle, ctx(), 'SELECT 1 AS one'));
+    await lockWaitOf(handle.pid);
+    const client = handle.client as unknown as pg.Client & {
+      connection: { once(event: string, listener: () => void): void };
+    };
+    let raw: Promise<{ ok: boolean; value?: { rows: { sp: string }[] } }> | undefined;
+    // After pg's own listener (the batch is answered), before any promise continuation runs.
+    client.connection.once('errorMessage', () => {
+      raw = settle(client.query<{ sp: string }>("SELECT current_setting('search_path') AS sp"));
+    });
+    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+    await waitFor(() => raw !== undefined, 5_000, 'the error message');
+    // The reset sent alone first waits on the lock again: let it through.
+    await sleep(100);
+    await catalog.release();
+    const rawOutcome = await within(raw!, 5_000, 'the query');
+    if (rawOutcome.ok) expect(rawOutcome.value!.rows[0]!.sp).not.toContain('nowhere');
+    await within(query, 5_000, 'pgQuery');
+  });
+
   it('the same behind a pgReadOnly batch', async () => {
     const handle = await openHandle();
     await dirty(handle);
