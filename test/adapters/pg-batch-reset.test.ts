@@ -153,6 +153,8 @@ describe('a reset put off to the next query', () => {
   });
 
   it('a cancel during a batch that carries the reset: the op rejects, the next op runs clean', async () => {
+    // A text of its own: other test files, running at the same time on the cluster, sleep too.
+    const SLEEP = 'SELECT pg_sleep(5) AS batch_reset_cancel';
     const guard = new EngineGuard(pgGuardOptions({ config: clientConfig() }, { pool: 1 }));
     onTestFinished(() => guard.close());
     await guard.read((pg, c) => pgQuery(pg, c, 'SET search_path TO nowhere'));
@@ -160,7 +162,7 @@ describe('a reset put off to the next query', () => {
     const op = guard.read(
       (pg, c) => {
         setTimeout(() => controller.abort(new Error('enough')), 150);
-        return pgQuery(pg, c, 'SELECT pg_sleep(5)');
+        return pgQuery(pg, c, SLEEP);
       },
       { signal: controller.signal },
     );
@@ -172,7 +174,8 @@ describe('a reset put off to the next query', () => {
     expect(rows[0]!.v).not.toContain('nowhere');
     expect(performance.now() - started).toBeLessThan(4_000);
     const activity = await adminQuery<{ n: number }>(
-      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'",
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+      [SLEEP],
     );
     expect(activity.rows[0]!.n).toBe(0);
   });
