@@ -1,8 +1,8 @@
 // Imports every entry point of the installed engine-guard, as `import` and as `require`, and
 // checks that each one loads and that both builds export the same names. The entry points are
 // read from the installed package.json "exports", so a new one is checked without a change
-// here. Run from a project where engine-guard and the adapters' drivers (pg, @duckdb/node-api)
-// are installed; used by .ci/run's smoke step on a git-URL install.
+// here. Run from a project where engine-guard and its optional peers (pg, @duckdb/node-api,
+// @opentelemetry/api) are installed; used by .ci/run's smoke step on a git-URL install.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
