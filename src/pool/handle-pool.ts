@@ -605,9 +605,9 @@ export class HandlePool<E> {
       },
     );
     // close() waits until the attempt settled and what it made was offered or destroyed
-    // (bounded as above, and by the guard's closeTimeout): a caller that frees the engine's resource after
-    // close() (a DuckDB instance, a driver's pool) must not free it under a connect still in
-    // flight; DuckDB's closeSync() crashed or hung the process there.
+    // (bounded as above, and by the guard's closeTimeout): a caller that frees the engine's
+    // resource after close() (a DuckDB instance, a driver's pool) must not free it under a
+    // connect still in flight; DuckDB's closeSync() crashed or hung the process there.
     this.trackDestroy(handled);
   }
 
