@@ -45,23 +45,29 @@ export function openPool<E>(
       open: async (signal, generation) => {
         const engine = await create({ signal, generation });
         if (setup === undefined && bootstrap.done) return engine;
+        // The setup in flight: given up on the attempt's signal, it may still be using the engine.
+        let setupRun: Promise<unknown> | undefined;
         try {
           // A hook that ignores its signal must not keep the attempt (and the engine) forever.
           const bootstrapped = bootstrap.ensure(engine, signal, generation);
           if (bootstrapped !== undefined) await untilAborted(bootstrapped, signal);
           if (setup !== undefined) {
-            await untilAborted(
-              runConnectHook(shared.owner, 'setup', setup, engine, { signal, generation }),
-              signal,
-            );
+            setupRun = runConnectHook(shared.owner, 'setup', setup, engine, { signal, generation });
+            await untilAborted(setupRun, signal);
           }
         } catch (error) {
-          // The half-made handle still holds resources; close() waits for its destroy too.
+          // The half-made handle still holds resources; close() waits for its destroy too. Not
+          // under a setup still running on it (given up on a close or the connect timeout): the
+          // destroy waits for that (bounded), as DuckDB closes a connection mid-query badly.
+          const setupDone =
+            setupRun === undefined ? Promise.resolve() : bounded(setupRun, destroyTimeout, noop);
           pool.trackDestroy(
-            bounded(
-              attempt(() => destroy?.(engine, { reason: error })),
-              destroyTimeout,
-              noop,
+            setupDone.then(() =>
+              bounded(
+                attempt(() => destroy?.(engine, { reason: error })),
+                destroyTimeout,
+                noop,
+              ),
             ),
           );
           throw error;

@@ -37,6 +37,30 @@ describe('close() with a connect attempt in flight', () => {
     expect(await read).toBeInstanceOf(GuardClosedError);
   });
 
+  it('destroys a handle whose setup was given up only once that setup settled', async () => {
+    const events: string[] = [];
+    const guard = new EngineGuard<{ id: number }>({
+      create: () => ({ id: 1 }),
+      setup: async () => {
+        events.push('setup:start');
+        await sleep(300); // ignores its signal, using the engine all along
+        events.push('setup:end');
+      },
+      destroy: () => {
+        events.push('destroy');
+      },
+      liveness: false,
+    });
+    const read = guard.read(() => 'never').catch((error: unknown) => error);
+    await sleep(20);
+    expect(events).toEqual(['setup:start']);
+    events.push('close');
+    await guard.close();
+    events.push('closed');
+    expect(events).toEqual(['setup:start', 'close', 'setup:end', 'destroy', 'closed']);
+    expect(await read).toBeInstanceOf(GuardClosedError);
+  });
+
   it('does not wait past an attempt that ends on its signal', async () => {
     let destroyed = 0;
     const guard = new EngineGuard<object>({
@@ -78,9 +102,17 @@ describe('close() with a connect attempt in flight', () => {
     const leftovers: string[] = [];
     for (let i = 0; i < 60; i++) {
       const instance = await DuckDBInstance.create(':memory:');
-      const base = duckdbGuardOptions(instance, { pool: 3 });
+      const base = duckdbGuardOptions(instance, {
+        pool: 3,
+        // A setup that runs queries, as the example server's does: closed mid-setup too.
+        async setup(conn) {
+          await conn.run('PRAGMA enable_progress_bar');
+          await conn.run('SELECT count(*) FROM duckdb_settings()');
+        },
+      });
       let creating = 0;
       let open = 0;
+      let settingUp = 0;
       const guard = new EngineGuard({
         ...base,
         create: async (ctx) => {
@@ -93,6 +125,14 @@ describe('close() with a connect attempt in flight', () => {
             creating--;
           }
         },
+        setup: async (conn, ctx) => {
+          settingUp++;
+          try {
+            await base.setup?.(conn, ctx);
+          } finally {
+            settingUp--;
+          }
+        },
         destroy: async (conn, ctx) => {
           try {
             await base.destroy?.(conn, ctx);
@@ -103,12 +143,12 @@ describe('close() with a connect attempt in flight', () => {
       });
       const read = guard.read(() => 1).catch(() => undefined);
       // Close at different points of the connect (before, during, after).
-      if (i % 4 !== 0) await sleep(i % 4);
+      if (i % 6 !== 0) await sleep(i % 6);
       await guard.close();
-      if (creating !== 0 || open !== 0) {
-        leftovers.push(`run ${i}: ${creating} connecting, ${open} open`);
+      if (creating !== 0 || open !== 0 || settingUp !== 0) {
+        leftovers.push(`run ${i}: ${creating} connecting, ${settingUp} in setup, ${open} open`);
         // Let them finish before the instance goes: closing it under them crashes the process.
-        while (creating !== 0) await sleep(10);
+        while (creating !== 0 || settingUp !== 0) await sleep(10);
         await sleep(100);
       }
       await read;
