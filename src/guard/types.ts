@@ -340,7 +340,10 @@ export interface EngineGuardOptions<E> {
   reconnect?: ReconnectOptions | undefined;
   /** Bound of one `create` + `setup` attempt, ms. Default 30,000. */
   connectTimeout?: number | undefined;
-  /** Bound of one `destroy`, ms. Default 5,000. */
+  /**
+   * Bound of one `destroy`, ms. Default 5,000. Also how long the destroy of a handle whose
+   * `setup` was given up (on `connectTimeout` or `close()`) waits for that `setup` to settle first.
+   */
   destroyTimeout?: number | undefined;
   /** Bound of one `cancel`, and grace for an aborted op to settle before its handle is dropped, ms. Default 5,000. */
   cancelTimeout?: number | undefined;

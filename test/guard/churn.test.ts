@@ -292,7 +292,7 @@ describe('b. waiter churn with create/setup/destroy ok, failing, slow or never s
     });
   }, 60_000);
 
-  it('destroys the engine of a setup that never settles once connectTimeout gives up on it', async () => {
+  it('destroys the engine of a setup that never settles, destroyTimeout after connectTimeout gave up on it', async () => {
     const factory = new FakeEngineFactory();
     let setups = 0;
     const guard = new EngineGuard<FakeEngine>({
@@ -301,6 +301,8 @@ describe('b. waiter churn with create/setup/destroy ok, failing, slow or never s
       // The first setup hangs for good (a bootstrap query on a dead link), later ones work.
       setup: () => (++setups === 1 ? new Promise<void>(() => {}) : undefined),
       connectTimeout: 200,
+      // How long the destroy waits for a given-up setup still running on the engine.
+      destroyTimeout: 500,
       reconnect: { initialDelay: 10, jitter: 0 },
     });
     try {
