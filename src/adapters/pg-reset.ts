@@ -429,9 +429,8 @@ export function isClean(client: PgClient): boolean {
     state !== undefined &&
     (state.cleanAt === state.ready || state.reset === 'owed') &&
     (client as RawClient).readyForQuery !== false &&
-    // On a live connection. (Not also "outside a transaction", tried once: it called handles
-    // dirty after an abort, so their reset went alone at once, where a cancel meant for the
-    // aborted query could land on it and fail the next caller's query.)
+    // Outside any transaction (an open or failed one is no clean state), on a live connection.
+    ((client as RawClient).getTransactionStatus?.() ?? 'I') === 'I' &&
     clients.get(client)?.gone === undefined
   );
 }
