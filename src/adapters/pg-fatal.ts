@@ -29,8 +29,9 @@ const FATAL_MESSAGES: readonly string[] = [
 /**
  * True for errors meaning "this connection is gone": socket errors (`ECONNRESET`, `EPIPE`,
  * `ETIMEDOUT`, `ECONNREFUSED`, ...), `pg`'s "Connection terminated..." and "... not queryable"
- * errors, SQLSTATE class 08 (connection exception) and the 57P0x codes after which the server
- * ends the session (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, ...).
+ * errors, SQLSTATE class 08 (connection exception), the 57P0x codes after which the server
+ * ends the session (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, ...),
+ * and `PgResetError` (`ERR_PG_RESET`: the adapter closed the connection, whatever its `cause`).
  *
  * False for everything else, including 57014 (query_canceled): a cancelled query leaves a
  * healthy connection. The `cause` chain (and an `AggregateError`'s errors) are looked at too.
@@ -49,6 +50,8 @@ function isFatalAt(error: unknown, depth: number): boolean {
   const { code, message, cause } = error as { code?: unknown; message?: unknown; cause?: unknown };
   if (typeof code === 'string') {
     if (FATAL_ERRNO.has(code) || FATAL_SQLSTATE.has(code)) return true;
+    // PgResetError: the reset between two callers failed, and the adapter closed the connection.
+    if (code === 'ERR_PG_RESET') return true;
     if (code.length === 5 && code.startsWith('08')) return true;
   }
   if (typeof message === 'string') {

@@ -113,6 +113,14 @@ export class GroupedQuery extends Query {
   readonly #rows: (string | null)[][][];
   #failed: GroupOutcome['failed'];
   #failedAt: number | undefined;
+  /** True while `prepare` writes the batch: an error then is `pg`'s, not the server's. */
+  #preparing = false;
+  /**
+   * A parameter of the main statement `pg` could not send (its `prepare` failed the query at
+   * once). The statements before it were written all the same and run: the answer waits for the
+   * batch's ReadyForQuery, which tells whether they went through.
+   */
+  #bindError: Error | undefined;
   #answered = false;
   readonly #done: (outcome: GroupOutcome) => void;
 
@@ -136,12 +144,16 @@ export class GroupedQuery extends Query {
   }
 
   #answer(error: Error | null, result: unknown): void {
-    // pg may call back twice (a parameter it cannot send fails the query at once, and the Sync
-    // it then sends brings a ReadyForQuery): the first answer stands.
+    // pg may call back twice: the first answer stands.
     if (this.#answered) return;
     this.#answered = true;
+    if ((error === null || error === undefined) && this.#bindError !== undefined) {
+      // The statements before the main one went through; the main one was never sent.
+      error = this.#bindError;
+      this.#failed = 'main';
+    }
     if (error !== null && error !== undefined && this.#failed === undefined) {
-      // Not the server's: a parameter of the main statement pg could not send.
+      // Not the server's: pg failed the main statement itself.
       this.#failed = 'main';
     }
     this.#done({
@@ -177,6 +189,7 @@ export class GroupedQuery extends Query {
       chunks.push(buffer);
       return true;
     };
+    this.#preparing = true;
     try {
       for (const statement of this.#before) writeHidden(connection, statement);
       if (this.#main) {
@@ -185,6 +198,7 @@ export class GroupedQuery extends Query {
         connection.sync();
       }
     } finally {
+      this.#preparing = false;
       connection._send = send;
     }
     if (connection.stream.writable) connection.stream.write(Buffer.concat(chunks));
@@ -217,10 +231,20 @@ export class GroupedQuery extends Query {
   }
 
   override handleError(error: Error, connection: Connection): void {
+    if (this.#preparing) {
+      // pg's own, from a parameter of the main statement it could not send (the Parse, a Close
+      // and the Sync still go): answered at the ReadyForQuery, once the rest is known.
+      this.#bindError ??= error;
+      return;
+    }
     if (this.#failed === undefined) {
       const [where, index] = this.#where();
-      this.#failed = where;
-      this.#failedAt = where === 'main' ? undefined : index;
+      // A row of the main statement that pg could not parse (a type parser threw): pg keeps the
+      // error and reports it at ReadyForQuery, or in place of a later error, when the batch is
+      // past the main statement. It is the main statement's failure: its rows are incomplete.
+      const unparsed = (this as { _canceledDueToError?: unknown })._canceledDueToError;
+      this.#failed = unparsed ? 'main' : where;
+      this.#failedAt = this.#failed === 'main' ? undefined : index;
     }
     super.handleError(error, connection);
   }
@@ -229,15 +253,24 @@ export class GroupedQuery extends Query {
 /**
  * Sends `before`, `main` and `after` on `client` as one batch (see the module documentation) and
  * resolves with how it ended; never rejects. Call it only when nothing else is queued on the
- * client.
+ * client. `answered`, when given, is called with the outcome synchronously, as soon as it is
+ * known: before `pg` sends a query it holds behind the batch (the promise settles later).
  */
 export function sendGroup(
   client: { query(query: unknown): unknown },
   before: readonly Hidden[],
   main: MainStatement | undefined,
   after: readonly Hidden[],
+  answered?: (outcome: GroupOutcome) => void,
 ): Promise<GroupOutcome> {
   return new Promise<GroupOutcome>((resolve) => {
-    client.query(new GroupedQuery(before, main, after, resolve));
+    const done =
+      answered === undefined
+        ? resolve
+        : (outcome: GroupOutcome): void => {
+            answered(outcome);
+            resolve(outcome);
+          };
+    client.query(new GroupedQuery(before, main, after, done));
   });
 }

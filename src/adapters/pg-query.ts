@@ -4,8 +4,15 @@
  * owed (see pg-reset.ts).
  */
 import { beatWhileRunning, clients, type RawClient, refuseNul } from './pg-client.js';
-import { type MainStatement, sendGroup } from './pg-group.js';
-import { giveBackReset, PgResetError, resetCarried, resetNow, takeOwedReset } from './pg-reset.js';
+import { type GroupOutcome, type MainStatement, sendGroup } from './pg-group.js';
+import {
+  carriedResetAnswered,
+  giveBackReset,
+  PgResetError,
+  resetCarried,
+  resetNow,
+  takeOwedReset,
+} from './pg-reset.js';
 import {
   type AbortSource,
   abortReason,
@@ -96,8 +103,10 @@ function dispatch(
     (client.query as unknown as CallbackQuery).call(client, text, values, settle);
     return;
   }
-  sendGroup(client, reset, main.statement, []).then(async (outcome) => {
-    if (!resetCarried(client, outcome)) {
+  const answered = (outcome: GroupOutcome): void =>
+    carriedResetAnswered(client, outcome, reset.length);
+  sendGroup(client, reset, main.statement, [], answered).then(async (outcome) => {
+    if (!resetCarried(client, outcome, reset.length)) {
       // The reset failed at the head of the batch and nothing after it ran: once more alone.
       const gone = clients.get(client)?.gone;
       if (gone !== undefined) {
@@ -114,9 +123,20 @@ function dispatch(
         settle(new PgResetError({ cause: error }));
         return;
       }
+      // The op may have aborted while the reset went alone (it waited on a lock): its caller was
+      // told so, and the statement must not run after all.
+      if (aborted()) {
+        settle(outcome.error as Error);
+        return;
+      }
       (client.query as unknown as CallbackQuery).call(client, text, values, settle);
     } else if (main.converted && outcome.failed === 'main' && refusedInBatch(outcome.error)) {
-      // The reset went through; the statement was refused before it ran: send it as it was.
+      // The reset went through; the statement was refused before it ran: send it as it was,
+      // unless the op aborted meanwhile.
+      if (aborted()) {
+        settle(outcome.error as Error);
+        return;
+      }
       (client.query as unknown as CallbackQuery).call(client, text, values, settle);
     } else {
       settle((outcome.error as Error | undefined) ?? null, outcome.result);
@@ -128,11 +148,14 @@ function dispatch(
  * SQLSTATEs with which the server refuses, before running it, a statement sent as the main one of
  * a batch that `pg` would have sent by the simple protocol: 25001, a command that must run alone
  * (`VACUUM`, `CREATE DATABASE`, `CREATE INDEX CONCURRENTLY`...), and 42601 for text that held
- * more statements than the splitter found.
+ * more statements than the splitter found. Only when raised by the statement itself: the same
+ * codes raised from code it ran (a `DO` block, a function: the error then has a `where` context)
+ * come after work that is not undone (`nextval`, a notice sent) and must not run twice.
  */
 function refusedInBatch(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === '25001' || code === '42601';
+  const { code, where } = (error ?? {}) as { code?: unknown; where?: unknown };
+  if (code !== '25001' && code !== '42601') return false;
+  return where === undefined || where === null || where === '';
 }
 
 /** Texts `pg` sends by the simple protocol, and whether each holds exactly one statement. */
@@ -169,7 +192,8 @@ function asMain(
       if (key !== 'text' && key !== 'values' && key !== 'queryMode') return undefined;
     }
     sql = text.text;
-    params = text.values ?? values;
+    // As pg's normalizeQueryConfig: the `values` argument wins over the config's.
+    params = values ?? text.values;
     extended = text.queryMode === 'extended';
   } else {
     return undefined;
@@ -220,6 +244,9 @@ export async function pgQuery<R extends object = PgRow>(
   const turn = takeTurn(client);
   try {
     await waitForTurn(turn, signal);
+    // An abort between the turn's coming and this continuation (a microtask later) must stop the
+    // send: send's own abort listener only covers what comes after it.
+    throwIfAborted(signal);
     try {
       const result = await send(client, text, values, signal, turn);
       ctx.heartbeat();

@@ -5,6 +5,7 @@
 import { beatWhileRunning, clients, type RawClient, refuseNul } from './pg-client.js';
 import { type GroupOutcome, type Hidden, sendGroup } from './pg-group.js';
 import {
+  carriedResetAnswered,
   cleanSince,
   deallocateAfterReadOnly,
   drained,
@@ -73,7 +74,7 @@ export async function pgReadOnly<R extends object = PgRow>(
     // Read once its turn came: the queries before it on the handle may have changed it.
     const inSession = ctx.sessionId !== undefined;
     const cleanAt = cleanSince(client, inSession);
-    const run = runBatch(handle, { text, values: values ?? [] }, cleanAt, inSession, turn);
+    const run = runBatch(handle, { text, values: values ?? [] }, cleanAt, inSession, turn, signal);
     const result = await raceSignal(run, signal);
     ctx.heartbeat();
     if (turn !== undefined && !turn.now) await raceSignal(turn.previous, signal);
@@ -97,6 +98,7 @@ async function runBatch(
   cleanAt: number | undefined,
   inSession: boolean,
   turn: Turn | undefined,
+  signal: AbortSource,
 ): Promise<unknown> {
   const client = handle.client as RawClient;
   const state = clients.get(client);
@@ -106,24 +108,32 @@ async function runBatch(
   }
   turn?.sent();
   try {
+    // Nothing is sent once the op aborted (its caller was told so): checked before each send.
+    throwIfAborted(signal);
     let reset = takeOwedReset(client);
     for (;;) {
+      const carried = reset;
       const outcome = await sendGroup(
         client,
-        reset === undefined ? [BEGIN_READ_ONLY] : [...reset, BEGIN_READ_ONLY],
+        carried === undefined ? [BEGIN_READ_ONLY] : [...carried, BEGIN_READ_ONLY],
         main,
         readOnlyEnd(cleanAt, inSession),
+        carried === undefined
+          ? undefined
+          : (answer) => carriedResetAnswered(client, answer, carried.length),
       );
-      if (reset !== undefined && !resetCarried(client, outcome)) {
+      if (carried !== undefined && !resetCarried(client, outcome, carried.length)) {
         // The reset failed at the head of the batch: nothing after it ran. Once more alone.
         await endTransaction(client, undefined);
         if (clients.get(client)?.gone !== undefined)
           throw new PgResetError({ cause: outcome.error });
+        throwIfAborted(signal);
         try {
           await resetNow(client, undefined);
         } catch (error) {
           throw new PgResetError({ cause: error });
         }
+        throwIfAborted(signal);
         reset = undefined;
         continue;
       }

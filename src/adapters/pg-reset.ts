@@ -18,7 +18,7 @@ import {
   type RawClient,
   raceSignal,
 } from './pg-client.js';
-import type { GroupOutcome, Hidden } from './pg-group.js';
+import { GroupedQuery, type GroupOutcome, type Hidden } from './pg-group.js';
 import { SettingNames, watchSettingNames } from './pg-setting-names.js';
 import type { AbortSource } from './pg-signal.js';
 import type { PgClient, PgHandle } from './pg-types.js';
@@ -80,6 +80,13 @@ interface SessionState {
    * client sat idle for an event-loop turn and it went alone), `'sending'` while it is on its way.
    */
   reset: 'none' | 'owed' | 'sending';
+  /**
+   * A query was handed to `client.query` while the reset travelled at the head of a batch: `pg`
+   * holds it, and sends it as soon as the batch ends, whatever the reset's outcome.
+   */
+  queuedBehindCarried: boolean;
+  /** The reset is on its way at the head of a batch, its outcome not yet applied. */
+  carrying: boolean;
   /** The reset that went alone succeeded: the client is clean at its ReadyForQuery. */
   cleanAtNextReady: boolean;
   /** Bound of a reset sent alone, ms (the guard's `resetTimeout`): past it the connection is cut. */
@@ -186,6 +193,8 @@ export function trackSession(
     ready: 0,
     cleanAt: 0,
     reset: 'none',
+    queuedBehindCarried: false,
+    carrying: false,
     cleanAtNextReady: false,
     sendWhole: () => Promise.resolve(),
     baseline: NO_BASELINE,
@@ -219,6 +228,10 @@ function payOwedResetFirst(client: RawClient, state: SessionState): void {
   state.sendWhole = () => sendWholeReset(client, state, query);
   const gated = function (this: PgClient, ...args: unknown[]): unknown {
     if (state.reset === 'owed') state.sendWhole().catch(noop);
+    // Behind a batch carrying the reset (not that batch itself): see carriedResetAnswered.
+    else if (state.carrying && !(args[0] instanceof GroupedQuery)) {
+      state.queuedBehindCarried = true;
+    }
     return (query as (...a: unknown[]) => unknown).apply(this, args);
   };
   (client as { query: unknown }).query = gated;
@@ -301,13 +314,60 @@ export function takeOwedReset(client: PgClient): Hidden[] | undefined {
   const state = sessions.get(client);
   if (state?.reset !== 'owed') return undefined;
   state.reset = 'sending';
+  state.carrying = true;
+  state.queuedBehindCarried = false;
   return resetStatements(state.baseline);
+}
+
+/**
+ * Whether the batch that carried the reset (its first `length` statements) failed in the reset:
+ * a failure further on (`pgReadOnly`'s BEGIN READ ONLY, an adapter statement after the main one)
+ * finds the reset through.
+ */
+function resetFailed(outcome: GroupOutcome, length: number): boolean {
+  return outcome.failed === 'before' && (outcome.failedAt ?? 0) < length;
+}
+
+/**
+ * To pass to {@link sendGroup} as `answered` for a batch carrying the reset (its first `length`
+ * statements): applies the batch's outcome to the reset (see {@link resetCarried}) as soon as it
+ * is known, before `pg` sends what it holds behind the batch, and before any code of the op runs
+ * (a `client.query` then pays a reset owed again first). When the reset failed and a query is
+ * held already (the op's own `client.query`, not awaited), the connection is cut now, so that
+ * query never runs on the state the reset was to clear (it fails; the handle is replaced).
+ */
+export function carriedResetAnswered(
+  client: PgClient,
+  outcome: GroupOutcome,
+  length: number,
+): void {
+  const state = sessions.get(client);
+  if (state === undefined || !state.carrying) return;
+  state.carrying = false;
+  if (!resetFailed(outcome, length)) {
+    state.reset = 'none';
+    forgetNamedStatements(client as RawClient);
+    return;
+  }
+  // Nothing after the failed statement ran: still owed, to be sent alone (resetNow).
+  state.reset = 'owed';
+  if (state.queuedBehindCarried || queuedInPg(client as RawClient)) destroySocket(client);
+}
+
+/** Whether `pg` holds a query not sent yet (its queue, as pg 8 keeps it). */
+function queuedInPg(client: RawClient): boolean {
+  const internals = client as unknown as { _queryQueue?: unknown[]; queryQueue?: unknown[] };
+  // pg 8.23 keeps `_queryQueue` (its `queryQueue` getter is deprecated); earlier 8.x `queryQueue`.
+  const queue = internals._queryQueue ?? internals.queryQueue;
+  return queue === undefined || queue.length > 0;
 }
 
 /** The reset taken with {@link takeOwedReset} is not sent after all: still owed. */
 export function giveBackReset(client: PgClient): void {
   const state = sessions.get(client);
-  if (state?.reset === 'sending') state.reset = 'owed';
+  if (state === undefined || !state.carrying) return;
+  state.carrying = false;
+  state.reset = 'owed';
 }
 
 /**
@@ -316,17 +376,11 @@ export function giveBackReset(client: PgClient): void {
  * send it alone with {@link resetNow}; an op's `statement_timeout` can bound `DISCARD ALL`, not
  * the whole reset, which clears it first).
  */
-export function resetCarried(client: PgClient, outcome: GroupOutcome): boolean {
-  const state = sessions.get(client);
-  if (state === undefined) return true;
-  if (outcome.failed === 'before') {
-    // Nothing after the failed statement ran: still owed, to be sent alone (resetNow).
-    state.reset = 'owed';
-    return false;
-  }
-  state.reset = 'none';
-  forgetNamedStatements(client as RawClient);
-  return true;
+export function resetCarried(client: PgClient, outcome: GroupOutcome, length: number): boolean {
+  if (!sessions.has(client)) return true;
+  // Applied already when the batch was answered (see carriedResetAnswered), or now.
+  carriedResetAnswered(client, outcome, length);
+  return !resetFailed(outcome, length);
 }
 
 /** Random words from Node's strong random source, drawn 512 seeds at a time. */
@@ -374,7 +428,11 @@ export function isClean(client: PgClient): boolean {
   return (
     state !== undefined &&
     (state.cleanAt === state.ready || state.reset === 'owed') &&
-    (client as RawClient).readyForQuery !== false
+    (client as RawClient).readyForQuery !== false &&
+    // On a live connection. (Not also "outside a transaction", tried once: it called handles
+    // dirty after an abort, so their reset went alone at once, where a cancel meant for the
+    // aborted query could land on it and fail the next caller's query.)
+    clients.get(client)?.gone === undefined
   );
 }
 
@@ -597,13 +655,33 @@ function forgetNamedStatements(client: RawClient): void {
   if (connection?.submittedNamedStatements !== undefined) connection.submittedNamedStatements = {};
 }
 
-/** Resolves once `client` has nothing queued or running (an aborted op's query may still be). */
+/**
+ * Resolves once `client` has nothing queued or running (an aborted op's query may still be), or
+ * once its connection is gone: `pg` never emits 'drain' after a FATAL error (a backend terminated
+ * mid-query leaves `readyForQuery` false for good), only 'error' and 'end'.
+ */
 export function drained(client: RawClient, signal: AbortSource | undefined): Promise<void> {
-  if (client.readyForQuery !== false) return Promise.resolve();
+  if (client.readyForQuery !== false || isGone(client)) return Promise.resolve();
+  const emitter = client as unknown as NodeJS.EventEmitter;
   const drain = new Promise<void>((resolve) => {
-    (client as unknown as NodeJS.EventEmitter).once('drain', resolve);
+    const done = (): void => {
+      emitter.off('drain', done);
+      emitter.off('end', done);
+      emitter.off('error', done);
+      resolve();
+    };
+    emitter.on('drain', done);
+    emitter.on('end', done);
+    emitter.on('error', done);
   });
   return signal === undefined ? drain : raceSignal(drain, signal);
+}
+
+/** The connection of `client` failed or ended (as far as the adapter or `pg` knows). */
+function isGone(client: RawClient): boolean {
+  if (clients.get(client)?.gone !== undefined) return true;
+  const flags = client as unknown as { _ended?: boolean; _queryable?: boolean };
+  return flags._ended === true || flags._queryable === false;
 }
 
 /**
@@ -655,10 +733,11 @@ export function drained(client: RawClient, signal: AbortSource | undefined): Pro
  */
 export function pgReset(handle: PgHandle, ctx: ResetContext): Promise<void> | undefined {
   const client = handle.client as RawClient;
-  if (isClean(client)) return undefined;
+  // A connection known dead cannot be reset: the guard retires the handle. Checked first: a reset
+  // sent alone that failed cut the connection and left the reset owed, which reads as clean.
   const gone = clients.get(client)?.gone;
-  // A connection known dead cannot be reset: the guard retires the handle.
   if (gone !== undefined) throw gone;
+  if (isClean(client)) return undefined;
   const state = sessions.get(client);
   // Put off to the head of the next query's batch when that batch can carry all of it: nothing
   // still on its way, no transaction to roll back first (DISCARD ALL must open a batch).
