@@ -85,8 +85,15 @@ export function queryInFlight(client: PgClient): boolean {
   return (client as RawClient).readyForQuery === false;
 }
 
-/** Cuts the client's socket at once. Never throws. */
+/**
+ * Cuts the client's socket at once, and marks the client gone at once: `pg` reports the end a
+ * tick or more later, and until then a handle whose socket was cut (a reset sent alone that
+ * failed, say) must not be called clean and handed to the next caller. Never throws.
+ */
 export function destroySocket(client: PgClient): void {
+  const state = clients.get(client);
+  if (state !== undefined)
+    state.gone ??= new Error('Connection terminated by engine-guard/pg: its socket was cut');
   try {
     (client as RawClient).connection?.stream?.destroy();
   } catch {

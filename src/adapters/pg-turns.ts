@@ -188,8 +188,12 @@ export async function cancelUntilDrained(
   if (state === undefined) return raceSignal(cancel(), signal);
   const drained = (): boolean =>
     state.gone || (state.queued === 0 && client.readyForQuery !== false);
-  // Nothing runs: nothing to cancel, and a cancel sent anyway could hit the next op's query.
-  const cancelled = drained() ? false : await raceSignal(cancel(), signal);
+  // A cancel is sent only while a query is on the wire. A call still waiting for its turn is
+  // withdrawn by the abort; a cancel sent for it would find the backend idle, or running what
+  // goes next on this client (the reset the previous op owed, sent alone while this op waited),
+  // and fail that instead.
+  const onWire = client.readyForQuery !== true;
+  const cancelled = drained() || !onWire ? false : await raceSignal(cancel(), signal);
   while (!drained()) await nextChange(state, signal);
   return cancelled;
 }

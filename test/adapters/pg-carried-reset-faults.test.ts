@@ -53,12 +53,20 @@ function resetCtx(): ResetContext {
 
 /** A handle as the guard makes it (no guard: no liveness to rescue a promise that hangs). */
 async function openHandle(): Promise<PgHandle> {
+  return (await openHandleWith()).handle;
+}
+
+/** {@link openHandle}, with the hooks it was made with (to call `cancel` as the guard does). */
+async function openHandleWith(): Promise<{
+  handle: PgHandle;
+  options: ReturnType<typeof pgGuardOptions>;
+}> {
   const options = pgGuardOptions({ config: config() });
   const signal = AbortSignal.timeout(10_000);
   const handle = await options.create({ signal, generation: 1 });
   onTestFinished(() => options.destroy?.(handle, { reason: 'test' }));
   await options.setup?.(handle, { signal, generation: 1 });
-  return handle;
+  return { handle, options };
 }
 
 /** A query as the superuser, in this file's database. */
@@ -378,9 +386,28 @@ describe('a reset sent alone that failed: the handle is dead, never clean', () =
     owe(handle);
     // Idle for an event-loop turn: the reset goes alone, and waits on the lock.
     await resetAloneWaits(handle.pid);
+    // Looked at in the microtask after the socket is cut, before pg reports the end (a tick or
+    // more later): the guard may ask for the reset of the handle's next release right then.
+    const rightAfter: { gone: boolean; threw: boolean }[] = [];
+    const stream = (handle.client as unknown as { connection: { stream: { destroy(): void } } })
+      .connection.stream;
+    const destroy = stream.destroy.bind(stream);
+    stream.destroy = () => {
+      destroy();
+      queueMicrotask(() => {
+        let threw = false;
+        try {
+          pgReset(handle, resetCtx());
+        } catch {
+          threw = true;
+        }
+        rightAfter.push({ gone: clients.get(handle.client)?.gone !== undefined, threw });
+      });
+    };
     await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
     await waitFor(() => clients.get(handle.client)?.gone !== undefined, 5_000, 'the handle gone');
     await catalog.release();
+    expect(rightAfter[0]).toEqual({ gone: true, threw: true });
     expect(isClean(handle.client)).toBe(false);
     expect(() => pgReset(handle, resetCtx())).toThrow();
   });
@@ -402,6 +429,36 @@ describe('a reset sent alone that failed: the handle is dead, never clean', () =
     expect(error).toBeInstanceOf(PgResetError);
     // Its cause is a cancel (57014), yet the connection is closed: the guard must replace it.
     expect(isFatalPgError(error)).toBe(true);
+  });
+});
+
+describe('an op aborted before its query was sent: no cancel that could land on what goes next', () => {
+  it('the reset the previous op owed, sent alone while the op waited for its turn, is not cancelled', async () => {
+    const { handle, options } = await openHandleWith();
+    await dirty(handle);
+    const catalog = await holdCatalog();
+    owe(handle);
+    const controller = new AbortController();
+    // It takes its turn now and would send a microtask later: the abort comes first.
+    const query = settle(pgQuery(handle, ctx(controller.signal), 'SELECT 1 AS one'));
+    controller.abort(new Error('the caller gave up'));
+    // As the guard calls it when the op aborts, before the op's promise settled.
+    const op = { id: 2, kind: 'write' as const, label: undefined, generation: 1, startedAt: 0 };
+    const cancelled = settle(
+      Promise.resolve(options.cancel?.(handle, { op, reason: controller.signal.reason })),
+    );
+    expect((await within(query, 5_000, 'pgQuery')).ok).toBe(false);
+    // The owed reset went alone after an idle event-loop turn, and waits on the lock: a cancel
+    // sent for the aborted op would land on it (the side connection takes a few ms to open).
+    await resetAloneWaits(handle.pid);
+    await sleep(200);
+    await catalog.release();
+    const outcome = await within(cancelled, 5_000, 'cancel');
+    expect(outcome).toMatchObject({ ok: true, value: false });
+    await idle(handle);
+    expect(clients.get(handle.client)?.gone).toBeUndefined();
+    const after = await pgQuery<{ v: number }>(handle, ctx(), 'SELECT 42 AS v');
+    expect(after.rows).toEqual([{ v: 42 }]);
   });
 });
 
