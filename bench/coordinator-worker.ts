@@ -1,7 +1,7 @@
 /**
  * One contending process of bench/coordinator.bench.ts: takes and gives back the cluster write
  * lock in a loop until its deadline, then prints how many times it held it. Run as
- * `node --import tsx bench/coordinator-worker.ts` with its job in COORD_BENCH (JSON).
+ * `node --import ./bench/built.mjs bench/coordinator-worker.ts` with its job in COORD_BENCH (JSON).
  */
 import { pgCoordinator } from '../src/adapters/pg.js';
 import { advisoryMutex } from './advisory-lock-peer.js';

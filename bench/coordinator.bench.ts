@@ -12,7 +12,16 @@ import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { pgCoordinator } from '../src/adapters/pg.js';
 import { advisoryMutex } from './advisory-lock-peer.js';
-import { fmtInt, fmtRatio, fmtUs, median, nowNs, percentile, type Section } from './harness.js';
+import {
+  BENCH_IMPORT,
+  fmtInt,
+  fmtRatio,
+  fmtUs,
+  median,
+  nowNs,
+  percentile,
+  type Section,
+} from './harness.js';
 import { withCluster } from './pg.bench.js';
 
 const WORKER = fileURLToPath(new URL('./coordinator-worker.ts', import.meta.url));
@@ -111,7 +120,7 @@ async function contend(config: pg.ClientConfig, contender: string, key: string):
   const startAt = Date.now() + 2_000;
   const job = { contender, config, key, startAt, durationMs: DURATION_MS };
   const runs = Array.from({ length: PROCESSES }, () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
+    const child = spawn(process.execPath, ['--import', BENCH_IMPORT, WORKER], {
       env: { ...process.env, COORD_BENCH: JSON.stringify(job) },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -78,7 +78,7 @@ export function requireGc(): () => void {
   if (typeof gc !== 'function') {
     throw new Error(
       'globalThis.gc is not available: run the benchmarks with `npm run bench` ' +
-        '(node --expose-gc --import tsx bench/run.ts).',
+        '(node --expose-gc --import ./bench/built.mjs bench/run.ts).',
     );
   }
   return gc;
@@ -370,6 +370,12 @@ export async function driveClosedLoop(
 }
 
 const rootDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/**
+ * The `--import` of a benchmark's child process, as of `npm run bench`: TypeScript through tsx,
+ * the library from dist/ (see built.mjs).
+ */
+export const BENCH_IMPORT = path.join(rootDir, 'bench', 'built.mjs');
 
 /**
  * Runs `code` (an ES module) in a fresh `node` started with `flags`, in the repository root, and

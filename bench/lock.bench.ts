@@ -12,6 +12,7 @@ import PQueue from 'p-queue';
 import { type Lease, RWLock } from '../src/index.js';
 import { runHolding } from '../src/internal/context.js';
 import {
+  BENCH_IMPORT,
   type Check,
   type Contender,
   compareAsync,
@@ -110,7 +111,7 @@ async function awaitCostByLocksUsed(): Promise<Map<number, number>> {
     }
     console.log(JSON.stringify(result));
   `;
-  return byLockCount(await runInFreshProcess(code, ['--import', 'tsx']));
+  return byLockCount(await runInFreshProcess(code, ['--import', BENCH_IMPORT]));
 }
 
 const ESM_MUTEX = 'async-mutex `Mutex.runExclusive(fn)` (ESM build: `import`)';
@@ -947,7 +948,7 @@ async function waiterBytesInFreshProcess(): Promise<Map<number, number>> {
     }
     console.log(JSON.stringify(result));
   `;
-  return byLockCount(await runInFreshProcess(code, ['--expose-gc', '--import', 'tsx']));
+  return byLockCount(await runInFreshProcess(code, ['--expose-gc', '--import', BENCH_IMPORT]));
 }
 
 const memory: Section = {

@@ -11,6 +11,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { BENCH_IMPORT } from './harness.js';
 
 /** The running Node's major release, as `--node` spells it. */
 export const CURRENT_MAJOR = process.versions.node.split('.')[0]!;
@@ -64,7 +65,7 @@ export function runOn(
   rootDir: string,
 ): Promise<number> {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, ['--expose-gc', '--import', 'tsx', runScript, ...args], {
+    const child = spawn(bin, ['--expose-gc', '--import', BENCH_IMPORT, runScript, ...args], {
       cwd: rootDir,
       stdio: 'inherit',
     });

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
-import { type Check, fmtInt, fmtRatio, type Section } from './harness.js';
+import { BENCH_IMPORT, type Check, fmtInt, fmtRatio, type Section } from './harness.js';
 import type { OtelJob, OtelResult, Variant } from './otel-worker.js';
 import { withCluster } from './pg.bench.js';
 
@@ -21,7 +21,7 @@ const ROUNDS = 5;
 
 /** Runs one contender in a fresh process; its figures. */
 function runWorker(job: OtelJob): Promise<OtelResult> {
-  const child = spawn(process.execPath, ['--import', 'tsx', WORKER], {
+  const child = spawn(process.execPath, ['--import', BENCH_IMPORT, WORKER], {
     env: { ...process.env, OTEL_BENCH: JSON.stringify(job) },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

@@ -174,12 +174,13 @@ const THROUGHPUT_TARGET = 0.97;
 async function roundsOf(
   clients: readonly Client[],
   callers: number,
+  rounds = THROUGHPUT_ROUNDS,
 ): Promise<{ rate: number[][]; cpu: number[][] }> {
   const ops = (i: number) => () => clients[i]!.query(SHORT_SQL);
   for (const [i] of clients.entries()) await driveClosedLoop(ops(i), callers, WARMUP_MS);
   const rate = clients.map(() => [] as number[]);
   const cpu = clients.map(() => [] as number[]);
-  for (let round = 0; round < THROUGHPUT_ROUNDS; round++) {
+  for (let round = 0; round < rounds; round++) {
     const order = clients.map((_, i) => (i + round) % clients.length);
     for (const i of order) {
       const r = await driveClosedLoop(ops(i), callers, ROUND_MS);
@@ -193,12 +194,20 @@ async function roundsOf(
 /**
  * On a throwaway cluster: the rounds of {@link roundsOf} at each of `concurrency`, one table row
  * per contender (queries/s, spread, Node CPU, ratio to `pg.Pool`), and the checks `checksAt`
- * makes of each concurrency's medians (`of(contender)`).
+ * makes of each concurrency's figures: `of(contender)`, its median queries/s, and
+ * `ratio(contender)`, the median over rounds of its queries/s ÷ `pg.Pool`'s in the same round
+ * (paired rounds: the machine's drift between rounds cancels out, which the ratio of two
+ * medians does not do). `rounds` per concurrency: {@link THROUGHPUT_ROUNDS} unless given.
  */
 export function throughputTable(
   contenders: readonly PgContender[],
   concurrency: readonly number[],
-  checksAt: (callers: number, of: (c: PgContender) => number) => Check[],
+  checksAt: (
+    callers: number,
+    of: (c: PgContender) => number,
+    ratio: (c: PgContender) => number,
+  ) => Check[],
+  rounds = THROUGHPUT_ROUNDS,
 ): Promise<{ table: string[][]; checks: Check[] }> {
   return withCluster(async (config) => {
     const clients = await openAll(contenders, config);
@@ -215,9 +224,15 @@ export function throughputTable(
       ];
       const checks: Check[] = [];
       for (const callers of concurrency) {
-        const { rate, cpu } = await roundsOf(clients, callers);
+        const { rate, cpu } = await roundsOf(clients, callers, rounds);
         const medians = rate.map((xs) => median(xs));
         const of = (c: PgContender) => medians[contenders.indexOf(c)]!;
+        const poolRates = rate[contenders.indexOf(poolContender)];
+        const ratio = (c: PgContender): number => {
+          const mine = rate[contenders.indexOf(c)]!;
+          if (poolRates === undefined) return Number.NaN;
+          return median(mine.map((r, round) => r / poolRates[round]!));
+        };
         contenders.forEach((c, i) => {
           table.push([
             fmtInt(callers),
@@ -225,10 +240,10 @@ export function throughputTable(
             fmtInt(medians[i]!),
             fmtSpread(rate[i]!),
             fmtUs(median(cpu[i]!) * 1e3),
-            fmtRatio(medians[i]! / of(poolContender)),
+            fmtRatio(ratio(c)),
           ]);
         });
-        checks.push(...checksAt(callers, of));
+        checks.push(...checksAt(callers, of, ratio));
       }
       return { table, checks };
     } finally {
@@ -248,14 +263,16 @@ const throughput: Section = {
     'as `pg.Pool` resets nothing: its cost is measured in the next section. ' +
     `Each contender runs ${ROUND_MS} ms per round, ` +
     `${THROUGHPUT_ROUNDS} rounds per concurrency after a ${WARMUP_MS} ms warm-up, contenders ` +
-    'rotated each round; figure = median round. "Node CPU per query" = `process.cpuUsage()` ' +
+    'rotated each round; figure = median round; "vs pg.Pool" = the median over rounds of the ' +
+    "contender's queries/s ÷ `pg.Pool`'s in the same round. " +
+    '"Node CPU per query" = `process.cpuUsage()` ' +
     '(user + system) of the bench process over the round ÷ queries: the driver, the guard and ' +
     'GC, not the server.',
   run: async () => {
     const { table, checks } = await throughputTable(
       [guardContender, listenerGuardContender, bareGuardContender, poolContender],
       CONCURRENCY,
-      (callers, of) =>
+      (callers, _of, ratio) =>
         (
           [
             [guardContender, 'guard + pgQuery (engine-guard/pg)'],
@@ -264,7 +281,7 @@ const throughput: Section = {
         ).map(([c, what]) =>
           ratioCheck(
             `${what} vs pg.Pool throughput, ${callers} caller${callers === 1 ? '' : 's'}`,
-            of(c) / of(poolContender),
+            ratio(c),
             THROUGHPUT_TARGET,
           ),
         ),
@@ -285,7 +302,7 @@ const throughput: Section = {
           "each op's fresh `ctx.signal` (the rest is its `data` listener on the socket, for " +
           'heartbeats).',
         'Shortfall on the adapter path, explained by a CPU profile of this section ' +
-          '(`node --expose-gc --cpu-prof --import tsx bench/run.ts "guard.read` vs"`, top ' +
+          '(`node --expose-gc --cpu-prof --import ./bench/built.mjs bench/run.ts "guard.read` vs"`, top ' +
           'self time): socket writes (`writeBuffer`) take about 40% of the samples for every ' +
           "contender alike; what `pgQuery` adds is the op's `AbortSignal`, made when it reads " +
           '`ctx.signal` (`createAbortSignal`, the largest frame of ours at about 2%), the ' +
@@ -348,10 +365,10 @@ const resetCost: Section = {
     `\`${SHORT_SQL}\` from N concurrent callers (closed loop), as in the section above, through ` +
     `guards built from engine-guard/pg (pool ${POOL}) with the adapter's default \`reset\` ` +
     '(`pgReset`) and with `reset: undefined`, on `pgQuery` (the handle is dirty after each op: ' +
-    'the reset runs) and on `pgReadOnly` (three round trips: BEGIN READ ONLY, the statement, ' +
-    'ROLLBACK; with the reset on, the ROLLBACK round trip also drops advisory locks and prepared ' +
-    'statements, the only state a rolled-back read-only transaction leaves, and the reset is ' +
-    'skipped), next to `pg.Pool` ' +
+    "the reset runs, carried at the head of the next query's batch) and on `pgReadOnly` (one " +
+    'batch: BEGIN READ ONLY, the statement, ROLLBACK; with the reset on, the same batch also ' +
+    'drops advisory locks and prepared statements, the only state a rolled-back read-only ' +
+    'transaction leaves, and the reset is skipped), next to `pg.Pool` ' +
     'and to `pg.Pool` sending `DISCARD ALL` before each release. Same rounds and figures as above.',
   run: async () => {
     const { table, checks } = await throughputTable(
@@ -381,13 +398,13 @@ const resetCost: Section = {
       table,
       checks,
       notes: [
-        'The reset after a `pgQuery` op is one more round trip on the handle, sent before ' +
-          'the handle serves anyone else (the caller already has its answer): with as many ' +
-          "callers as handles or fewer, each caller's next query waits for it.",
-        'The skip after `pgReadOnly` costs no round trip of its own: what it adds is ' +
-          '`DEALLOCATE ALL; SELECT pg_advisory_unlock_all()` in the ROLLBACK round trip. On ' +
-          'loopback a round trip is cheap, so the reset it saves is worth about as much as ' +
-          'what it adds; over a real network the saved round trip dominates.',
+        'The reset after a `pgQuery` op costs no round trip of its own: `pgReset` marks the ' +
+          "handle as owing it, and it travels at the head of the handle's next query, in the " +
+          'same write (`DISCARD ALL`, a new seed, then the query; one Sync). What it costs here ' +
+          'is the server running those statements, on the same two cores as the client.',
+        'The skip after `pgReadOnly` costs no round trip of its own either: what it adds is ' +
+          '`DEALLOCATE ALL` and `SELECT pg_advisory_unlock_all(), setseed($1)` in the ' +
+          "read's own batch.",
       ],
     };
   },

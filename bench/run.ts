@@ -1,5 +1,8 @@
 /**
- * Benchmark entry point: `npm run bench` (node --expose-gc --import tsx bench/run.ts).
+ * Benchmark entry point: `npm run bench` (node --expose-gc --import ./bench/built.mjs bench/run.ts).
+ *
+ * It builds dist/ first and measures that build, the code users import (see built.mjs);
+ * `ENGINE_GUARD_BENCH_SOURCE=src npm run bench` measures src/ as tsx compiles it instead.
  *
  * Runs every section of every `bench/*.bench.ts` module in this one process, prints each table,
  * and rewrites `docs/benchmarks.md` with the machine, the figures, the ratios and the target
@@ -34,6 +37,8 @@ import { nodeBinary, parseNodeList, runOn } from './node-versions.js';
 const benchDir = path.dirname(fileURLToPath(import.meta.url));
 const rootDir = path.resolve(benchDir, '..');
 const docsFile = path.join(rootDir, 'docs', 'benchmarks.md');
+/** The library is measured as users import it, from dist/ (see built.mjs), unless asked not to. */
+const BUILT = process.env.ENGINE_GUARD_BENCH_SOURCE !== 'src';
 
 /** What one section gave, in a form a child process can hand to its parent as JSON. */
 interface Outcome {
@@ -137,7 +142,10 @@ function sourceVersion(): string {
       }).trim();
     const commit = git('rev-parse', '--short', 'HEAD');
     const dirty = git('status', '--porcelain', '--', 'src') !== '';
-    return `commit ${commit}${dirty ? ' + uncommitted changes in src/' : ''}`;
+    const what = BUILT
+      ? 'the build in dist/ (`npm run build`, run first by bench/run.ts)'
+      : 'src/ as tsx compiles it (ENGINE_GUARD_BENCH_SOURCE=src)';
+    return `commit ${commit}${dirty ? ' + uncommitted changes in src/' : ''}; measured: ${what}`;
   } catch {
     return 'unknown (not a git checkout)';
   }
@@ -334,11 +342,16 @@ async function main(): Promise<number> {
     return 2;
   }
   const { filter, nodes, emit } = args;
+  // Once, in the process the user started: its children measure the same build.
+  if (BUILT && emit === undefined) {
+    console.log('Building dist/ (npm run build): the benchmarks measure the build users import.');
+    execFileSync('npm', ['run', '--silent', 'build'], { cwd: rootDir, stdio: 'inherit' });
+  }
   const command =
     args.command ??
     (nodes === undefined
-      ? '`npm run bench` (`node --expose-gc --import tsx bench/run.ts`)'
-      : `\`npm run bench -- --node ${nodes.join(',')}\` (each release in a child process: \`node --expose-gc --import tsx bench/run.ts\`)`);
+      ? '`npm run bench` (`node --expose-gc --import ./bench/built.mjs bench/run.ts`)'
+      : `\`npm run bench -- --node ${nodes.join(',')}\` (each release in a child process: \`node --expose-gc --import ./bench/built.mjs bench/run.ts\`)`);
   const runs =
     nodes === undefined
       ? await runHere(filter, command).then((run) => (run === undefined ? undefined : [run]))
