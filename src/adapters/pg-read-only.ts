@@ -7,7 +7,6 @@ import { type GroupOutcome, type Hidden, sendGroup } from './pg-group.js';
 import {
   carriedResetAnswered,
   cleanSince,
-  deallocateAfterReadOnly,
   drained,
   PgResetError,
   readOnlyEnd,
@@ -39,9 +38,9 @@ const BEGIN_READ_ONLY: Hidden = { text: 'BEGIN READ ONLY' };
  * What it does not undo: session state that outlives a transaction. `SELECT
  * pg_advisory_lock(1)` keeps the lock held, `PREPARE` keeps its statement, within a session.
  * Outside a session (no `ctx.sessionId`), on a handle of a guard whose `reset` is `pgReset` and
- * that was clean when it began, the batch also drops them (`pg_advisory_unlock_all()`, and
- * `DEALLOCATE ALL` in a second round trip when the statement left a prepared statement) and
- * draws a new random seed (a `setseed()` is not rolled back), which leaves the handle clean:
+ * that was clean when it began, the batch also drops them (`DEALLOCATE ALL`,
+ * `pg_advisory_unlock_all()`; `pg`'s own named statements are then parsed again on their next
+ * use) and draws a new random seed (a `setseed()` is not rolled back), which leaves the handle clean:
  * `pgReset` then has nothing to do. Otherwise the guard's `reset` clears them before the next
  * caller. In a session, on a handle of a guard whose `state` check is `pgState` and that was
  * clean when it began, the batch asks instead whether any such lock or statement is there (and
@@ -153,9 +152,7 @@ async function settleBatch(
 ): Promise<unknown> {
   const client = handle.client as RawClient;
   if (outcome.failed === undefined) {
-    if (cleanAt !== undefined && readOnlyEnded(client, cleanAt, inSession, outcome.rows)) {
-      await deallocateAfterReadOnly(client, cleanAt).catch(noop);
-    }
+    if (cleanAt !== undefined) readOnlyEnded(client, cleanAt, inSession, outcome.rows);
     return outcome.result;
   }
   if (outcome.failed === 'main') {

@@ -208,11 +208,11 @@ describe('pgReadOnly in one batch', () => {
     expect(made.rows[0]!.t).toBeNull();
   });
 
-  it('a prepared statement it left goes in a second round trip; the handle is clean after', async () => {
+  it('a prepared statement it left goes in the same round trip; the handle is clean after', async () => {
     const handle = await openHandle();
     const before = readyCount(handle.client)!;
     await pgReadOnly(handle, ctx(), 'PREPARE left_behind AS SELECT 1');
-    expect(readyCount(handle.client)).toBe(before + 2);
+    expect(readyCount(handle.client)).toBe(before + 1);
     expect(isClean(handle.client)).toBe(true);
     const { rows } = await pgQuery<{ n: number }>(
       handle,
@@ -220,6 +220,15 @@ describe('pgReadOnly in one batch', () => {
       'SELECT count(*)::int AS n FROM pg_prepared_statements',
     );
     expect(rows[0]!.n).toBe(0);
+  });
+
+  it("pg's own named statements, dropped by the batch, are parsed again on their next use", async () => {
+    const handle = await openHandle();
+    const named = { name: 'eg_named_probe', text: 'SELECT $1::int + 1 AS n', values: [1] };
+    expect((await raw(handle).query(named)).rows).toEqual([{ n: 2 }]);
+    await pgReadOnly(handle, ctx(), 'SELECT 1');
+    // pg would Bind the name it believes parsed: "prepared statement ... does not exist".
+    expect((await raw(handle).query({ ...named, values: [41] })).rows).toEqual([{ n: 42 }]);
   });
 
   it('carries a reset put off on the handle at the head of its batch', async () => {

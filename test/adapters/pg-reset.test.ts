@@ -346,9 +346,10 @@ describe('pgReset skips its round trip only when the op provably left nothing', 
       return parsed.slice(parsed.indexOf('SELECT 1') + 1);
     };
     const cleaned = await ends({});
-    expect(cleaned).toHaveLength(2);
+    expect(cleaned).toHaveLength(3);
     expect(cleaned[0]).toBe('ROLLBACK');
-    expect(cleaned[1]).toMatch(
+    expect(cleaned[1]).toBe('DEALLOCATE ALL');
+    expect(cleaned[2]).toMatch(
       /^SELECT pg_catalog\.pg_advisory_unlock_all\(\), pg_catalog\.setseed\(\$1\)/,
     );
     expect(await ends({ reset: undefined })).toEqual(['ROLLBACK']);
