@@ -40,8 +40,8 @@ const BEGIN_READ_ONLY: Hidden = { text: 'BEGIN READ ONLY' };
  * Outside a session (no `ctx.sessionId`), on a handle of a guard whose `reset` is `pgReset` and
  * that was clean when it began, the batch also drops them (`DEALLOCATE ALL`,
  * `pg_advisory_unlock_all()`; `pg`'s own named statements are then parsed again on their next
- * use) and draws a new random seed (a `setseed()` is not rolled back), which leaves the handle clean:
- * `pgReset` then has nothing to do. Otherwise the guard's `reset` clears them before the next
+ * use) and draws a new random seed (a `setseed()` is not rolled back), which leaves the handle
+ * clean: `pgReset` then has nothing to do. Otherwise the guard's `reset` clears them before the next
  * caller. In a session, on a handle of a guard whose `state` check is `pgState` and that was
  * clean when it began, the batch asks instead whether any such lock or statement is there (and
  * draws a new seed): when none is, the handle is clean and `pgState` answers at once, with no

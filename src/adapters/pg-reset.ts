@@ -632,7 +632,7 @@ export function readOnlyEnded(
 
 const ROLLBACK: Hidden = { text: 'ROLLBACK' };
 const DEALLOCATE_ALL: Hidden = { text: 'DEALLOCATE ALL' };
-/** Outside a session: drop the rest of what survives a rolled-back read-only transaction ($1: a new seed). */
+/** Outside a session: the rest of what survives a rolled-back read-only transaction ($1: a seed). */
 const CLEAN_SQL = 'SELECT pg_catalog.pg_advisory_unlock_all(), pg_catalog.setseed($1)';
 /** In a session: a new seed, and whether an advisory lock or a prepared statement is held. */
 const CHECK_HELD_SQL =
