@@ -233,28 +233,34 @@ describe('a backend terminated mid-batch (FATAL 57P01): every promise settles', 
 });
 
 describe('a carried reset that fails: nothing runs on the state it was to clear', () => {
-  it("the op's own client.query, queued behind the batch, never runs on the previous caller's settings", async () => {
-    const handle = await openHandle();
-    await dirty(handle);
-    const catalog = await holdCatalog();
-    owe(handle);
-    const query = settle(pgQuery(handle, ctx(), 'SELECT 1 AS one'));
-    await lockWaitOf(handle.pid);
-    // Sent while the batch that carries the reset waits (not awaited): pg holds it behind it.
-    const raw = settle(
-      (handle.client as unknown as pg.Client).query<{ sp: string }>(
-        "SELECT current_setting('search_path') AS sp",
-      ),
-    );
-    // The reset fails at the head of the batch (as an op's cancel landing on it would).
-    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
-    const rawOutcome = await within(raw, 5_000, 'the queued query');
-    await catalog.release();
-    if (rawOutcome.ok) expect(rawOutcome.value.rows[0]!.sp).not.toContain('nowhere');
-    const outcome = await within(query, 5_000, 'pgQuery');
-    if (outcome.ok) expect(rawOutcome.ok).toBe(true);
-    else expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
-  });
+  it.each([
+    ['pgQuery', (handle: PgHandle) => pgQuery(handle, ctx(), 'SELECT 1 AS one')],
+    ['pgReadOnly', (handle: PgHandle) => pgReadOnly(handle, ctx(), 'SELECT 1 AS one')],
+  ] as const)(
+    "the op's own client.query, queued behind a %s batch, never runs on the previous caller's settings",
+    async (_, run) => {
+      const handle = await openHandle();
+      await dirty(handle);
+      const catalog = await holdCatalog();
+      owe(handle);
+      const query = settle(run(handle));
+      await lockWaitOf(handle.pid);
+      // Sent while the batch that carries the reset waits (not awaited): pg holds it behind it.
+      const raw = settle(
+        (handle.client as unknown as pg.Client).query<{ sp: string }>(
+          "SELECT current_setting('search_path') AS sp",
+        ),
+      );
+      // The reset fails at the head of the batch (as an op's cancel landing on it would).
+      await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
+      const rawOutcome = await within(raw, 5_000, 'the queued query');
+      await catalog.release();
+      if (rawOutcome.ok) expect(rawOutcome.value.rows[0]!.sp).not.toContain('nowhere');
+      const outcome = await within(query, 5_000, 'the helper');
+      if (outcome.ok) expect(rawOutcome.ok).toBe(true);
+      else expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
+    },
+  );
 
   it('a client.query made as the error of the reset arrives, before pgQuery sees it, runs after a reset', async () => {
     const handle = await openHandle();
@@ -279,26 +285,6 @@ describe('a carried reset that fails: nothing runs on the state it was to clear'
     const rawOutcome = await within(raw!, 5_000, 'the query');
     if (rawOutcome.ok) expect(rawOutcome.value!.rows[0]!.sp).not.toContain('nowhere');
     await within(query, 5_000, 'pgQuery');
-  });
-
-  it('the same behind a pgReadOnly batch', async () => {
-    const handle = await openHandle();
-    await dirty(handle);
-    const catalog = await holdCatalog();
-    owe(handle);
-    const read = settle(pgReadOnly(handle, ctx(), 'SELECT 1 AS one'));
-    await lockWaitOf(handle.pid);
-    const raw = settle(
-      (handle.client as unknown as pg.Client).query<{ sp: string }>(
-        "SELECT current_setting('search_path') AS sp",
-      ),
-    );
-    await adminQuery('SELECT pg_cancel_backend($1)', [handle.pid]);
-    const rawOutcome = await within(raw, 5_000, 'the queued query');
-    await catalog.release();
-    if (rawOutcome.ok) expect(rawOutcome.value.rows[0]!.sp).not.toContain('nowhere');
-    const outcome = await within(read, 5_000, 'pgReadOnly');
-    if (!outcome.ok) expect(outcome.error).toMatchObject({ code: 'ERR_PG_RESET' });
   });
 });
 
